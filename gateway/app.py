@@ -1,0 +1,133 @@
+"""The Starlette application: routes and wiring, nothing else.
+
+* ``GET|POST /incoming-call``: Twilio's voice webhook; answers ``<Connect><Stream>`` TwiML.
+* ``WS /media-stream``: the Media Stream, bridged to a Realtime session (``gateway.media_stream``).
+* ``GET /healthz``: liveness, with the number of calls in progress.
+
+When no API key is configured the app starts the embedded Realtime-compatible server in-process and
+points the model side at it (and says so, loudly, in the log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import AsyncIterator
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from twilio.request_validator import RequestValidator
+
+from gateway import __version__
+from gateway.config import Settings
+from gateway.media_stream import CallObserver, MediaStreamSession
+from gateway.twilio.twiml import MEDIA_STREAM_PATH, connect_stream_twiml, public_base_url, stream_url
+
+log = logging.getLogger("gateway.app")
+
+POLICY_VIOLATION = 1008
+MAX_WEBHOOK_BODY_BYTES = 64 * 1024
+
+
+class GatewayState:
+    """What the routes share: settings (with the model URL resolved) and the calls in progress."""
+
+    def __init__(self, settings: Settings, observer: CallObserver | None) -> None:
+        self.settings = settings
+        self.observer = observer
+        self.active_calls: set[MediaStreamSession] = set()
+        self.validator = RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token else None
+
+
+def _public_base(request: Request | WebSocket, settings: Settings) -> str:
+    return public_base_url(settings.public_url, request.headers, request.url.scheme, request.url.netloc)
+
+
+async def incoming_call(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    params: dict[str, str] = dict(request.query_params)
+    if request.method == "POST":
+        body = await request.body()
+        if len(body) > MAX_WEBHOOK_BODY_BYTES:
+            return PlainTextResponse("request body too large", status_code=413)
+        # Twilio posts application/x-www-form-urlencoded; parse it here rather than pull in a multipart parser.
+        params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    base = _public_base(request, state.settings)
+    if state.validator is not None:
+        url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        signature = request.headers.get("x-twilio-signature", "")
+        post_params = params if request.method == "POST" else {}
+        if not state.validator.validate(url, post_params, signature):
+            log.warning("rejected /incoming-call with a bad X-Twilio-Signature")
+            return PlainTextResponse("invalid Twilio signature", status_code=403)
+    stream_parameters = {name: params.get(name, "") for name in ("CallSid", "From", "To")}
+    twiml = connect_stream_twiml(stream_url(base, MEDIA_STREAM_PATH), stream_parameters)
+    return Response(twiml, media_type="application/xml")
+
+
+async def media_stream(websocket: WebSocket) -> None:
+    state: GatewayState = websocket.app.state.gateway
+    if state.validator is not None:
+        # Twilio signs the upgrade against the exact wss:// URL with no parameters (PROTOCOL.md 1).
+        url = stream_url(_public_base(websocket, state.settings), websocket.url.path)
+        if not state.validator.validate(url, {}, websocket.headers.get("x-twilio-signature", "")):
+            log.warning("rejected media stream with a bad X-Twilio-Signature")
+            await websocket.close(code=POLICY_VIOLATION)
+            return
+    await websocket.accept()
+    session = MediaStreamSession(websocket, state.settings, state.observer)
+    state.active_calls.add(session)
+    try:
+        await session.run()
+    finally:
+        state.active_calls.discard(session)
+
+
+async def healthz(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    return JSONResponse(
+        {
+            "status": "ok",
+            "version": __version__,
+            "active_calls": len(state.active_calls),
+            "model": "embedded" if state.settings.uses_embedded_model else state.settings.realtime_model,
+        }
+    )
+
+
+def create_app(settings: Settings | None = None, *, observer: CallObserver | None = None) -> Starlette:
+    """Build the app. With no API key, the lifespan starts the embedded Realtime server first."""
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        local_server = None
+        resolved = settings
+        if settings.uses_embedded_model:
+            from gateway.local import LocalRealtimeServer
+
+            local_server = LocalRealtimeServer("127.0.0.1", settings.local_realtime_port)
+            await local_server.start()
+            resolved = settings.with_model_url(local_server.url)
+            log.warning(
+                "NO API KEY CONFIGURED: calls go to the EMBEDDED Realtime server at %s (an echo agent), not OpenAI. "
+                "Set OPENAI_API_KEY (or REALTIME_API_KEY / AZURE_OPENAI_API_KEY) for a real model.",
+                local_server.url,
+            )
+        app.state.gateway = GatewayState(resolved, observer)
+        try:
+            yield
+        finally:
+            if local_server is not None:
+                await local_server.stop()
+
+    routes = [
+        Route("/incoming-call", incoming_call, methods=["GET", "POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,77 @@
+"""Command line: ``gateway serve | demo | local-realtime``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import replace
+
+from gateway.config import ConfigError, Settings
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = replace(settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws="websockets-sansio",
+        ws_max_size=1 << 20,  # hard cap; frames over MAX_FRAME_BYTES are dropped by the gateway itself
+        ws_per_message_deflate=False,
+        proxy_headers=True,
+    )
+    return 0
+
+
+def _local_realtime(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.local import run_local_realtime
+
+    try:
+        asyncio.run(run_local_realtime(args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.demo import run_demo
+
+    return asyncio.run(run_demo(settings, output=args.output, audio_format=args.audio_format))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="Twilio phone calls <-> OpenAI Realtime agents.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway (webhook + media stream)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    local = sub.add_parser("local-realtime", help="run the embedded Realtime-compatible server on its own")
+    local.add_argument("--host", default="127.0.0.1")
+    local.add_argument("--port", type=int, default=8765)
+    demo = sub.add_parser("demo", help="play a sample call through the gateway and the embedded model, offline")
+    demo.add_argument("--output", default="demo-heard.wav", help="WAV file of what the caller heard")
+    demo.add_argument("--audio-format", choices=("pcm16", "pcmu"), default=None)
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    handlers = {"serve": _serve, "local-realtime": _local_realtime, "demo": _demo}
+    return handlers[args.command](args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""One settings object for the whole gateway, read from the environment (and a ``.env`` file in development).
+
+Every knob has a default that works on a laptop: with no API key the gateway talks to the embedded
+Realtime-compatible server (``gateway.local``) instead of OpenAI.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from gateway.audio import AUDIO_FORMATS
+
+DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+DEFAULT_INSTRUCTIONS = (
+    "You are a helpful, concise voice assistant on a phone call. Keep answers short and speak naturally."
+)
+TURN_DETECTION_TYPES = ("server_vad", "semantic_vad", "none")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the gateway cannot use; the message names the variable."""
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).strip()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable. Build with :meth:`from_env`; tests use :func:`dataclasses.replace`."""
+
+    # Model side
+    realtime_url: str = DEFAULT_REALTIME_URL
+    realtime_model: str = "gpt-realtime"
+    api_key: str = ""
+    api_key_header: str = "authorization"  # "authorization" (Bearer, OpenAI) or "api-key" (Azure)
+    voice: str = "marin"
+    instructions: str = DEFAULT_INSTRUCTIONS
+    audio_format: str = "pcm16"  # "pcm16" (transcode) or "pcmu" (mu-law pass-through)
+    turn_detection: str = "server_vad"
+    vad_threshold: float = 0.5
+    vad_prefix_padding_ms: int = 300
+    vad_silence_duration_ms: int = 500
+    vad_eagerness: str = "auto"
+    interrupt_response: bool = True
+    transcription_model: str = ""
+    agent_speaks_first: bool = False
+    greeting_instructions: str = ""
+    # Twilio side
+    public_url: str = ""
+    twilio_auth_token: str = ""
+    # Server
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+    max_frame_bytes: int = 65536
+    mark_interval_ms: int = 100
+    # Embedded Realtime-compatible server (used when no api_key is set)
+    local_realtime_port: int = 0
+
+    @property
+    def uses_embedded_model(self) -> bool:
+        """True when no API key is configured: the embedded server stands in for OpenAI."""
+        return not self.api_key
+
+    def model_connect_url(self) -> str:
+        """The WebSocket URL with the model in the query string (OpenAI and Azure GA shapes)."""
+        separator = "&" if "?" in self.realtime_url else "?"
+        if "model=" in self.realtime_url:
+            return self.realtime_url
+        return f"{self.realtime_url}{separator}model={self.realtime_model}"
+
+    def model_headers(self) -> dict[str, str]:
+        """Authentication headers for the model socket. Never the beta header (GA only)."""
+        if not self.api_key:
+            return {}
+        if self.api_key_header == "api-key":
+            return {"api-key": self.api_key}
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def with_model_url(self, url: str) -> "Settings":
+        return replace(self, realtime_url=url)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> "Settings":
+        """Read settings from ``env`` (default: ``os.environ``, after loading ``.env`` if present)."""
+        if env is None:
+            if dotenv:
+                from dotenv import load_dotenv
+
+                load_dotenv(override=False)
+            env = os.environ
+        azure_key = env.get("AZURE_OPENAI_API_KEY", "")
+        api_key = env.get("REALTIME_API_KEY") or env.get("OPENAI_API_KEY") or azure_key
+        realtime_url = (env.get("REALTIME_URL") or DEFAULT_REALTIME_URL).strip()
+        scheme = urlsplit(realtime_url).scheme
+        if scheme not in ("ws", "wss"):
+            raise ConfigError(f"REALTIME_URL must start with ws:// or wss://, got {realtime_url!r}")
+        host = urlsplit(realtime_url).hostname or ""
+        default_header = "api-key" if (host.endswith(".openai.azure.com") or (azure_key and api_key == azure_key)) else "authorization"
+        public_url = (env.get("PUBLIC_URL") or "").strip().rstrip("/")
+        if public_url and urlsplit(public_url).scheme not in ("http", "https"):
+            raise ConfigError(f"PUBLIC_URL must start with https:// (or http:// for local use), got {public_url!r}")
+        return cls(
+            realtime_url=realtime_url,
+            realtime_model=(env.get("REALTIME_MODEL") or "gpt-realtime").strip(),
+            api_key=api_key.strip(),
+            api_key_header=_choice(env, "REALTIME_API_KEY_HEADER", default_header, ("authorization", "api-key")),
+            voice=(env.get("VOICE") or "marin").strip(),
+            instructions=env.get("INSTRUCTIONS") or DEFAULT_INSTRUCTIONS,
+            audio_format=_choice(env, "AUDIO_FORMAT", "pcm16", AUDIO_FORMATS),
+            turn_detection=_choice(env, "TURN_DETECTION", "server_vad", TURN_DETECTION_TYPES),
+            vad_threshold=_float(env, "VAD_THRESHOLD", 0.5, 0.0, 1.0),
+            vad_prefix_padding_ms=_int(env, "VAD_PREFIX_PADDING_MS", 300, 0, 5000),
+            vad_silence_duration_ms=_int(env, "VAD_SILENCE_DURATION_MS", 500, 50, 10000),
+            vad_eagerness=_choice(env, "VAD_EAGERNESS", "auto", ("auto", "low", "medium", "high")),
+            interrupt_response=_bool(env, "INTERRUPT_RESPONSE", True),
+            transcription_model=(env.get("TRANSCRIPTION_MODEL") or "").strip(),
+            agent_speaks_first=_bool(env, "AGENT_SPEAKS_FIRST", False),
+            greeting_instructions=env.get("GREETING_INSTRUCTIONS") or "",
+            public_url=public_url,
+            twilio_auth_token=(env.get("TWILIO_AUTH_TOKEN") or "").strip(),
+            host=(env.get("HOST") or "127.0.0.1").strip(),
+            port=_int(env, "PORT", 8080, 0, 65535),
+            log_level=_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            max_frame_bytes=_int(env, "MAX_FRAME_BYTES", 65536, 1024, 1 << 20),
+            mark_interval_ms=_int(env, "MARK_INTERVAL_MS", 100, 20, 2000),
+            local_realtime_port=_int(env, "LOCAL_REALTIME_PORT", 0, 0, 65535),
+        )

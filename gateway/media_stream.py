@@ -1,0 +1,230 @@
+"""The I/O shell around the call core: Twilio's WebSocket on one side, the model's on the other.
+
+One task reads Twilio, one task reads the model; each parses a frame at the edge, hands the typed
+event to :class:`gateway.call.Call` and sends what comes back. The shell owns sockets, timeouts and
+logging; it makes no decisions about the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any, Callable
+
+import websockets
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from websockets.asyncio.client import ClientConnection, connect
+
+from gateway.call import (
+    Call,
+    CallConfig,
+    CallEvent,
+    Dropped,
+    EndCall,
+    ModelReportedError,
+    Output,
+    Peer,
+    Send,
+)
+from gateway.config import Settings
+from gateway.realtime import events as rt
+from gateway.twilio.media import MediaStreamError, parse_twilio_message
+
+log = logging.getLogger("gateway.media_stream")
+
+MODEL_CLOSE_TIMEOUT_S = 1.0
+MODEL_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+POLICY_VIOLATION = 1008
+
+CallObserver = Callable[[Call, CallEvent], None]
+
+
+def call_config(settings: Settings) -> CallConfig:
+    """The core's view of the settings: the session.update to send and the barge-in knobs."""
+    if settings.turn_detection == "none":
+        turn_detection: dict[str, Any] | None = None
+    elif settings.turn_detection == "semantic_vad":
+        turn_detection = {
+            "type": "semantic_vad",
+            "eagerness": settings.vad_eagerness,
+            "create_response": True,
+            "interrupt_response": settings.interrupt_response,
+        }
+    else:
+        turn_detection = {
+            "type": "server_vad",
+            "threshold": settings.vad_threshold,
+            "prefix_padding_ms": settings.vad_prefix_padding_ms,
+            "silence_duration_ms": settings.vad_silence_duration_ms,
+            "create_response": True,
+            "interrupt_response": settings.interrupt_response,
+        }
+    update = rt.session_update(
+        model=settings.realtime_model,
+        instructions=settings.instructions,
+        voice=settings.voice,
+        audio_format=settings.audio_format,
+        turn_detection=turn_detection,
+        transcription_model=settings.transcription_model,
+    )
+    return CallConfig(
+        session_update=update,
+        audio_format=settings.audio_format,
+        agent_speaks_first=settings.agent_speaks_first,
+        greeting_instructions=settings.greeting_instructions,
+        interrupt_response=settings.interrupt_response,
+        mark_interval_ms=settings.mark_interval_ms,
+    )
+
+
+def _now_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+class MediaStreamSession:
+    """Bridges one accepted Twilio media-stream WebSocket to one model session."""
+
+    def __init__(self, websocket: WebSocket, settings: Settings, observer: CallObserver | None = None) -> None:
+        self.websocket = websocket
+        self.settings = settings
+        self.call = Call(call_config(settings))
+        self._observer = observer
+        self._model: ClientConnection | None = None
+        self._done = asyncio.Event()
+        self._end_reason = ""
+
+    async def run(self) -> None:
+        model_task = asyncio.create_task(self._model_loop(), name="model-reader")
+        twilio_task = asyncio.create_task(self._twilio_loop(), name="twilio-reader")
+        try:
+            await self._done.wait()
+        finally:
+            twilio_task.cancel()
+            model_task.cancel()
+            await self._close_model()
+            await asyncio.gather(twilio_task, model_task, return_exceptions=True)
+            await self._close_twilio()
+            log.info("call ended call_sid=%s reason=%s", self.call.call_sid or "-", self._end_reason or "-")
+
+    # ---- readers ----------------------------------------------------------------------------
+
+    async def _twilio_loop(self) -> None:
+        max_bytes = self.settings.max_frame_bytes
+        try:
+            while not self._done.is_set():
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    log.warning("dropped binary frame from twilio call_sid=%s", self.call.call_sid or "-")
+                    continue
+                if len(text) > max_bytes:
+                    log.warning("dropped %d-byte frame from twilio (limit %d)", len(text), max_bytes)
+                    continue
+                try:
+                    event = parse_twilio_message(text)
+                except MediaStreamError as error:
+                    log.warning("dropped frame from twilio call_sid=%s: %s", self.call.call_sid or "-", error)
+                    continue
+                await self._dispatch(self.call.twilio_event(event, _now_ms()))
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        except Exception:
+            log.exception("twilio reader failed call_sid=%s", self.call.call_sid or "-")
+        await self._dispatch(self.call.twilio_closed())
+
+    async def _model_loop(self) -> None:
+        settings = self.settings
+        reason = "closed"
+        try:
+            async with connect(
+                settings.model_connect_url(),
+                additional_headers=settings.model_headers(),
+                compression=None,  # base64 audio barely compresses; deflate costs CPU (PROTOCOL.md 4)
+                max_size=MODEL_MAX_MESSAGE_BYTES,
+                open_timeout=10,
+                close_timeout=MODEL_CLOSE_TIMEOUT_S,
+            ) as model:
+                self._model = model
+                await self._dispatch(self.call.model_connected())
+                async for frame in model:
+                    try:
+                        event = rt.parse_model_event(frame)
+                    except rt.ModelEventError as error:
+                        log.warning("dropped model event call_sid=%s: %s", self.call.call_sid or "-", error)
+                        continue
+                    await self._dispatch(self.call.model_event(event, _now_ms()))
+                reason = f"code {model.close_code}"
+        except asyncio.CancelledError:
+            raise
+        except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as error:
+            reason = f"{type(error).__name__}: {error}"
+            log.error("model connection failed call_sid=%s: %s", self.call.call_sid or "-", reason)
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+            log.exception("model reader failed call_sid=%s", self.call.call_sid or "-")
+        await self._dispatch(self.call.model_closed(reason))
+
+    # ---- outputs ----------------------------------------------------------------------------
+
+    async def _dispatch(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            if isinstance(output, Send):
+                if output.to is Peer.TWILIO:
+                    await self._send_twilio(output.message)
+                else:
+                    await self._send_model(output.message)
+            elif isinstance(output, EndCall):
+                if not self._done.is_set():
+                    self._end_reason = output.reason
+                    self._done.set()
+            else:
+                self._report(output)
+
+    async def _send_twilio(self, message: dict[str, Any]) -> None:
+        if self.websocket.application_state != WebSocketState.CONNECTED:
+            return
+        try:
+            await self.websocket.send_text(json.dumps(message, separators=(",", ":")))
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self._done.set()
+
+    async def _send_model(self, message: dict[str, Any]) -> None:
+        model = self._model
+        if model is None:
+            return
+        try:
+            await model.send(json.dumps(message, separators=(",", ":")))
+        except websockets.exceptions.ConnectionClosed:
+            pass  # the model reader sees the close and ends the call
+
+    def _report(self, event: CallEvent) -> None:
+        if isinstance(event, Dropped):
+            log.warning("dropped %s input call_sid=%s: %s", event.source, self.call.call_sid or "-", event.reason)
+        elif isinstance(event, ModelReportedError):
+            log.warning("model error call_sid=%s code=%s: %s", self.call.call_sid or "-", event.code, event.message)
+        else:
+            log.debug("call event call_sid=%s %s", self.call.call_sid or "-", event)
+        if self._observer is not None:
+            try:
+                self._observer(self.call, event)
+            except Exception:
+                log.exception("call observer failed")
+
+    # ---- teardown ---------------------------------------------------------------------------
+
+    async def _close_model(self) -> None:
+        model = self._model
+        if model is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(model.close(), MODEL_CLOSE_TIMEOUT_S)
+
+    async def _close_twilio(self) -> None:
+        if self.websocket.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.websocket.close()

@@ -1,0 +1,223 @@
+"""The model side's GA Realtime protocol: build client events, parse server events at the edge.
+
+Only the server events the call core acts on become typed values; every other known event is
+returned as :class:`OtherEvent` (the core ignores it) and a malformed one raises
+:class:`ModelEventError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any, Union
+
+
+class ModelEventError(ValueError):
+    """A frame from the model that is not a valid Realtime server event."""
+
+
+# ---- client events (gateway -> model) ---------------------------------------------------------
+
+
+def audio_format_object(audio_format: str) -> dict[str, Any]:
+    """The GA ``audio.*.format`` object for a gateway audio format."""
+    if audio_format == "pcmu":
+        return {"type": "audio/pcmu"}
+    return {"type": "audio/pcm", "rate": 24000}
+
+
+def session_update(
+    *,
+    model: str,
+    instructions: str,
+    voice: str,
+    audio_format: str,
+    turn_detection: dict[str, Any] | None,
+    transcription_model: str = "",
+    tools: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    audio_input: dict[str, Any] = {"format": audio_format_object(audio_format), "turn_detection": turn_detection}
+    if transcription_model:
+        audio_input["transcription"] = {"model": transcription_model}
+    session: dict[str, Any] = {
+        "type": "realtime",
+        "model": model,
+        "instructions": instructions,
+        "output_modalities": ["audio"],
+        "audio": {"input": audio_input, "output": {"format": audio_format_object(audio_format), "voice": voice}},
+    }
+    if tools:
+        session["tools"] = tools
+        session["tool_choice"] = "auto"
+    return {"type": "session.update", "session": session}
+
+
+def input_audio_append(audio: bytes) -> dict[str, Any]:
+    return {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode("ascii")}
+
+
+def item_truncate(item_id: str, audio_end_ms: int) -> dict[str, Any]:
+    return {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": audio_end_ms}
+
+
+def response_create(instructions: str = "") -> dict[str, Any]:
+    if instructions:
+        return {"type": "response.create", "response": {"instructions": instructions}}
+    return {"type": "response.create"}
+
+
+def response_cancel(response_id: str) -> dict[str, Any]:
+    return {"type": "response.cancel", "response_id": response_id}
+
+
+# ---- server events (model -> gateway) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    audio_start_ms: int
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    audio_end_ms: int
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCreated:
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDelta:
+    response_id: str
+    item_id: str
+    audio: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    response_id: str
+    status: str
+    usage: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    role: str  # "assistant" or "user"
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelError:
+    code: str
+    message: str
+    error_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class OtherEvent:
+    type: str
+
+
+ModelEvent = Union[
+    SessionUpdated, SpeechStarted, SpeechStopped, ResponseCreated, AudioDelta, ResponseDone, Transcript, ModelError, OtherEvent
+]
+
+KNOWN_SERVER_EVENTS = frozenset(
+    {
+        "session.created",
+        "session.updated",
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "input_audio_buffer.cleared",
+        "input_audio_buffer.timeout_triggered",
+        "conversation.created",
+        "conversation.item.created",
+        "conversation.item.added",
+        "conversation.item.done",
+        "conversation.item.retrieved",
+        "conversation.item.deleted",
+        "conversation.item.truncated",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed",
+        "conversation.item.input_audio_transcription.failed",
+        "conversation.item.input_audio_transcription.segment",
+        "response.created",
+        "response.done",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.content_part.added",
+        "response.content_part.done",
+        "response.output_audio.delta",
+        "response.output_audio.done",
+        "response.output_audio_transcript.delta",
+        "response.output_audio_transcript.done",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "output_audio_buffer.started",
+        "output_audio_buffer.stopped",
+        "output_audio_buffer.cleared",
+        "rate_limits.updated",
+        "error",
+    }
+)
+
+
+def _field(event: dict[str, Any], key: str, kind: type = str) -> Any:
+    value = event.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ModelEventError(f"{event.get('type')}: {key} must be {kind.__name__}")
+    return value
+
+
+def parse_model_event(text: str | bytes) -> ModelEvent:
+    """Parse one frame from the model. Raises :class:`ModelEventError` for garbage or unknown types."""
+    try:
+        event = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise ModelEventError("frame is not JSON") from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise ModelEventError("frame is not an event object")
+    kind = event["type"]
+    if kind == "response.output_audio.delta":
+        try:
+            audio = base64.b64decode(_field(event, "delta"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ModelEventError("response.output_audio.delta: delta is not base64") from None
+        return AudioDelta(_field(event, "response_id"), _field(event, "item_id"), audio)
+    if kind == "input_audio_buffer.speech_started":
+        return SpeechStarted(_field(event, "audio_start_ms", int), _field(event, "item_id"))
+    if kind == "input_audio_buffer.speech_stopped":
+        return SpeechStopped(_field(event, "audio_end_ms", int), _field(event, "item_id"))
+    if kind == "response.created":
+        return ResponseCreated(_field(_field(event, "response", dict), "id"))
+    if kind == "response.done":
+        response = _field(event, "response", dict)
+        usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+        return ResponseDone(_field(response, "id"), str(response.get("status", "")), usage)
+    if kind == "response.output_audio_transcript.done":
+        return Transcript("assistant", _field(event, "item_id"), _field(event, "transcript"))
+    if kind == "conversation.item.input_audio_transcription.completed":
+        return Transcript("user", _field(event, "item_id"), _field(event, "transcript"))
+    if kind == "session.updated":
+        return SessionUpdated()
+    if kind == "error":
+        error = _field(event, "error", dict)
+        return ModelError(str(error.get("code") or ""), str(error.get("message") or ""), str(error.get("type") or ""))
+    if kind in KNOWN_SERVER_EVENTS:
+        return OtherEvent(kind)
+    raise ModelEventError(f"unknown event type {kind[:60]!r}")

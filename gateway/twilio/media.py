@@ -1,0 +1,156 @@
+"""Twilio Media Streams messages: parse what Twilio sends (once, at the edge) and build what we send.
+
+Parsing turns one text frame into a typed event or raises :class:`MediaStreamError` with a reason
+that is safe to log. The call core only ever sees these dataclasses.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Union
+
+
+class MediaStreamError(ValueError):
+    """A frame from Twilio that is not a valid Media Streams message; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    protocol: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    encoding: str
+    sample_rate: int
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    stream_sid: str
+    timestamp_ms: int
+    payload: bytes  # mu-law 8 kHz
+
+
+@dataclass(frozen=True, slots=True)
+class MarkEcho:
+    stream_sid: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    stream_sid: str
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    stream_sid: str
+
+
+TwilioEvent = Union[Connected, Start, Media, MarkEcho, Dtmf, Stop]
+
+_MAX_PARAMETERS = 64
+_MAX_SID = 64
+_DTMF_DIGITS = frozenset("0123456789*#ABCDabcdw")
+
+
+def _str(container: dict, key: str, where: str, max_len: int = 1024) -> str:
+    value = container.get(key)
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise MediaStreamError(f"{where}.{key} must be a non-empty string")
+    return value
+
+
+def _obj(container: dict, key: str) -> dict:
+    value = container.get(key)
+    if not isinstance(value, dict):
+        raise MediaStreamError(f"{key} must be an object")
+    return value
+
+
+def parse_twilio_message(text: str) -> TwilioEvent:
+    """Parse one text frame from Twilio. Raises :class:`MediaStreamError` on anything malformed."""
+    try:
+        message = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise MediaStreamError("frame is not JSON") from None
+    if not isinstance(message, dict):
+        raise MediaStreamError("frame is not a JSON object")
+    event = message.get("event")
+    if event == "media":
+        media = _obj(message, "media")
+        payload = media.get("payload")
+        if not isinstance(payload, str):
+            raise MediaStreamError("media.payload must be a string")
+        try:
+            audio = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise MediaStreamError("media.payload is not valid base64") from None
+        timestamp = media.get("timestamp")
+        try:
+            timestamp_ms = int(timestamp)  # Twilio sends it as a string
+        except (TypeError, ValueError):
+            raise MediaStreamError("media.timestamp must be a whole number of ms") from None
+        if timestamp_ms < 0:
+            raise MediaStreamError("media.timestamp must not be negative")
+        return Media(_str(message, "streamSid", "", _MAX_SID), timestamp_ms, audio)
+    if event == "mark":
+        mark = _obj(message, "mark")
+        return MarkEcho(_str(message, "streamSid", "", _MAX_SID), _str(mark, "name", "mark", 256))
+    if event == "start":
+        start = _obj(message, "start")
+        media_format = start.get("mediaFormat") or {}
+        if not isinstance(media_format, dict):
+            raise MediaStreamError("start.mediaFormat must be an object")
+        raw_params = start.get("customParameters") or {}
+        if not isinstance(raw_params, dict) or len(raw_params) > _MAX_PARAMETERS:
+            raise MediaStreamError("start.customParameters must be an object of at most 64 entries")
+        params = {str(k)[:500]: str(v)[:500] for k, v in raw_params.items()}
+        stream_sid = _str(start, "streamSid", "start", _MAX_SID)
+        top_sid = message.get("streamSid")
+        if top_sid is not None and top_sid != stream_sid:
+            raise MediaStreamError("start.streamSid differs from streamSid")
+        rate = media_format.get("sampleRate", 8000)
+        return Start(
+            stream_sid=stream_sid,
+            call_sid=_str(start, "callSid", "start", _MAX_SID),
+            account_sid=str(start.get("accountSid", ""))[:_MAX_SID],
+            encoding=str(media_format.get("encoding", "audio/x-mulaw")),
+            sample_rate=rate if isinstance(rate, int) else 8000,
+            custom_parameters=params,
+        )
+    if event == "dtmf":
+        dtmf = _obj(message, "dtmf")
+        digit = _str(dtmf, "digit", "dtmf", 8)
+        if not all(ch in _DTMF_DIGITS for ch in digit):
+            raise MediaStreamError("dtmf.digit is not a DTMF digit")
+        return Dtmf(_str(message, "streamSid", "", _MAX_SID), digit)
+    if event == "stop":
+        return Stop(_str(message, "streamSid", "", _MAX_SID))
+    if event == "connected":
+        return Connected(str(message.get("protocol", "")))
+    raise MediaStreamError(f"unknown event {str(event)[:40]!r}")
+
+
+def media_message(stream_sid: str, mulaw: bytes) -> dict:
+    """Audio for Twilio to queue and play (mu-law 8 kHz, any length)."""
+    return {"event": "media", "streamSid": stream_sid, "media": {"payload": base64.b64encode(mulaw).decode("ascii")}}
+
+
+def mark_message(stream_sid: str, name: str) -> dict:
+    """A mark Twilio echoes once everything queued before it has played (or been cleared)."""
+    return {"event": "mark", "streamSid": stream_sid, "mark": {"name": name}}
+
+
+def clear_message(stream_sid: str) -> dict:
+    """Drop everything Twilio has queued for playback; it echoes every pending mark at once."""
+    return {"event": "clear", "streamSid": stream_sid}

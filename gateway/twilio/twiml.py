@@ -1,0 +1,38 @@
+"""TwiML the gateway answers with, and the public URLs it puts in it."""
+
+from __future__ import annotations
+
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from twilio.twiml.voice_response import VoiceResponse
+
+MEDIA_STREAM_PATH = "/media-stream"
+_MAX_PARAMETER_CHARS = 500  # Twilio's limit for a <Parameter> name and value
+
+
+def public_base_url(configured: str, headers: Mapping[str, str], request_scheme: str, request_host: str) -> str:
+    """``https://host`` the world reaches us at: PUBLIC_URL if set, else X-Forwarded-*, else the request."""
+    if configured:
+        return configured.rstrip("/")
+    proto = (headers.get("x-forwarded-proto") or request_scheme or "https").split(",")[0].strip()
+    host = (headers.get("x-forwarded-host") or request_host).split(",")[0].strip()
+    return f"{proto}://{host}"
+
+
+def stream_url(base_url: str, path: str = MEDIA_STREAM_PATH) -> str:
+    """The WebSocket URL for ``<Stream>``: wss for https, ws for plain http (local use), no query string."""
+    parts = urlsplit(base_url)
+    scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{path}"
+
+
+def connect_stream_twiml(url: str, parameters: Mapping[str, str], status_callback: str = "") -> str:
+    """``<Response><Connect><Stream url=...>`` with per-call data as ``<Parameter>`` (Twilio drops query strings)."""
+    response = VoiceResponse()
+    connect = response.connect()
+    stream = connect.stream(url=url, status_callback=status_callback) if status_callback else connect.stream(url=url)
+    for name, value in parameters.items():
+        if value:
+            stream.parameter(name=name[:_MAX_PARAMETER_CHARS], value=str(value)[:_MAX_PARAMETER_CHARS])
+    return str(response)

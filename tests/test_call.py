@@ -1,0 +1,211 @@
+"""The pure call core, driven by event scripts: no sockets, no sleeps, explicit time."""
+
+import base64
+
+import pytest
+
+from gateway.call import (
+    BargeIn,
+    Call,
+    CallConfig,
+    CallStarted,
+    Dropped,
+    DtmfReceived,
+    EndCall,
+    Peer,
+    Send,
+)
+from gateway.realtime import events as rt
+from gateway.twilio import media as tw
+
+SID = "MZ" + "0" * 32
+PCM_MS = 48  # bytes of 24 kHz PCM16 per ms
+
+
+def make_call(**overrides) -> Call:
+    config = dict(session_update={"type": "session.update", "session": {}}, audio_format="pcm16")
+    config.update(overrides)
+    call = Call(CallConfig(**config))
+    call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {"k": "v"}), 0)
+    call.model_connected()
+    return call
+
+
+def sends(outputs, peer=None):
+    return [o.message for o in outputs if isinstance(o, Send) and (peer is None or o.to is peer)]
+
+
+def of_type(outputs, kind):
+    return [o for o in outputs if isinstance(o, kind)]
+
+
+def delta(response="resp_1", item="item_1", ms=100):
+    return rt.AudioDelta(response, item, b"\x00\x01" * (ms * PCM_MS // 2))
+
+
+def test_start_then_media_goes_to_model_as_24k_pcm():
+    call = Call(CallConfig(session_update={"type": "session.update"}))
+    out = call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {"From": "+1"}), 0)
+    assert of_type(out, CallStarted)[0].custom_parameters == {"From": "+1"}
+    # Audio before the model is connected is held, then flushed after session.update.
+    assert call.twilio_event(tw.Media(SID, 0, b"\xff" * 160), 0) == []
+    out = call.model_connected()
+    messages = sends(out, Peer.MODEL)
+    assert messages[0]["type"] == "session.update"
+    assert messages[1]["type"] == "input_audio_buffer.append"
+    assert len(base64.b64decode(messages[1]["audio"])) == 960
+    out = call.twilio_event(tw.Media(SID, 20, b"\xff" * 160), 20)
+    assert [m["type"] for m in sends(out)] == ["input_audio_buffer.append"]
+
+
+def test_timestamp_gap_is_filled_with_silence():
+    call = make_call()
+    call.twilio_event(tw.Media(SID, 0, b"\x00" * 160), 0)
+    out = call.twilio_event(tw.Media(SID, 100, b"\x00" * 160), 100)  # 80 ms lost
+    audio = base64.b64decode(sends(out)[0]["audio"])
+    assert len(audio) == (80 + 20) * PCM_MS
+    # Small jitter is not a gap.
+    out = call.twilio_event(tw.Media(SID, 125, b"\x00" * 160), 125)
+    assert len(base64.b64decode(sends(out)[0]["audio"])) == 20 * PCM_MS
+
+
+def test_bad_order_and_foreign_streams_are_dropped():
+    call = Call(CallConfig(session_update={}))
+    assert of_type(call.twilio_event(tw.Media(SID, 0, b"\xff"), 0), Dropped)
+    call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
+    assert of_type(call.twilio_event(tw.Media("MZother", 0, b"\xff"), 0), Dropped)
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "nonsense"), 0), Dropped)
+    assert of_type(call.twilio_event(tw.Start(SID, "CA2", "AC1", "x", 8000, {}), 0), Dropped)
+
+
+def test_agent_audio_goes_out_as_mulaw_with_a_mark_per_chunk():
+    call = make_call(mark_interval_ms=100)
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    out = call.model_event(delta(ms=250), 0)
+    messages = sends(out, Peer.TWILIO)
+    assert [m["event"] for m in messages] == ["media", "mark"] * 3
+    assert all(m["streamSid"] == SID for m in messages)
+    sizes = [len(base64.b64decode(m["media"]["payload"])) for m in messages if m["event"] == "media"]
+    assert sizes == [800, 800, 400]
+    assert [m["mark"]["name"] for m in messages if m["event"] == "mark"] == [
+        "g0:100:item_1",
+        "g0:200:item_1",
+        "g0:250:item_1",
+    ]
+
+
+def test_barge_in_clears_and_truncates_at_what_was_heard():
+    call = make_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(delta(ms=500), 0)  # 5 chunks queued at Twilio at t=0
+    call.twilio_event(tw.MarkEcho(SID, "g0:100:item_1"), 100)
+    call.twilio_event(tw.MarkEcho(SID, "g0:200:item_1"), 200)
+    out = call.model_event(rt.SpeechStarted(1000, "item_user"), 230)
+    assert sends(out)[0] == {"event": "clear", "streamSid": SID}  # clear goes first
+    truncate = [m for m in sends(out, Peer.MODEL) if m["type"] == "conversation.item.truncate"]
+    assert truncate == [{"type": "conversation.item.truncate", "item_id": "item_1", "content_index": 0, "audio_end_ms": 230}]
+    # The server cancels on its own (interrupt_response): the gateway does not.
+    assert not [m for m in sends(out) if m.get("type") == "response.cancel"]
+    assert of_type(out, BargeIn)[0].heard_ms == 230
+    # Late deltas of the interrupted response are dropped.
+    assert call.model_event(delta(ms=100), 240) == []
+    # Marks echoed because of the clear are ignored: they say "cleared", not "played".
+    assert call.twilio_event(tw.MarkEcho(SID, "g0:300:item_1"), 241) == []
+    assert call.heard_ms("item_1", 1000) == 230
+
+
+def test_heard_position_never_passes_the_next_mark_nor_what_was_sent():
+    call = make_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(delta(ms=100), 0)
+    # No echo for a long time (the caller's line stalled): heard stops at the chunk's end.
+    out = call.model_event(rt.SpeechStarted(1000, "u"), 5000)
+    truncate = [m for m in sends(out, Peer.MODEL) if m["type"] == "conversation.item.truncate"][0]
+    assert truncate["audio_end_ms"] == 100
+
+
+def test_chunk_sent_after_an_idle_gap_plays_from_its_arrival():
+    call = make_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(delta(ms=100), 0)
+    call.twilio_event(tw.MarkEcho(SID, "g0:100:item_1"), 100)
+    call.model_event(delta(ms=100), 400)  # the model was slow: Twilio was idle 100..400
+    out = call.model_event(rt.SpeechStarted(1000, "u"), 450)
+    truncate = [m for m in sends(out, Peer.MODEL) if m["type"] == "conversation.item.truncate"][0]
+    assert truncate["audio_end_ms"] == 150
+
+
+def test_cancel_only_when_the_server_does_not():
+    call = make_call(interrupt_response=False)
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(delta(ms=100), 0)
+    out = call.model_event(rt.SpeechStarted(1000, "u"), 50)
+    assert {"type": "response.cancel", "response_id": "resp_1"} in sends(out, Peer.MODEL)
+    # After response.done, nothing is active: a later speech_started cancels nothing.
+    call.model_event(rt.ResponseDone("resp_1", "cancelled", {}), 60)
+    out = call.model_event(rt.SpeechStarted(2000, "u2"), 70)
+    assert sends(out) == []
+
+
+def test_nothing_is_cleared_or_truncated_when_nothing_is_playing():
+    call = make_call()
+    assert sends(call.model_event(rt.SpeechStarted(0, "u"), 0)) == []
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(delta(ms=100), 0)
+    call.twilio_event(tw.MarkEcho(SID, "g0:100:item_1"), 100)
+    call.model_event(rt.ResponseDone("resp_1", "completed", {}), 100)
+    assert sends(call.model_event(rt.SpeechStarted(0, "u"), 500)) == []
+
+
+def test_response_in_progress_without_audio_is_interrupted_without_clear():
+    call = make_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    out = call.model_event(rt.SpeechStarted(0, "u"), 10)
+    assert sends(out) == []
+    assert call.model_event(delta(ms=100), 20) == []  # its audio never reaches the caller
+
+
+def test_second_response_after_barge_in_plays_on_the_new_generation():
+    call = make_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(delta(ms=200), 0)
+    call.model_event(rt.SpeechStarted(0, "u"), 50)
+    call.model_event(rt.ResponseDone("resp_1", "cancelled", {}), 60)
+    call.model_event(rt.ResponseCreated("resp_2"), 1000)
+    out = call.model_event(delta(response="resp_2", item="item_2", ms=100), 1000)
+    marks = [m["mark"]["name"] for m in sends(out) if m["event"] == "mark"]
+    assert marks == ["g1:100:item_2"]
+    call.twilio_event(tw.MarkEcho(SID, "g1:100:item_2"), 1100)
+    assert call.heard_ms("item_2", 1100) == 100
+
+
+def test_agent_speaks_first_once_session_is_updated():
+    call = make_call(agent_speaks_first=True, greeting_instructions="Greet the caller.")
+    out = call.model_event(rt.SessionUpdated(), 0)
+    assert sends(out) == [{"type": "response.create", "response": {"instructions": "Greet the caller."}}]
+    assert sends(call.model_event(rt.SessionUpdated(), 0)) == []
+
+
+def test_dtmf_stop_and_model_close_end_the_call():
+    call = make_call()
+    assert of_type(call.twilio_event(tw.Dtmf(SID, "5"), 0), DtmfReceived)[0].digit == "5"
+    assert of_type(call.twilio_event(tw.Stop(SID), 0), EndCall)
+    assert call.twilio_event(tw.Media(SID, 0, b"\xff"), 0) == []
+    other = make_call()
+    assert of_type(other.model_closed("1000"), EndCall)
+
+
+def test_pcmu_pass_through_counts_8_bytes_per_ms():
+    call = make_call(audio_format="pcmu")
+    out = call.twilio_event(tw.Media(SID, 0, b"\x7f" * 160), 0)
+    assert base64.b64decode(sends(out)[0]["audio"]) == b"\x7f" * 160
+    call.model_event(rt.ResponseCreated("r"), 0)
+    out = call.model_event(rt.AudioDelta("r", "i", b"\x10" * 1600), 0)  # 200 ms
+    marks = [m["mark"]["name"] for m in sends(out) if m["event"] == "mark"]
+    assert marks == ["g0:100:i", "g0:200:i"]
+
+
+@pytest.mark.parametrize("name", ["", "g", "gx:1:i", "g1:x:i", "g1:2:", "1:2:i"])
+def test_malformed_mark_names_are_dropped(name):
+    call = make_call()
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, name), 0), Dropped)
