@@ -21,16 +21,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.app import create_app
 
     settings = replace(settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        ws="websockets-sansio",
-        ws_max_size=1 << 20,  # hard cap; frames over MAX_FRAME_BYTES are dropped by the gateway itself
-        ws_per_message_deflate=False,
-        proxy_headers=True,
-    )
+    from gateway.runner import UVICORN_OPTIONS
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, **UVICORN_OPTIONS)
     return 0
 
 
