@@ -1,0 +1,198 @@
+"""The local Realtime server's I/O shell: a ``websockets`` listener, one session loop per connection.
+
+Each connection runs two tasks around one :class:`~gateway.local.session.RealtimeSession`: the
+reader (client message in -> events out) and the pacer (at the session's next deadline, ``tick``).
+Both compute and send under one lock, so events leave in exactly the order the session made them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from .agents import make_agent
+from .session import RealtimeSession
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1 << 20
+PATHS = ("/v1/realtime", "/openai/v1/realtime")
+SESSION_LIMIT_S = 3600.0
+
+
+def _now_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+class LocalRealtimeServer:
+    """An OpenAI-Realtime-compatible (GA) server on 127.0.0.1, backed by a local agent.
+
+    ``speed`` paces response audio at that many times real time. With ``validate_events`` every
+    outgoing event is checked against the official ``openai`` models (needs the test extra);
+    mismatches are logged at ERROR and collected in :attr:`validation_failures`.
+    ``session_limit_s`` is the session's maximum duration (the service's is 60 minutes).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        agent: str = "echo",
+        validate_events: bool = False,
+        speed: float = 8.0,
+        session_limit_s: float = SESSION_LIMIT_S,
+    ) -> None:
+        make_agent(agent)  # fail now on an unknown agent name
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.host = host
+        self.port = port
+        self.agent = agent
+        self.validate_events = validate_events
+        self.speed = speed
+        self.session_limit_s = session_limit_s
+        self.sessions: list[RealtimeSession] = []
+        self.validation_failures: list[str] = []
+        self._server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}/v1/realtime"
+
+    async def start(self) -> None:
+        if self.validate_events:
+            from .schema import validate_server_event  # noqa: F401  (fail now if openai is missing)
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            compression=None,
+            max_size=MAX_MESSAGE_BYTES,
+            process_request=self._process_request,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> LocalRealtimeServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.stop()
+
+    @staticmethod
+    def _process_request(connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if not path.startswith(PATHS):
+            return connection.respond(HTTPStatus.NOT_FOUND, "Not found: the Realtime API is at /v1/realtime\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        beta = ws.request.headers.get("OpenAI-Beta", "") if ws.request else ""
+        if "realtime=v1" in beta.replace(" ", ""):
+            await ws.close(4000, "beta_api_shape_disabled")
+            return
+        query = parse_qs(urlsplit(ws.request.path).query) if ws.request else {}
+        model = query.get("model", ["gpt-realtime"])[0]
+        session = RealtimeSession(make_agent(self.agent), speed=self.speed, model=model)
+        self.sessions.append(session)
+        await _Connection(self, ws, session).run()
+
+    def _check(self, event: dict[str, Any]) -> None:
+        from .schema import EventSchemaError, validate_server_event
+
+        try:
+            validate_server_event(event)
+        except EventSchemaError as exc:
+            log.error("local realtime: server event does not match the OpenAI models: %s", exc)
+            self.validation_failures.append(str(exc))
+
+
+class _Connection:
+    __slots__ = ("server", "ws", "session", "lock", "wake")
+
+    def __init__(self, server: LocalRealtimeServer, ws: ServerConnection, session: RealtimeSession) -> None:
+        self.server = server
+        self.ws = ws
+        self.session = session
+        self.lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+
+    async def run(self) -> None:
+        pacer = asyncio.create_task(self._pace())
+        expiry = asyncio.create_task(self._expire())
+        try:
+            await self._send(self.session.open())
+            async for message in self.ws:
+                async with self.lock:
+                    await self._send(self.session.receive(message, _now_ms()))
+                self.wake.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            pacer.cancel()
+            expiry.cancel()
+            await asyncio.gather(pacer, expiry, return_exceptions=True)
+
+    async def _send(self, events: list[dict[str, Any]]) -> None:
+        validate = self.server.validate_events
+        for event in events:
+            if validate:
+                self.server._check(event)
+            await self.ws.send(json.dumps(event))
+            self.session.events_sent += 1
+
+    async def _pace(self) -> None:
+        """Wake at the session's next deadline (or when a message may have set one) and tick."""
+        while True:
+            deadline = self.session.next_deadline()
+            self.wake.clear()
+            try:
+                if deadline is None:
+                    await self.wake.wait()
+                else:
+                    delay = (deadline - _now_ms()) / 1000.0
+                    if delay > 0:
+                        async with asyncio.timeout(delay):
+                            await self.wake.wait()
+            except TimeoutError:
+                pass
+            try:
+                async with self.lock:
+                    await self._send(self.session.tick(_now_ms()))
+            except ConnectionClosed:
+                return
+            except Exception:
+                log.exception("local realtime: pacing failed")
+                await asyncio.sleep(0.05)
+
+    async def _expire(self) -> None:
+        await asyncio.sleep(self.server.session_limit_s)
+        try:
+            async with self.lock:
+                await self._send(self.session.expire())
+            await self.ws.close(1001, "session_expired")
+        except ConnectionClosed:
+            pass
+
+
+async def run_local_realtime(host: str, port: int) -> None:
+    """Serve until cancelled (``gateway local-realtime --port N``)."""
+    async with LocalRealtimeServer(host, port) as server:
+        log.info("local realtime server listening at %s", server.url)
+        await asyncio.Future()
