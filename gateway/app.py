@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
@@ -36,9 +36,10 @@ MAX_WEBHOOK_BODY_BYTES = 64 * 1024
 class GatewayState:
     """What the routes share: settings (with the model URL resolved) and the calls in progress."""
 
-    def __init__(self, settings: Settings, observer: CallObserver | None) -> None:
+    def __init__(self, settings: Settings, observer: CallObserver | None, local_server: Any = None) -> None:
         self.settings = settings
         self.observer = observer
+        self.local_server = local_server  # the embedded LocalRealtimeServer, when no API key is set
         self.active_calls: set[MediaStreamSession] = set()
         self.validator = RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token else None
 
@@ -118,7 +119,7 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
                 "Set OPENAI_API_KEY (or REALTIME_API_KEY / AZURE_OPENAI_API_KEY) for a real model.",
                 local_server.url,
             )
-        app.state.gateway = GatewayState(resolved, observer)
+        app.state.gateway = GatewayState(resolved, observer, local_server)
         try:
             yield
         finally:

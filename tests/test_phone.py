@@ -25,7 +25,7 @@ from gateway.replay.report import (
     UNKNOWN_EVENT,
     WRONG_STREAM_SID,
 )
-from gateway.replay.wavio import (
+from gateway.wavio import (
     WAVE_FORMAT_MULAW,
     WavError,
     load_sample,

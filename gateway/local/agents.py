@@ -5,27 +5,26 @@ int16; the session converts it to the output format) with a transcript, or a fun
 pure and quick; the session streams the audio out faster than real time.
 
 * ``echo``: says the caller's latest committed utterance back; with nothing from the caller yet it
-  says the greeting (``gateway/samples/greeting.wav``, or a generated speech-like signal).
+  says the greeting (the bundled ``greeting`` sample, or a generated speech-like signal). The echo
+  leaves out the silence around the utterance, as a model's answer starts with speech.
 
 A scripted agent (fixed replies, function calls on cue) is another class with the same ``reply``.
 """
 
 from __future__ import annotations
 
-import struct
-import wave
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from scipy.signal import lfilter, resample_poly
+from scipy.signal import lfilter
 
 from gateway.audio import mulaw_decode
+from gateway.wavio import WavError, load_sample
 
 RATE = 8000
-GREETING_PATH = Path(__file__).resolve().parent.parent / "samples" / "greeting.wav"
+GREETING_SAMPLE = "greeting"
 GREETING_TRANSCRIPT = "Hello! You are talking to the echo agent. Say something and I will say it back."
 
 
@@ -64,8 +63,9 @@ class EchoAgent:
 
     def reply(self, turn: CallerTurn) -> Reply:
         if turn.audio is not None and len(turn.audio):
-            ms = len(turn.audio) * 1000 // RATE
-            return Reply(turn.audio.copy(), f"(echo of {ms} ms of caller audio)")
+            spoken = trim_silence(turn.audio)
+            ms = len(spoken) * 1000 // RATE
+            return Reply(spoken.copy(), f"(echo of {ms} ms of caller audio)")
         if turn.text:
             ms = min(10_000, 400 + 60 * len(turn.text))
             return Reply(speech_like(ms), turn.text)
@@ -82,64 +82,33 @@ def make_agent(name: str) -> Agent:
         raise ValueError(f"unknown local agent {name!r}; expected one of {sorted(AGENTS)}") from None
 
 
-def load_greeting(path: Path = GREETING_PATH) -> np.ndarray:
-    """The greeting as 8 kHz int16: the sample WAV if present and readable, else 1.5 s of speech-like sound."""
+def load_greeting() -> np.ndarray:
+    """The greeting as 8 kHz int16: the bundled sample if readable, else 1.5 s of speech-like sound."""
     try:
-        stat = path.stat()
-    except OSError:
-        return speech_like(1500)
-    try:
-        return _read_cached(str(path), stat.st_mtime_ns).copy()
-    except (OSError, ValueError, wave.Error, EOFError, struct.error):
+        return _greeting_samples().copy()
+    except (OSError, WavError):
         return speech_like(1500)
 
 
-@lru_cache(maxsize=8)
-def _read_cached(path: str, _mtime_ns: int) -> np.ndarray:
-    return read_wav_8k(path)
+@lru_cache(maxsize=1)
+def _greeting_samples() -> np.ndarray:
+    return mulaw_decode(load_sample(GREETING_SAMPLE))
 
 
-def read_wav_8k(path: str | Path) -> np.ndarray:
-    """A mono 8 kHz int16 copy of a WAV file: PCM 8/16-bit (via ``wave``) or G.711 mu-law (format 7)."""
-    try:
-        with wave.open(str(path), "rb") as wav:
-            channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
-            raw = wav.readframes(wav.getnframes())
-        if width == 2:
-            samples = np.frombuffer(raw, dtype="<i2").astype(np.int16)
-        elif width == 1:
-            samples = ((np.frombuffer(raw, dtype=np.uint8).astype(np.int16) - 128) << 8).astype(np.int16)
-        else:
-            raise ValueError(f"unsupported WAV sample width {width}")
-    except wave.Error:
-        channels, rate, samples = _read_mulaw_wav(Path(path).read_bytes())
-    if channels > 1:
-        samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
-    if rate != RATE:
-        resampled = resample_poly(samples.astype(np.float64), RATE, rate)
-        samples = np.clip(np.rint(resampled), -32768, 32767).astype(np.int16)
-    return samples
+def trim_silence(samples: np.ndarray, threshold: float = 300.0, frame: int = 160) -> np.ndarray:
+    """``samples`` without leading and trailing 20 ms frames quieter than ``threshold`` RMS.
 
-
-def _read_mulaw_wav(data: bytes) -> tuple[int, int, np.ndarray]:
-    """Parse a RIFF/WAVE file of mu-law audio, which the stdlib ``wave`` module refuses."""
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ValueError("not a RIFF/WAVE file")
-    pos, fmt, payload = 12, None, None
-    while pos + 8 <= len(data):
-        chunk_id, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
-        body = data[pos + 8 : pos + 8 + size]
-        if chunk_id == b"fmt ":
-            fmt = struct.unpack_from("<HHI", body)
-        elif chunk_id == b"data":
-            payload = body
-        pos += 8 + size + (size & 1)
-    if fmt is None or payload is None:
-        raise ValueError("WAV without fmt or data chunk")
-    tag, channels, rate = fmt
-    if tag != 7:
-        raise ValueError(f"unsupported WAV format tag {tag}")
-    return channels, rate, mulaw_decode(payload).astype(np.int16)
+    A committed turn carries the VAD's prefix padding and trailing silence; a model answers with speech
+    at once, so the echo must too, or every measured latency would include that silence.
+    """
+    frames = len(samples) // frame
+    if frames == 0:
+        return samples
+    blocks = samples[: frames * frame].astype(np.float64).reshape(frames, frame)
+    loud = np.flatnonzero(np.sqrt(np.mean(blocks**2, axis=1)) >= threshold)
+    if len(loud) == 0:
+        return samples
+    return samples[loud[0] * frame : (loud[-1] + 1) * frame]
 
 
 def speech_like(ms: int, f0: float = 140.0, level: float = 8000.0) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from .phone import CallerTurn, Phone, run_call
 from .report import CallReport, ClearRecord, MarkRecord, PlaybackRun, TurnReport, Violation
-from .wavio import load_sample, read_wav, sample_names, to_mulaw_8k, write_wav
+from gateway.wavio import load_sample, read_wav, sample_names, to_mulaw_8k, write_wav
 
 __all__ = [
     "CallReport",

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.audio import MULAW_SILENCE
 
-from .wavio import PHONE_RATE, write_mulaw_wav
+from gateway.wavio import PHONE_RATE, write_mulaw_wav
 
 # Violation kinds: what Twilio would reject in a message from the gateway (see PROTOCOL.md section 1).
 BINARY_FRAME = "binary_frame"  # Twilio error 31950

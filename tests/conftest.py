@@ -1,0 +1,57 @@
+"""Shared fixtures: a real gateway under uvicorn on 127.0.0.1 with the embedded Realtime server behind it."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field, replace
+from typing import Any, AsyncIterator
+
+import pytest
+
+from gateway.app import create_app
+from gateway.call import Call, CallEvent
+from gateway.config import Settings
+from gateway.runner import running_app
+
+
+@dataclass
+class GatewayUnderTest:
+    http_url: str
+    app: Any
+    events: list[tuple[str, CallEvent]] = field(default_factory=list)
+
+    @property
+    def ws_url(self) -> str:
+        return self.http_url.replace("http://", "ws://") + "/media-stream"
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.gateway
+
+    @property
+    def local_server(self) -> Any:
+        return self.state.local_server
+
+    def of_type(self, kind: type) -> list[Any]:
+        return [event for _, event in self.events if isinstance(event, kind)]
+
+
+@contextlib.asynccontextmanager
+async def start_gateway(**overrides: Any) -> AsyncIterator[GatewayUnderTest]:
+    """The gateway with the embedded model (no API key); ``overrides`` are Settings fields."""
+    settings = replace(Settings.from_env({}), **overrides)
+    holder: list[GatewayUnderTest] = []
+
+    def observe(call: Call, event: CallEvent) -> None:
+        holder[0].events.append((call.call_sid, event))
+
+    app = create_app(settings, observer=observe)
+    async with running_app(app) as http_url:
+        holder.append(GatewayUnderTest(http_url, app))
+        yield holder[0]
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[GatewayUnderTest]:
+    async with start_gateway() as running:
+        yield running
