@@ -149,7 +149,7 @@ async def test_beta_header_is_refused_with_4000(server):
             await asyncio.wait_for(ws.recv(), TIMEOUT)
     assert closed.value.rcvd.code == 4000
     assert closed.value.rcvd.reason == "beta_api_shape_disabled"
-    assert server.sessions == []
+    assert len(server.sessions) == 0
 
 
 async def test_azure_path_and_api_key_header_accepted_unknown_path_refused(server):

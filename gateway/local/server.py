@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 1 << 20
 PATHS = ("/v1/realtime", "/openai/v1/realtime")
 SESSION_LIMIT_S = 3600.0
+RECENT_SESSIONS = 100
 
 
 def _now_ms() -> float:
@@ -61,7 +63,8 @@ class LocalRealtimeServer:
         self.validate_events = validate_events
         self.speed = speed
         self.session_limit_s = session_limit_s
-        self.sessions: list[RealtimeSession] = []
+        # The most recent sessions, for tests and debugging; bounded so a long-running server does not grow.
+        self.sessions: deque[RealtimeSession] = deque(maxlen=RECENT_SESSIONS)
         self.validation_failures: list[str] = []
         self._server: Server | None = None
 
@@ -111,7 +114,10 @@ class LocalRealtimeServer:
         model = query.get("model", ["gpt-realtime"])[0]
         session = RealtimeSession(make_agent(self.agent), speed=self.speed, model=model)
         self.sessions.append(session)
-        await _Connection(self, ws, session).run()
+        try:
+            await _Connection(self, ws, session).run()
+        finally:
+            session.closed_at_ms = _now_ms()
 
     def _check(self, event: dict[str, Any]) -> None:
         from .schema import EventSchemaError, validate_server_event

@@ -71,6 +71,7 @@ class RealtimeSession:
         self.errors: list[dict[str, Any]] = []  # error events sent
         self.responses: list[dict[str, Any]] = []  # the response object of every response.done
         self.events_sent = 0  # counted by the shell once sent
+        self.closed_at_ms: float | None = None  # set by the shell when the socket is done (monotonic ms)
         self._handlers: dict[str, Callable[[dict[str, Any], float], None]] = {
             "session.update": self._on_session_update,
             "input_audio_buffer.append": self._on_append,
@@ -112,6 +113,11 @@ class RealtimeSession:
         """Emit whatever is due at ``now_ms`` (response audio)."""
         self._pump(now_ms)
         return self._drain()
+
+    @property
+    def input_audio_ms(self) -> float:
+        """Caller audio appended so far, in ms (the session's input-audio clock)."""
+        return self._clock * 1000 / 8000
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has something to emit (ms, same clock as ``now_ms``), or None."""

@@ -1,0 +1,136 @@
+"""End to end on 127.0.0.1: real uvicorn, real websockets, the embedded model, the replay phone as Twilio."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from gateway.call import BargeIn, ModelReportedError
+from gateway.replay import CallerTurn, load_sample, run_call
+
+from .conftest import start_gateway
+
+
+def conversation_with_barge_in() -> list[CallerTurn]:
+    return [
+        CallerTurn(load_sample("caller_hello"), after_silence_ms=300, name="hello"),
+        CallerTurn(load_sample("caller_bargein"), after_agent_heard_ms=1200, name="barge-in"),
+    ]
+
+
+@pytest.mark.parametrize("audio_format", ["pcm16", "pcmu"])
+async def test_call_with_barge_in_truncates_at_what_the_caller_heard(audio_format):
+    async with start_gateway(audio_format=audio_format) as gateway:
+        report = await run_call(gateway.ws_url, conversation_with_barge_in(), timeout_s=40, hangup_after_ms=500)
+        session = gateway.local_server.sessions[-1]
+
+    assert report.violations == []
+    assert gateway.of_type(ModelReportedError) == []
+    assert session.errors == []  # the model never answered with an error: no truncate errors
+    hello, barge_in = report.turns
+    assert hello.response_ms is not None and 0 < hello.response_ms < 2000
+    # The barge-in: the agent was talking, and stopped because the gateway cleared Twilio's buffer.
+    assert barge_in.barge_in and barge_in.agent_playing_at_start
+    assert barge_in.stopped_by == "cleared"
+    assert barge_in.stop_ms is not None and barge_in.stop_ms < 1500
+    # Exactly one truncate, within 40 ms of what the phone actually played of that answer.
+    assert len(report.clears) == 1 and len(session.truncations) == 1
+    item_id, audio_end_ms, item_audio_ms = session.truncations[0]
+    played_ms = report.clears[0].played_ms
+    assert abs(audio_end_ms - played_ms) <= 40, (audio_end_ms, played_ms)
+    assert audio_end_ms <= item_audio_ms
+    (gateway_barge_in,) = gateway.of_type(BargeIn)
+    assert gateway_barge_in.item_id == item_id and gateway_barge_in.heard_ms == audio_end_ms
+    # The answer to the barge-in turn is heard too, and every mark came back.
+    assert barge_in.response_ms is not None
+    assert report.marks_echoed == report.marks_received > 0
+
+
+async def test_agent_speaks_first():
+    async with start_gateway(agent_speaks_first=True) as gateway:
+        turns = [CallerTurn(load_sample("caller_goodbye"), after_silence_ms=300, wait_for_agent=True)]
+        report = await run_call(gateway.ws_url, turns, timeout_s=40, hangup_after_ms=300)
+    assert report.runs and report.runs[0].start_ms < 1500  # the greeting, before the caller said anything
+    assert report.turns[0].start_ms > report.runs[0].start_ms
+    assert report.violations == []
+
+
+async def test_packet_loss_keeps_the_model_clock_on_the_call_clock():
+    async with start_gateway() as gateway:
+        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)]
+        report = await run_call(gateway.ws_url, turns, timeout_s=30, hangup_after_ms=300, drop_frames=range(10, 30))
+        session = gateway.local_server.sessions[-1]
+    assert report.frames_dropped == 20
+    assert report.turns[0].response_ms is not None
+    # 20 lost frames were filled with 400 ms of silence: the model heard as much audio as time passed.
+    model_audio_ms = session.input_audio_ms
+    sent_ms = (report.frames_sent + report.frames_dropped) * 20
+    assert abs(model_audio_ms - sent_ms) <= 40
+
+
+async def test_stop_closes_the_model_socket_within_a_second_and_leaves_nothing_behind():
+    async with start_gateway() as gateway:
+        baseline = len(asyncio.all_tasks())
+        turns = [CallerTurn(load_sample("caller_question"), after_silence_ms=200)]
+        report = await run_call(gateway.ws_url, turns, timeout_s=30, hangup_after_ms=200)
+        stopped_at = time.monotonic() * 1000
+        session = gateway.local_server.sessions[-1]
+        for _ in range(100):
+            if session.closed_at_ms is not None and not gateway.state.active_calls:
+                break
+            await asyncio.sleep(0.01)
+        assert report.ended_by == "hangup"
+        assert session.closed_at_ms is not None and session.closed_at_ms - stopped_at < 1000
+        assert not gateway.state.active_calls
+        await asyncio.sleep(0.05)
+        assert len(asyncio.all_tasks()) <= baseline
+
+
+async def test_model_socket_closing_ends_the_call_cleanly():
+    async with start_gateway() as gateway:
+
+        async def kill_model_soon() -> None:
+            while not gateway.local_server.sessions:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.5)
+            await gateway.local_server.stop()
+
+        killer = asyncio.create_task(kill_model_soon())
+        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=5000)]
+        started = time.monotonic()
+        report = await run_call(gateway.ws_url, turns, timeout_s=20)
+        await killer
+        assert report.ended_by == "gateway_closed"
+        assert time.monotonic() - started < 3
+        for _ in range(100):
+            if not gateway.state.active_calls:
+                break
+            await asyncio.sleep(0.01)
+        assert not gateway.state.active_calls
+
+
+async def test_incoming_call_webhook_answers_connect_stream_twiml():
+    async with start_gateway() as gateway:
+        async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+            form = {"CallSid": "CA123", "From": "+15550001111", "To": "+15550002222", "AccountSid": "AC1"}
+            response = await client.post("/incoming-call", data=form,
+                                         headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.com"})
+            assert response.status_code == 200 and response.headers["content-type"].startswith("application/xml")
+            twiml = response.text
+            assert '<Connect><Stream url="wss://gw.example.com/media-stream">' in twiml
+            for name, value in (("CallSid", "CA123"), ("From", "+15550001111"), ("To", "+15550002222")):
+                assert f'<Parameter name="{name}" value="{value}" />' in twiml
+            assert "?" not in twiml.split('url="')[1].split('"')[0]
+            get = await client.get("/incoming-call", params={"CallSid": "CA9"})
+            assert get.status_code == 200 and 'value="CA9"' in get.text
+            health = await client.get("/healthz")
+            assert health.json()["status"] == "ok" and health.json()["model"] == "embedded"
+
+    async with start_gateway(public_url="https://public.example.org") as gateway:
+        async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+            response = await client.post("/incoming-call", data={"CallSid": "CA1"},
+                                         headers={"X-Forwarded-Host": "evil.example.com"})
+            assert 'url="wss://public.example.org/media-stream"' in response.text
