@@ -77,6 +77,8 @@ async def media_stream(websocket: WebSocket) -> None:
         url = stream_url(_public_base(websocket, state.settings), websocket.url.path)
         if not state.validator.validate(url, {}, websocket.headers.get("x-twilio-signature", "")):
             log.warning("rejected media stream with a bad X-Twilio-Signature")
+            # Closing before accept() would be an HTTP 403 handshake refusal; the protocol says close 1008.
+            await websocket.accept()
             await websocket.close(code=POLICY_VIOLATION)
             return
     await websocket.accept()

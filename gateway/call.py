@@ -300,13 +300,17 @@ class Call:
         playback = self._playback
         if generation != playback.generation:
             return []  # echoed because we cleared it, not because it played
-        while playback.pending:
+        position = next(
+            (i for i, mark in enumerate(playback.pending) if mark.item_id == item_id and mark.end_ms == end_ms), None
+        )
+        if position is None:
+            return [Dropped("twilio", "echo of a mark that is not pending")]
+        # Twilio echoes in order: this echo means every mark before it has played too.
+        for _ in range(position + 1):
             mark = playback.pending.popleft()
             item = self._items.get(mark.item_id)
             if item is not None and mark.end_ms > item.heard_ms:
                 item.heard_ms = mark.end_ms
-            if mark.item_id == item_id and mark.end_ms == end_ms:
-                break
         playback.last_echo_at = now_ms
         return []
 

@@ -103,8 +103,10 @@ class MediaStreamSession:
             await self._done.wait()
         finally:
             twilio_task.cancel()
-            model_task.cancel()
+            # Close the model socket (1000) before cancelling its reader: a reader cancelled inside
+            # `async with connect(...)` would close it with 1011 (internal error) on every hang-up.
             await self._close_model()
+            model_task.cancel()
             await asyncio.gather(twilio_task, model_task, return_exceptions=True)
             await self._close_twilio()
             log.info("call ended call_sid=%s reason=%s", self.call.call_sid or "-", self._end_reason or "-")
@@ -129,6 +131,9 @@ class MediaStreamSession:
                     event = parse_twilio_message(text)
                 except MediaStreamError as error:
                     log.warning("dropped frame from twilio call_sid=%s: %s", self.call.call_sid or "-", error)
+                    continue
+                except Exception:  # a parser bug costs one frame, never the call
+                    log.exception("dropped frame from twilio call_sid=%s: the parser failed", self.call.call_sid or "-")
                     continue
                 await self._dispatch(self.call.twilio_event(event, _now_ms()))
         except (WebSocketDisconnect, RuntimeError):
@@ -156,6 +161,9 @@ class MediaStreamSession:
                         event = rt.parse_model_event(frame)
                     except rt.ModelEventError as error:
                         log.warning("dropped model event call_sid=%s: %s", self.call.call_sid or "-", error)
+                        continue
+                    except Exception:  # a parser bug costs one event, never the call
+                        log.exception("dropped model event call_sid=%s: the parser failed", self.call.call_sid or "-")
                         continue
                     await self._dispatch(self.call.model_event(event, _now_ms()))
                 reason = f"code {model.close_code}"

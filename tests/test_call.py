@@ -209,3 +209,13 @@ def test_pcmu_pass_through_counts_8_bytes_per_ms():
 def test_malformed_mark_names_are_dropped(name):
     call = make_call()
     assert of_type(call.twilio_event(tw.MarkEcho(SID, name), 0), Dropped)
+
+
+def test_a_forged_mark_echo_credits_nothing():
+    call = make_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(delta(ms=1000), 0)
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:5:forged"), 10), Dropped)
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:1000:item_1"), 10), Dropped) == []
+    # A real echo of the 10th chunk means all ten played: echoes come in order.
+    assert call.heard_ms("item_1", 10) == 1000

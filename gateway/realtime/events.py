@@ -188,7 +188,7 @@ def parse_model_event(text: str | bytes) -> ModelEvent:
     """Parse one frame from the model. Raises :class:`ModelEventError` for garbage or unknown types."""
     try:
         event = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, integer digit limit
         raise ModelEventError("frame is not JSON") from None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         raise ModelEventError("frame is not an event object")

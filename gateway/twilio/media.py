@@ -81,7 +81,7 @@ def parse_twilio_message(text: str) -> TwilioEvent:
     """Parse one text frame from Twilio. Raises :class:`MediaStreamError` on anything malformed."""
     try:
         message = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, or an integer past Python's digit limit
         raise MediaStreamError("frame is not JSON") from None
     if not isinstance(message, dict):
         raise MediaStreamError("frame is not a JSON object")
@@ -98,7 +98,7 @@ def parse_twilio_message(text: str) -> TwilioEvent:
         timestamp = media.get("timestamp")
         try:
             timestamp_ms = int(timestamp)  # Twilio sends it as a string
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: "Infinity" is valid JSON to Python
             raise MediaStreamError("media.timestamp must be a whole number of ms") from None
         if timestamp_ms < 0:
             raise MediaStreamError("media.timestamp must not be negative")
