@@ -95,6 +95,7 @@ class Settings:
     log_level: str = "info"
     max_frame_bytes: int = 65536
     mark_interval_ms: int = 100
+    record_calls_dir: str = ""  # when set, every call's Twilio frames are written there (gateway.recording)
     # Embedded Realtime-compatible server (used when no api_key is set)
     local_realtime_port: int = 0
 
@@ -165,5 +166,6 @@ class Settings:
             log_level=_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             max_frame_bytes=_int(env, "MAX_FRAME_BYTES", 65536, 1024, 1 << 20),
             mark_interval_ms=_int(env, "MARK_INTERVAL_MS", 100, 20, 2000),
+            record_calls_dir=(env.get("RECORD_CALLS_DIR") or "").strip(),
             local_realtime_port=_int(env, "LOCAL_REALTIME_PORT", 0, 0, 65535),
         )

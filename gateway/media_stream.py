@@ -22,6 +22,7 @@ from gateway.call import (
     Call,
     CallConfig,
     CallEvent,
+    CallStarted,
     Dropped,
     EndCall,
     ModelReportedError,
@@ -31,6 +32,7 @@ from gateway.call import (
 )
 from gateway.config import Settings
 from gateway.realtime import events as rt
+from gateway.recording import CallRecorder
 from gateway.twilio.media import MediaStreamError, parse_twilio_message
 
 log = logging.getLogger("gateway.media_stream")
@@ -95,6 +97,7 @@ class MediaStreamSession:
         self._model: ClientConnection | None = None
         self._done = asyncio.Event()
         self._end_reason = ""
+        self._recorder = CallRecorder(settings.record_calls_dir, _now_ms()) if settings.record_calls_dir else None
 
     async def run(self) -> None:
         model_task = asyncio.create_task(self._model_loop(), name="model-reader")
@@ -109,6 +112,8 @@ class MediaStreamSession:
             model_task.cancel()
             await asyncio.gather(twilio_task, model_task, return_exceptions=True)
             await self._close_twilio()
+            if self._recorder is not None:
+                self._recorder.close()
             log.info("call ended call_sid=%s reason=%s", self.call.call_sid or "-", self._end_reason or "-")
 
     # ---- readers ----------------------------------------------------------------------------
@@ -124,6 +129,8 @@ class MediaStreamSession:
                 if text is None:
                     log.warning("dropped binary frame from twilio call_sid=%s", self.call.call_sid or "-")
                     continue
+                if self._recorder is not None:
+                    self._recorder.record("in", text, _now_ms())
                 if len(text) > max_bytes:
                     log.warning("dropped %d-byte frame from twilio (limit %d)", len(text), max_bytes)
                     continue
@@ -196,8 +203,11 @@ class MediaStreamSession:
     async def _send_twilio(self, message: dict[str, Any]) -> None:
         if self.websocket.application_state != WebSocketState.CONNECTED:
             return
+        text = json.dumps(message, separators=(",", ":"))
+        if self._recorder is not None:
+            self._recorder.record("out", text, _now_ms())
         try:
-            await self.websocket.send_text(json.dumps(message, separators=(",", ":")))
+            await self.websocket.send_text(text)
         except (WebSocketDisconnect, RuntimeError, OSError):
             self._done.set()
 
@@ -211,6 +221,8 @@ class MediaStreamSession:
             pass  # the model reader sees the close and ends the call
 
     def _report(self, event: CallEvent) -> None:
+        if isinstance(event, CallStarted) and self._recorder is not None:
+            self._recorder.call_started(event.call_sid, event.stream_sid)
         if isinstance(event, Dropped):
             log.warning("dropped %s input call_sid=%s: %s", event.source, self.call.call_sid or "-", event.reason)
         elif isinstance(event, ModelReportedError):
