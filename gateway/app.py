@@ -48,12 +48,25 @@ def _public_base(request: Request | WebSocket, settings: Settings) -> str:
     return public_base_url(settings.public_url, request.headers, request.url.scheme, request.url.netloc)
 
 
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` (never buffered past it)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 async def incoming_call(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     params: dict[str, str] = dict(request.query_params)
     if request.method == "POST":
-        body = await request.body()
-        if len(body) > MAX_WEBHOOK_BODY_BYTES:
+        body = await _bounded_body(request, MAX_WEBHOOK_BODY_BYTES)
+        if body is None:
             return PlainTextResponse("request body too large", status_code=413)
         # Twilio posts application/x-www-form-urlencoded; parse it here rather than pull in a multipart parser.
         params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))

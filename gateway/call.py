@@ -5,13 +5,10 @@ milliseconds); every method returns a list of outputs: messages to send (:class:
 that happened (:class:`CallEvent` subclasses) and :class:`EndCall`. The I/O shell
 (``gateway.media_stream``) moves bytes between the sockets and this object.
 
-Playback accounting (what the caller actually heard) is built on Twilio marks. Every chunk of model
-audio sent to Twilio is followed by a mark named ``g<generation>:<end_ms>:<item_id>``; Twilio echoes
-it once everything queued before it has played. On a barge-in the heard position of the item is the
-end of the last echoed mark, plus the part of the next chunk that has been playing since: Twilio plays
-in real time from the later of that echo and the chunk's arrival, and never past the chunk's end (so
-at most ``mark_interval_ms`` of interpolation, always anchored to a mark). ``clear`` bumps the
-generation: marks Twilio echoes for the cleared generation mean "dropped", not "played", and are ignored.
+Playback accounting (what the caller actually heard) lives in :mod:`gateway.playback`: every chunk of
+model audio sent to Twilio is followed by a mark; on a barge-in the gateway clears Twilio's queue and
+truncates every item in flight at what the caller will have heard when the ``clear`` arrives, anchored
+on Twilio's echoes, never on a guess from the response's start.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from enum import Enum
 from typing import Any, Union
 
 from gateway.audio import MULAW_BYTES_PER_MS, converters_for, model_bytes_per_ms, mulaw_silence
+from gateway.playback import PlaybackTracker, parse_mark_name
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 
@@ -126,29 +124,11 @@ class CallConfig:
 
 
 @dataclass(slots=True)
-class _PlayedItem:
-    """Model audio of one assistant item, as far as Twilio has been sent it."""
+class _AgentItem:
+    """One assistant item's audio, as the model produced it."""
 
     response_id: str
-    sent_bytes: int = 0  # model-format bytes converted and sent to Twilio
-    heard_ms: int = 0  # end of the last echoed mark of the current generation
-
-
-@dataclass(slots=True)
-class _PendingMark:
-    item_id: str
-    start_ms: int  # the item position where this mark's chunk begins
-    end_ms: int
-    sent_at: float
-
-
-@dataclass(slots=True)
-class _Playback:
-    """Marks in flight for the current generation, oldest first."""
-
-    generation: int = 0
-    pending: deque[_PendingMark] = field(default_factory=deque)
-    last_echo_at: float = 0.0
+    received_bytes: int = 0  # model-format audio bytes received (item positions count from these)
 
 
 class Call:
@@ -169,8 +149,8 @@ class Call:
         self._greeted = False
         self._active_response: str | None = None
         self._interrupted_responses: set[str] = set()
-        self._items: dict[str, _PlayedItem] = {}
-        self._playback = _Playback()
+        self._items: dict[str, _AgentItem] = {}
+        self._playback = PlaybackTracker()
         self._chunk_bytes = config.mark_interval_ms * self._model_bytes_per_ms
 
     # ---- Twilio side ------------------------------------------------------------------------
@@ -215,9 +195,8 @@ class Call:
             # Lost packets: the gap is real time that passed; keep the model's audio clock on the call's.
             gap_ms = min(media.timestamp_ms - expected, MAX_GAP_FILL_MS)
             audio = mulaw_silence(gap_ms) + audio
-        frame_ms = len(media.payload) // MULAW_BYTES_PER_MS
-        if expected is None or media.timestamp_ms + frame_ms > expected:
-            self._next_timestamp_ms = media.timestamp_ms + frame_ms
+        # Always follow the stream's own clock: a bogus jump forward is resynchronised by the next real frame.
+        self._next_timestamp_ms = media.timestamp_ms + len(media.payload) // MULAW_BYTES_PER_MS
         converted = self._inbound.convert(audio)
         if self._model_ready:
             return [Send(Peer.MODEL, rt.input_audio_append(converted))]
@@ -234,8 +213,10 @@ class Call:
         """The model socket is open: configure the session, then flush caller audio held meanwhile."""
         self._model_ready = True
         out: list[Output] = [Send(Peer.MODEL, self.config.session_update)]
-        while self._pending_audio:
-            out.append(Send(Peer.MODEL, rt.input_audio_append(self._pending_audio.popleft())))
+        if self._pending_audio:
+            # One message: held audio must reach the model before (and not interleaved with) live frames.
+            out.append(Send(Peer.MODEL, rt.input_audio_append(b"".join(self._pending_audio))))
+        self._pending_audio.clear()
         self._pending_audio_ms = 0
         return out
 
@@ -266,95 +247,67 @@ class Call:
                 return [Send(Peer.MODEL, rt.response_create(self.config.greeting_instructions))]
             return []
         if isinstance(event, rt.ModelError):
+            if event.code == "response_cancel_not_active":
+                return []  # our cancel crossed the response's end on the wire: nothing went wrong
             return [ModelReportedError(event.code, event.message)]
         return []
 
     def _agent_audio(self, delta: rt.AudioDelta, now_ms: float) -> list[Output]:
-        if delta.response_id in self._interrupted_responses or not self.stream_sid:
-            return []  # a late delta of an interrupted response, or no stream to play it on
         item = self._items.get(delta.item_id)
         if item is None:
-            item = self._items[delta.item_id] = _PlayedItem(delta.response_id)
+            item = self._items[delta.item_id] = _AgentItem(delta.response_id)
+        if delta.response_id in self._interrupted_responses or not self.stream_sid:
+            item.received_bytes += len(delta.audio)  # the model's item holds it, though nobody hears it
+            return []  # a late delta of an interrupted response, or no stream to play it on
         out: list[Output] = []
-        playback = self._playback
         audio = delta.audio
+        per_ms = self._model_bytes_per_ms
         for offset in range(0, len(audio), self._chunk_bytes):
             chunk = audio[offset : offset + self._chunk_bytes]
-            start_ms = item.sent_bytes // self._model_bytes_per_ms
-            item.sent_bytes += len(chunk)
-            end_ms = item.sent_bytes // self._model_bytes_per_ms
+            start_ms = item.received_bytes // per_ms
+            item.received_bytes += len(chunk)
             mulaw = self._outbound.convert(chunk)
             if not mulaw:
                 continue
-            name = f"g{playback.generation}:{end_ms}:{delta.item_id}"
-            playback.pending.append(_PendingMark(delta.item_id, start_ms, end_ms, now_ms))
+            name = self._playback.chunk_sent(delta.item_id, start_ms, item.received_bytes // per_ms, now_ms)
             out.append(Send(Peer.TWILIO, tw.media_message(self.stream_sid, mulaw)))
             out.append(Send(Peer.TWILIO, tw.mark_message(self.stream_sid, name)))
         return out
 
     def _mark_echoed(self, name: str, now_ms: float) -> list[Output]:
-        parsed = _parse_mark_name(name)
+        parsed = parse_mark_name(name)
         if parsed is None:
             return [Dropped("twilio", "mark with a name we never sent")]
-        generation, end_ms, item_id = parsed
-        playback = self._playback
-        if generation != playback.generation:
-            return []  # echoed because we cleared it, not because it played
-        position = next(
-            (i for i, mark in enumerate(playback.pending) if mark.item_id == item_id and mark.end_ms == end_ms), None
-        )
-        if position is None:
+        if not self._playback.mark_echoed(*parsed, now_ms):
             return [Dropped("twilio", "echo of a mark that is not pending")]
-        # Twilio echoes in order: this echo means every mark before it has played too.
-        for _ in range(position + 1):
-            mark = playback.pending.popleft()
-            item = self._items.get(mark.item_id)
-            if item is not None and mark.end_ms > item.heard_ms:
-                item.heard_ms = mark.end_ms
-        playback.last_echo_at = now_ms
         return []
 
-    def heard_ms(self, item_id: str, now_ms: float) -> int:
-        """How much of an item's audio the caller has heard by ``now_ms`` (see the module docstring)."""
-        item = self._items.get(item_id)
-        if item is None:
-            return 0
-        heard = item.heard_ms
-        playback = self._playback
-        if playback.pending:
-            mark = playback.pending[0]  # the chunk Twilio is playing now
-            if mark.item_id == item_id:
-                playing_since = max(playback.last_echo_at, mark.sent_at)
-                progress = max(0, min(int(now_ms - playing_since), mark.end_ms - mark.start_ms))
-                heard = max(heard, mark.start_ms + progress)
-        return heard
+    def heard_ms(self, item_id: str) -> int:
+        """How much of an item's audio the caller has heard, as confirmed by Twilio's echoes."""
+        return self._playback.heard_ms(item_id)
 
     def _caller_started_speaking(self, now_ms: float) -> list[Output]:
-        playback = self._playback
         out: list[Output] = []
         response_id = self._active_response
         cancelled = False
         if response_id is not None and response_id not in self._interrupted_responses:
-            self._interrupted_responses.add(response_id)
+            self._interrupted_responses.add(response_id)  # its late deltas are dropped
             if not self.config.interrupt_response:
                 out.append(Send(Peer.MODEL, rt.response_cancel(response_id)))
                 cancelled = True
-        if not playback.pending:
+        if not self._playback.playing:
             return out  # nothing queued or playing at Twilio: nothing to clear or truncate
-        item_id = playback.pending[0].item_id
-        heard = self.heard_ms(item_id, now_ms)
-        item = self._items[item_id]
-        sent_ms = item.sent_bytes // self._model_bytes_per_ms
-        heard = min(heard, sent_ms)  # never more than the item holds
+        heard = self._playback.heard_at_clear(now_ms)
         out.insert(0, Send(Peer.TWILIO, tw.clear_message(self.stream_sid)))
-        out.append(Send(Peer.MODEL, rt.item_truncate(item_id, heard)))
-        # Later items of the same response were never heard at all; they stay as the model made them.
-        self._interrupted_responses.add(item.response_id)
-        playback.generation += 1
-        playback.pending.clear()
+        for item_id, heard_ms in heard.items():
+            item = self._items[item_id]
+            received_ms = item.received_bytes // self._model_bytes_per_ms
+            heard[item_id] = heard_ms = min(heard_ms, received_ms)  # never more than the item holds
+            # Every item with audio in Twilio's queue is cut where the caller stopped hearing it.
+            out.append(Send(Peer.MODEL, rt.item_truncate(item_id, heard_ms)))
+            out.append(BargeIn(item_id, heard_ms, received_ms, cancelled))
+        self._playback.clear(heard)
         self._outbound.reset()  # the filter's tail belongs to the audio just dropped
-        item.heard_ms = heard
-        out.append(BargeIn(item_id, heard, sent_ms, cancelled))
         return out
 
     def _end(self, reason: str) -> list[Output]:
@@ -363,16 +316,5 @@ class Call:
         self.ended = True
         self._pending_audio.clear()
         self._items.clear()
-        self._playback.pending.clear()
+        self._playback = PlaybackTracker()
         return [EndCall(reason)]
-
-
-def _parse_mark_name(name: str) -> tuple[int, int, str] | None:
-    generation, sep1, rest = name.partition(":")
-    end_ms, sep2, item_id = rest.partition(":")
-    if not (sep1 and sep2 and generation.startswith("g") and item_id):
-        return None
-    try:
-        return int(generation[1:]), int(end_ms), item_id
-    except ValueError:
-        return None

@@ -38,6 +38,11 @@ from gateway.twilio.media import MediaStreamError, parse_twilio_message
 log = logging.getLogger("gateway.media_stream")
 
 MODEL_CLOSE_TIMEOUT_S = 1.0
+# Twilio sends `start` right after connecting; a socket that does not is not a call (and gets no model session).
+START_TIMEOUT_S = 5.0
+# Caller audio queued towards a model that is not reading it; past this, frames are dropped rather than
+# letting the Twilio reader wait on the model socket (websockets' default write limit is 32 KiB).
+MODEL_BACKLOG_BYTES = 32 * 1024
 MODEL_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 POLICY_VIOLATION = 1008
 
@@ -95,26 +100,41 @@ class MediaStreamSession:
         self.call = Call(call_config(settings))
         self._observer = observer
         self._model: ClientConnection | None = None
+        self._model_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._end_reason = ""
+        self._close_code = 1000
+        self._dropped_audio_frames = 0
         self._recorder = CallRecorder(settings.record_calls_dir, _now_ms()) if settings.record_calls_dir else None
 
     async def run(self) -> None:
-        model_task = asyncio.create_task(self._model_loop(), name="model-reader")
         twilio_task = asyncio.create_task(self._twilio_loop(), name="twilio-reader")
         try:
-            await self._done.wait()
+            try:
+                await asyncio.wait_for(self._done.wait(), START_TIMEOUT_S)
+            except TimeoutError:
+                if self._model_task is None:
+                    log.warning("closing a media stream that sent no start within %.0f s", START_TIMEOUT_S)
+                    self._end_reason, self._close_code = "no start event", POLICY_VIOLATION
+                else:
+                    await self._done.wait()
         finally:
             twilio_task.cancel()
             # Close the model socket (1000) before cancelling its reader: a reader cancelled inside
             # `async with connect(...)` would close it with 1011 (internal error) on every hang-up.
             await self._close_model()
-            model_task.cancel()
-            await asyncio.gather(twilio_task, model_task, return_exceptions=True)
+            tasks = [twilio_task]
+            if self._model_task is not None:
+                self._model_task.cancel()
+                tasks.append(self._model_task)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._close_twilio()
             if self._recorder is not None:
                 self._recorder.close()
-            log.info("call ended call_sid=%s reason=%s", self.call.call_sid or "-", self._end_reason or "-")
+            log.info(
+                "call ended call_sid=%s reason=%s dropped_audio_frames=%d",
+                self.call.call_sid or "-", self._end_reason or "-", self._dropped_audio_frames,
+            )
 
     # ---- readers ----------------------------------------------------------------------------
 
@@ -129,11 +149,13 @@ class MediaStreamSession:
                 if text is None:
                     log.warning("dropped binary frame from twilio call_sid=%s", self.call.call_sid or "-")
                     continue
-                if self._recorder is not None:
-                    self._recorder.record("in", text, _now_ms())
                 if len(text) > max_bytes:
                     log.warning("dropped %d-byte frame from twilio (limit %d)", len(text), max_bytes)
+                    if self._recorder is not None:
+                        self._recorder.record("in", f'{{"gateway":"dropped oversized frame","bytes":{len(text)}}}', _now_ms())
                     continue
+                if self._recorder is not None:
+                    self._recorder.record("in", text, _now_ms())
                 try:
                     event = parse_twilio_message(text)
                 except MediaStreamError as error:
@@ -215,14 +237,22 @@ class MediaStreamSession:
         model = self._model
         if model is None:
             return
+        if message["type"] == "input_audio_buffer.append" and model.transport.get_write_buffer_size() > MODEL_BACKLOG_BYTES:
+            if not self._dropped_audio_frames:
+                log.warning("model is not keeping up; dropping caller audio call_sid=%s", self.call.call_sid or "-")
+            self._dropped_audio_frames += 1
+            return
         try:
             await model.send(json.dumps(message, separators=(",", ":")))
         except websockets.exceptions.ConnectionClosed:
             pass  # the model reader sees the close and ends the call
 
     def _report(self, event: CallEvent) -> None:
-        if isinstance(event, CallStarted) and self._recorder is not None:
-            self._recorder.call_started(event.call_sid, event.stream_sid)
+        if isinstance(event, CallStarted):
+            # The model session opens only for a real call: after a valid start, never for a bare socket.
+            self._model_task = asyncio.create_task(self._model_loop(), name="model-reader")
+            if self._recorder is not None:
+                self._recorder.call_started(event.call_sid, event.stream_sid)
         if isinstance(event, Dropped):
             log.warning("dropped %s input call_sid=%s: %s", event.source, self.call.call_sid or "-", event.reason)
         elif isinstance(event, ModelReportedError):
@@ -247,4 +277,4 @@ class MediaStreamSession:
     async def _close_twilio(self) -> None:
         if self.websocket.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
-                await self.websocket.close()
+                await self.websocket.close(code=self._close_code)

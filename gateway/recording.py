@@ -7,7 +7,7 @@ A recording is JSON Lines, replayable by ``gateway replay`` (a scenario with ``r
   (``in`` = from Twilio, ``out`` = to Twilio), in the order they happened.
 
 The header needs the call's SIDs, which arrive with Twilio's ``start``: the few frames before it are held
-in memory (bounded), then the file ``<dir>/<call_sid>.jsonl`` is opened and written as the call goes.
+in memory (at most 256 KiB), then the file ``<dir>/<call_sid>.jsonl`` is opened and written as the call goes.
 Writes go through Python's buffered file (one small write per frame into an 8 KiB buffer), so the event
 loop does not wait for the disk on each frame.
 """
@@ -24,7 +24,7 @@ from typing import IO
 log = logging.getLogger("gateway.recording")
 
 RECORDING_VERSION = 1
-MAX_FRAMES_BEFORE_START = 64
+MAX_BYTES_BEFORE_START = 256 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -37,6 +37,7 @@ class CallRecorder:
         self._started_ms = started_ms
         self._started_at = datetime.now(timezone.utc).isoformat()
         self._held: list[str] = []
+        self._held_bytes = 0
         self._file: IO[str] | None = None
         self._closed = False
 
@@ -46,8 +47,9 @@ class CallRecorder:
         line = json.dumps({"t_ms": round(now_ms - self._started_ms, 3), "dir": direction, "text": text})
         if self._file is not None:
             self._file.write(line + "\n")
-        elif len(self._held) < MAX_FRAMES_BEFORE_START:
+        elif self._held_bytes + len(line) <= MAX_BYTES_BEFORE_START:
             self._held.append(line)
+            self._held_bytes += len(line)
 
     def call_started(self, call_sid: str, stream_sid: str) -> None:
         """Open the file once the SIDs are known, and write the header and the frames held so far."""

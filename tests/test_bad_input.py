@@ -116,8 +116,13 @@ async def twilio_call(gateway: GatewayUnderTest, *, start: bool = True) -> Async
     before = len(sessions)
     async with connect(gateway.ws_url, compression=None, max_size=None, ping_interval=None) as ws:
         client = TwilioClient(ws)
-        if start:
-            await client.start()
+        if not start:
+            # The gateway opens the model session only once a valid start arrives.
+            await asyncio.sleep(0.2)
+            assert len(sessions) == before, "a model session was opened before start"
+            yield client, None
+            return
+        await client.start()
         assert await eventually(lambda: len(sessions) > before), "the gateway never opened a model session"
         yield client, sessions[before]
 
@@ -266,10 +271,14 @@ async def test_bad_media_fields_are_dropped(gateway: GatewayUnderTest, caplog: p
 
 
 async def test_media_before_start_is_dropped(gateway: GatewayUnderTest, caplog: pytest.LogCaptureFixture) -> None:
-    async with twilio_call(gateway, start=False) as (client, session):
+    sessions = gateway.local_server.sessions
+    before = len(sessions)
+    async with twilio_call(gateway, start=False) as (client, _):
         await client.media(5)
         await client.send({"event": "mark", "streamSid": client.stream_sid, "mark": {"name": "g0:20:item_x"}})
         await client.start()
+        assert await eventually(lambda: len(sessions) > before)
+        session = sessions[before]
         added = await assert_audio_reaches_model(client, session, frames=2)
         assert added == 2 * SAMPLES_PER_FRAME, "media sent before start reached the model"
     assert dropped_reasons(gateway).count("media before start") == 5

@@ -2,7 +2,7 @@
 
 import json
 
-from gateway.recording import MAX_FRAMES_BEFORE_START, CallRecorder
+from gateway.recording import MAX_BYTES_BEFORE_START, CallRecorder
 from gateway.replay import CallerTurn, load_sample, run_call
 
 from .conftest import start_gateway
@@ -33,7 +33,7 @@ async def test_a_live_call_is_recorded_both_ways(tmp_path):
 
 def test_frames_before_start_are_bounded_and_nothing_is_written_without_a_call(tmp_path):
     recorder = CallRecorder(tmp_path, 0.0)
-    for i in range(MAX_FRAMES_BEFORE_START * 3):
+    for i in range(MAX_BYTES_BEFORE_START // 10):
         recorder.record("in", "garbage", float(i))
     recorder.close()
     assert list(tmp_path.iterdir()) == []
