@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -33,6 +33,18 @@ RECENT_SESSIONS = 100
 
 def _now_ms() -> float:
     return time.monotonic() * 1000.0
+
+
+class AudioProbe(Protocol):
+    """An opt-in observer of caller audio arriving (``server.probe = ...``; e.g. ``replay.load.ForwardingProbe``).
+
+    Called once per ``input_audio_buffer.append`` that added audio, off the session's lock, with the
+    monotonic time the message was read from the socket and the session's input-audio clock after it.
+    """
+
+    def audio_appended(self, session_id: str, arrived_ms: float, audio_end_ms: float) -> None: ...
+
+    def session_closed(self, session_id: str) -> None: ...
 
 
 class LocalRealtimeServer:
@@ -66,6 +78,8 @@ class LocalRealtimeServer:
         # The most recent sessions, for tests and debugging; bounded so a long-running server does not grow.
         self.sessions: deque[RealtimeSession] = deque(maxlen=RECENT_SESSIONS)
         self.validation_failures: list[str] = []
+        # Opt-in instrumentation (None: no cost beyond one attribute read per client message).
+        self.probe: AudioProbe | None = None
         self._server: Server | None = None
 
     @property
@@ -118,6 +132,8 @@ class LocalRealtimeServer:
             await _Connection(self, ws, session).run()
         finally:
             session.closed_at_ms = _now_ms()
+            if self.probe is not None:
+                self.probe.session_closed(session.id)
 
     def _check(self, event: dict[str, Any]) -> None:
         from .schema import EventSchemaError, validate_server_event
@@ -145,8 +161,17 @@ class _Connection:
         try:
             await self._send(self.session.open())
             async for message in self.ws:
-                async with self.lock:
-                    await self._send(self.session.receive(message, _now_ms()))
+                probe = self.server.probe
+                if probe is None:
+                    async with self.lock:
+                        await self._send(self.session.receive(message, _now_ms()))
+                else:
+                    arrived_ms = _now_ms()
+                    before = self.session.input_audio_ms
+                    async with self.lock:
+                        await self._send(self.session.receive(message, _now_ms()))
+                    if self.session.input_audio_ms != before:
+                        probe.audio_appended(self.session.id, arrived_ms, self.session.input_audio_ms)
                 self.wake.set()
         except ConnectionClosed:
             pass
