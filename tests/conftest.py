@@ -47,8 +47,15 @@ async def start_gateway(**overrides: Any) -> AsyncIterator[GatewayUnderTest]:
 
     app = create_app(settings, observer=observe)
     async with running_app(app) as http_url:
-        holder.append(GatewayUnderTest(http_url, app))
-        yield holder[0]
+        running = GatewayUnderTest(http_url, app)
+        holder.append(running)
+        local_server = running.local_server
+        if local_server is not None:
+            # Every event the embedded model sends is checked against the official openai models.
+            local_server.validate_events = True
+        yield running
+        if local_server is not None:
+            assert local_server.validation_failures == [], local_server.validation_failures
 
 
 @pytest.fixture

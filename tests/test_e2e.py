@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
 import pytest
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from gateway.call import BargeIn, ModelReportedError
 from gateway.replay import CallerTurn, load_sample, run_call
@@ -85,8 +89,41 @@ async def test_stop_closes_the_model_socket_within_a_second_and_leaves_nothing_b
         assert report.ended_by == "hangup"
         assert session.closed_at_ms is not None and session.closed_at_ms - stopped_at < 1000
         assert not gateway.state.active_calls
+        assert session.items == []  # the embedded server let go of the ended call's audio
         await asyncio.sleep(0.05)
         assert len(asyncio.all_tasks()) <= baseline
+
+
+async def test_twilio_socket_closing_without_stop_closes_the_model_within_a_second():
+    async with start_gateway() as gateway:
+        async with connect(gateway.ws_url, compression=None) as ws:
+            sid = "MZ" + "a" * 32
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            await ws.send(json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": sid,
+                                      "start": {"streamSid": sid, "callSid": "CA" + "b" * 32, "accountSid": "AC1",
+                                                "tracks": ["inbound"], "customParameters": {},
+                                                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
+            for _ in range(100):
+                if gateway.local_server.sessions:
+                    break
+                await asyncio.sleep(0.01)
+        closed_at = time.monotonic() * 1000
+        session = gateway.local_server.sessions[-1]
+        for _ in range(150):
+            if session.closed_at_ms is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert session.closed_at_ms is not None and session.closed_at_ms - closed_at < 1000
+
+
+async def test_a_socket_that_never_starts_gets_no_model_session_and_is_closed():
+    async with start_gateway() as gateway:
+        async with connect(gateway.ws_url, compression=None) as ws:
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd.code == 1008
+        assert len(gateway.local_server.sessions) == 0
 
 
 async def test_model_socket_closing_ends_the_call_cleanly():

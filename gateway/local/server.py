@@ -132,6 +132,7 @@ class LocalRealtimeServer:
             await _Connection(self, ws, session).run()
         finally:
             session.closed_at_ms = _now_ms()
+            session.release()
             if self.probe is not None:
                 self.probe.session_closed(session.id)
 

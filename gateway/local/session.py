@@ -35,7 +35,7 @@ from .vad import FRAME_SAMPLES, START_WINDOW, VoiceActivityDetector
 log = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100
-MAX_BUFFER_SAMPLES = 600 * 8000  # the uncommitted buffer without VAD: 10 minutes, oldest audio dropped
+MAX_BUFFER_SAMPLES = 600 * 8000  # the uncommitted buffer: at most 10 minutes, oldest audio dropped
 SESSION_LIFETIME_S = 3600
 
 
@@ -113,6 +113,13 @@ class RealtimeSession:
         """Emit whatever is due at ``now_ms`` (response audio)."""
         self._pump(now_ms)
         return self._drain()
+
+    def release(self) -> None:
+        """The socket is gone: drop the conversation and audio; keep only the small records tests read
+        (truncations, errors, counters), so a long-running server does not hold ended calls' audio."""
+        self.items = []
+        self._buffer = bytearray()
+        self._response = None
 
     @property
     def input_audio_ms(self) -> float:
@@ -206,12 +213,12 @@ class RealtimeSession:
     def _append_input(self, samples: np.ndarray, now_ms: float) -> None:
         self._buffer += samples.astype("<i2", copy=False).tobytes()
         self._clock += len(samples)
+        overflow = len(self._buffer) // 2 - MAX_BUFFER_SAMPLES
+        if overflow > 0:  # without VAD, or one endless "utterance" (a noisy line): keep the latest 10 minutes
+            self._drop_before(self._buffer_start + overflow)
         td = self.config.turn_detection
         if td is None:
             self._vad.skip(len(samples))
-            overflow = len(self._buffer) // 2 - MAX_BUFFER_SAMPLES
-            if overflow > 0:
-                self._drop_before(self._buffer_start + overflow)
             return
         for vad_event in self._vad.feed(samples):
             if vad_event.kind == "start":
