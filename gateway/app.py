@@ -134,6 +134,11 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
                 "Set OPENAI_API_KEY (or REALTIME_API_KEY / AZURE_OPENAI_API_KEY) for a real model.",
                 local_server.url,
             )
+        elif not settings.twilio_auth_token:
+            log.warning(
+                "TWILIO_AUTH_TOKEN is not set: webhooks and media streams are NOT signature-checked, so anyone who "
+                "finds this host can open model sessions billed to your API key. Set it in production."
+            )
         app.state.gateway = GatewayState(resolved, observer, local_server)
         try:
             yield

@@ -1,4 +1,4 @@
-"""Command line: ``gateway serve | demo | local-realtime``."""
+"""Command line: ``gateway serve | demo | replay | local-realtime``."""
 
 from __future__ import annotations
 
@@ -43,6 +43,12 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(run_demo(settings, output=args.output, audio_format=args.audio_format))
 
 
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.replay.command import run
+
+    return run(args, settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Twilio phone calls <-> OpenAI Realtime agents.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="play a sample call through the gateway and the embedded model, offline")
     demo.add_argument("--output", default="demo-heard.wav", help="WAV file of what the caller heard")
     demo.add_argument("--audio-format", choices=("pcm16", "pcmu"), default=None)
+    replay = sub.add_parser("replay", help="call a gateway as Twilio would, play scenarios, check expectations",
+                            description="Play scenarios (or recorded calls) against a Media Stream gateway and check "
+                                        "their expectations. Exit status: 0 all passed, 1 one failed, 2 usage error.")
+    from gateway.replay.command import add_arguments
+
+    add_arguments(replay)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -62,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
     _configure_logging(settings.log_level)
-    handlers = {"serve": _serve, "local-realtime": _local_realtime, "demo": _demo}
+    handlers = {"serve": _serve, "local-realtime": _local_realtime, "demo": _demo, "replay": _replay}
     return handlers[args.command](args, settings)
 
 

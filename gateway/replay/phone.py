@@ -15,7 +15,7 @@ What Twilio sends, and when: ``connected``, ``start``, then one ``media`` messag
 mu-law; sequenceNumber, chunk and timestamp are strings; timestamp = ms since the stream started),
 ``dtmf`` and, at hang-up, ``stop``. The frame covering [t, t + 20 ms) is sent at t + 20 ms, when its
 audio is complete. A lost packet is a frame never sent: the next timestamp jumps, sequence numbers
-and chunks do not.
+and chunks do not. Line noise (``noise_snr_db``) is mixed into every frame the caller sends, silence included.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.audio import MULAW_BYTES_PER_MS, MULAW_SILENCE, mulaw_decode
+from gateway.audio import MULAW_BYTES_PER_MS, MULAW_SILENCE, mulaw_decode, mulaw_encode
 
 from .report import (
     BAD_FIELD,
@@ -59,6 +59,7 @@ SPB = MULAW_BYTES_PER_MS  # samples (= mu-law bytes) per millisecond
 DTMF_SPACING_MS = 200  # one key press (tone and gap) per 200 ms; the event is sent at the end of each
 HEARD_RMS = 200.0  # a millisecond of played audio louder than this (int16 RMS, about -44 dBFS) is heard
 UNDERRUN_GAP_MS = 500.0  # a drain refilled within this, with no caller turn between, is a hole in one answer
+NOMINAL_SPEECH_RMS = 3000.0  # the speech level noise is set against when the script has no speech (about -21 dBFS)
 TWILIO_USER_AGENT = "Twilio.TmeWs/1.0"
 
 _SILENCE_FRAME = bytes([MULAW_SILENCE]) * FRAME_BYTES
@@ -77,18 +78,20 @@ def _sid(prefix: str) -> str:
 
 @dataclass(slots=True)
 class CallerTurn:
-    """One thing the caller says (mu-law 8 kHz ``audio``) and/or keys (``dtmf`` digits), and when.
+    """One thing the caller does, and when: says ``audio`` (mu-law 8 kHz), keys ``dtmf`` digits, keeps
+    silent for ``pause_ms``, or hangs up (``hangup``).
 
     The start rule, measured from the end of the previous turn (the call start for the first):
 
     * ``after_silence_ms=N``: once the line has been silent (the playback queue empty) for N ms. With
       ``wait_for_agent`` the caller first waits for the agent to answer (a playback that started after the
-      previous turn's start): the default for every turn but the first (set it on the first to wait for a
-      greeting).
+      start of the previous turn that was not a pause): the default after a turn that ``expects_answer``
+      (speech, unless ``expect_answer=False``; DTMF only with ``expect_answer=True``). Set it on the
+      first turn to wait for a greeting.
     * ``after_agent_heard_ms=N``: N ms after agent audio starts being heard: a barge-in.
 
-    With neither rule given, ``after_silence_ms=800``. The turn starts on the first 20 ms frame boundary
-    where its rule holds.
+    With neither rule given, ``after_silence_ms=800``; a pause with neither starts at once. The turn
+    starts on the first 20 ms frame boundary where its rule holds.
     """
 
     audio: bytes = b""
@@ -97,17 +100,37 @@ class CallerTurn:
     wait_for_agent: bool | None = None
     dtmf: str = ""
     name: str = ""
+    pause_ms: float = 0.0
+    hangup: bool = False
+    expect_answer: bool | None = None
 
     def __post_init__(self) -> None:
         if self.after_silence_ms is not None and self.after_agent_heard_ms is not None:
             raise ValueError("a turn starts after silence or after agent audio is heard, not both")
-        if self.after_silence_ms is None and self.after_agent_heard_ms is None:
+        actions = sum((bool(self.audio) or bool(self.dtmf), self.pause_ms > 0, self.hangup))
+        if actions != 1:
+            raise ValueError("a turn needs audio or dtmf digits, or a pause, or a hang-up (one of them)")
+        if self.after_silence_ms is None and self.after_agent_heard_ms is None and not self.pause_ms:
             self.after_silence_ms = 800
-        if not self.audio and not self.dtmf:
-            raise ValueError("a turn needs audio or dtmf digits")
         bad = set(self.dtmf) - set("0123456789*#")
         if bad:
             raise ValueError(f"not DTMF digits: {sorted(bad)}")
+
+    @property
+    def kind(self) -> str:
+        """``"speech"``, ``"dtmf"`` (digits only), ``"pause"`` or ``"hangup"``."""
+        if self.hangup:
+            return "hangup"
+        if self.pause_ms:
+            return "pause"
+        return "speech" if self.audio else "dtmf"
+
+    @property
+    def expects_answer(self) -> bool:
+        """Whether the agent is expected to answer this turn (it counts for latency; the next turn waits)."""
+        if self.expect_answer is not None:
+            return self.expect_answer
+        return self.kind == "speech"
 
     @property
     def barge_in(self) -> bool:
@@ -115,7 +138,18 @@ class CallerTurn:
 
     @property
     def duration_ms(self) -> float:
-        return max(len(self.audio) / SPB, len(self.dtmf) * DTMF_SPACING_MS)
+        return max(len(self.audio) / SPB, len(self.dtmf) * DTMF_SPACING_MS, self.pause_ms)
+
+
+def speech_rms(audios: list[bytes]) -> float:
+    """The RMS of the speech in ``audios`` (mu-law): over the 20 ms frames louder than :data:`HEARD_RMS`."""
+    whole = b"".join(a[: len(a) // FRAME_BYTES * FRAME_BYTES] for a in audios)
+    if not whole:
+        return NOMINAL_SPEECH_RMS
+    blocks = mulaw_decode(whole).astype(np.float64).reshape(-1, FRAME_BYTES)
+    power = np.mean(blocks**2, axis=1)
+    loud = power[power > HEARD_RMS * HEARD_RMS]
+    return float(np.sqrt(loud.mean())) if len(loud) else NOMINAL_SPEECH_RMS
 
 
 @dataclass(slots=True)
@@ -157,6 +191,7 @@ class Phone:
         packet_loss: float = 0.0,
         drop_frames: Collection[int] = (),
         seed: int | None = None,
+        noise_snr_db: float | None = None,
         account_sid: str | None = None,
         call_sid: str | None = None,
         stream_sid: str | None = None,
@@ -174,6 +209,11 @@ class Phone:
         self._loss = packet_loss
         self._drop = frozenset(drop_frames)
         self._rng = random.Random(seed)
+        # Line noise: white, at noise_snr_db below the script's speech level, from its own seeded generator.
+        self.noise_rms = 0.0
+        if noise_snr_db is not None:
+            self.noise_rms = speech_rms([t.audio for t in self.turns]) / 10 ** (noise_snr_db / 20)
+        self._noise_rng = np.random.default_rng(seed)
         self._heard_threshold = heard_rms * heard_rms * SPB  # on the sum of squares of one ms
         self._underrun_gap_ms = underrun_gap_ms
 
@@ -271,12 +311,17 @@ class Phone:
     def next_wakeup_ms(self) -> float:
         """When :meth:`tick` must run next: the next frame boundary, or sooner the moment a queued mark is due."""
         wake = float((self._frame + 1) * FRAME_MS)
+        due = self._mark_due_ms()
+        return wake if due is None else min(wake, due)
+
+    def _mark_due_ms(self) -> float | None:
+        """When playback reaches the first queued mark, or None."""
         ahead = -self._head_pos
         for item in self._queue:
             if isinstance(item, MarkRecord):
-                return min(wake, (self._cursor + max(ahead, 0)) / SPB)
+                return (self._cursor + max(ahead, 0)) / SPB
             ahead += len(item)
-        return wake
+        return None
 
     def tick(self, now_ms: float) -> list[dict[str, Any]]:
         """Play the queue up to now (echoing marks that are due), send every frame whose end has come."""
@@ -318,6 +363,9 @@ class Phone:
                 chunk = chunk + _SILENCE_FRAME[len(chunk) :]
         else:
             chunk = _SILENCE_FRAME
+        if self.noise_rms:
+            noisy = mulaw_decode(chunk) + self._noise_rng.normal(0.0, self.noise_rms, FRAME_BYTES)
+            chunk = mulaw_encode(np.clip(np.rint(noisy), -32768, 32767).astype(np.int16))
         self._caller += chunk
         if k in self._drop or (self._loss > 0 and self._rng.random() < self._loss):
             self._frames_dropped += 1
@@ -357,23 +405,31 @@ class Phone:
             return
         if self._active is not None:
             return
-        # Silence counts from the end of the caller's last turn; an answer is a playback started since its start.
+        # Silence counts from the end of the caller's last turn; an answer is a playback started since the
+        # start of the last turn that was not a pause.
         ref = self._spoken[-1].end_ms if self._spoken else 0.0
-        asked = self._spoken[-1].start_ms if self._spoken else 0.0
+        prompt = next((s for s in reversed(self._spoken) if s.turn.kind != "pause"), None)
+        asked = prompt.start_ms if prompt is not None else 0.0
+        answer_due = prompt is None or prompt.turn.expects_answer
         if self._next_turn < len(self.turns):
             index = self._next_turn
             turn = self.turns[index]
             if turn.after_agent_heard_ms is not None:
                 onset = self._first_heard_ms(ref)
                 ready = onset is not None and t >= onset + turn.after_agent_heard_ms
+            elif turn.after_silence_ms is None:  # a pause with no rule: at once
+                ready = True
             else:
-                wait = turn.wait_for_agent if turn.wait_for_agent is not None else index > 0
-                ready = self._silent_for(t, ref, asked, turn.after_silence_ms or 0.0, wait)
+                wait = turn.wait_for_agent if turn.wait_for_agent is not None else prompt is not None and answer_due
+                ready = self._silent_for(t, ref, asked, turn.after_silence_ms, wait)
             if ready:
                 self._next_turn += 1
+                if turn.hangup:
+                    out.append(self._stop(t, "hangup"))
+                    return
                 self._active = _Turn(index, turn, t, t + turn.duration_ms)
                 self._spoken.append(self._active)
-        elif self._silent_for(t, ref, asked, self.hangup_after_ms, self.hangup_wait_for_agent):
+        elif self._silent_for(t, ref, asked, self.hangup_after_ms, self.hangup_wait_for_agent and answer_due):
             out.append(self._stop(t, "hangup"))
 
     def _silent_for(self, t: float, ref: float, asked: float, silence_ms: float, wait_for_agent: bool) -> bool:
@@ -561,7 +617,7 @@ class Phone:
     def report(self) -> CallReport:
         """The measurements, from the caller's side only (see :class:`CallReport`)."""
         runs = self._runs
-        spoken = self._spoken
+        spoken = [s for s in self._spoken if s.turn.kind != "pause"]
         turns: list[TurnReport] = []
         for i, t in enumerate(spoken):
             next_start = spoken[i + 1].start_ms if i + 1 < len(spoken) else None
@@ -569,6 +625,8 @@ class Phone:
                 index=t.index,
                 name=t.turn.name or f"turn{t.index}",
                 barge_in=t.turn.barge_in,
+                kind=t.turn.kind,
+                expects_answer=t.turn.expects_answer,
                 start_ms=t.start_ms,
                 end_ms=t.end_ms,
                 completed=t.completed,
@@ -628,6 +686,7 @@ class Phone:
             media_received=self._media_received,
             agent_audio_received_ms=self._received_bytes / SPB,
             agent_audio_played_ms=sum(r.played_ms for r in runs),
+            agent_heard_ms=float(self._heard_ms.count(1)),
             agent_audio_cleared_ms=self._cleared_bytes / SPB,
             max_queue_ms=self._max_queued / SPB,
             caller_audio=bytes(self._caller).ljust(length, pad),
@@ -650,16 +709,16 @@ async def run_call(
     packet_loss: float = 0.0,
     drop_frames: Collection[int] = (),
     seed: int | None = None,
+    noise_snr_db: float | None = None,
     open_timeout_s: float = 10.0,
 ) -> CallReport:
     """Call a gateway's Media Stream URL (``ws://host:port/media-stream``) as Twilio would; play ``turns``.
 
-    The call ends when the phone hangs up (``hangup_after_ms`` of silence after the last turn, and after
-    the agent's answer to it when ``hangup_wait_for_agent``), at ``timeout_s``, or when the gateway closes
-    the socket. A refused handshake raises the ``websockets`` exception (e.g. ``InvalidStatus``).
+    The call ends when the phone hangs up (a ``hangup`` turn; else ``hangup_after_ms`` of silence after
+    the last turn, and after the agent's answer to it when ``hangup_wait_for_agent``), at ``timeout_s``,
+    or when the gateway closes the socket. A refused handshake raises the ``websockets`` exception
+    (e.g. ``InvalidStatus``).
     """
-    from websockets.asyncio.client import connect
-
     phone = Phone(
         turns,
         custom_parameters=custom_parameters,
@@ -669,7 +728,17 @@ async def run_call(
         packet_loss=packet_loss,
         drop_frames=drop_frames,
         seed=seed,
+        noise_snr_db=noise_snr_db,
     )
+    return await call_with(phone, url, extra_headers=extra_headers, open_timeout_s=open_timeout_s)
+
+
+async def call_with(
+    phone: Phone, url: str, *, extra_headers: Mapping[str, str] | None = None, open_timeout_s: float = 10.0
+) -> CallReport:
+    """Connect to ``url`` as Twilio does, run ``phone`` (a :class:`Phone` or a subclass) to the end, report."""
+    from websockets.asyncio.client import connect
+
     async with connect(
         url,
         compression=None,  # Twilio does not negotiate permessage-deflate
@@ -684,7 +753,10 @@ async def run_call(
 
 
 async def drive(phone: Phone, ws: Any) -> None:
-    """Run ``phone`` over an open ``websockets`` asyncio connection until the call ends."""
+    """Run ``phone`` over an open ``websockets`` asyncio connection until the call ends.
+
+    The phone's messages are dicts (serialized compactly here) or ready-made text frames (sent as they are).
+    """
     from websockets.exceptions import ConnectionClosed
 
     loop = asyncio.get_running_loop()
@@ -694,9 +766,9 @@ async def drive(phone: Phone, ws: Any) -> None:
     def now_ms() -> float:
         return (loop.time() - t0) * 1000.0
 
-    def post(messages: list[dict[str, Any]]) -> None:
+    def post(messages: list[dict[str, Any]] | list[str]) -> None:
         for message in messages:
-            outbox.put_nowait(json.dumps(message, separators=(",", ":")))
+            outbox.put_nowait(message if isinstance(message, str) else json.dumps(message, separators=(",", ":")))
 
     async def write() -> None:
         # One writer keeps the messages in the order the phone numbered them.

@@ -103,6 +103,8 @@ class TurnReport:
     barge_in: bool
     start_ms: float
     end_ms: float
+    kind: str = "speech"  # "speech" | "dtmf"
+    expects_answer: bool = True  # the agent is expected to answer it (scripted), or it is caller speech (recorded)
     completed: bool = True  # False: the call ended during the turn
     response_ms: float | None = None
     agent_playing_at_start: bool = False
@@ -134,6 +136,7 @@ class CallReport:
     media_received: int = 0
     agent_audio_received_ms: float = 0.0
     agent_audio_played_ms: float = 0.0
+    agent_heard_ms: float = 0.0  # milliseconds in which agent audio was actually heard (above the heard threshold)
     agent_audio_cleared_ms: float = 0.0
     max_queue_ms: float = 0.0  # the most agent audio queued ahead of playback at once
     caller_audio: bytes = field(default=b"", repr=False)  # mu-law 8 kHz, t = 0 at index 0
