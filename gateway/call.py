@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Union
 
+from gateway import tools
 from gateway.audio import MULAW_BYTES_PER_MS, converters_for, model_bytes_per_ms, mulaw_silence
 from gateway.playback import PlaybackTracker, parse_mark_name
 from gateway.realtime import events as rt
@@ -50,6 +52,29 @@ class Send:
 @dataclass(slots=True)
 class EndCall:
     """The call is over: the shell closes both sockets."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class RunTool:
+    """Run a user tool off the audio path; hand its result to :meth:`Call.tool_finished`."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class HangUp:
+    """End the call at Twilio (REST), now that the agent's goodbye has been heard."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class Transfer:
+    """Transfer the call at Twilio (REST), now that the agent's announcement has been heard."""
 
     reason: str
 
@@ -88,6 +113,13 @@ class TranscriptReceived(CallEvent):
 
 
 @dataclass(slots=True)
+class ToolCalled(CallEvent):
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
 class ResponseFinished(CallEvent):
     response_id: str
     status: str
@@ -108,7 +140,13 @@ class Dropped(CallEvent):
     reason: str
 
 
-Output = Union[Send, CallEvent, EndCall]
+Output = Union[Send, CallEvent, EndCall, RunTool, HangUp, Transfer]
+
+# Model errors that are races on the wire, not faults: a cancel that crossed the response's end, or a
+# response.create that crossed one the server's turn detection started.
+_BENIGN_MODEL_ERRORS = frozenset({"response_cancel_not_active", "conversation_already_has_active_response"})
+_GOODBYE_INSTRUCTIONS = "Say a brief, friendly goodbye to the caller now."
+_TRANSFER_INSTRUCTIONS = "Tell the caller, in one short sentence, that you are transferring them to a colleague now."
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +159,7 @@ class CallConfig:
     greeting_instructions: str = ""
     interrupt_response: bool = True  # the server cancels its own response on speech_started
     mark_interval_ms: int = 100
+    call_control_tools: frozenset[str] = frozenset()  # built-ins the core carries out: end_call, transfer_call
 
 
 @dataclass(slots=True)
@@ -152,6 +191,29 @@ class Call:
         self._items: dict[str, _AgentItem] = {}
         self._playback = PlaybackTracker()
         self._chunk_bytes = config.mark_interval_ms * self._model_bytes_per_ms
+        # Turn-taking around tools: a response is requested once every tool output is in and none is active.
+        self._running_tools: set[str] = set()
+        self._want_response = False
+        self._response_instructions = ""
+        self._response_requested = False
+        self._responses_with_audio: set[str] = set()
+        self._after_playback: HangUp | Transfer | None = None  # call control waiting for the audio to be heard
+        self._control_done = False
+
+    def apply_call_settings(self, *, instructions: str = "", voice: str = "", greeting: str = "") -> None:
+        """Per-call settings (an outbound call's), before the model connects: they go into session.update."""
+        session = dict(self.config.session_update.get("session", {}))
+        if instructions:
+            session["instructions"] = instructions
+        if voice:
+            audio = dict(session.get("audio", {}))
+            audio["output"] = {**audio.get("output", {}), "voice": voice}
+            session["audio"] = audio
+        changes: dict[str, Any] = {"session_update": {**self.config.session_update, "session": session}}
+        if greeting:
+            changes["agent_speaks_first"] = True
+            changes["greeting_instructions"] = f"Start the call by saying, in your own voice: {greeting}"
+        self.config = replace(self.config, **changes)
 
     # ---- Twilio side ------------------------------------------------------------------------
 
@@ -178,7 +240,12 @@ class Call:
         if isinstance(event, tw.Dtmf):
             if event.stream_sid != self.stream_sid:
                 return [Dropped("twilio", "dtmf for a foreign streamSid")]
-            return [DtmfReceived(event.digit)]
+            self._want_response = True
+            out: list[Output] = [
+                DtmfReceived(event.digit),
+                Send(Peer.MODEL, rt.user_text(f"The caller pressed {event.digit} on the phone keypad.")),
+            ]
+            return out + self._request_response_if_ready()
         if isinstance(event, tw.Stop):
             if self.stream_sid and event.stream_sid != self.stream_sid:
                 return [Dropped("twilio", "stop for a foreign streamSid")]
@@ -233,12 +300,17 @@ class Call:
             return self._caller_started_speaking(now_ms)
         if isinstance(event, rt.ResponseCreated):
             self._active_response = event.response_id
+            self._response_requested = False
             return []
         if isinstance(event, rt.ResponseDone):
             if self._active_response == event.response_id:
                 self._active_response = None
             self._interrupted_responses.discard(event.response_id)
-            return [ResponseFinished(event.response_id, event.status, event.usage)]
+            self._responses_with_audio.discard(event.response_id)
+            out = [ResponseFinished(event.response_id, event.status, event.usage)]
+            return out + self._request_response_if_ready() + self._control_if_heard()
+        if isinstance(event, rt.FunctionCallRequested):
+            return self._function_call(event)
         if isinstance(event, rt.Transcript):
             return [TranscriptReceived(event.role, event.item_id, event.text)]
         if isinstance(event, rt.SessionUpdated):
@@ -247,8 +319,10 @@ class Call:
                 return [Send(Peer.MODEL, rt.response_create(self.config.greeting_instructions))]
             return []
         if isinstance(event, rt.ModelError):
-            if event.code == "response_cancel_not_active":
-                return []  # our cancel crossed the response's end on the wire: nothing went wrong
+            if event.code in _BENIGN_MODEL_ERRORS:
+                if event.code == "conversation_already_has_active_response":
+                    self._response_requested = False
+                return []
             return [ModelReportedError(event.code, event.message)]
         return []
 
@@ -256,6 +330,7 @@ class Call:
         item = self._items.get(delta.item_id)
         if item is None:
             item = self._items[delta.item_id] = _AgentItem(delta.response_id)
+        self._responses_with_audio.add(delta.response_id)
         if delta.response_id in self._interrupted_responses or not self.stream_sid:
             item.received_bytes += len(delta.audio)  # the model's item holds it, though nobody hears it
             return []  # a late delta of an interrupted response, or no stream to play it on
@@ -280,7 +355,51 @@ class Call:
             return [Dropped("twilio", "mark with a name we never sent")]
         if not self._playback.mark_echoed(*parsed, now_ms):
             return [Dropped("twilio", "echo of a mark that is not pending")]
-        return []
+        return self._control_if_heard() if self._after_playback is not None else []
+
+    # ---- tools and call control -------------------------------------------------------------
+
+    def _function_call(self, event: rt.FunctionCallRequested) -> list[Output]:
+        out: list[Output] = [ToolCalled(event.call_id, event.name, event.arguments)]
+        if event.name in self.config.call_control_tools:
+            if event.name == tools.END_CALL:
+                self._after_playback, say = HangUp("the agent ended the call"), _GOODBYE_INSTRUCTIONS
+            else:
+                self._after_playback, say = Transfer("the agent transferred the call"), _TRANSFER_INSTRUCTIONS
+            note = "Done: the call will be handed over once the caller has heard you."
+            out.append(Send(Peer.MODEL, rt.function_call_output(event.call_id, json.dumps({"ok": True, "note": note}))))
+            if event.response_id not in self._responses_with_audio:
+                # The agent acted before saying anything: let it say goodbye (or announce the transfer) first.
+                self._want_response, self._response_instructions = True, say
+            return out + self._request_response_if_ready()
+        self._running_tools.add(event.call_id)
+        out.append(RunTool(event.call_id, event.name, event.arguments))
+        return out
+
+    def tool_finished(self, call_id: str, output: str) -> list[Output]:
+        """A tool run by the shell finished (or failed: ``output`` then says so, as JSON)."""
+        if self.ended or call_id not in self._running_tools:
+            return []
+        self._running_tools.discard(call_id)
+        self._want_response = True
+        return [Send(Peer.MODEL, rt.function_call_output(call_id, output))] + self._request_response_if_ready()
+
+    def _request_response_if_ready(self) -> list[Output]:
+        if not self._want_response or self._running_tools or self._active_response or self._response_requested:
+            return []
+        self._want_response, self._response_requested = False, True
+        instructions, self._response_instructions = self._response_instructions, ""
+        return [Send(Peer.MODEL, rt.response_create(instructions))]
+
+    def _control_if_heard(self) -> list[Output]:
+        """Hang up or transfer once nothing is left to say or to hear."""
+        control = self._after_playback
+        if control is None or self._control_done or self._playback.playing:
+            return []
+        if self._active_response or self._want_response or self._response_requested or self._running_tools:
+            return []
+        self._control_done = True
+        return [control]
 
     def heard_ms(self, item_id: str) -> int:
         """How much of an item's audio the caller has heard, as confirmed by Twilio's echoes."""

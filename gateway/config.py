@@ -86,6 +86,9 @@ class Settings:
     transcription_model: str = ""
     agent_speaks_first: bool = False
     greeting_instructions: str = ""
+    tools_module: str = ""  # a Python module whose public functions become the agent's tools
+    tool_timeout_s: float = 10.0
+    local_agent: str = "echo"  # the embedded server's agent: "echo" or "scripted:/path/to/script.toml"
     # Twilio side
     public_url: str = ""
     twilio_auth_token: str = ""
@@ -159,6 +162,9 @@ class Settings:
             transcription_model=(env.get("TRANSCRIPTION_MODEL") or "").strip(),
             agent_speaks_first=_bool(env, "AGENT_SPEAKS_FIRST", False),
             greeting_instructions=env.get("GREETING_INSTRUCTIONS") or "",
+            tools_module=(env.get("TOOLS_MODULE") or "").strip(),
+            tool_timeout_s=_float(env, "TOOL_TIMEOUT_S", 10.0, 0.1, 600.0),
+            local_agent=(env.get("LOCAL_AGENT") or "echo").strip(),
             public_url=public_url,
             twilio_auth_token=(env.get("TWILIO_AUTH_TOKEN") or "").strip(),
             host=(env.get("HOST") or "127.0.0.1").strip(),

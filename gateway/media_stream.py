@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import websockets
@@ -25,15 +27,20 @@ from gateway.call import (
     CallStarted,
     Dropped,
     EndCall,
+    HangUp,
     ModelReportedError,
     Output,
     Peer,
+    RunTool,
     Send,
+    Transfer,
 )
 from gateway.config import Settings
 from gateway.realtime import events as rt
 from gateway.recording import CallRecorder
+from gateway.tools import END_CALL, TRANSFER_CALL, ToolContext, ToolRegistry
 from gateway.twilio.media import MediaStreamError, parse_twilio_message
+from gateway.twilio.twiml import dial_twiml
 
 log = logging.getLogger("gateway.media_stream")
 
@@ -45,11 +52,22 @@ START_TIMEOUT_S = 5.0
 MODEL_BACKLOG_BYTES = 32 * 1024
 MODEL_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 POLICY_VIOLATION = 1008
+# The <Parameter> an outbound call's TwiML carries: the key of its stored per-call settings.
+CALL_SETTINGS_PARAMETER = "gateway_call"
 
 CallObserver = Callable[[Call, CallEvent], None]
 
 
-def call_config(settings: Settings) -> CallConfig:
+@dataclass
+class CallServices:
+    """What a call may use beyond its two sockets; shared by all calls of the app."""
+
+    tools: ToolRegistry = field(default_factory=lambda: ToolRegistry([]))
+    store: Any = None  # gateway.store.CallStore: per-call settings of outbound calls
+    twilio: Any = None  # gateway.twilio.rest client: hang up and transfer live calls
+
+
+def call_config(settings: Settings, registry: ToolRegistry | None = None) -> CallConfig:
     """The core's view of the settings: the session.update to send and the barge-in knobs."""
     if settings.turn_detection == "none":
         turn_detection: dict[str, Any] | None = None
@@ -76,7 +94,9 @@ def call_config(settings: Settings) -> CallConfig:
         audio_format=settings.audio_format,
         turn_detection=turn_detection,
         transcription_model=settings.transcription_model,
+        tools=registry.definitions() if registry else None,
     )
+    control = frozenset(name for name in (END_CALL, TRANSFER_CALL) if registry and registry.is_builtin(name))
     return CallConfig(
         session_update=update,
         audio_format=settings.audio_format,
@@ -84,6 +104,7 @@ def call_config(settings: Settings) -> CallConfig:
         greeting_instructions=settings.greeting_instructions,
         interrupt_response=settings.interrupt_response,
         mark_interval_ms=settings.mark_interval_ms,
+        call_control_tools=control,
     )
 
 
@@ -94,10 +115,18 @@ def _now_ms() -> float:
 class MediaStreamSession:
     """Bridges one accepted Twilio media-stream WebSocket to one model session."""
 
-    def __init__(self, websocket: WebSocket, settings: Settings, observer: CallObserver | None = None) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        settings: Settings,
+        observer: CallObserver | None = None,
+        services: CallServices | None = None,
+    ) -> None:
         self.websocket = websocket
         self.settings = settings
-        self.call = Call(call_config(settings))
+        self.services = services or CallServices()
+        self.call = Call(call_config(settings, self.services.tools))
+        self._background: set[asyncio.Task[None]] = set()  # tools, hang-ups, transfers of this call
         self._observer = observer
         self._model: ClientConnection | None = None
         self._model_task: asyncio.Task[None] | None = None
@@ -123,7 +152,9 @@ class MediaStreamSession:
             # Close the model socket (1000) before cancelling its reader: a reader cancelled inside
             # `async with connect(...)` would close it with 1011 (internal error) on every hang-up.
             await self._close_model()
-            tasks = [twilio_task]
+            tasks = [twilio_task, *self._background]
+            for task in self._background:
+                task.cancel()
             if self._model_task is not None:
                 self._model_task.cancel()
                 tasks.append(self._model_task)
@@ -171,10 +202,27 @@ class MediaStreamSession:
             log.exception("twilio reader failed call_sid=%s", self.call.call_sid or "-")
         await self._dispatch(self.call.twilio_closed())
 
+    async def _apply_per_call_settings(self) -> None:
+        """An outbound call carries a key to its settings (instructions, voice, greeting) in a <Parameter>."""
+        key = self.call.custom_parameters.get(CALL_SETTINGS_PARAMETER, "")
+        store = self.services.store
+        if not key or store is None:
+            return
+        found = store.get_call_settings(key)
+        if inspect.isawaitable(found):
+            found = await found
+        if found is None:
+            log.warning("no stored settings for this call's %s parameter call_sid=%s", CALL_SETTINGS_PARAMETER, self.call.call_sid)
+            return
+        self.call.apply_call_settings(
+            instructions=found.instructions or "", voice=found.voice or "", greeting=found.greeting or ""
+        )
+
     async def _model_loop(self) -> None:
         settings = self.settings
         reason = "closed"
         try:
+            await self._apply_per_call_settings()
             async with connect(
                 settings.model_connect_url(),
                 additional_headers=settings.model_headers(),
@@ -216,11 +264,47 @@ class MediaStreamSession:
                 else:
                     await self._send_model(output.message)
             elif isinstance(output, EndCall):
-                if not self._done.is_set():
-                    self._end_reason = output.reason
-                    self._done.set()
+                self._end(output.reason)
+            elif isinstance(output, RunTool):
+                self._in_background(self._run_tool(output))
+            elif isinstance(output, (HangUp, Transfer)):
+                self._in_background(self._call_control(output))
             else:
                 self._report(output)
+
+    def _end(self, reason: str) -> None:
+        if not self._done.is_set():
+            self._end_reason = reason
+            self._done.set()
+
+    def _in_background(self, work: Any) -> None:
+        """Off the audio path: readers never wait for a tool or a REST request."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_tool(self, request: RunTool) -> None:
+        context = ToolContext(self.call.call_sid, self.call.stream_sid, dict(self.call.custom_parameters))
+        output = await self.services.tools.run(request.name, request.arguments, context)
+        await self._dispatch(self.call.tool_finished(request.call_id, output))
+
+    async def _call_control(self, control: HangUp | Transfer) -> None:
+        twilio, call_sid = self.services.twilio, self.call.call_sid
+        if twilio is None:
+            # Without REST credentials, closing the stream is all we can do (it ends <Connect>).
+            log.warning("%s without Twilio REST credentials: closing the stream call_sid=%s", control.reason, call_sid)
+            self._end(control.reason)
+            return
+        try:
+            if isinstance(control, HangUp):
+                await twilio.hangup(call_sid)
+                self._end(control.reason)
+            else:
+                # Twilio leaves <Connect> for the new TwiML and stops this stream itself.
+                await twilio.update_twiml(call_sid, dial_twiml(self.settings.transfer_number))
+        except Exception:
+            log.exception("%s failed at Twilio call_sid=%s; closing the stream", control.reason, call_sid)
+            self._end(control.reason)
 
     async def _send_twilio(self, message: dict[str, Any]) -> None:
         if self.websocket.application_state != WebSocketState.CONNECTED:

@@ -278,3 +278,110 @@ def test_cancel_that_crossed_the_responses_end_is_not_an_error():
     call = make_call(interrupt_response=False)
     assert call.model_event(rt.ModelError("response_cancel_not_active", "no active response", "invalid_request_error"), 0) == []
     assert call.model_event(rt.ModelError("other", "boom", "server_error"), 0)
+
+
+# ---- tools and call control --------------------------------------------------------------------
+
+from gateway.call import HangUp, RunTool, ToolCalled, Transfer  # noqa: E402
+
+
+def control_call(**overrides):
+    return make_call(call_control_tools=frozenset({"end_call", "transfer_call"}), **overrides)
+
+
+def test_user_tool_runs_off_the_audio_path_and_a_response_follows_its_output():
+    call = make_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    out = call.model_event(rt.FunctionCallRequested("resp_1", "call_1", "check_order", '{"order_id":"A1"}'), 0)
+    assert of_type(out, RunTool) == [RunTool("call_1", "check_order", '{"order_id":"A1"}')]
+    assert of_type(out, ToolCalled)[0].name == "check_order"
+    # Audio keeps flowing while the tool runs.
+    assert sends(call.twilio_event(tw.Media(SID, 0, b"\xff" * 160), 0))[0]["type"] == "input_audio_buffer.append"
+    out = call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10)
+    assert sends(out) == []  # nothing to ask for yet: the tool is still running
+    out = call.tool_finished("call_1", '{"status":"shipped"}')
+    assert sends(out, Peer.MODEL) == [
+        {"type": "conversation.item.create",
+         "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"status":"shipped"}'}},
+        {"type": "response.create"},
+    ]
+    assert call.tool_finished("call_1", "again") == []  # once only
+
+
+def test_tool_output_waits_for_the_active_response_to_finish():
+    call = make_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(rt.FunctionCallRequested("resp_1", "c1", "slow", "{}"), 0)
+    out = call.tool_finished("c1", "{}")
+    assert [m["type"] for m in sends(out)] == ["conversation.item.create"]
+    out = call.model_event(rt.ResponseDone("resp_1", "completed", {}), 5)
+    assert [m["type"] for m in sends(out)] == ["response.create"]
+    # Requested once: a second response.done of something else asks for nothing more.
+    assert sends(call.model_event(rt.ResponseDone("resp_x", "completed", {}), 6)) == []
+
+
+def test_end_call_hangs_up_only_once_the_goodbye_has_been_heard():
+    call = control_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(delta(ms=200), 0)  # "Goodbye!"
+    out = call.model_event(rt.FunctionCallRequested("resp_1", "c1", "end_call", "{}"), 0)
+    assert [m["item"]["type"] for m in sends(out, Peer.MODEL)] == ["function_call_output"]
+    assert not [m for m in sends(out, Peer.MODEL) if m["type"] == "response.create"]  # it already said goodbye
+    assert of_type(call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10), HangUp) == []
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:100:item_1"), 100), HangUp) == []
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:200:item_1"), 200), HangUp) == [HangUp("the agent ended the call")]
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:200:item_1"), 300), HangUp) == []
+
+
+def test_end_call_before_any_goodbye_asks_for_one_first():
+    call = control_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    out = call.model_event(rt.FunctionCallRequested("resp_1", "c1", "end_call", "{}"), 0)
+    assert not [m for m in sends(out) if m["type"] == "response.create"]
+    out = call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10)
+    assert {"type": "response.create", "response": {"instructions": "Say a brief, friendly goodbye to the caller now."}} in sends(out)
+    assert of_type(out, HangUp) == []
+    call.model_event(rt.ResponseCreated("resp_2"), 20)
+    call.model_event(delta(response="resp_2", item="item_2", ms=100), 20)
+    call.model_event(rt.ResponseDone("resp_2", "completed", {}), 30)
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:100:item_2"), 120), HangUp)
+
+
+def test_transfer_waits_for_the_announcement():
+    call = control_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(delta(ms=100), 0)
+    call.model_event(rt.FunctionCallRequested("resp_1", "c1", "transfer_call", '{"reason":"billing"}'), 0)
+    call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10)
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:100:item_1"), 100), Transfer)
+
+
+def test_call_control_names_are_user_tools_when_not_enabled():
+    call = make_call()  # no call-control built-ins configured
+    call.model_event(rt.ResponseCreated("r"), 0)
+    out = call.model_event(rt.FunctionCallRequested("r", "c1", "end_call", "{}"), 0)
+    assert of_type(out, RunTool)
+
+
+def test_dtmf_reaches_the_model_as_a_conversation_item():
+    call = make_call()
+    out = call.twilio_event(tw.Dtmf(SID, "4"), 0)
+    assert sends(out, Peer.MODEL) == [
+        {"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+                                                     "content": [{"type": "input_text", "text": "The caller pressed 4 on the phone keypad."}]}},
+        {"type": "response.create"},
+    ]
+    # A second digit while that response is pending adds the item; one response covers both.
+    assert [m["type"] for m in sends(call.twilio_event(tw.Dtmf(SID, "2"), 1), Peer.MODEL)] == ["conversation.item.create"]
+
+
+def test_per_call_settings_go_into_session_update_and_greeting():
+    call = Call(CallConfig(session_update={"type": "session.update", "session": {"instructions": "base",
+                                                                                  "audio": {"output": {"voice": "marin"}}}}))
+    call.apply_call_settings(instructions="Remind Ann of her 3 pm appointment.", voice="cedar", greeting="Hi Ann!")
+    call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
+    update = sends(call.model_connected())[0]["session"]
+    assert update["instructions"] == "Remind Ann of her 3 pm appointment."
+    assert update["audio"]["output"]["voice"] == "cedar"
+    out = call.model_event(rt.SessionUpdated(), 0)
+    assert "Hi Ann!" in sends(out)[0]["response"]["instructions"]

@@ -68,6 +68,18 @@ def response_create(instructions: str = "") -> dict[str, Any]:
     return {"type": "response.create"}
 
 
+def function_call_output(call_id: str, output: str) -> dict[str, Any]:
+    return {"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": call_id, "output": output}}
+
+
+def user_text(text: str) -> dict[str, Any]:
+    """A user message made of text (e.g. what the caller keyed in)."""
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+    }
+
+
 def response_cancel(response_id: str) -> dict[str, Any]:
     return {"type": "response.cancel", "response_id": response_id}
 
@@ -119,6 +131,14 @@ class Transcript:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionCallRequested:
+    response_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ModelError:
     code: str
     message: str
@@ -131,7 +151,16 @@ class OtherEvent:
 
 
 ModelEvent = Union[
-    SessionUpdated, SpeechStarted, SpeechStopped, ResponseCreated, AudioDelta, ResponseDone, Transcript, ModelError, OtherEvent
+    SessionUpdated,
+    SpeechStarted,
+    SpeechStopped,
+    ResponseCreated,
+    AudioDelta,
+    ResponseDone,
+    Transcript,
+    FunctionCallRequested,
+    ModelError,
+    OtherEvent,
 ]
 
 KNOWN_SERVER_EVENTS = frozenset(
@@ -213,6 +242,10 @@ def parse_model_event(text: str | bytes) -> ModelEvent:
         return Transcript("assistant", _field(event, "item_id"), _field(event, "transcript"))
     if kind == "conversation.item.input_audio_transcription.completed":
         return Transcript("user", _field(event, "item_id"), _field(event, "transcript"))
+    if kind == "response.function_call_arguments.done":
+        return FunctionCallRequested(
+            _field(event, "response_id"), _field(event, "call_id"), _field(event, "name"), _field(event, "arguments")
+        )
     if kind == "session.updated":
         return SessionUpdated()
     if kind == "error":

@@ -36,3 +36,10 @@ def connect_stream_twiml(url: str, parameters: Mapping[str, str], status_callbac
         if value:
             stream.parameter(name=name[:_MAX_PARAMETER_CHARS], value=str(value)[:_MAX_PARAMETER_CHARS])
     return str(response)
+
+
+def dial_twiml(number: str) -> str:
+    """``<Response><Dial>number</Dial></Response>``: hand the live call over to a human."""
+    response = VoiceResponse()
+    response.dial(number)
+    return str(response)

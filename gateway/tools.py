@@ -1,0 +1,201 @@
+"""Tools the agent can call (Realtime function calling): the registry, the built-ins, user modules.
+
+* Built-ins are call control, carried out by the call core once what the agent said has been heard:
+  ``end_call`` (hang up after the goodbye) and ``transfer_call`` (to the configured number).
+* User tools are plain Python functions in a module named by ``TOOLS_MODULE``: every public function
+  defined in it (or the functions listed in its ``TOOLS``). The JSON schema of the parameters comes from
+  the type hints (through pydantic, which also validates the model's arguments), the description from
+  the docstring's first paragraph, and each parameter's description from its ``Args:`` section::
+
+      def check_order(order_id: str, include_items: bool = False) -> dict:
+          \"\"\"Look up an order's status.
+
+          Args:
+              order_id: The order number the caller gives, e.g. "A-1234".
+              include_items: Whether to list the items too.
+          \"\"\"
+
+  A sync function runs in a worker thread, an async one on the loop; both with a timeout, off the
+  audio path. Whatever it returns is sent to the model as JSON; an exception or a timeout is sent as
+  ``{"error": "..."}`` so the agent can say something sensible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pydantic
+
+log = logging.getLogger("gateway.tools")
+
+END_CALL = "end_call"
+TRANSFER_CALL = "transfer_call"
+MAX_TOOL_OUTPUT_CHARS = 16_000
+_ARG_LINE = re.compile(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What a tool may want to know about the call it runs in (passed if it takes a ``context`` parameter)."""
+
+    call_sid: str
+    stream_sid: str
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    function: Callable[..., Any] | None = None  # None: a built-in the call core carries out
+    arguments_model: type[pydantic.BaseModel] | None = None
+    wants_context: bool = False
+
+    def definition(self) -> dict[str, Any]:
+        """The ``session.tools`` entry for this tool."""
+        return {"type": "function", "name": self.name, "description": self.description, "parameters": self.parameters}
+
+
+def _no_parameters() -> dict[str, Any]:
+    return {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+def end_call_tool() -> Tool:
+    return Tool(
+        END_CALL,
+        "End the phone call. Say a short goodbye first; the line is hung up once the caller has heard it.",
+        {"type": "object", "properties": {"reason": {"type": "string", "description": "Why the call ends."}},
+         "additionalProperties": False},
+    )
+
+
+def transfer_call_tool() -> Tool:
+    return Tool(
+        TRANSFER_CALL,
+        "Transfer the caller to a human colleague. Tell the caller you are transferring them first.",
+        {"type": "object", "properties": {"reason": {"type": "string", "description": "Why the caller needs a human."}},
+         "additionalProperties": False},
+    )
+
+
+def _docstring_parts(doc: str) -> tuple[str, dict[str, str]]:
+    """(first paragraph, {parameter: description from an ``Args:`` section})."""
+    doc = inspect.cleandoc(doc or "")
+    summary = doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+    params: dict[str, str] = {}
+    in_args = False
+    for line in doc.splitlines():
+        if line.strip().lower() in ("args:", "arguments:", "parameters:"):
+            in_args = True
+            continue
+        if in_args:
+            if line.strip() and not line.startswith((" ", "\t")):
+                break
+            match = _ARG_LINE.match(line)
+            if match:
+                params[match.group(1)] = match.group(2).strip()
+    return summary, params
+
+
+def tool_from_function(function: Callable[..., Any], name: str | None = None) -> Tool:
+    """A tool from a plain function: schema from its type hints, descriptions from its docstring."""
+    signature = inspect.signature(function)
+    hints = {k: v for k, v in getattr(function, "__annotations__", {}).items() if k != "return"}
+    try:
+        from typing import get_type_hints
+
+        hints = {k: v for k, v in get_type_hints(function).items() if k != "return"}
+    except Exception:  # forward references that do not resolve: fall back to the raw annotations
+        pass
+    summary, param_docs = _docstring_parts(function.__doc__ or "")
+    fields: dict[str, Any] = {}
+    wants_context = False
+    for param in signature.parameters.values():
+        if param.name == "context":
+            wants_context = True
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ValueError(f"tool {function.__name__}: *args/**kwargs cannot be described to the model")
+        annotation = hints.get(param.name, str)
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (annotation, pydantic.Field(default, description=param_docs.get(param.name)))
+    model = pydantic.create_model(
+        f"{function.__name__}_arguments", __config__=pydantic.ConfigDict(extra="forbid"), **fields
+    )
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+    return Tool(name or function.__name__, summary or function.__name__, schema, function, model, wants_context)
+
+
+def load_tools_module(module_name: str) -> list[Tool]:
+    """The tools of a user module: its ``TOOLS`` list if it has one, else its public functions."""
+    module = importlib.import_module(module_name)
+    functions = getattr(module, "TOOLS", None)
+    if functions is None:
+        functions = [
+            value
+            for key, value in vars(module).items()
+            if inspect.isfunction(value) and not key.startswith("_") and value.__module__ == module.__name__
+        ]
+    return [tool_from_function(f) for f in functions]
+
+
+class ToolRegistry:
+    """The tools of a session: their ``session.update`` definitions, and running user tools safely."""
+
+    def __init__(self, tools: list[Tool], timeout_s: float = 10.0) -> None:
+        self.timeout_s = timeout_s
+        self._tools: dict[str, Tool] = {}
+        for tool in tools:
+            if tool.name in self._tools:
+                raise ValueError(f"two tools are named {tool.name!r}")
+            self._tools[tool.name] = tool
+
+    def definitions(self) -> list[dict[str, Any]]:
+        return [tool.definition() for tool in self._tools.values()]
+
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def is_builtin(self, name: str) -> bool:
+        tool = self._tools.get(name)
+        return tool is not None and tool.function is None
+
+    async def run(self, name: str, arguments: str, context: ToolContext) -> str:
+        """Run a user tool; always returns the JSON text to send back as ``function_call_output``."""
+        tool = self._tools.get(name)
+        if tool is None or tool.function is None or tool.arguments_model is None:
+            return json.dumps({"error": f"there is no tool named {name!r}"})
+        try:
+            parsed = tool.arguments_model.model_validate_json(arguments or "{}")
+        except pydantic.ValidationError as error:
+            return json.dumps({"error": f"invalid arguments: {error.errors(include_url=False)}"}, default=str)
+        kwargs = dict(parsed)
+        if tool.wants_context:
+            kwargs["context"] = context
+        try:
+            if inspect.iscoroutinefunction(tool.function):
+                result = await asyncio.wait_for(tool.function(**kwargs), self.timeout_s)
+            else:
+                result = await asyncio.wait_for(asyncio.to_thread(tool.function, **kwargs), self.timeout_s)
+        except TimeoutError:
+            log.warning("tool %s timed out after %.1f s call_sid=%s", name, self.timeout_s, context.call_sid)
+            return json.dumps({"error": f"the tool {name} did not answer within {self.timeout_s:g} s"})
+        except Exception as error:  # a tool's bug must not end the call
+            log.exception("tool %s failed call_sid=%s", name, context.call_sid)
+            return json.dumps({"error": f"{type(error).__name__}: {error}"})
+        try:
+            text = result if isinstance(result, str) else json.dumps(result, default=str)
+        except (TypeError, ValueError):
+            text = json.dumps({"result": str(result)})
+        return text[:MAX_TOOL_OUTPUT_CHARS]

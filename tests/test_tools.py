@@ -1,0 +1,46 @@
+"""Tools: schemas from type hints and docstrings, safe execution with timeouts."""
+
+import json
+
+import pytest
+
+from gateway.tools import ToolContext, ToolRegistry, end_call_tool, load_tools_module, tool_from_function
+
+CONTEXT = ToolContext("CA1", "MZ1", {})
+
+
+def test_schema_comes_from_type_hints_and_docstrings():
+    tools = {tool.name: tool for tool in load_tools_module("tests.sample_tools")}
+    assert set(tools) == {"check_order", "book_slot", "hang_forever", "broken"}
+    check = tools["check_order"].definition()
+    assert check["description"] == "Look up an order's status."
+    assert check["parameters"]["properties"]["order_id"] == {
+        "type": "string", "description": 'The order number the caller gives, e.g. "A-1234".'}
+    assert check["parameters"]["required"] == ["order_id"]
+    assert check["parameters"]["additionalProperties"] is False
+    book = tools["book_slot"].definition()["parameters"]
+    assert book["properties"]["day"]["enum"] == ["monday", "tuesday"]
+    assert "context" not in book["properties"]
+
+
+async def test_running_tools_validates_arguments_and_contains_failures():
+    registry = ToolRegistry(load_tools_module("tests.sample_tools") + [end_call_tool()], timeout_s=0.5)
+    assert registry.is_builtin("end_call") and not registry.is_builtin("check_order")
+    assert json.loads(await registry.run("check_order", '{"order_id": "A1"}', CONTEXT)) == {"order_id": "A1", "status": "shipped"}
+    assert await registry.run("book_slot", '{"day": "monday", "hour": 10}', CONTEXT) == "booked monday at 10 for CA1"
+    assert "invalid arguments" in json.loads(await registry.run("book_slot", '{"day": "sunday", "hour": 10}', CONTEXT))["error"]
+    assert "invalid arguments" in json.loads(await registry.run("check_order", "not json", CONTEXT))["error"]
+    assert "invalid arguments" in json.loads(await registry.run("check_order", '{"order_id": "A", "x": 1}', CONTEXT))["error"]
+    assert "did not answer within 0.5 s" in json.loads(await registry.run("hang_forever", "{}", CONTEXT))["error"]
+    assert json.loads(await registry.run("broken", "{}", CONTEXT)) == {"error": "RuntimeError: database is down"}
+    assert "no tool named" in json.loads(await registry.run("nope", "{}", CONTEXT))["error"]
+
+
+def test_functions_the_model_cannot_call_are_refused():
+    def variadic(*args: str) -> None:
+        """Nope."""
+
+    with pytest.raises(ValueError, match="args"):
+        tool_from_function(variadic)
+    with pytest.raises(ValueError, match="two tools"):
+        ToolRegistry([end_call_tool(), end_call_tool()])
