@@ -1,21 +1,33 @@
-"""The call-replay harness: a Twilio-faithful phone that calls a gateway and measures what a caller lives."""
+"""The call-replay harness: a Twilio-faithful phone that calls a gateway and measures what a caller lives.
 
+Scenarios (TOML: the caller's script and what must hold) are in :mod:`.scenario`, their checks in
+:mod:`.expectations`, recorded calls in :mod:`.recording`, the pytest helper in :mod:`.testing`.
+"""
+
+from .expectations import ExpectationResult, evaluate
 from .phone import CallerTurn, Phone, run_call
 from .report import CallReport, ClearRecord, MarkRecord, PlaybackRun, TurnReport, Violation
+from .scenario import Scenario, ScenarioError, load_scenario, run_scenario
 from gateway.wavio import load_sample, read_wav, sample_names, to_mulaw_8k, write_wav
 
 __all__ = [
     "CallReport",
     "CallerTurn",
     "ClearRecord",
+    "ExpectationResult",
     "MarkRecord",
     "Phone",
     "PlaybackRun",
+    "Scenario",
+    "ScenarioError",
     "TurnReport",
     "Violation",
+    "evaluate",
     "load_sample",
+    "load_scenario",
     "read_wav",
     "run_call",
+    "run_scenario",
     "sample_names",
     "to_mulaw_8k",
     "write_wav",

@@ -655,7 +655,8 @@ class Phone:
             turns.append(tr)
 
         underruns, underrun_ms = 0, 0.0
-        starts = [t.start_ms for t in spoken]
+        # A key press between two answers also explains a gap (a recorded call's presses are not turns).
+        starts = [t.start_ms for t in spoken] + [t for t, _ in self._dtmf_sent]
         for before, after in zip(runs, runs[1:]):
             if before.ended_by != "drained" or before.end_ms is None:
                 continue

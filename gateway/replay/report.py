@@ -128,7 +128,7 @@ class CallReport:
     violations: list[Violation] = field(default_factory=list)
     runs: list[PlaybackRun] = field(default_factory=list)
     dtmf_sent: list[tuple[float, str]] = field(default_factory=list)
-    underruns: int = 0  # holes inside an agent answer: the queue drained and refilled soon, no caller turn between
+    underruns: int = 0  # holes inside an agent answer: the queue drained and refilled soon, no caller turn or key between
     underrun_ms: float = 0.0
     frames_sent: int = 0
     frames_dropped: int = 0  # simulated packet loss
