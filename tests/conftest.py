@@ -62,3 +62,15 @@ async def start_gateway(**overrides: Any) -> AsyncIterator[GatewayUnderTest]:
 async def gateway() -> AsyncIterator[GatewayUnderTest]:
     async with start_gateway() as running:
         yield running
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _load_openai_models_before_any_call() -> None:
+    """Importing openai and building its models takes seconds; do it once, before a call's clock runs,
+    so the first validated event of the run does not stall a live call's event loop."""
+    from gateway.local.schema import EventSchemaError, validate_server_event
+
+    try:
+        validate_server_event({"type": "input_audio_buffer.cleared", "event_id": "event_warm"})
+    except EventSchemaError:
+        pass
