@@ -712,13 +712,14 @@ async def run_call(
     seed: int | None = None,
     noise_snr_db: float | None = None,
     open_timeout_s: float = 10.0,
+    latency_ms: float = 0.0,
 ) -> CallReport:
     """Call a gateway's Media Stream URL (``ws://host:port/media-stream``) as Twilio would; play ``turns``.
 
     The call ends when the phone hangs up (a ``hangup`` turn; else ``hangup_after_ms`` of silence after
     the last turn, and after the agent's answer to it when ``hangup_wait_for_agent``), at ``timeout_s``,
     or when the gateway closes the socket. A refused handshake raises the ``websockets`` exception
-    (e.g. ``InvalidStatus``).
+    (e.g. ``InvalidStatus``). ``latency_ms`` holds every message that long in transit, both ways.
     """
     phone = Phone(
         turns,
@@ -731,11 +732,16 @@ async def run_call(
         seed=seed,
         noise_snr_db=noise_snr_db,
     )
-    return await call_with(phone, url, extra_headers=extra_headers, open_timeout_s=open_timeout_s)
+    return await call_with(phone, url, extra_headers=extra_headers, open_timeout_s=open_timeout_s, latency_ms=latency_ms)
 
 
 async def call_with(
-    phone: Phone, url: str, *, extra_headers: Mapping[str, str] | None = None, open_timeout_s: float = 10.0
+    phone: Phone,
+    url: str,
+    *,
+    extra_headers: Mapping[str, str] | None = None,
+    open_timeout_s: float = 10.0,
+    latency_ms: float = 0.0,
 ) -> CallReport:
     """Connect to ``url`` as Twilio does, run ``phone`` (a :class:`Phone` or a subclass) to the end, report."""
     from websockets.asyncio.client import connect
@@ -749,46 +755,68 @@ async def call_with(
         ping_interval=None,
         max_size=None,
     ) as ws:
-        await drive(phone, ws)
+        await drive(phone, ws, latency_ms=latency_ms)
     return phone.report()
 
 
-async def drive(phone: Phone, ws: Any) -> None:
+async def drive(phone: Phone, ws: Any, *, latency_ms: float = 0.0) -> None:
     """Run ``phone`` over an open ``websockets`` asyncio connection until the call ends.
 
     The phone's messages are dicts (serialized compactly here) or ready-made text frames (sent as they are).
+    ``latency_ms`` simulates the network between Twilio and the gateway: every message, both ways, is
+    held that long in transit (in order), as on a real line to a distant gateway.
     """
     from websockets.exceptions import ConnectionClosed
 
     loop = asyncio.get_running_loop()
-    outbox: asyncio.Queue[str | None] = asyncio.Queue()
+    outbox: asyncio.Queue[tuple[float, str] | None] = asyncio.Queue()
+    inbox: asyncio.Queue[tuple[float, str | bytes] | None] = asyncio.Queue()
     t0 = loop.time()
+    delay_s = max(0.0, latency_ms) / 1000.0
 
     def now_ms() -> float:
         return (loop.time() - t0) * 1000.0
 
     def post(messages: list[dict[str, Any]] | list[str]) -> None:
+        due = loop.time() + delay_s
         for message in messages:
-            outbox.put_nowait(message if isinstance(message, str) else json.dumps(message, separators=(",", ":")))
+            text = message if isinstance(message, str) else json.dumps(message, separators=(",", ":"))
+            outbox.put_nowait((due, text))
+
+    async def until(due: float) -> None:
+        if due > loop.time():
+            await asyncio.sleep(due - loop.time())
 
     async def write() -> None:
         # One writer keeps the messages in the order the phone numbered them.
-        while (text := await outbox.get()) is not None:
+        while (entry := await outbox.get()) is not None:
+            await until(entry[0])
             try:
-                await ws.send(text)
+                await ws.send(entry[1])
             except ConnectionClosed:
                 return
 
     async def read() -> None:
         try:
             async for message in ws:
-                post(phone.receive(message, now_ms()))
+                if delay_s:
+                    inbox.put_nowait((loop.time() + delay_s, message))
+                else:
+                    post(phone.receive(message, now_ms()))
         except ConnectionClosed:
             pass
+        inbox.put_nowait(None)
+
+    async def deliver() -> None:
+        # Messages from the gateway reach the phone after the simulated transit time.
+        while (entry := await inbox.get()) is not None:
+            await until(entry[0])
+            post(phone.receive(entry[1], now_ms()))
 
     post(phone.open(0.0))
     writer = asyncio.create_task(write())
     reader = asyncio.create_task(read())
+    deliverer = asyncio.create_task(deliver()) if delay_s else None
     try:
         while not phone.done:
             delay = phone.next_wakeup_ms() / 1000.0 - (loop.time() - t0)
@@ -803,5 +831,7 @@ async def drive(phone: Phone, ws: Any) -> None:
         await ws.close()
         await reader
     finally:
+        if deliverer is not None:
+            deliverer.cancel()
         for task in (writer, reader):
             task.cancel()
