@@ -1,14 +1,16 @@
 """Agents of the local Realtime server: what the "model" says back.
 
-An agent maps the conversation so far (a :class:`CallerTurn`) to a :class:`Reply`: audio (8 kHz
-int16; the session converts it to the output format) with a transcript, or a function call. It is
-pure and quick; the session streams the audio out faster than real time.
+An agent maps the conversation so far (a :class:`CallerTurn`: the instructions, tools and items the
+response sees) to a :class:`Reply`: audio (8 kHz int16; the session converts it to the output format)
+with a transcript, a function call, or both (audio first, then the call, in one response, as the
+service does). It is quick; the session streams the audio out faster than real time. One agent
+serves one session (:func:`make_agent` makes a fresh one per connection), so it may keep state.
 
 * ``echo``: says the caller's latest committed utterance back; with nothing from the caller yet it
   says the greeting (the bundled ``greeting`` sample, or a generated speech-like signal). The echo
   leaves out the silence around the utterance, as a model's answer starts with speech.
-
-A scripted agent (fixed replies, function calls on cue) is another class with the same ``reply``.
+* ``scripted:PATH`` (or ``scripted:NAME`` for a script bundled in ``gateway/local/scripts``): replies
+  and function calls from a TOML file, one per response; see :mod:`gateway.local.script`.
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ class FunctionCall:
 
 @dataclass(slots=True)
 class Reply:
-    """What one response says: audio + transcript, or a function call (then audio is empty)."""
+    """What one response says: audio + transcript, then optionally a function call.
+
+    With a function call and neither audio nor transcript the response holds only the call item;
+    otherwise an assistant audio message comes first and the call item after it.
+    """
 
     audio: np.ndarray
     transcript: str = ""
@@ -73,13 +79,22 @@ class EchoAgent:
 
 
 AGENTS: dict[str, type] = {"echo": EchoAgent}
+SCRIPTED_PREFIX = "scripted:"
 
 
 def make_agent(name: str) -> Agent:
+    """A fresh agent for one session: ``"echo"`` or ``"scripted:PATH"`` (a bad script raises
+    :class:`~gateway.local.script.ScriptError`, a ``ValueError`` naming the file and the field)."""
+    if name.startswith(SCRIPTED_PREFIX):
+        from .script import ScriptedAgent, load_script  # script imports this module
+
+        return ScriptedAgent(load_script(name[len(SCRIPTED_PREFIX) :]))
     try:
         return AGENTS[name]()
     except KeyError:
-        raise ValueError(f"unknown local agent {name!r}; expected one of {sorted(AGENTS)}") from None
+        raise ValueError(
+            f"unknown local agent {name!r}; expected one of {sorted(AGENTS)} or '{SCRIPTED_PREFIX}/path/to/script.toml'"
+        ) from None
 
 
 def load_greeting() -> np.ndarray:

@@ -1,9 +1,12 @@
-"""Responses of the local Realtime server: the event sequences of one response, audio or function call.
+"""Responses of the local Realtime server: the event sequences of one response (audio, function call, or both).
 
 A :class:`ResponseStream` streams an assistant audio item as ``response.output_audio.delta`` events,
 ``CHUNK_MS`` of audio each, the first at once and then every ``CHUNK_MS / speed`` ms, and closes it
-(completed or cancelled) with the service's closing sequence. Events go out through ``emit(type,
-**fields)``, which the session provides (it adds ``event_id``).
+(completed or cancelled) with the service's closing sequence. A stream may carry a function call
+(:class:`PendingCall`): once the audio is complete the call item follows at ``output_index`` 1, and
+``response.done`` lists both items; a response cancelled during its audio never gets to the call.
+:func:`function_call_response` is the response that only calls a function. Events go out through
+``emit(type, **fields)``, which the session provides (it adds ``event_id``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,17 @@ def copy_json(value: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(value))
 
 
+@dataclass(slots=True, frozen=True)
+class PendingCall:
+    """The function call that ends an audio response; ``add_to_conversation`` (None when the response is
+    out of band) appends its item to the conversation and returns the id of the item before it."""
+
+    call: FunctionCall
+    item_id: str
+    call_id: str
+    add_to_conversation: Callable[[Item], str | None] | None
+
+
 @dataclass(slots=True)
 class ResponseStream:
     """The active response: an assistant audio item being streamed."""
@@ -44,6 +58,7 @@ class ResponseStream:
     input_tokens: tuple[int, int]  # (text, audio), billed when the response started
     upsampler: Upsampler | None  # pcm16 output; None for pcmu
     next_chunk: int = 0
+    pending_call: PendingCall | None = None  # said once the audio is complete
 
     @property
     def total_chunks(self) -> int:
@@ -61,7 +76,8 @@ class ResponseStream:
 
     def pump(self, now_ms: float, emit: Emit) -> bool:
         """Send the chunks due by ``now_ms``; True once all the audio is out."""
-        due = min(self.total_chunks, int((now_ms - self.started_ms) // self.interval_ms) + 1)
+        # The epsilon makes a tick at exactly next_deadline send its chunk despite float rounding ((5 * 0.1) // 0.1 == 4.0).
+        due = min(self.total_chunks, int((now_ms - self.started_ms) / self.interval_ms + 1e-6) + 1)
         audio = self.item.audio
         while self.next_chunk < due:
             chunk = audio[self.next_chunk * CHUNK_SAMPLES : (self.next_chunk + 1) * CHUNK_SAMPLES]
@@ -88,11 +104,56 @@ class ResponseStream:
         emit("response.output_item.done", response_id=self.id, output_index=0, item=copy_json(item.wire))
         if self.in_conversation:
             emit("conversation.item.done", previous_item_id=self.previous_item_id, item=copy_json(item.wire))
-        output_tokens = (text_tokens(transcript), audio_tokens(item.audio_samples, ASSISTANT_AUDIO_MS_PER_TOKEN))
-        return response_done(self.wire, status, reason, [item.wire], self.input_tokens, output_tokens, emit)
+        output = [item.wire]
+        output_text = text_tokens(transcript)
+        pending = self.pending_call
+        if pending is not None and status == "completed":
+            call_item = Item(function_call_wire(pending.call, pending.item_id, pending.call_id))
+            previous = pending.add_to_conversation(call_item) if pending.add_to_conversation is not None else None
+            emit_function_call(self.id, 1, call_item.wire, pending.call, previous, pending.add_to_conversation is not None, emit)
+            output.append(call_item.wire)
+            output_text += text_tokens(pending.call.name + pending.call.arguments)
+        output_tokens = (output_text, audio_tokens(item.audio_samples, ASSISTANT_AUDIO_MS_PER_TOKEN))
+        return response_done(self.wire, status, reason, output, self.input_tokens, output_tokens, emit)
 
     def _ref(self) -> dict[str, Any]:
         return {"response_id": self.id, "item_id": self.item.id, "output_index": 0, "content_index": 0}
+
+
+def function_call_wire(call: FunctionCall, item_id: str, call_id: str) -> dict[str, Any]:
+    """The wire form of a function call item, as ``response.output_item.added`` shows it (in progress)."""
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "object": "realtime.item",
+        "status": "in_progress",
+        "name": call.name,
+        "call_id": call_id,
+        "arguments": "",
+    }
+
+
+def emit_function_call(
+    response_id: str,
+    output_index: int,
+    item_wire: dict[str, Any],
+    call: FunctionCall,
+    previous: str | None,
+    in_conversation: bool,
+    emit: Emit,
+) -> None:
+    """The events of one function call item, from ``output_item.added`` to ``output_item.done``; completes ``item_wire``."""
+    item_id, call_id = item_wire["id"], item_wire["call_id"]
+    emit("response.output_item.added", response_id=response_id, output_index=output_index, item=copy_json(item_wire))
+    if in_conversation:
+        emit("conversation.item.added", previous_item_id=previous, item=copy_json(item_wire))
+    ref = {"response_id": response_id, "item_id": item_id, "output_index": output_index, "call_id": call_id}
+    emit("response.function_call_arguments.delta", **ref, delta=call.arguments)
+    emit("response.function_call_arguments.done", **ref, name=call.name, arguments=call.arguments)
+    item_wire.update(status="completed", arguments=call.arguments)
+    emit("response.output_item.done", response_id=response_id, output_index=output_index, item=copy_json(item_wire))
+    if in_conversation:
+        emit("conversation.item.done", previous_item_id=previous, item=copy_json(item_wire))
 
 
 def function_call_response(
@@ -105,27 +166,9 @@ def function_call_response(
     input_tokens: tuple[int, int],
     emit: Emit,
 ) -> tuple[Item, dict[str, Any]]:
-    """The whole event sequence of a response that calls a function; returns (its item, response object)."""
-    response_id = wire["id"]
-    item_wire = {
-        "id": item_id,
-        "type": "function_call",
-        "object": "realtime.item",
-        "status": "in_progress",
-        "name": call.name,
-        "call_id": call_id,
-        "arguments": "",
-    }
-    emit("response.output_item.added", response_id=response_id, output_index=0, item=copy_json(item_wire))
-    if in_conversation:
-        emit("conversation.item.added", previous_item_id=previous, item=copy_json(item_wire))
-    ref = {"response_id": response_id, "item_id": item_id, "output_index": 0, "call_id": call_id}
-    emit("response.function_call_arguments.delta", **ref, delta=call.arguments)
-    emit("response.function_call_arguments.done", **ref, name=call.name, arguments=call.arguments)
-    item_wire.update(status="completed", arguments=call.arguments)
-    emit("response.output_item.done", response_id=response_id, output_index=0, item=copy_json(item_wire))
-    if in_conversation:
-        emit("conversation.item.done", previous_item_id=previous, item=copy_json(item_wire))
+    """The whole event sequence of a response that only calls a function; returns (its item, response object)."""
+    item_wire = function_call_wire(call, item_id, call_id)
+    emit_function_call(wire["id"], 0, item_wire, call, previous, in_conversation, emit)
     output_tokens = (text_tokens(call.name + call.arguments), 0)
     return Item(item_wire), response_done(wire, "completed", None, [item_wire], input_tokens, output_tokens, emit)
 

@@ -29,7 +29,7 @@ from .agents import Agent, CallerTurn, EchoAgent, Reply
 from .config import SessionConfig, apply_update, format_wire
 from .errors import ClientError, check_type, require
 from .items import SAMPLES_PER_MS, Item, decode_b64, encode_audio, item_tokens, parse_client_item, text_tokens
-from .responses import CHUNK_MS, ResponseStream, copy_json, function_call_response
+from .responses import CHUNK_MS, PendingCall, ResponseStream, copy_json, function_call_response
 from .vad import FRAME_SAMPLES, START_WINDOW, VoiceActivityDetector
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class RealtimeSession:
         self.truncations: list[tuple[str, int, int]] = []  # (item_id, audio_end_ms, item_audio_ms) accepted
         self.errors: list[dict[str, Any]] = []  # error events sent
         self.responses: list[dict[str, Any]] = []  # the response object of every response.done
+        self.response_instructions: dict[str, str] = {}  # response id -> the instructions the agent got
         self.events_sent = 0  # counted by the shell once sent
         self.closed_at_ms: float | None = None  # set by the shell when the socket is done (monotonic ms)
         self._handlers: dict[str, Callable[[dict[str, Any], float], None]] = {
@@ -432,6 +433,7 @@ class RealtimeSession:
             input_audio += audio
         reply: Reply = self.agent.reply(self._caller_turn(instructions))
         response_id = self._next_id("resp")
+        self.response_instructions[response_id] = instructions
         wire = {
             "object": "realtime.response",
             "id": response_id,
@@ -447,7 +449,8 @@ class RealtimeSession:
         }
         self._emit("response.created", response=copy_json(wire))
         previous = self.items[-1].id if (self.items and in_conversation) else None
-        if reply.function_call is not None:
+        audio = np.ascontiguousarray(reply.audio, dtype=np.int16)
+        if reply.function_call is not None and not len(audio) and not reply.transcript:
             item, done = function_call_response(
                 wire,
                 reply.function_call,
@@ -470,9 +473,17 @@ class RealtimeSession:
             "role": "assistant",
             "content": [],
         }
-        item = Item(item_wire, np.ascontiguousarray(reply.audio, dtype=np.int16), 0)
+        item = Item(item_wire, audio, 0)
         if in_conversation:
             self._add_item(item)
+        pending = None
+        if reply.function_call is not None:  # said after the audio, in the same response
+            pending = PendingCall(
+                reply.function_call,
+                self._next_id("item"),
+                "call_" + secrets.token_hex(8),
+                self._append_output_item if in_conversation else None,
+            )
         self._response = ResponseStream(
             id=response_id,
             wire=wire,
@@ -484,9 +495,16 @@ class RealtimeSession:
             interval_ms=CHUNK_MS / self.speed,
             input_tokens=(input_text, input_audio),
             upsampler=Upsampler() if self.config.output_format == "pcm16" else None,
+            pending_call=pending,
         )
         self._response.begin(self._emit)
         self._pump(now_ms)
+
+    def _append_output_item(self, item: Item) -> str | None:
+        """Add a later output item of the response to the conversation; the id of the item before it."""
+        previous = self.items[-1].id if self.items else None
+        self._add_item(item)
+        return previous
 
     def _pump(self, now_ms: float) -> None:
         try:
