@@ -42,3 +42,9 @@ def broken() -> str:
 
 def _private_helper() -> None:
     pass
+
+
+async def wait_forever() -> str:
+    """A tool whose backend never answers."""
+    await asyncio.sleep(3600)
+    return "never"

@@ -11,7 +11,7 @@ CONTEXT = ToolContext("CA1", "MZ1", {})
 
 def test_schema_comes_from_type_hints_and_docstrings():
     tools = {tool.name: tool for tool in load_tools_module("tests.sample_tools")}
-    assert set(tools) == {"check_order", "book_slot", "hang_forever", "broken"}
+    assert set(tools) == {"check_order", "book_slot", "hang_forever", "broken", "wait_forever"}
     check = tools["check_order"].definition()
     assert check["description"] == "Look up an order's status."
     assert check["parameters"]["properties"]["order_id"] == {

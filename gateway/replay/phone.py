@@ -713,6 +713,7 @@ async def run_call(
     noise_snr_db: float | None = None,
     open_timeout_s: float = 10.0,
     latency_ms: float = 0.0,
+    call_sid: str | None = None,
 ) -> CallReport:
     """Call a gateway's Media Stream URL (``ws://host:port/media-stream``) as Twilio would; play ``turns``.
 
@@ -731,6 +732,7 @@ async def run_call(
         drop_frames=drop_frames,
         seed=seed,
         noise_snr_db=noise_snr_db,
+        call_sid=call_sid,
     )
     return await call_with(phone, url, extra_headers=extra_headers, open_timeout_s=open_timeout_s, latency_ms=latency_ms)
 
