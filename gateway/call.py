@@ -316,7 +316,7 @@ class Call:
         if isinstance(event, rt.SessionUpdated):
             if self.config.agent_speaks_first and not self._greeted:
                 self._greeted = True
-                return [Send(Peer.MODEL, rt.response_create(self.config.greeting_instructions))]
+                return [Send(Peer.MODEL, rt.response_create(self._instructions_plus(self.config.greeting_instructions)))]
             return []
         if isinstance(event, rt.ModelError):
             if event.code in _BENIGN_MODEL_ERRORS:
@@ -389,7 +389,14 @@ class Call:
             return []
         self._want_response, self._response_requested = False, True
         instructions, self._response_instructions = self._response_instructions, ""
-        return [Send(Peer.MODEL, rt.response_create(instructions))]
+        return [Send(Peer.MODEL, rt.response_create(self._instructions_plus(instructions)))]
+
+    def _instructions_plus(self, extra: str) -> str:
+        """Instructions for one response. They replace the session's for that response, so they carry them."""
+        if not extra:
+            return ""
+        session = self.config.session_update.get("session", {}).get("instructions", "")
+        return f"{session}\n\n{extra}" if session else extra
 
     def _control_if_heard(self) -> list[Output]:
         """Hang up or transfer once nothing is left to say or to hear."""

@@ -7,7 +7,8 @@ Realtime-compatible server (``gateway.local``) instead of OpenAI.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ DEFAULT_INSTRUCTIONS = (
     "You are a helpful, concise voice assistant on a phone call. Keep answers short and speak naturally."
 )
 TURN_DETECTION_TYPES = ("server_vad", "semantic_vad", "none")
+DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 
 
 class ConfigError(ValueError):
@@ -101,6 +103,16 @@ class Settings:
     record_calls_dir: str = ""  # when set, every call's Twilio frames are written there (gateway.recording)
     # Embedded Realtime-compatible server (used when no api_key is set)
     local_realtime_port: int = 0
+    # Outbound HTTP API and Twilio REST (gateway.api, gateway.twilio.rest, gateway.store)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # bearer keys of the HTTP API; none: it answers 503
+    twilio_account_sid: str = ""
+    twilio_from_number: str = ""  # default caller ID of outbound calls (E.164)
+    outbound_allowed_prefixes: tuple[str, ...] = ("+1",)
+    outbound_rate_limit_per_minute: int = 10  # per API key (token bucket; burst = the same number)
+    transfer_number: str = ""  # E.164 or sip: URI the transfer tool dials
+    voicemail_message: str = ""  # said after the beep when machine_detection="voicemail"
+    store_url: str = ""  # "" / "memory://": in-process; "sqlite:///path.db"
+    twilio_api_base_url: str = DEFAULT_TWILIO_API_BASE_URL
 
     @property
     def uses_embedded_model(self) -> bool:
@@ -174,4 +186,46 @@ class Settings:
             mark_interval_ms=_int(env, "MARK_INTERVAL_MS", 100, 20, 2000),
             record_calls_dir=(env.get("RECORD_CALLS_DIR") or "").strip(),
             local_realtime_port=_int(env, "LOCAL_REALTIME_PORT", 0, 0, 65535),
+            **_outbound_settings(env),
         )
+
+
+def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The outbound API's settings (API_KEYS, TWILIO_*, OUTBOUND_*, TRANSFER_NUMBER, VOICEMAIL_MESSAGE, STORE_URL)."""
+    from gateway.twilio.numbers import is_e164, is_prefix
+
+    api_keys = tuple(key.strip() for key in (env.get("API_KEYS") or "").split(",") if key.strip())
+    if any(len(key) < 16 for key in api_keys):
+        raise ConfigError("API_KEYS: every key must be at least 16 characters (use e.g. `openssl rand -hex 24`)")
+    account_sid = (env.get("TWILIO_ACCOUNT_SID") or "").strip()
+    if account_sid and re.fullmatch(r"AC[0-9a-fA-F]{32}", account_sid) is None:
+        raise ConfigError(f"TWILIO_ACCOUNT_SID must be AC followed by 32 hex digits, got {account_sid!r}")
+    from_number = (env.get("TWILIO_FROM_NUMBER") or "").strip()
+    if from_number and not is_e164(from_number):
+        raise ConfigError(f"TWILIO_FROM_NUMBER must be E.164 (+14155550100), got {from_number!r}")
+    raw_prefixes = env.get("OUTBOUND_ALLOWED_PREFIXES")
+    prefixes = tuple(p.strip() for p in (raw_prefixes if raw_prefixes is not None else "+1").split(",") if p.strip())
+    bad = [p for p in prefixes if not is_prefix(p)]
+    if bad:
+        raise ConfigError(f"OUTBOUND_ALLOWED_PREFIXES must be +digits prefixes separated by commas, got {bad!r}")
+    transfer = (env.get("TRANSFER_NUMBER") or "").strip()
+    if transfer and not (is_e164(transfer) or transfer.startswith(("sip:", "sips:"))):
+        raise ConfigError(f"TRANSFER_NUMBER must be E.164 or a sip: URI, got {transfer!r}")
+    store_url = (env.get("STORE_URL") or "").strip()
+    store_scheme = urlsplit(store_url).scheme if store_url else "memory"
+    if store_scheme not in ("memory", "sqlite"):
+        raise ConfigError(f"STORE_URL must be memory:// or sqlite:///path.db (PostgreSQL: not yet), got {store_url!r}")
+    base_url = (env.get("TWILIO_API_BASE_URL") or DEFAULT_TWILIO_API_BASE_URL).strip().rstrip("/")
+    if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).netloc:
+        raise ConfigError(f"TWILIO_API_BASE_URL must be an http(s) URL, got {base_url!r}")
+    return dict(
+        api_keys=api_keys,
+        twilio_account_sid=account_sid,
+        twilio_from_number=from_number,
+        outbound_allowed_prefixes=prefixes,
+        outbound_rate_limit_per_minute=_int(env, "OUTBOUND_RATE_LIMIT_PER_MINUTE", 10, 1, 100_000),
+        transfer_number=transfer,
+        voicemail_message=(env.get("VOICEMAIL_MESSAGE") or "").strip(),
+        store_url=store_url,
+        twilio_api_base_url=base_url,
+    )

@@ -384,4 +384,6 @@ def test_per_call_settings_go_into_session_update_and_greeting():
     assert update["instructions"] == "Remind Ann of her 3 pm appointment."
     assert update["audio"]["output"]["voice"] == "cedar"
     out = call.model_event(rt.SessionUpdated(), 0)
-    assert "Hi Ann!" in sends(out)[0]["response"]["instructions"]
+    greeting = sends(out)[0]["response"]["instructions"]
+    # A response's instructions replace the session's for that response: they must carry them.
+    assert greeting.startswith("Remind Ann of her 3 pm appointment.") and "Hi Ann!" in greeting

@@ -1,0 +1,15 @@
+"""The gateway's HTTP API: outbound calls, call records, call control, Twilio status callbacks, OpenAPI.
+
+* ``POST /calls`` places an outbound call (``routes.create_call``); ``GET /calls/{sid}``;
+  ``POST /calls/{sid}/hangup``: bearer API keys (``auth``), strict bodies (``requests``), one error shape
+  (``errors``).
+* ``POST /twilio/call-status``: Twilio's status and answering-machine callbacks.
+* ``GET /openapi.json``: the OpenAPI 3.1 description (``openapi``).
+
+Twilio's REST API is reached only through ``gateway.twilio.rest``; records and per-call settings live in
+``gateway.store``.
+"""
+
+from gateway.api.routes import CALL_PARAMETER, CALL_STATUS_PATH, OutboundApi, routes
+
+__all__ = ["CALL_PARAMETER", "CALL_STATUS_PATH", "OutboundApi", "routes"]

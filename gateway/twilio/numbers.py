@@ -1,0 +1,130 @@
+"""Phone numbers: E.164 validation and the toll-fraud guard for outbound calls.
+
+An outbound API that dials any number it is given is a toll-fraud machine: whoever holds (or steals) an API key
+can make the gateway call premium-rate or revenue-share numbers and bill the account. So a destination must
+(1) be E.164, (2) start with an allowed prefix (``OUTBOUND_ALLOWED_PREFIXES``, default ``+1``), and (3) never start
+with a prefix of :data:`PREMIUM_RATE_PREFIXES`, whatever the allow-list says.
+
+NANP (+1) also covers Caribbean countries billed as international calls and known for "one-ring" revenue-share
+fraud: :data:`NANP_HIGH_COST_AREA_CODES` are refused unless the allow-list names them explicitly (``+1876``), so the
+default ``+1`` means the US, Canada and the US territories.
+
+Twilio's own Geo Permissions (console: Voice > Settings > Geo permissions) are the second line of defence: keep
+them as narrow as this list.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+# ASCII digits only: ``\d`` would accept any Unicode digit, and fullmatch() avoids ``$`` accepting a trailing newline.
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+_PREFIX = re.compile(r"\+[0-9]{0,14}")
+
+# Premium-rate, revenue-share and high-cost network prefixes: ALWAYS refused.
+# Sources: national numbering plans (Ofcom, ARCEP, BNetzA, NANPA, ...) and the ITU-T E.164 list of
+# international networks. A prefix here blocks every number that starts with it.
+PREMIUM_RATE_PREFIXES: dict[str, str] = {
+    # North America (NANP)
+    "+1900": "US/Canada 900 premium rate",
+    "+1976": "US 976 pay-per-call (legacy)",
+    # United Kingdom
+    "+449": "UK 09 premium rate",
+    "+44871": "UK 0871 revenue share",
+    "+44872": "UK 0872 revenue share",
+    "+44873": "UK 0873 revenue share",
+    "+4470": "UK 070 personal numbering (fraud-prone)",
+    # France
+    "+3381": "France 081 premium rate (SVA)",
+    "+3382": "France 082 premium rate (SVA)",
+    "+3389": "France 089 premium rate (SVA)",
+    # Germany
+    "+49900": "Germany 0900 premium rate",
+    "+49137": "Germany 0137 mass calling / televoting",
+    "+49118": "Germany 118 directory services",
+    "+4919": "Germany 019x premium / online services (legacy)",
+    # Italy
+    "+39899": "Italy 899 premium rate",
+    "+39892": "Italy 892 premium information services",
+    "+39895": "Italy 895 premium rate",
+    "+39144": "Italy 144 premium rate (legacy)",
+    "+39166": "Italy 166 premium rate (legacy)",
+    # Spain
+    "+34803": "Spain 803 premium rate (adult)",
+    "+34806": "Spain 806 premium rate",
+    "+34807": "Spain 807 premium rate",
+    "+34905": "Spain 905 mass calling",
+    # Netherlands, Belgium, Switzerland, Austria, Ireland, Australia
+    "+31900": "Netherlands 0900 premium rate",
+    "+31906": "Netherlands 0906 premium rate",
+    "+31909": "Netherlands 0909 premium rate",
+    "+3290": "Belgium 090x premium rate",
+    "+41900": "Switzerland 0900 premium rate",
+    "+41901": "Switzerland 0901 premium rate",
+    "+41906": "Switzerland 0906 premium rate",
+    "+43900": "Austria 0900 premium rate",
+    "+43930": "Austria 0930 premium rate",
+    "+43939": "Austria 0939 premium rate",
+    "+35315": "Ireland 15xx premium rate",
+    "+61190": "Australia 190x premium rate",
+    # International networks (no country): satellite and shared/premium services, very high cost
+    "+808": "International Shared Cost Service",
+    "+870": "Inmarsat satellite",
+    "+881": "Global Mobile Satellite System",
+    "+882": "International networks",
+    "+883": "International networks",
+    "+979": "International Premium Rate Service",
+}
+
+# NANP area codes outside the US/Canada tariff (Caribbean countries), billed as international and abused for
+# revenue-share fraud. Allowed only when OUTBOUND_ALLOWED_PREFIXES names the area code itself (e.g. +1876).
+NANP_HIGH_COST_AREA_CODES: dict[str, str] = {
+    "+1242": "Bahamas", "+1246": "Barbados", "+1264": "Anguilla", "+1268": "Antigua and Barbuda",
+    "+1284": "British Virgin Islands", "+1345": "Cayman Islands", "+1441": "Bermuda", "+1473": "Grenada",
+    "+1649": "Turks and Caicos", "+1658": "Jamaica", "+1664": "Montserrat", "+1721": "Sint Maarten",
+    "+1758": "Saint Lucia", "+1767": "Dominica", "+1784": "Saint Vincent and the Grenadines",
+    "+1809": "Dominican Republic", "+1829": "Dominican Republic", "+1849": "Dominican Republic",
+    "+1868": "Trinidad and Tobago", "+1869": "Saint Kitts and Nevis", "+1876": "Jamaica",
+}
+
+
+def is_e164(number: str) -> bool:
+    """``+`` then 7 to 15 ASCII digits, no leading zero (ITU-T E.164)."""
+    return isinstance(number, str) and _E164.fullmatch(number) is not None
+
+
+def is_prefix(prefix: str) -> bool:
+    """An allow-list entry: ``+`` followed by up to 14 digits (``+`` alone allows every country)."""
+    return _PREFIX.fullmatch(prefix) is not None
+
+
+def premium_rate_match(number: str) -> str | None:
+    """The premium-rate prefix ``number`` starts with, or None."""
+    for prefix in PREMIUM_RATE_PREFIXES:
+        if number.startswith(prefix):
+            return prefix
+    return None
+
+
+def destination_refusal(number: str, allowed_prefixes: Iterable[str]) -> tuple[str, str] | None:
+    """Why the gateway must not dial ``number`` as ``(error_code, message)``, or None when it may.
+
+    ``number`` must already be valid E.164.
+    """
+    premium = premium_rate_match(number)
+    if premium is not None:
+        return "destination_premium_rate", (
+            f"destination starts with {premium} ({PREMIUM_RATE_PREFIXES[premium]}): premium-rate and high-cost "
+            "numbers are always refused"
+        )
+    matching = [prefix for prefix in allowed_prefixes if number.startswith(prefix)]
+    if not matching:
+        return "destination_not_allowed", "destination is outside OUTBOUND_ALLOWED_PREFIXES"
+    for area, country in NANP_HIGH_COST_AREA_CODES.items():
+        if number.startswith(area) and not any(prefix.startswith(area) for prefix in matching):
+            return "destination_not_allowed", (
+                f"destination is in {country} ({area}), billed as international: add {area} to "
+                "OUTBOUND_ALLOWED_PREFIXES to allow it"
+            )
+    return None
