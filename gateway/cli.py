@@ -49,6 +49,12 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return run(args, settings)
 
 
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.bench import main as bench_main
+
+    return bench_main(args.calls, args.seconds, args.audio_format, args.ramp, args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Twilio phone calls <-> OpenAI Realtime agents.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.replay.command import add_arguments
 
     add_arguments(replay)
+    bench = sub.add_parser("bench", help="measure the gateway's CPU per call-second under concurrent calls",
+                           description="Run the gateway and the embedded model in their own processes, call the "
+                                       "gateway from N replay phones talking in a loop, and print each process's "
+                                       "CPU per call-second over the steady window (all calls up).")
+    bench.add_argument("--calls", type=int, default=50, help="concurrent calls (default 50)")
+    bench.add_argument("--seconds", type=float, default=20.0, help="the measured window, all calls up (default 20)")
+    bench.add_argument("--audio-format", choices=("pcm16", "pcmu"), default="pcm16", help="the gateway's AUDIO_FORMAT")
+    bench.add_argument("--ramp", type=float, default=5.0, help="start the calls evenly over this many seconds (default 5)")
+    bench.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -74,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
     _configure_logging(settings.log_level)
-    handlers = {"serve": _serve, "local-realtime": _local_realtime, "demo": _demo, "replay": _replay}
+    handlers = {"serve": _serve, "local-realtime": _local_realtime, "demo": _demo, "replay": _replay,
+                "bench": _bench}
     return handlers[args.command](args, settings)
 
 
