@@ -108,6 +108,10 @@ def call_config(settings: Settings, registry: ToolRegistry | None = None) -> Cal
     )
 
 
+# One encoder for every message: json.dumps(..., separators=...) would build a new one per 20 ms frame.
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _now_ms() -> float:
     return time.monotonic() * 1000.0
 
@@ -309,7 +313,7 @@ class MediaStreamSession:
     async def _send_twilio(self, message: dict[str, Any]) -> None:
         if self.websocket.application_state != WebSocketState.CONNECTED:
             return
-        text = json.dumps(message, separators=(",", ":"))
+        text = _encode_json(message)
         if self._recorder is not None:
             self._recorder.record("out", text, _now_ms())
         try:
@@ -327,7 +331,7 @@ class MediaStreamSession:
             self._dropped_audio_frames += 1
             return
         try:
-            await model.send(json.dumps(message, separators=(",", ":")))
+            await model.send(_encode_json(message))
         except websockets.exceptions.ConnectionClosed:
             pass  # the model reader sees the close and ends the call
 
