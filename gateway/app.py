@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from typing import Any, AsyncIterator
-from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,7 +31,8 @@ from gateway.media_stream import CallObserver, CallServices, MediaStreamSession
 from gateway.tools import ToolRegistry, end_call_tool, load_tools_module, transfer_call_tool
 from gateway.store import CallStore, MemoryCallStore, open_store
 from gateway.twilio.rest import TwilioRest
-from gateway.twilio.twiml import MEDIA_STREAM_PATH, connect_stream_twiml, public_base_url, stream_url
+from gateway.twilio.twiml import MEDIA_STREAM_PATH, connect_stream_twiml, stream_url
+from gateway.twilio.webhook import WebhookRejected, public_base, read_twilio_webhook
 
 log = logging.getLogger("gateway.app")
 
@@ -76,40 +76,13 @@ def build_tool_registry(settings: Settings, *, can_transfer: bool) -> ToolRegist
     return ToolRegistry(tools, timeout_s=settings.tool_timeout_s)
 
 
-def _public_base(request: Request | WebSocket, settings: Settings) -> str:
-    return public_base_url(settings.public_url, request.headers, request.url.scheme, request.url.netloc)
-
-
-async def _bounded_body(request: Request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is known to exceed ``limit`` (never buffered past it)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
-
-
 async def incoming_call(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
-    params: dict[str, str] = dict(request.query_params)
-    if request.method == "POST":
-        body = await _bounded_body(request, MAX_WEBHOOK_BODY_BYTES)
-        if body is None:
-            return PlainTextResponse("request body too large", status_code=413)
-        # Twilio posts application/x-www-form-urlencoded; parse it here rather than pull in a multipart parser.
-        params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-    base = _public_base(request, state.settings)
-    if state.validator is not None:
-        url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        signature = request.headers.get("x-twilio-signature", "")
-        post_params = params if request.method == "POST" else {}
-        if not state.validator.validate(url, post_params, signature):
-            log.warning("rejected /incoming-call with a bad X-Twilio-Signature")
-            return PlainTextResponse("invalid Twilio signature", status_code=403)
+    try:
+        params = await read_twilio_webhook(request, state.settings, state.validator, MAX_WEBHOOK_BODY_BYTES)
+    except WebhookRejected as rejected:
+        return PlainTextResponse(rejected.message, status_code=rejected.status)
+    base = public_base(request, state.settings)
     stream_parameters = {name: params.get(name, "") for name in ("CallSid", "From", "To")}
     twiml = connect_stream_twiml(stream_url(base, MEDIA_STREAM_PATH), stream_parameters)
     return Response(twiml, media_type="application/xml")
@@ -119,7 +92,7 @@ async def media_stream(websocket: WebSocket) -> None:
     state: GatewayState = websocket.app.state.gateway
     if state.validator is not None:
         # Twilio signs the upgrade against the exact wss:// URL with no parameters (PROTOCOL.md 1).
-        url = stream_url(_public_base(websocket, state.settings), websocket.url.path)
+        url = stream_url(public_base(websocket, state.settings), websocket.url.path)
         if not state.validator.validate(url, {}, websocket.headers.get("x-twilio-signature", "")):
             log.warning("rejected media stream with a bad X-Twilio-Signature")
             # Closing before accept() would be an HTTP 403 handshake refusal; the protocol says close 1008.

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np

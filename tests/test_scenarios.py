@@ -23,7 +23,6 @@ from gateway.replay.scenario import (
     ScenarioError,
     bundled_names,
     load_scenario,
-    parse_scenario,
     run_scenario,
 )
 from gateway.replay.testing import ReplayOutcome, replay_scenario

@@ -11,7 +11,6 @@ import logging
 import re
 import secrets
 from typing import Any, Coroutine
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,7 +22,8 @@ from gateway.api.requests import MAX_BODY_BYTES, parse_call_request
 from gateway.config import Settings
 from gateway.store import CALL_STATUSES, FINAL_STATUSES, CallRecord, CallStore
 from gateway.twilio.rest import TwilioError, TwilioNotConfigured, TwilioRest, voicemail_twiml
-from gateway.twilio.twiml import MEDIA_STREAM_PATH, connect_stream_twiml, public_base_url, stream_url
+from gateway.twilio.twiml import MEDIA_STREAM_PATH, connect_stream_twiml, stream_url
+from gateway.twilio.webhook import WebhookRejected, bounded_body, read_twilio_webhook
 
 log = logging.getLogger("gateway.api")
 
@@ -75,22 +75,6 @@ def _api(request: Request) -> OutboundApi:
     return request.app.state.gateway.outbound
 
 
-async def _read_bounded(request: Request, limit: int) -> bytes | None:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
-
-
-def _public_base(request: Request, settings: Settings) -> str:
-    return public_base_url(settings.public_url, request.headers, request.url.scheme, request.url.netloc)
-
-
 def _twilio_failure(error: TwilioError) -> ApiError:
     if isinstance(error, TwilioNotConfigured):
         return ApiError(503, "twilio_not_configured", error.message)
@@ -116,7 +100,7 @@ async def create_call(request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
-        body = await _read_bounded(request, MAX_BODY_BYTES)
+        body = await bounded_body(request, MAX_BODY_BYTES)
         if body is None:
             raise ApiError(413, "body_too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
         call_settings = parse_call_request(
@@ -194,17 +178,12 @@ async def hangup_call(request: Request) -> Response:
 async def call_status(request: Request) -> Response:
     """Twilio's status callbacks (and the async AMD callback, same URL): update the record, act on machines."""
     api = _api(request)
-    body = await _read_bounded(request, MAX_CALLBACK_BODY_BYTES)
-    if body is None:
-        return Response("request body too large", status_code=413, media_type="text/plain")
-    params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-    validator = request.app.state.gateway.validator
-    if validator is not None:
-        url = _public_base(request, api.settings) + request.url.path
-        url += f"?{request.url.query}" if request.url.query else ""
-        if not validator.validate(url, params, request.headers.get("x-twilio-signature", "")):
-            log.warning("rejected %s with a bad X-Twilio-Signature", CALL_STATUS_PATH)
-            return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
+    try:
+        params = await read_twilio_webhook(
+            request, api.settings, request.app.state.gateway.validator, MAX_CALLBACK_BODY_BYTES
+        )
+    except WebhookRejected as rejected:
+        return Response(rejected.message, status_code=rejected.status, media_type="text/plain")
     call_sid = params.get("CallSid", "")
     if not _CALL_SID.fullmatch(call_sid):
         return Response("CallSid missing or malformed", status_code=400, media_type="text/plain")
