@@ -160,6 +160,7 @@ class CallConfig:
     interrupt_response: bool = True  # the server cancels its own response on speech_started
     mark_interval_ms: int = 100
     call_control_tools: frozenset[str] = frozenset()  # built-ins the core carries out: end_call, transfer_call
+    account_sid: str = ""  # when set, a start from any other Twilio account is refused
 
 
 @dataclass(slots=True)
@@ -233,6 +234,9 @@ class Call:
         if isinstance(event, tw.Start):
             if self.stream_sid:
                 return [Dropped("twilio", "second start on one stream")]
+            if self.config.account_sid and event.account_sid != self.config.account_sid:
+                # Not a call of this Twilio account: it could name another call's SID to hang it up.
+                return [Dropped("twilio", "start from another Twilio account"), *self._end("foreign account")]
             self.stream_sid = event.stream_sid
             self.call_sid = event.call_sid
             self.custom_parameters = dict(event.custom_parameters)
@@ -319,11 +323,11 @@ class Call:
                 return [Send(Peer.MODEL, rt.response_create(self._instructions_plus(self.config.greeting_instructions)))]
             return []
         if isinstance(event, rt.ModelError):
+            # Whatever went wrong, a response.create of ours may have been refused: do not wait for it forever.
+            self._response_requested = False
             if event.code in _BENIGN_MODEL_ERRORS:
-                if event.code == "conversation_already_has_active_response":
-                    self._response_requested = False
-                return []
-            return [ModelReportedError(event.code, event.message)]
+                return self._control_if_heard()
+            return [ModelReportedError(event.code, event.message), *self._control_if_heard()]
         return []
 
     def _agent_audio(self, delta: rt.AudioDelta, now_ms: float) -> list[Output]:
@@ -362,13 +366,14 @@ class Call:
     def _function_call(self, event: rt.FunctionCallRequested) -> list[Output]:
         out: list[Output] = [ToolCalled(event.call_id, event.name, event.arguments)]
         if event.name in self.config.call_control_tools:
+            already_pending = self._after_playback is not None
             if event.name == tools.END_CALL:
                 self._after_playback, say = HangUp("the agent ended the call"), _GOODBYE_INSTRUCTIONS
             else:
                 self._after_playback, say = Transfer("the agent transferred the call"), _TRANSFER_INSTRUCTIONS
             note = "Done: the call will be handed over once the caller has heard you."
             out.append(Send(Peer.MODEL, rt.function_call_output(event.call_id, json.dumps({"ok": True, "note": note}))))
-            if event.response_id not in self._responses_with_audio:
+            if event.response_id not in self._responses_with_audio and not already_pending:
                 # The agent acted before saying anything: let it say goodbye (or announce the transfer) first.
                 self._want_response, self._response_instructions = True, say
             return out + self._request_response_if_ready()
@@ -383,6 +388,15 @@ class Call:
         self._running_tools.discard(call_id)
         self._want_response = True
         return [Send(Peer.MODEL, rt.function_call_output(call_id, output))] + self._request_response_if_ready()
+
+    def transfer_failed(self) -> list[Output]:
+        """Twilio refused the transfer: the call goes on, and the agent is told so it can say something."""
+        if self.ended:
+            return []
+        self._after_playback, self._control_done = None, False
+        self._want_response = True
+        self._response_instructions = "The transfer to a colleague failed. Apologise briefly and keep helping the caller."
+        return self._request_response_if_ready()
 
     def _request_response_if_ready(self) -> list[Output]:
         if not self._want_response or self._running_tools or self._active_response or self._response_requested:
@@ -434,6 +448,10 @@ class Call:
             out.append(BargeIn(item_id, heard_ms, received_ms, cancelled))
         self._playback.clear(heard)
         self._outbound.reset()  # the filter's tail belongs to the audio just dropped
+        if self._after_playback is not None and not self._control_done:
+            # The caller talked over the goodbye (or the transfer announcement): they are not done. The
+            # model hears them and may end or transfer again; hanging up on a talking caller is wrong.
+            self._after_playback = None
         return out
 
     def _end(self, reason: str) -> list[Output]:

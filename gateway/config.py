@@ -113,6 +113,7 @@ class Settings:
     voicemail_message: str = ""  # said after the beep when machine_detection="voicemail"
     store_url: str = ""  # "" / "memory://": in-process; "sqlite:///path.db"
     twilio_api_base_url: str = DEFAULT_TWILIO_API_BASE_URL
+    outbound_time_limit_s: int = 3600  # Twilio's time_limit on outbound calls: a stolen key cannot hold lines for 4 h
 
     @property
     def uses_embedded_model(self) -> bool:
@@ -216,8 +217,11 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
     if store_scheme not in ("memory", "sqlite"):
         raise ConfigError(f"STORE_URL must be memory:// or sqlite:///path.db (PostgreSQL: not yet), got {store_url!r}")
     base_url = (env.get("TWILIO_API_BASE_URL") or DEFAULT_TWILIO_API_BASE_URL).strip().rstrip("/")
-    if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).netloc:
-        raise ConfigError(f"TWILIO_API_BASE_URL must be an http(s) URL, got {base_url!r}")
+    base_parts = urlsplit(base_url)
+    loopback = base_parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if not base_parts.netloc or not (base_parts.scheme == "https" or (base_parts.scheme == "http" and loopback)):
+        # The account SID and auth token travel to this URL: never in clear text off this machine.
+        raise ConfigError(f"TWILIO_API_BASE_URL must be https:// (http:// only to 127.0.0.1), got {base_url!r}")
     return dict(
         api_keys=api_keys,
         twilio_account_sid=account_sid,
@@ -228,4 +232,5 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
         voicemail_message=(env.get("VOICEMAIL_MESSAGE") or "").strip(),
         store_url=store_url,
         twilio_api_base_url=base_url,
+        outbound_time_limit_s=_int(env, "OUTBOUND_TIME_LIMIT_S", 3600, 60, 86400),
     )

@@ -105,11 +105,16 @@ def call_config(settings: Settings, registry: ToolRegistry | None = None) -> Cal
         interrupt_response=settings.interrupt_response,
         mark_interval_ms=settings.mark_interval_ms,
         call_control_tools=control,
+        account_sid=settings.twilio_account_sid,
     )
 
 
 # One encoder for every message: json.dumps(..., separators=...) would build a new one per 20 ms frame.
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class _UnknownCallSettings(Exception):
+    """An outbound call's settings key is not in the store."""
 
 
 def _now_ms() -> float:
@@ -216,8 +221,11 @@ class MediaStreamSession:
         if inspect.isawaitable(found):
             found = await found
         if found is None:
-            log.warning("no stored settings for this call's %s parameter call_sid=%s", CALL_SETTINGS_PARAMETER, self.call.call_sid)
-            return
+            # Expired, evicted, or stored by another worker on a per-process store: this callee must not get
+            # the inbound agent by mistake.
+            log.error("no stored settings for this call's %s parameter; ending the call call_sid=%s",
+                      CALL_SETTINGS_PARAMETER, self.call.call_sid)
+            raise _UnknownCallSettings
         self.call.apply_call_settings(
             instructions=found.instructions or "", voice=found.voice or "", greeting=found.greeting or ""
         )
@@ -226,7 +234,11 @@ class MediaStreamSession:
         settings = self.settings
         reason = "closed"
         try:
-            await self._apply_per_call_settings()
+            try:
+                await self._apply_per_call_settings()
+            except _UnknownCallSettings:
+                self._end("unknown per-call settings")
+                return
             async with connect(
                 settings.model_connect_url(),
                 additional_headers=settings.model_headers(),
@@ -307,8 +319,12 @@ class MediaStreamSession:
                 # Twilio leaves <Connect> for the new TwiML and stops this stream itself.
                 await twilio.update_twiml(call_sid, dial_twiml(self.settings.transfer_number))
         except Exception:
-            log.exception("%s failed at Twilio call_sid=%s; closing the stream", control.reason, call_sid)
-            self._end(control.reason)
+            if isinstance(control, HangUp):
+                log.exception("hang-up failed at Twilio call_sid=%s; closing the stream", call_sid)
+                self._end(control.reason)
+            else:
+                log.exception("transfer failed at Twilio call_sid=%s; the call goes on", call_sid)
+                await self._dispatch(self.call.transfer_failed())
 
     async def _send_twilio(self, message: dict[str, Any]) -> None:
         if self.websocket.application_state != WebSocketState.CONNECTED:

@@ -15,9 +15,10 @@
               include_items: Whether to list the items too.
           \"\"\"
 
-  A sync function runs in a worker thread, an async one on the loop; both with a timeout, off the
-  audio path. Whatever it returns is sent to the model as JSON; an exception or a timeout is sent as
-  ``{"error": "..."}`` so the agent can say something sensible.
+  A sync function runs in a worker thread of the tools' own pool, an async one on the loop; both with
+  a timeout, off the audio path. Whatever it returns is sent to the model as JSON; an exception or a
+  timeout is sent as ``{"error": "..."}`` (the exception's type only: its text may hold internals the
+  agent would read out) so the agent can say something sensible.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import inspect
 import json
 import logging
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -151,10 +154,19 @@ def load_tools_module(module_name: str) -> list[Tool]:
 
 
 class ToolRegistry:
-    """The tools of a session: their ``session.update`` definitions, and running user tools safely."""
+    """The tools of a session: their ``session.update`` definitions, and running user tools safely.
 
-    def __init__(self, tools: list[Tool], timeout_s: float = 10.0) -> None:
+    Sync tools run on a pool of their own (``max_threads``), never on the loop's default pool that the
+    Twilio REST client and the SQLite store use: a thread cannot be killed, so a tool that hangs keeps its
+    thread, and a full pool answers "busy" at once instead of queueing calls behind it.
+    """
+
+    def __init__(self, tools: list[Tool], timeout_s: float = 10.0, max_threads: int = 16) -> None:
         self.timeout_s = timeout_s
+        self._max_threads = max_threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._threads_busy = 0
+        self._lock = threading.Lock()
         self._tools: dict[str, Tool] = {}
         for tool in tools:
             if tool.name in self._tools:
@@ -184,18 +196,51 @@ class ToolRegistry:
         if tool.wants_context:
             kwargs["context"] = context
         try:
-            if inspect.iscoroutinefunction(tool.function):
-                result = await asyncio.wait_for(tool.function(**kwargs), self.timeout_s)
-            else:
-                result = await asyncio.wait_for(asyncio.to_thread(tool.function, **kwargs), self.timeout_s)
+            result = await self._call(tool.function, kwargs)
         except TimeoutError:
             log.warning("tool %s timed out after %.1f s call_sid=%s", name, self.timeout_s, context.call_sid)
             return json.dumps({"error": f"the tool {name} did not answer within {self.timeout_s:g} s"})
+        except _PoolFull:
+            log.warning("tool %s refused: all %d tool threads are busy call_sid=%s", name, self._max_threads, context.call_sid)
+            return json.dumps({"error": f"the tool {name} is busy, try again later"})
         except Exception as error:  # a tool's bug must not end the call
             log.exception("tool %s failed call_sid=%s", name, context.call_sid)
-            return json.dumps({"error": f"{type(error).__name__}: {error}"})
+            return json.dumps({"error": f"the tool {name} failed ({type(error).__name__})"})
         try:
             text = result if isinstance(result, str) else json.dumps(result, default=str)
         except (TypeError, ValueError):
             text = json.dumps({"result": str(result)})
-        return text[:MAX_TOOL_OUTPUT_CHARS]
+        if len(text) > MAX_TOOL_OUTPUT_CHARS:
+            # Still valid JSON for the model, and it knows it got only the start.
+            text = json.dumps({"truncated": True, "start": text[: MAX_TOOL_OUTPUT_CHARS - 100]})
+        return text
+
+    async def _call(self, function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        """Run ``function`` with the timeout; a task that ignores cancellation is abandoned, not awaited."""
+        if inspect.iscoroutinefunction(function):
+            task: asyncio.Future[Any] = asyncio.ensure_future(function(**kwargs))
+        else:
+            if self._threads_busy >= self._max_threads:
+                raise _PoolFull
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self._max_threads, thread_name_prefix="gateway-tool")
+            with self._lock:
+                self._threads_busy += 1
+            task = asyncio.get_running_loop().run_in_executor(self._executor, self._in_thread, function, kwargs)
+        done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+        if not done:
+            task.cancel()
+            raise TimeoutError
+        return task.result()
+
+    def _in_thread(self, function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        # Counted free only when the function really returns: cancelling the future does not stop the thread.
+        try:
+            return function(**kwargs)
+        finally:
+            with self._lock:
+                self._threads_busy -= 1
+
+
+class _PoolFull(Exception):
+    """Every tool thread is taken (by tools that hang)."""

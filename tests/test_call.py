@@ -387,3 +387,49 @@ def test_per_call_settings_go_into_session_update_and_greeting():
     greeting = sends(out)[0]["response"]["instructions"]
     # A response's instructions replace the session's for that response: they must carry them.
     assert greeting.startswith("Remind Ann of her 3 pm appointment.") and "Hi Ann!" in greeting
+
+
+def test_talking_over_the_goodbye_cancels_the_hang_up():
+    call = control_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(delta(ms=500), 0)
+    call.model_event(rt.FunctionCallRequested("resp_1", "c1", "end_call", "{}"), 0)
+    call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10)
+    out = call.model_event(rt.SpeechStarted(0, "u"), 140)  # "wait, one more thing"
+    assert of_type(out, HangUp) == []
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:500:item_1"), 150), HangUp) == []  # cleared echo
+    assert of_type(call.model_event(rt.ResponseDone("resp_x", "cancelled", {}), 160), HangUp) == []
+
+
+def test_a_refused_response_request_does_not_block_the_hang_up():
+    call = control_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(rt.FunctionCallRequested("resp_1", "c1", "end_call", "{}"), 0)
+    out = call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10)  # asks for a goodbye
+    assert [m["type"] for m in sends(out)] == ["response.create"]
+    out = call.model_event(rt.ModelError("rate_limit_exceeded", "slow down", "server_error"), 20)
+    assert of_type(out, HangUp)  # nothing more will be said: hang up rather than hold the line forever
+
+
+def test_end_call_again_without_audio_does_not_loop():
+    call = control_call()
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(rt.FunctionCallRequested("resp_1", "c1", "end_call", "{}"), 0)
+    call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10)
+    call.model_event(rt.ResponseCreated("resp_2"), 20)
+    out = call.model_event(rt.FunctionCallRequested("resp_2", "c2", "end_call", "{}"), 20)
+    assert not [m for m in sends(out) if m.get("type") == "response.create"]
+    assert of_type(call.model_event(rt.ResponseDone("resp_2", "completed", {}), 30), HangUp)
+
+
+def test_a_failed_transfer_keeps_the_call_and_tells_the_agent():
+    call = control_call()
+    out = call.transfer_failed()
+    assert "transfer to a colleague failed" in sends(out)[0]["response"]["instructions"]
+    assert of_type(out, EndCall) == []
+
+
+def test_a_start_from_another_twilio_account_is_refused():
+    call = Call(CallConfig(session_update={}, account_sid="AC_mine"))
+    out = call.twilio_event(tw.Start(SID, "CA_victim", "AC_other", "audio/x-mulaw", 8000, {}), 0)
+    assert of_type(out, Dropped) and of_type(out, EndCall)

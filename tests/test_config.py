@@ -41,3 +41,9 @@ def test_openai_and_azure_authentication():
 def test_bad_values_name_the_variable(env, names):
     with pytest.raises(ConfigError, match=names):
         Settings.from_env(env)
+
+
+def test_twilio_credentials_never_travel_in_clear_text_off_this_machine():
+    with pytest.raises(ConfigError, match="TWILIO_API_BASE_URL"):
+        Settings.from_env({"TWILIO_API_BASE_URL": "http://evil.example.com"})
+    assert Settings.from_env({"TWILIO_API_BASE_URL": "http://127.0.0.1:9999"}).twilio_api_base_url == "http://127.0.0.1:9999"

@@ -70,6 +70,7 @@ async def test_place_call_sends_twilio_the_stream_twiml_and_stores_the_call_sett
         assert request.one("To") == TO and request.one("From") == FROM
         assert request.form["StatusCallbackEvent"] == ["initiated", "ringing", "answered", "completed"]
         assert "MachineDetection" not in request.form
+        assert request.form["TimeLimit"] == ["3600"]  # a stolen key cannot hold a line for hours
         call = fake.calls[body["call_sid"]]
         assert call.stream_url == "wss://gateway.example.test/media-stream"
         key = call.stream_parameters["gateway_call"]
@@ -413,7 +414,10 @@ async def test_memory_store_ttl_and_bounds():
 @pytest.mark.parametrize("number, allowed, refusal", [
     ("+14155550123", ("+1",), None),
     ("+19005550123", ("+1",), "destination_premium_rate"),
-    ("+19765550123", ("+",), "destination_premium_rate"),
+    ("+12129765555", ("+",), "destination_premium_rate"),  # 976 is an exchange: any area code
+    ("+15005550100", ("+1",), "destination_premium_rate"),
+    ("+447612345678", ("+44",), "destination_premium_rate"),
+    ("+491801234567", ("+49",), "destination_premium_rate"),
     ("+449012345678", ("+44",), "destination_premium_rate"),
     ("+448712345678", ("+44",), "destination_premium_rate"),
     ("+33891234567", ("+33",), "destination_premium_rate"),

@@ -47,6 +47,7 @@ async def place_and_answer(gateway: GatewayUnderTest, fake: FakeTwilio, turns: l
 
     signature = RequestValidator(fake.auth_token).compute_signature(placed.stream_url, {})
     report = await run_call(gateway.ws_url, turns, custom_parameters=placed.stream_parameters, call_sid=call_sid,
+                            account_sid=fake.account_sid,
                             extra_headers={"X-Twilio-Signature": signature}, timeout_s=40,
                             hangup_after_ms=hangup_after_ms)
     return call_sid, report
@@ -112,6 +113,8 @@ function_call = { name = "wait_forever", arguments = {} }
 [[replies]]
 when_function_output = true
 say = "Sorry, our system is slow today."
+[[replies]]
+say = "Goodbye."
 """
 
 

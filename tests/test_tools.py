@@ -1,5 +1,6 @@
 """Tools: schemas from type hints and docstrings, safe execution with timeouts."""
 
+import asyncio
 import json
 
 import pytest
@@ -32,7 +33,7 @@ async def test_running_tools_validates_arguments_and_contains_failures():
     assert "invalid arguments" in json.loads(await registry.run("check_order", "not json", CONTEXT))["error"]
     assert "invalid arguments" in json.loads(await registry.run("check_order", '{"order_id": "A", "x": 1}', CONTEXT))["error"]
     assert "did not answer within 0.5 s" in json.loads(await registry.run("hang_forever", "{}", CONTEXT))["error"]
-    assert json.loads(await registry.run("broken", "{}", CONTEXT)) == {"error": "RuntimeError: database is down"}
+    assert json.loads(await registry.run("broken", "{}", CONTEXT)) == {"error": "the tool broken failed (RuntimeError)"}
     assert "no tool named" in json.loads(await registry.run("nope", "{}", CONTEXT))["error"]
 
 
@@ -44,3 +45,39 @@ def test_functions_the_model_cannot_call_are_refused():
         tool_from_function(variadic)
     with pytest.raises(ValueError, match="two tools"):
         ToolRegistry([end_call_tool(), end_call_tool()])
+
+
+async def test_hung_sync_tools_cannot_take_more_than_their_own_threads():
+    registry = ToolRegistry(load_tools_module("tests.sample_tools"), timeout_s=0.2, max_threads=2)
+    first = await asyncio.gather(*(registry.run("hang_forever", "{}", CONTEXT) for _ in range(2)))
+    assert all("did not answer" in json.loads(r)["error"] for r in first)
+    # Both threads are still stuck in the hung tool: the next sync call is refused at once, not queued.
+    assert "busy" in json.loads(await registry.run("check_order", '{"order_id": "A1"}', CONTEXT))["error"]
+    # The loop's default pool (used by Twilio REST and the store) is untouched.
+    assert await asyncio.to_thread(lambda: "free") == "free"
+
+
+async def test_an_async_tool_that_swallows_cancellation_is_abandoned_at_the_timeout():
+    async def stubborn() -> str:
+        """Ignores cancellation."""
+        for _ in range(20):
+            try:
+                await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                pass
+        return "late"
+
+    registry = ToolRegistry([tool_from_function(stubborn)], timeout_s=0.2)
+    started = asyncio.get_running_loop().time()
+    assert "did not answer" in json.loads(await registry.run("stubborn", "{}", CONTEXT))["error"]
+    assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_long_tool_output_is_cut_as_valid_json():
+    def huge() -> str:
+        """Big."""
+        return "x" * 100_000
+
+    registry = ToolRegistry([tool_from_function(huge)])
+    output = json.loads(await registry.run("huge", "{}", CONTEXT))
+    assert output["truncated"] is True and len(output["start"]) < 16_000

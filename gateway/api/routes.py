@@ -119,7 +119,7 @@ async def create_call(request: Request) -> Response:
         try:
             placed = await api.twilio.place_call(
                 to=call_settings.to, from_=call_settings.from_, twiml=twiml, status_callback=status_callback,
-                machine_detection=call_settings.machine_detection,
+                machine_detection=call_settings.machine_detection, time_limit_s=api.settings.outbound_time_limit_s,
             )
         except TwilioError as error:
             raise _twilio_failure(error) from None

@@ -714,6 +714,7 @@ async def run_call(
     open_timeout_s: float = 10.0,
     latency_ms: float = 0.0,
     call_sid: str | None = None,
+    account_sid: str | None = None,
 ) -> CallReport:
     """Call a gateway's Media Stream URL (``ws://host:port/media-stream``) as Twilio would; play ``turns``.
 
@@ -733,6 +734,7 @@ async def run_call(
         seed=seed,
         noise_snr_db=noise_snr_db,
         call_sid=call_sid,
+        account_sid=account_sid,
     )
     return await call_with(phone, url, extra_headers=extra_headers, open_timeout_s=open_timeout_s, latency_ms=latency_ms)
 

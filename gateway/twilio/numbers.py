@@ -28,13 +28,15 @@ _PREFIX = re.compile(r"\+[0-9]{0,14}")
 PREMIUM_RATE_PREFIXES: dict[str, str] = {
     # North America (NANP)
     "+1900": "US/Canada 900 premium rate",
-    "+1976": "US 976 pay-per-call (legacy)",
+    "+1500": "NANP 500 personal communications (non-geographic)",
+    "+1700": "NANP 700 carrier services (non-geographic)",
     # United Kingdom
     "+449": "UK 09 premium rate",
     "+44871": "UK 0871 revenue share",
     "+44872": "UK 0872 revenue share",
     "+44873": "UK 0873 revenue share",
     "+4470": "UK 070 personal numbering (fraud-prone)",
+    "+4476": "UK 076 pagers (premium-priced)",
     # France
     "+3381": "France 081 premium rate (SVA)",
     "+3382": "France 082 premium rate (SVA)",
@@ -44,6 +46,8 @@ PREMIUM_RATE_PREFIXES: dict[str, str] = {
     "+49137": "Germany 0137 mass calling / televoting",
     "+49118": "Germany 118 directory services",
     "+4919": "Germany 019x premium / online services (legacy)",
+    "+49180": "Germany 0180 shared-cost service numbers",
+    "+49700": "Germany 0700 personal numbers",
     # Italy
     "+39899": "Italy 899 premium rate",
     "+39892": "Italy 892 premium information services",
@@ -60,6 +64,7 @@ PREMIUM_RATE_PREFIXES: dict[str, str] = {
     "+31906": "Netherlands 0906 premium rate",
     "+31909": "Netherlands 0909 premium rate",
     "+3290": "Belgium 090x premium rate",
+    "+3270": "Belgium 070 shared-cost numbers",
     "+41900": "Switzerland 0900 premium rate",
     "+41901": "Switzerland 0901 premium rate",
     "+41906": "Switzerland 0906 premium rate",
@@ -99,11 +104,17 @@ def is_prefix(prefix: str) -> bool:
     return _PREFIX.fullmatch(prefix) is not None
 
 
+# NANP pay-per-call lives in an exchange, not an area code: +1 NPA 976 XXXX in any area.
+NANP_PAY_PER_CALL_EXCHANGE = "976"
+
+
 def premium_rate_match(number: str) -> str | None:
     """The premium-rate prefix ``number`` starts with, or None."""
     for prefix in PREMIUM_RATE_PREFIXES:
         if number.startswith(prefix):
             return prefix
+    if number.startswith("+1") and len(number) == 12 and number[5:8] == NANP_PAY_PER_CALL_EXCHANGE:
+        return "+1NPA976"
     return None
 
 
@@ -115,7 +126,8 @@ def destination_refusal(number: str, allowed_prefixes: Iterable[str]) -> tuple[s
     premium = premium_rate_match(number)
     if premium is not None:
         return "destination_premium_rate", (
-            f"destination starts with {premium} ({PREMIUM_RATE_PREFIXES[premium]}): premium-rate and high-cost "
+            f"destination starts with {premium} ({PREMIUM_RATE_PREFIXES.get(premium, 'NANP 976 pay-per-call exchange')}): "
+            "premium-rate and high-cost "
             "numbers are always refused"
         )
     matching = [prefix for prefix in allowed_prefixes if number.startswith(prefix)]

@@ -126,7 +126,7 @@ class TwilioRest:
             raise mapped from error
 
     async def place_call(self, *, to: str, from_: str, twiml: str, status_callback: str,
-                         machine_detection: str = "none") -> PlacedCall:
+                         machine_detection: str = "none", time_limit_s: int | None = None) -> PlacedCall:
         """``calls.create`` with inline TwiML; status callbacks for every progress event.
 
         With answering-machine detection, it runs asynchronously (the call connects to the TwiML at once, so a
@@ -142,6 +142,8 @@ class TwilioRest:
             status_callback_event=list(STATUS_CALLBACK_EVENTS),
             status_callback_method="POST",
         )
+        if time_limit_s:
+            kwargs["time_limit"] = time_limit_s
         if machine_detection in MACHINE_DETECTION_MODES:
             kwargs.update(
                 machine_detection=MACHINE_DETECTION_MODES[machine_detection],

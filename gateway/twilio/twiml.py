@@ -38,8 +38,11 @@ def connect_stream_twiml(url: str, parameters: Mapping[str, str], status_callbac
     return str(response)
 
 
-def dial_twiml(number: str) -> str:
-    """``<Response><Dial>number</Dial></Response>``: hand the live call over to a human."""
+def dial_twiml(destination: str) -> str:
+    """``<Dial>``: hand the live call over to a human, at a phone number or a SIP URI."""
     response = VoiceResponse()
-    response.dial(number)
+    if destination.lower().startswith(("sip:", "sips:")):
+        response.dial().sip(destination)
+    else:
+        response.dial(destination)
     return str(response)
