@@ -62,6 +62,8 @@ def evaluate(scenario: Scenario, report: CallReport, transcripts: Sequence[str] 
         else:
             unanswered = [t.name for t in due if t.response_ms is None]
             slow = [t for t in due if t.response_ms is not None and t.response_ms > limit]
+            # Negative: the agent started answering before the caller had finished: it talked over them.
+            early = [t for t in due if t.response_ms is not None and t.response_ms < 0]
             latencies = [t.response_ms for t in due if t.response_ms is not None]
             detail = (f"{len(latencies)} of {len(due)} turns answered, worst {_ms(max(latencies))}"
                       if latencies else f"0 of {len(due)} turns answered")
@@ -70,7 +72,9 @@ def evaluate(scenario: Scenario, report: CallReport, transcripts: Sequence[str] 
                 detail += f"; no answer heard to {', '.join(map(repr, unanswered))}"
             if slow:
                 detail += "; too slow: " + ", ".join(f"{t.name!r} {_ms(t.response_ms or 0)}" for t in slow)
-            add(ExpectationResult("max_turn_latency_ms", not unanswered and not slow, detail))
+            if early:
+                detail += "; answered before the caller finished: " + ", ".join(repr(t.name) for t in early)
+            add(ExpectationResult("max_turn_latency_ms", not unanswered and not slow and not early, detail))
 
     if expect.max_barge_in_stop_ms is not None:
         limit = expect.max_barge_in_stop_ms
