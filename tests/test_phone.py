@@ -536,3 +536,13 @@ async def test_call_against_a_trivial_gateway() -> None:
     assert len(report.heard_audio) == len(report.caller_audio)
     played = np.flatnonzero(np.abs(heard) > 1000)
     assert 400 <= (played[-1] - played[0]) / 8 <= 520  # heard from the first frame's answer until the clear
+
+
+def test_speech_bounds_come_from_the_callers_audio_not_the_file():
+    from gateway.replay.phone import speech_bounds_ms
+
+    tone = mulaw_encode((np.sin(np.arange(8000) * 0.3) * 8000).astype(np.int16))  # 1 s of voice
+    clip = bytes([MULAW_SILENCE]) * 8 * 300 + tone + bytes([MULAW_SILENCE]) * 8 * 600
+    lead, trail = speech_bounds_ms(clip)
+    assert abs(lead - 300) <= 10 and abs(trail - 600) <= 10
+    assert speech_bounds_ms(bytes([MULAW_SILENCE]) * 800) == (0.0, 0.0)

@@ -316,7 +316,7 @@ def test_max_turn_latency() -> None:
     assert unanswered.passed is False and "no answer heard to 'a'" in unanswered.detail
     cut = results(s, report(turns=[turn("a", None, completed=False)]))["max_turn_latency_ms"]
     assert cut.passed is None and cut.detail.startswith("skipped")
-    early = results(s, report(turns=[turn("a", -500.0)]))["max_turn_latency_ms"]
+    early = results(s, report(turns=[turn("a", -500.0, kind="speech")]))["max_turn_latency_ms"]
     assert early.passed is False and "answered before the caller finished: 'a'" in early.detail
 
 

@@ -62,8 +62,9 @@ def evaluate(scenario: Scenario, report: CallReport, transcripts: Sequence[str] 
         else:
             unanswered = [t.name for t in due if t.response_ms is None]
             slow = [t for t in due if t.response_ms is not None and t.response_ms > limit]
-            # Negative: the agent started answering before the caller had finished: it talked over them.
-            early = [t for t in due if t.response_ms is not None and t.response_ms < 0]
+            # Negative: the agent started answering before the caller had finished talking: it talked over
+            # them. (Keys are different: an agent may rightly answer the first of several digits.)
+            early = [t for t in due if t.kind == "speech" and t.response_ms is not None and t.response_ms < 0]
             latencies = [t.response_ms for t in due if t.response_ms is not None]
             detail = (f"{len(latencies)} of {len(due)} turns answered, worst {_ms(max(latencies))}"
                       if latencies else f"0 of {len(due)} turns answered")

@@ -141,6 +141,22 @@ class CallerTurn:
         return max(len(self.audio) / SPB, len(self.dtmf) * DTMF_SPACING_MS, self.pause_ms)
 
 
+def speech_bounds_ms(audio: bytes, rms: float = HEARD_RMS) -> tuple[float, float]:
+    """(leading, trailing) silence of a clip in ms, found in the audio itself (10 ms blocks above ``rms``).
+
+    A caller's speech starts and ends where the voice does, not where the WAV file does."""
+    samples = mulaw_decode(audio).astype(np.float64)
+    block = 10 * SPB
+    blocks = len(samples) // block
+    if blocks == 0:
+        return 0.0, 0.0
+    levels = np.sqrt(np.mean(samples[: blocks * block].reshape(blocks, block) ** 2, axis=1))
+    loud = np.flatnonzero(levels >= rms)
+    if len(loud) == 0:
+        return 0.0, 0.0
+    return float(loud[0] * 10), float(len(audio) / SPB - (loud[-1] + 1) * 10)
+
+
 def speech_rms(audios: list[bytes]) -> float:
     """The RMS of the speech in ``audios`` (mu-law): over the 20 ms frames louder than :data:`HEARD_RMS`."""
     whole = b"".join(a[: len(a) // FRAME_BYTES * FRAME_BYTES] for a in audios)
@@ -621,14 +637,17 @@ class Phone:
         turns: list[TurnReport] = []
         for i, t in enumerate(spoken):
             next_start = spoken[i + 1].start_ms if i + 1 < len(spoken) else None
+            lead, trail = speech_bounds_ms(t.turn.audio) if t.turn.audio else (0.0, 0.0)
+            speech_start = t.start_ms + lead
+            speech_end = max(speech_start, min(t.end_ms, t.start_ms + t.turn.duration_ms - trail))
             tr = TurnReport(
                 index=t.index,
                 name=t.turn.name or f"turn{t.index}",
                 barge_in=t.turn.barge_in,
                 kind=t.turn.kind,
                 expects_answer=t.turn.expects_answer,
-                start_ms=t.start_ms,
-                end_ms=t.end_ms,
+                start_ms=speech_start,
+                end_ms=speech_end,
                 completed=t.completed,
             )
             # The answer: the first agent audio heard from a playback that started after the speech start.
@@ -642,15 +661,23 @@ class Phone:
                     end = min(end, next_start)
                 onset = self._first_heard_ms(run.start_ms, end + 1)
                 if onset is not None:
-                    tr.response_ms = onset - t.end_ms
+                    tr.response_ms = onset - speech_end
                     break
-            tr.talk_over_ms = float(self._heard_ms.count(1, int(t.start_ms), int(t.end_ms)))
+            tr.talk_over_ms = float(self._heard_ms.count(1, int(speech_start), int(speech_end)))
             if t.turn.barge_in:
-                for run in runs:
-                    if run.start_ms <= t.start_ms and (run.end_ms is None or run.end_ms > t.start_ms):
+                for k, run in enumerate(runs):
+                    if run.start_ms <= speech_start and (run.end_ms is None or run.end_ms > speech_start):
                         tr.agent_playing_at_start = True
-                        tr.stopped_by = "never" if run.end_ms is None else run.ended_by
-                        tr.stop_ms = None if run.end_ms is None else run.end_ms - t.start_ms
+                        # A drain refilled soon, while the caller still talks, is the same answer going on:
+                        # the agent stops being heard only where its last such stretch ends.
+                        last = run
+                        for later in runs[k + 1:]:
+                            if (last.end_ms is None or later.start_ms >= speech_end
+                                    or later.start_ms - last.end_ms >= self._underrun_gap_ms):
+                                break
+                            last = later
+                        tr.stopped_by = "never" if last.end_ms is None else last.ended_by
+                        tr.stop_ms = None if last.end_ms is None else last.end_ms - speech_start
                         break
             turns.append(tr)
 
