@@ -611,3 +611,11 @@ async def test_a_recording_against_our_gateway(tmp_path) -> None:
     assert abs(speech.start_ms - 400) <= 40 and abs(speech.end_ms - (400 + len(load_sample("caller_hello")) / 8)) <= 60
     assert speech.response_ms is not None and not speech.barge_in
     assert r.runs[0].ended_by == "drained" and r.marks_echoed > 0  # the echo answer played out, marks came back
+
+
+def test_strict_mode_fails_skipped_expectations() -> None:
+    from gateway.replay.expectations import all_passed
+
+    skipped = [ExpectationResult("agent_says", None, "skipped: no transcripts")]
+    assert all_passed(skipped) is True
+    assert all_passed(skipped, strict=True) is False

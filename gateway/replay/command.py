@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
                         help="an extra header on the WebSocket handshake (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
+    parser.add_argument("--strict", action="store_true",
+                        help="a skipped expectation (e.g. agent_says with no transcripts at --url) fails the run")
 
 
 def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
@@ -153,7 +155,7 @@ async def _one(scenario: Scenario, target: Target, args: argparse.Namespace, bas
         return {"scenario": info, "passed": False, "error": message, "expectations": [], "files": {}}
     transcripts = target.transcripts(report.call_sid)
     results = evaluate(scenario, report, transcripts)
-    passed = all_passed(results)
+    passed = all_passed(results, strict=getattr(args, "strict", False))
     files = {"json": str(base.with_suffix(".json")), "wav": str(base.with_suffix(".wav"))}
     report.write_wav(files["wav"])
     png_note = _write_png(report, base.with_suffix(".png"), scenario.name)

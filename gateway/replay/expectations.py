@@ -137,6 +137,6 @@ def evaluate(scenario: Scenario, report: CallReport, transcripts: Sequence[str] 
     return results
 
 
-def all_passed(results: Sequence[ExpectationResult]) -> bool:
-    """True when no expectation failed (skipped ones do not fail a run)."""
-    return not any(r.passed is False for r in results)
+def all_passed(results: Sequence[ExpectationResult], *, strict: bool = False) -> bool:
+    """True when no expectation failed; with ``strict``, a skipped one (nothing to check it on) fails too."""
+    return not any(r.passed is False or (strict and r.passed is None) for r in results)
