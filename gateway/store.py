@@ -61,6 +61,7 @@ class OutboundCallSettings:
     greeting: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     machine_detection: str = "none"  # "none" | "hangup" | "voicemail"
+    api_key_id: str | None = None  # the key that placed the call (its id, never the key): only it may see the call
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

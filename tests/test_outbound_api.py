@@ -82,9 +82,12 @@ async def test_place_call_sends_twilio_the_stream_twiml_and_stores_the_call_sett
 
         # The media stream finds the per-call settings by the key in start.customParameters["gateway_call"].
         stored = await gateway.state.store.get_call_settings(key)
+        assert stored is not None and stored.api_key_id  # the placing key's id, never the key itself
+        assert API_KEY not in stored.api_key_id
         assert stored == OutboundCallSettings(
             to=TO, from_=FROM, instructions="Remind Ada of her 3 pm appointment.", voice="cedar",
-            greeting="Hi Ada, it's Acme.", metadata={"customer": "42"}, machine_detection="none")
+            greeting="Hi Ada, it's Acme.", metadata={"customer": "42"}, machine_detection="none",
+            api_key_id=stored.api_key_id)
 
         record = (await client.get(f"/calls/{body['call_sid']}", headers=AUTH)).json()
         assert record["status"] == "queued" and record["to"] == TO and record["from"] == FROM
@@ -293,6 +296,10 @@ async def test_machine_answers_hangup_mode_hangs_up_and_humans_are_left_alone():
 async def test_hangup_endpoint():
     async with outbound() as (gateway, fake, client):
         sid = (await place(client)).json()["call_sid"]
+        # Another team's key neither sees nor hangs up this call.
+        other = {"authorization": f"Bearer {OTHER_KEY}"}
+        assert error_code(await client.get(f"/calls/{sid}", headers=other)) == "call_not_found"
+        assert error_code(await client.post(f"/calls/{sid}/hangup", headers=other)) == "call_not_found"
         fake.fail_next(400, 21220, "Call is not in-progress. Cannot redirect.")
         failed = await client.post(f"/calls/{sid}/hangup", headers=AUTH)
         assert (failed.status_code, failed.json()["error"]["twilio_code"]) == (502, 21220)

@@ -7,6 +7,7 @@ Order of checks on ``POST /calls``: API enabled (503) > bearer key (401) > Twili
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import secrets
@@ -109,6 +110,7 @@ async def create_call(request: Request) -> Response:
             allowed_prefixes=settings.outbound_allowed_prefixes,
             voicemail_configured=bool(settings.voicemail_message),
         )
+        call_settings = dataclasses.replace(call_settings, api_key_id=key)
         settings_key = secrets.token_urlsafe(18)
         await api.store.save_call_settings(settings_key, call_settings)
         base = settings.public_url
@@ -139,10 +141,11 @@ def _record_for(call_sid: str, call_settings: Any, status: str, key: str | None)
     )
 
 
-async def _known_call(request: Request, api: OutboundApi) -> CallRecord:
+async def _known_call(request: Request, api: OutboundApi, key_id: str) -> CallRecord:
+    """The call, if the caller's key placed it: one team's key neither reads nor hangs up another's calls."""
     call_sid = request.path_params["sid"]
     record = await api.store.get_call(call_sid) if _CALL_SID.fullmatch(call_sid) else None
-    if record is None:
+    if record is None or record.api_key_id != key_id:
         raise ApiError(404, "call_not_found", f"no call {call_sid[:40]!r} is known to this gateway")
     return record
 
@@ -150,8 +153,7 @@ async def _known_call(request: Request, api: OutboundApi) -> CallRecord:
 async def get_call(request: Request) -> Response:
     api = _api(request)
     try:
-        api.authenticate(request)
-        record = await _known_call(request, api)
+        record = await _known_call(request, api, api.authenticate(request))
         return JSONResponse(record.public_json())
     except ApiError as error:
         return error_response(error)
@@ -160,8 +162,7 @@ async def get_call(request: Request) -> Response:
 async def hangup_call(request: Request) -> Response:
     api = _api(request)
     try:
-        api.authenticate(request)
-        record = await _known_call(request, api)
+        record = await _known_call(request, api, api.authenticate(request))
         if record.status in FINAL_STATUSES:
             raise ApiError(409, "call_already_ended", f"the call has already ended ({record.status})",
                            call_status=record.status)
@@ -194,7 +195,7 @@ async def call_status(request: Request) -> Response:
         if call_settings is None:
             log.info("status callback for unknown call %s ignored", call_sid)
             return Response(status_code=204)
-        record = await api.store.create_call(_record_for(call_sid, call_settings, "queued", None))
+        record = await api.store.create_call(_record_for(call_sid, call_settings, "queued", call_settings.api_key_id))
 
     status = params.get("CallStatus", "")
     changes: dict[str, Any] = {}
