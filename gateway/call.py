@@ -32,8 +32,11 @@ log = logging.getLogger("gateway.call")
 GAP_TOLERANCE_MS = 10
 # A bound on one gap fill: a hostile timestamp must not make us allocate minutes of silence.
 MAX_GAP_FILL_MS = 2000
-# Caller audio kept while the model socket is still connecting.
+# Caller audio kept while the model socket is still connecting (or reconnecting).
 MAX_PENDING_AUDIO_MS = 5000
+# The conversation carried into a replacement model session, as text: the latest items, each bounded.
+MAX_CARRIED_ITEMS = 60
+MAX_CARRIED_CHARS = 2000
 
 
 class Peer(Enum):
@@ -133,6 +136,13 @@ class ModelReportedError(CallEvent):
 
 
 @dataclass(slots=True)
+class ModelSessionLost(CallEvent):
+    """The model session died or expired; a new one is being opened and the call goes on."""
+
+    reason: str
+
+
+@dataclass(slots=True)
 class Dropped(CallEvent):
     """An input the core refused (wrong stream, out of order); the shell logs it."""
 
@@ -168,6 +178,7 @@ class _AgentItem:
     """One assistant item's audio, as the model produced it."""
 
     response_id: str
+    session: int  # which model session made it: only that session can truncate it
     received_bytes: int = 0  # model-format audio bytes received (item positions count from these)
 
 
@@ -200,6 +211,9 @@ class Call:
         self._responses_with_audio: set[str] = set()
         self._after_playback: HangUp | Transfer | None = None  # call control waiting for the audio to be heard
         self._control_done = False
+        # What was said, as text, to carry the conversation into a new model session if this one is lost.
+        self._session = 0
+        self._transcript: deque[tuple[str, str]] = deque(maxlen=MAX_CARRIED_ITEMS)
 
     def apply_call_settings(self, *, instructions: str = "", voice: str = "", greeting: str = "") -> None:
         """Per-call settings (an outbound call's), before the model connects: they go into session.update."""
@@ -281,15 +295,35 @@ class Call:
     # ---- model side -------------------------------------------------------------------------
 
     def model_connected(self) -> list[Output]:
-        """The model socket is open: configure the session, then flush caller audio held meanwhile."""
+        """The model socket is open: configure the session, then flush caller audio held meanwhile.
+
+        In a replacement session the conversation so far is re-created as text items first (a new session
+        starts empty; audio cannot be carried over), so the agent goes on where it was."""
         self._model_ready = True
+        self._session += 1
         out: list[Output] = [Send(Peer.MODEL, self.config.session_update)]
+        if self._session > 1:
+            out.extend(Send(Peer.MODEL, rt.text_item(role, text)) for role, text in self._transcript)
         if self._pending_audio:
             # One message: held audio must reach the model before (and not interleaved with) live frames.
             out.append(Send(Peer.MODEL, rt.input_audio_append(b"".join(self._pending_audio))))
         self._pending_audio.clear()
         self._pending_audio_ms = 0
         return out
+
+    def model_lost(self, reason: str) -> list[Output]:
+        """The model session is gone but the call goes on: the shell is opening a new one.
+
+        Caller audio is held (bounded) until then; what the old session was doing is dropped: its response,
+        its pending tool calls (their ids mean nothing to the new session) and any request for a response."""
+        if self.ended:
+            return []
+        self._model_ready = False
+        self._active_response = None
+        self._response_requested = False
+        self._running_tools.clear()
+        self._interrupted_responses.clear()
+        return [ModelSessionLost(reason)]
 
     def model_closed(self, reason: str) -> list[Output]:
         self._model_ready = False
@@ -316,6 +350,8 @@ class Call:
         if isinstance(event, rt.FunctionCallRequested):
             return self._function_call(event)
         if isinstance(event, rt.Transcript):
+            if event.text:
+                self._transcript.append((event.role, event.text[:MAX_CARRIED_CHARS]))
             return [TranscriptReceived(event.role, event.item_id, event.text)]
         if isinstance(event, rt.SessionUpdated):
             if self.config.agent_speaks_first and not self._greeted:
@@ -333,7 +369,7 @@ class Call:
     def _agent_audio(self, delta: rt.AudioDelta, now_ms: float) -> list[Output]:
         item = self._items.get(delta.item_id)
         if item is None:
-            item = self._items[delta.item_id] = _AgentItem(delta.response_id)
+            item = self._items[delta.item_id] = _AgentItem(delta.response_id, self._session)
         self._responses_with_audio.add(delta.response_id)
         if delta.response_id in self._interrupted_responses or not self.stream_sid:
             item.received_bytes += len(delta.audio)  # the model's item holds it, though nobody hears it
@@ -443,8 +479,10 @@ class Call:
             item = self._items[item_id]
             received_ms = item.received_bytes // self._model_bytes_per_ms
             heard[item_id] = heard_ms = min(heard_ms, received_ms)  # never more than the item holds
-            # Every item with audio in Twilio's queue is cut where the caller stopped hearing it.
-            out.append(Send(Peer.MODEL, rt.item_truncate(item_id, heard_ms)))
+            # Every item with audio in Twilio's queue is cut where the caller stopped hearing it (an item of
+            # a session that has since been replaced no longer exists at the model: nothing to cut there).
+            if item.session == self._session and self._model_ready:
+                out.append(Send(Peer.MODEL, rt.item_truncate(item_id, heard_ms)))
             out.append(BargeIn(item_id, heard_ms, received_ms, cancelled))
         self._playback.clear(heard)
         self._outbound.reset()  # the filter's tail belongs to the audio just dropped

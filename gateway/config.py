@@ -90,6 +90,7 @@ class Settings:
     greeting_instructions: str = ""
     tools_module: str = ""  # a Python module whose public functions become the agent's tools
     tool_timeout_s: float = 10.0
+    model_reconnect: bool = True  # replace a model session that dies or expires, keeping the conversation
     local_agent: str = "echo"  # the embedded server's agent: "echo" or "scripted:/path/to/script.toml"
     # Twilio side
     public_url: str = ""
@@ -178,6 +179,7 @@ class Settings:
             tools_module=(env.get("TOOLS_MODULE") or "").strip(),
             tool_timeout_s=_float(env, "TOOL_TIMEOUT_S", 10.0, 0.1, 600.0),
             local_agent=(env.get("LOCAL_AGENT") or "echo").strip(),
+            model_reconnect=_bool(env, "MODEL_RECONNECT", True),
             public_url=public_url,
             twilio_auth_token=(env.get("TWILIO_AUTH_TOKEN") or "").strip(),
             host=(env.get("HOST") or "127.0.0.1").strip(),

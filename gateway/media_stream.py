@@ -45,6 +45,9 @@ from gateway.twilio.twiml import dial_twiml
 log = logging.getLogger("gateway.media_stream")
 
 MODEL_CLOSE_TIMEOUT_S = 1.0
+# Waits before reconnecting after consecutive failed attempts (a session that was up reconnects at once).
+MODEL_RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
+MODEL_HEALTHY_SESSION_S = 2.0
 # Twilio sends `start` right after connecting; a socket that does not is not a call (and gets no model session).
 START_TIMEOUT_S = 5.0
 # Caller audio queued towards a model that is not reading it; past this, frames are dropped rather than
@@ -231,14 +234,36 @@ class MediaStreamSession:
         )
 
     async def _model_loop(self) -> None:
-        settings = self.settings
-        reason = "closed"
+        """Hold a model session for the whole call: a socket that dies (or a session that reaches its time
+        limit) is replaced, and the conversation goes on in the new session (see ``Call.model_lost``)."""
         try:
-            try:
-                await self._apply_per_call_settings()
-            except _UnknownCallSettings:
-                self._end("unknown per-call settings")
+            await self._apply_per_call_settings()
+        except _UnknownCallSettings:
+            self._end("unknown per-call settings")
+            return
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while not self._done.is_set():
+            started = loop.time()
+            connected, reason = await self._one_model_session()
+            if self._done.is_set():
+                break
+            # A session that was up a while reconnects at once; one that dies at once counts as a failure.
+            healthy = connected and loop.time() - started >= MODEL_HEALTHY_SESSION_S
+            failures = 0 if healthy else failures + 1
+            if failures > len(MODEL_RECONNECT_BACKOFF_S) or not self.settings.model_reconnect:
+                await self._dispatch(self.call.model_closed(reason))
                 return
+            log.warning("model session lost call_sid=%s (%s); reconnecting", self.call.call_sid or "-", reason)
+            await self._dispatch(self.call.model_lost(reason))
+            if failures:
+                await asyncio.sleep(MODEL_RECONNECT_BACKOFF_S[failures - 1])
+
+    async def _one_model_session(self) -> tuple[bool, str]:
+        """Connect and read until the socket closes: (whether it connected, why it ended)."""
+        settings = self.settings
+        connected = False
+        try:
             async with connect(
                 settings.model_connect_url(),
                 additional_headers=settings.model_headers(),
@@ -247,7 +272,7 @@ class MediaStreamSession:
                 open_timeout=10,
                 close_timeout=MODEL_CLOSE_TIMEOUT_S,
             ) as model:
-                self._model = model
+                self._model, connected = model, True
                 await self._dispatch(self.call.model_connected())
                 async for frame in model:
                     try:
@@ -259,16 +284,18 @@ class MediaStreamSession:
                         log.exception("dropped model event call_sid=%s: the parser failed", self.call.call_sid or "-")
                         continue
                     await self._dispatch(self.call.model_event(event, _now_ms()))
-                reason = f"code {model.close_code}"
+                return connected, f"code {model.close_code}"
         except asyncio.CancelledError:
             raise
         except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as error:
             reason = f"{type(error).__name__}: {error}"
             log.error("model connection failed call_sid=%s: %s", self.call.call_sid or "-", reason)
+            return connected, reason
         except Exception as error:
-            reason = f"{type(error).__name__}: {error}"
             log.exception("model reader failed call_sid=%s", self.call.call_sid or "-")
-        await self._dispatch(self.call.model_closed(reason))
+            return connected, f"{type(error).__name__}: {error}"
+        finally:
+            self._model = None
 
     # ---- outputs ----------------------------------------------------------------------------
 

@@ -433,3 +433,29 @@ def test_a_start_from_another_twilio_account_is_refused():
     call = Call(CallConfig(session_update={}, account_sid="AC_mine"))
     out = call.twilio_event(tw.Start(SID, "CA_victim", "AC_other", "audio/x-mulaw", 8000, {}), 0)
     assert of_type(out, Dropped) and of_type(out, EndCall)
+
+
+# ---- a replacement model session -----------------------------------------------------------------
+
+from gateway.call import ModelSessionLost  # noqa: E402
+
+
+def test_a_lost_model_session_is_replaced_with_the_conversation_carried_as_text():
+    call = make_call()
+    call.model_event(rt.Transcript("user", "u1", "Where is my order?"), 0)
+    call.model_event(rt.Transcript("assistant", "a1", "It ships tomorrow."), 0)
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    call.model_event(delta(ms=300), 0)
+    assert of_type(call.model_lost("code 1001"), ModelSessionLost)
+    # While the new session connects, caller audio is held, not sent to a dead socket.
+    assert call.twilio_event(tw.Media(SID, 0, b"\xff" * 160), 0) == []
+    out = call.model_connected()
+    messages = sends(out, Peer.MODEL)
+    assert messages[0]["type"] == "session.update"
+    assert [(m["item"]["role"], m["item"]["content"][0]["text"]) for m in messages[1:3]] == [
+        ("user", "Where is my order?"), ("assistant", "It ships tomorrow.")]
+    assert messages[3]["type"] == "input_audio_buffer.append"
+    # A barge-in over audio of the old session clears Twilio, but truncates nothing the new session lacks.
+    out = call.model_event(rt.SpeechStarted(0, "u2"), 50)
+    assert sends(out, Peer.TWILIO) == [{"event": "clear", "streamSid": SID}]
+    assert truncates(out) == {}

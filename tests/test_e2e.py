@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.call import BargeIn, ModelReportedError
+from gateway.call import BargeIn, ModelReportedError, ModelSessionLost
 from gateway.replay import CallerTurn, load_sample, run_call
 
 from .conftest import start_gateway
@@ -128,8 +128,10 @@ async def test_a_socket_that_never_starts_gets_no_model_session_and_is_closed():
         assert len(gateway.local_server.sessions) == 0
 
 
-async def test_model_socket_closing_ends_the_call_cleanly():
-    async with start_gateway() as gateway:
+@pytest.mark.parametrize("reconnect, within_s", [(False, 3), (True, 8)])
+async def test_model_gone_for_good_ends_the_call_cleanly(reconnect, within_s):
+    # Without reconnects the call ends at once; with them, after the retries (0.2 + 0.5 + 1 + 2 s) fail.
+    async with start_gateway(model_reconnect=reconnect) as gateway:
 
         async def kill_model_soon() -> None:
             while not gateway.local_server.sessions:
@@ -143,7 +145,7 @@ async def test_model_socket_closing_ends_the_call_cleanly():
         report = await run_call(gateway.ws_url, turns, timeout_s=20)
         await killer
         assert report.ended_by == "gateway_closed"
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < within_s
         for _ in range(100):
             if not gateway.state.active_calls:
                 break
@@ -173,3 +175,22 @@ async def test_incoming_call_webhook_answers_connect_stream_twiml():
             response = await client.post("/incoming-call", data={"CallSid": "CA1"},
                                          headers={"X-Forwarded-Host": "evil.example.com"})
             assert 'url="wss://public.example.org/media-stream"' in response.text
+
+
+async def test_the_call_survives_the_model_session_expiring():
+    async with start_gateway(transcription_model="gpt-4o-mini-transcribe") as gateway:
+        # The embedded model ends each session 5 s in, as OpenAI does at its session limit
+        # (error session_expired, then close 1001).
+        gateway.local_server.session_limit_s = 5.0
+        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300, name="before"),
+                 CallerTurn(load_sample("caller_question"), after_silence_ms=2500, name="after")]
+        report = await run_call(gateway.ws_url, turns, timeout_s=40, hangup_after_ms=500)
+        sessions = list(gateway.local_server.sessions)
+        lost = gateway.of_type(ModelSessionLost)
+    assert report.ended_by == "hangup" and report.violations == []
+    assert len(sessions) >= 2 and lost
+    before, after = report.turns
+    assert before.response_ms is not None and after.response_ms is not None  # answered in both sessions
+    assert after.start_ms > 5000  # really after the first session ended
+    # The new session was given the conversation so far, as text (the caller's words and the agent's).
+    assert sessions[0].client_items_added == 0 and sessions[1].client_items_added >= 2

@@ -73,6 +73,7 @@ class RealtimeSession:
         self.response_instructions: dict[str, str] = {}  # response id -> the instructions the agent got
         self.events_sent = 0  # counted by the shell once sent
         self.closed_at_ms: float | None = None  # set by the shell when the socket is done (monotonic ms)
+        self.client_items_added = 0  # conversation.item.create accepted (kept after release, for tests)
         self._handlers: dict[str, Callable[[dict[str, Any], float], None]] = {
             "session.update": self._on_session_update,
             "input_audio_buffer.append": self._on_append,
@@ -333,6 +334,7 @@ class RealtimeSession:
         previous = self.items[index - 1].id if index else None
         self._emit("conversation.item.added", previous_item_id=previous, item=copy_json(item.wire))
         self._emit("conversation.item.done", previous_item_id=previous, item=copy_json(item.wire))
+        self.client_items_added += 1
 
     def _find_item(self, event: dict[str, Any]) -> Item:
         item_id = require(event, "item_id", str, "item_id")

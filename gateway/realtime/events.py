@@ -80,6 +80,15 @@ def user_text(text: str) -> dict[str, Any]:
     }
 
 
+def text_item(role: str, text: str) -> dict[str, Any]:
+    """A past turn re-created as text in a new session (``role`` is "user" or "assistant")."""
+    content_type = "output_text" if role == "assistant" else "input_text"
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": role, "content": [{"type": content_type, "text": text}]},
+    }
+
+
 def response_cancel(response_id: str) -> dict[str, Any]:
     return {"type": "response.cancel", "response_id": response_id}
 
