@@ -37,6 +37,7 @@ MAX_PENDING_AUDIO_MS = 5000
 # The conversation carried into a replacement model session, as text: the latest items, each bounded.
 MAX_CARRIED_ITEMS = 60
 MAX_CARRIED_CHARS = 2000
+MAX_HELD_ITEMS = 32
 
 
 class Peer(Enum):
@@ -213,6 +214,7 @@ class Call:
         self._control_done = False
         # What was said, as text, to carry the conversation into a new model session if this one is lost.
         self._session = 0
+        self._held_items: list[dict[str, Any]] = []  # conversation items that arrived while (re)connecting
         self._transcript: deque[tuple[str, str]] = deque(maxlen=MAX_CARRIED_ITEMS)
 
     def apply_call_settings(self, *, instructions: str = "", voice: str = "", greeting: str = "") -> None:
@@ -259,10 +261,12 @@ class Call:
             if event.stream_sid != self.stream_sid:
                 return [Dropped("twilio", "dtmf for a foreign streamSid")]
             self._want_response = True
-            out: list[Output] = [
-                DtmfReceived(event.digit),
-                Send(Peer.MODEL, rt.user_text(f"The caller pressed {event.digit} on the phone keypad.")),
-            ]
+            pressed = rt.user_text(f"The caller pressed {event.digit} on the phone keypad.")
+            if not self._model_ready:  # (re)connecting: the key reaches the model with the held audio
+                if len(self._held_items) < MAX_HELD_ITEMS:
+                    self._held_items.append(pressed)
+                return [DtmfReceived(event.digit)]
+            out: list[Output] = [DtmfReceived(event.digit), Send(Peer.MODEL, pressed)]
             return out + self._request_response_if_ready()
         if isinstance(event, tw.Stop):
             if self.stream_sid and event.stream_sid != self.stream_sid:
@@ -309,7 +313,9 @@ class Call:
             out.append(Send(Peer.MODEL, rt.input_audio_append(b"".join(self._pending_audio))))
         self._pending_audio.clear()
         self._pending_audio_ms = 0
-        return out
+        out.extend(Send(Peer.MODEL, item) for item in self._held_items)
+        self._held_items.clear()
+        return out + self._request_response_if_ready()
 
     def model_lost(self, reason: str) -> list[Output]:
         """The model session is gone but the call goes on: the shell is opening a new one.

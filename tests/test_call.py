@@ -459,3 +459,13 @@ def test_a_lost_model_session_is_replaced_with_the_conversation_carried_as_text(
     out = call.model_event(rt.SpeechStarted(0, "u2"), 50)
     assert sends(out, Peer.TWILIO) == [{"event": "clear", "streamSid": SID}]
     assert truncates(out) == {}
+
+
+def test_keys_pressed_while_the_model_reconnects_reach_it_once_it_is_back():
+    call = make_call()
+    call.model_lost("code 1006")
+    assert sends(call.twilio_event(tw.Dtmf(SID, "7"), 0)) == []
+    out = call.model_connected()
+    texts = [m["item"]["content"][0]["text"] for m in sends(out, Peer.MODEL) if m["type"] == "conversation.item.create"]
+    assert texts == ["The caller pressed 7 on the phone keypad."]
+    assert sends(out, Peer.MODEL)[-1] == {"type": "response.create"}  # and the answer to it is asked for
