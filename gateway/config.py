@@ -216,8 +216,9 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(f"TRANSFER_NUMBER must be E.164 or a sip: URI, got {transfer!r}")
     store_url = (env.get("STORE_URL") or "").strip()
     store_scheme = urlsplit(store_url).scheme if store_url else "memory"
-    if store_scheme not in ("memory", "sqlite"):
-        raise ConfigError(f"STORE_URL must be memory:// or sqlite:///path.db (PostgreSQL: not yet), got {store_url!r}")
+    if store_scheme not in ("memory", "sqlite", "postgresql", "postgres"):
+        raise ConfigError("STORE_URL must be memory://, sqlite:///path.db or postgresql://user@host:port/db, "
+                          f"got {store_url!r}")
     base_url = (env.get("TWILIO_API_BASE_URL") or DEFAULT_TWILIO_API_BASE_URL).strip().rstrip("/")
     base_parts = urlsplit(base_url)
     loopback = base_parts.hostname in ("127.0.0.1", "localhost", "::1")

@@ -13,8 +13,10 @@ Implementations, chosen by ``STORE_URL`` (:func:`open_store`):
   several workers or instances, the worker that placed a call may not be the one Twilio streams it to.
 * ``sqlite:///path.db``: the stdlib ``sqlite3``, WAL mode, run in worker threads so the event loop never waits on
   the disk. Several workers on one host can share the file.
-* PostgreSQL (for several hosts) is the next implementation: the same seven methods; add a scheme in
-  :func:`open_store` and in the STORE_URL check of ``gateway.config``.
+* ``postgresql://user@host:port/db`` (or ``postgres://``): ``psycopg`` 3's async API behind a small connection
+  pool, for several hosts behind a load balancer (the host that placed a call finds its settings wherever Twilio
+  streams it). Tables are created if absent, in the first schema of the connection's ``search_path`` (choose one
+  with ``?options=-csearch_path%3Dmyschema``).
 """
 
 from __future__ import annotations
@@ -338,9 +340,144 @@ class SQLiteCallStore:
         await self._call(self._db.close)
 
 
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS call_settings (key TEXT PRIMARY KEY, data JSONB NOT NULL,
+                                          expires_at DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS call_settings_expiry ON call_settings (expires_at);
+CREATE TABLE IF NOT EXISTS calls (call_sid TEXT PRIMARY KEY, data JSONB NOT NULL, status TEXT NOT NULL,
+                                  updated_at DOUBLE PRECISION NOT NULL);
+"""
+_PG_SCHEMA_LOCK = 0x6761_7465_7761_7901  # advisory lock: two hosts starting at once create the tables once
+
+
+class PostgresCallStore:
+    """PostgreSQL through ``psycopg`` 3 (async), a connection pool opened on first use (``open_store`` is not a
+    coroutine). Same semantics as :class:`SQLiteCallStore`: settings expire by the gateway's clock, a status only
+    moves forward (read-modify-write under ``SELECT ... FOR UPDATE``), ``claim_machine_action`` is one atomic
+    ``UPDATE ... WHERE machine_action IS NULL``, so exactly one host acts on a machine."""
+
+    def __init__(self, url: str, *, settings_ttl_s: float = DEFAULT_SETTINGS_TTL_S,
+                 clock: Callable[[], float] = time.time, min_size: int = 1, max_size: int = 10,
+                 connect_timeout_s: float = 10.0) -> None:
+        try:
+            from psycopg_pool import AsyncConnectionPool
+        except ImportError as error:  # pragma: no cover - both are dependencies of the package
+            raise RuntimeError("STORE_URL=postgresql:// needs psycopg[binary] and psycopg-pool") from error
+        self.url = url
+        self.settings_ttl_s = settings_ttl_s
+        self._clock = clock
+        self._connect_timeout_s = connect_timeout_s
+        self._pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
+                                         kwargs={"autocommit": True}, timeout=connect_timeout_s)
+        self._opened = False
+        self._open_lock = asyncio.Lock()
+
+    async def _ready(self) -> Any:
+        if not self._opened:
+            async with self._open_lock:
+                if not self._opened:
+                    try:
+                        await self._pool.open(wait=True, timeout=self._connect_timeout_s)
+                        async with self._pool.connection() as conn, conn.transaction():
+                            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
+                            for statement in filter(str.strip, _PG_SCHEMA.split(";")):
+                                await conn.execute(statement)
+                    except BaseException:
+                        await self._pool.close()  # no reconnecting in the background; the next call tries again
+                        raise
+                    self._opened = True
+        return self._pool
+
+    async def save_call_settings(self, key: str, settings: OutboundCallSettings) -> None:
+        from psycopg.types.json import Jsonb
+
+        now = self._clock()
+        pool = await self._ready()
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute("DELETE FROM call_settings WHERE expires_at <= %s", (now,))
+            await conn.execute(
+                "INSERT INTO call_settings (key, data, expires_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, expires_at = EXCLUDED.expires_at",
+                (key, Jsonb(settings.to_json()), now + self.settings_ttl_s))
+
+    async def get_call_settings(self, key: str) -> OutboundCallSettings | None:
+        pool = await self._ready()
+        async with pool.connection() as conn:
+            cursor = await conn.execute("SELECT data FROM call_settings WHERE key = %s AND expires_at > %s",
+                                        (key, self._clock()))
+            row = await cursor.fetchone()
+        return OutboundCallSettings.from_json(row[0]) if row else None
+
+    @staticmethod
+    async def _get(conn: Any, call_sid: str, *, for_update: bool = False) -> CallRecord | None:
+        query = "SELECT data FROM calls WHERE call_sid = %s" + (" FOR UPDATE" if for_update else "")
+        row = await (await conn.execute(query, (call_sid,))).fetchone()
+        return CallRecord.from_json(row[0]) if row else None
+
+    @staticmethod
+    async def _put(conn: Any, record: CallRecord) -> None:
+        from psycopg.types.json import Jsonb
+
+        await conn.execute(
+            "INSERT INTO calls (call_sid, data, status, updated_at) VALUES (%s, %s, %s, %s) ON CONFLICT (call_sid) "
+            "DO UPDATE SET data = EXCLUDED.data, status = EXCLUDED.status, updated_at = EXCLUDED.updated_at",
+            (record.call_sid, Jsonb(record.to_json()), record.status, record.updated_at))
+
+    async def create_call(self, record: CallRecord) -> CallRecord:
+        from psycopg.types.json import Jsonb
+
+        pool = await self._ready()
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO calls (call_sid, data, status, updated_at) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (call_sid) DO NOTHING RETURNING call_sid",
+                (record.call_sid, Jsonb(record.to_json()), record.status, record.updated_at))
+            if await cursor.fetchone():
+                return record
+            existing = await self._get(conn, record.call_sid)  # call records are never deleted: it is there
+        return existing if existing is not None else record
+
+    async def upsert_call(self, record: CallRecord) -> None:
+        pool = await self._ready()
+        async with pool.connection() as conn:
+            await self._put(conn, record)
+
+    async def get_call(self, call_sid: str) -> CallRecord | None:
+        pool = await self._ready()
+        async with pool.connection() as conn:
+            return await self._get(conn, call_sid)
+
+    async def update_status(self, call_sid: str, status: str | None = None, **fields: Any) -> CallRecord | None:
+        pool = await self._ready()
+        async with pool.connection() as conn, conn.transaction():
+            record = await self._get(conn, call_sid, for_update=True)
+            if record is None:
+                return None
+            updated = _apply(record, status, fields, time.time())
+            await self._put(conn, updated)
+            return updated
+
+    async def claim_machine_action(self, call_sid: str, action: str) -> bool:
+        from psycopg.types.json import Jsonb
+
+        now = time.time()
+        pool = await self._ready()
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE calls SET data = data || %s, updated_at = %s "
+                "WHERE call_sid = %s AND data->>'machine_action' IS NULL RETURNING call_sid",
+                (Jsonb({"machine_action": action, "updated_at": now}), now, call_sid))
+            return await cursor.fetchone() is not None
+
+    async def close(self) -> None:
+        self._opened = False
+        await self._pool.close()
+
+
 def open_store(url: str) -> CallStore:
     """The store ``STORE_URL`` names: ``""``/``memory://`` in-process, ``sqlite:///relative.db``,
-    ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``."""
+    ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``, ``postgresql://user@host:port/db``
+    (or ``postgres://``)."""
     scheme = urlsplit(url).scheme if url else "memory"
     if scheme == "memory":
         return MemoryCallStore()
@@ -349,5 +486,7 @@ def open_store(url: str) -> CallStore:
         if not path:
             raise ValueError(f"STORE_URL for SQLite must be sqlite:///path.db, got {url!r}")
         return SQLiteCallStore(path)
-    # The seam for PostgreSQL (several hosts): a PostgresCallStore with the same methods goes here.
-    raise ValueError(f"unsupported STORE_URL scheme {scheme!r}: use memory:// or sqlite:///path.db")
+    if scheme in ("postgresql", "postgres"):
+        return PostgresCallStore(url)
+    raise ValueError(f"unsupported STORE_URL scheme {scheme!r}: use memory://, sqlite:///path.db or "
+                     "postgresql://user@host:port/db")

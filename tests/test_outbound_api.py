@@ -412,7 +412,7 @@ async def test_memory_store_ttl_and_bounds():
     assert (await store.update_status(sids[1], "in-progress")).status == "completed"  # type: ignore[union-attr]
     assert open_store("").__class__ is MemoryCallStore and open_store("memory://").__class__ is MemoryCallStore
     with pytest.raises(ValueError):
-        open_store("postgresql://db/gateway")
+        open_store("redis://db/gateway")  # not a store scheme
 
 
 # ---- toll-fraud guard, keys, rate limiter, settings
@@ -478,7 +478,7 @@ def test_outbound_settings_from_env():
     assert defaults.twilio_api_base_url == "https://api.twilio.com" and defaults.store_url == ""
     for env in ({"API_KEYS": "short"}, {"TWILIO_ACCOUNT_SID": "SK123"}, {"TWILIO_FROM_NUMBER": "4155550100"},
                 {"OUTBOUND_ALLOWED_PREFIXES": "1,+44"}, {"OUTBOUND_RATE_LIMIT_PER_MINUTE": "0"},
-                {"TRANSFER_NUMBER": "desk"}, {"STORE_URL": "postgresql://db/x"},
+                {"TRANSFER_NUMBER": "desk"}, {"STORE_URL": "redis://db/x"},
                 {"TWILIO_API_BASE_URL": "api.twilio.com"}):
         with pytest.raises(ConfigError, match=next(iter(env))):
             Settings.from_env(env)
