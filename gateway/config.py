@@ -115,6 +115,7 @@ class Settings:
     store_url: str = ""  # "" / "memory://": in-process; "sqlite:///path.db"
     twilio_api_base_url: str = DEFAULT_TWILIO_API_BASE_URL
     outbound_time_limit_s: int = 3600  # Twilio's time_limit on outbound calls: a stolen key cannot hold lines for 4 h
+    redis_url: str = field(default="", repr=False)  # redis[s]://...: the rate limit is shared by every instance
 
     @property
     def uses_embedded_model(self) -> bool:
@@ -194,7 +195,7 @@ class Settings:
 
 
 def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
-    """The outbound API's settings (API_KEYS, TWILIO_*, OUTBOUND_*, TRANSFER_NUMBER, VOICEMAIL_MESSAGE, STORE_URL)."""
+    """The outbound API's settings (API_KEYS, TWILIO_*, OUTBOUND_*, TRANSFER_NUMBER, VOICEMAIL_MESSAGE, STORE_URL, REDIS_URL)."""
     from gateway.twilio.numbers import is_e164, is_prefix
 
     api_keys = tuple(key.strip() for key in (env.get("API_KEYS") or "").split(",") if key.strip())
@@ -219,6 +220,11 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
     if store_scheme not in ("memory", "sqlite", "postgresql", "postgres"):
         raise ConfigError("STORE_URL must be memory://, sqlite:///path.db or postgresql://user@host:port/db, "
                           f"got {store_url!r}")
+    redis_url = (env.get("REDIS_URL") or "").strip()
+    if redis_url and not (urlsplit(redis_url).scheme in ("redis", "rediss") and urlsplit(redis_url).netloc):
+        # The URL may hold a password: name only its scheme.
+        raise ConfigError("REDIS_URL must be redis://[:password@]host:port/db or rediss://..., "
+                          f"got a {urlsplit(redis_url).scheme or 'scheme-less'!r} URL")
     base_url = (env.get("TWILIO_API_BASE_URL") or DEFAULT_TWILIO_API_BASE_URL).strip().rstrip("/")
     base_parts = urlsplit(base_url)
     loopback = base_parts.hostname in ("127.0.0.1", "localhost", "::1")
@@ -236,4 +242,5 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
         store_url=store_url,
         twilio_api_base_url=base_url,
         outbound_time_limit_s=_int(env, "OUTBOUND_TIME_LIMIT_S", 3600, 60, 86400),
+        redis_url=redis_url,
     )

@@ -445,7 +445,7 @@ def test_destination_guard(number, allowed, refusal):
     assert (result[0] if result else None) == refusal
 
 
-def test_api_keys_and_token_bucket():
+async def test_api_keys_and_token_bucket():
     keys = ApiKeys([API_KEY, OTHER_KEY])
     assert keys.authenticate(f"Bearer {API_KEY}") and keys.authenticate(f"bearer  {OTHER_KEY} ")
     assert keys.authenticate(f"Bearer {API_KEY}") != keys.authenticate(f"Bearer {OTHER_KEY}")
@@ -455,12 +455,12 @@ def test_api_keys_and_token_bucket():
 
     now = [0.0]
     bucket = TokenBucketRateLimiter(6, clock=lambda: now[0])  # one token every 10 s, burst 6
-    assert [bucket.acquire("k") for _ in range(6)] == [0.0] * 6
-    assert bucket.acquire("k") == pytest.approx(10.0)
+    assert [await bucket.acquire("k") for _ in range(6)] == [0.0] * 6
+    assert await bucket.acquire("k") == pytest.approx(10.0)
     now[0] = 5.0
-    assert bucket.acquire("k") == pytest.approx(5.0)
+    assert await bucket.acquire("k") == pytest.approx(5.0)
     now[0] = 10.0
-    assert bucket.acquire("k") == 0.0 and bucket.acquire("other") == 0.0
+    assert await bucket.acquire("k") == 0.0 and await bucket.acquire("other") == 0.0
 
 
 def test_outbound_settings_from_env():

@@ -145,7 +145,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "502": _error("Twilio refused or could not be reached (`twilio_error` with `twilio_code`, "
                           "`twilio_unreachable`)."),
             "503": _error("Disabled or not configured (`outbound_disabled`, `twilio_not_configured`, "
-                          "`public_url_not_configured`)."),
+                          "`public_url_not_configured`), or the shared rate limiter (Redis) is unreachable "
+                          "(`rate_limiter_unavailable`: closed, never unlimited)."),
         },
     },
     ("/calls/{sid}", "get"): {

@@ -1,7 +1,7 @@
 """The HTTP handlers of the outbound API and the Twilio status callback.
 
 Order of checks on ``POST /calls``: API enabled (503) > bearer key (401) > Twilio configured (503) > rate limit
-(429) > content type (415) > body size (413) > JSON (400) > fields (422) > destination (403) > Twilio (502).
+(429; 503 if the shared limiter is unreachable: fail closed) > content type (415) > body size (413) > JSON (400) > fields (422) > destination (403) > Twilio (502).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.api.auth import ApiKeys, RateLimiter, TokenBucketRateLimiter, retry_after_header
+from gateway.api.auth import (
+    ApiKeys, RateLimiter, RateLimiterUnavailable, RedisRateLimiter, TokenBucketRateLimiter, retry_after_header,
+)
 from gateway.api.errors import ApiError, error_response
 from gateway.api.requests import MAX_BODY_BYTES, parse_call_request
 from gateway.config import Settings
@@ -45,7 +47,8 @@ class OutboundApi:
         self.store = store
         self.twilio = twilio
         self.keys = ApiKeys(settings.api_keys)
-        self.rate_limiter: RateLimiter = rate_limiter or TokenBucketRateLimiter(settings.outbound_rate_limit_per_minute)
+        self._owns_rate_limiter = rate_limiter is None
+        self.rate_limiter: RateLimiter = rate_limiter or _default_rate_limiter(settings)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def authenticate(self, request: Request) -> str:
@@ -70,6 +73,16 @@ class OutboundApi:
             await asyncio.wait(tasks, timeout=5)
         for task in tasks:
             task.cancel()
+        if self._owns_rate_limiter:
+            await self.rate_limiter.aclose()
+
+
+def _default_rate_limiter(settings: Settings) -> RateLimiter:
+    """Shared through Redis when REDIS_URL is set (several instances, one limit per key), else in-process."""
+    per_minute = settings.outbound_rate_limit_per_minute
+    if settings.redis_url:
+        return RedisRateLimiter(settings.redis_url, per_minute)
+    return TokenBucketRateLimiter(per_minute)
 
 
 def _api(request: Request) -> OutboundApi:
@@ -94,7 +107,13 @@ async def create_call(request: Request) -> Response:
         if not settings.public_url:
             raise ApiError(503, "public_url_not_configured",
                            "set PUBLIC_URL (https://host Twilio reaches) to place calls")
-        wait = api.rate_limiter.acquire(key)
+        try:
+            wait = await api.rate_limiter.acquire(key)
+        except RateLimiterUnavailable as error:
+            # Fail closed: without its limiter the outbound API would be an unlimited dialer.
+            log.error("rate limiter unavailable, refusing the call: key=%s error=%s", key, error)
+            raise ApiError(503, "rate_limiter_unavailable",
+                           "the rate limiter is unavailable; retry later", headers={"Retry-After": "5"}) from None
         if wait > 0:
             raise ApiError(429, "rate_limited", "too many calls for this API key; retry later",
                            headers={"Retry-After": retry_after_header(wait)})
