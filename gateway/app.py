@@ -27,7 +27,7 @@ from gateway import __version__
 from gateway.api import OutboundApi
 from gateway.api import routes as api_routes
 from gateway.config import Settings
-from gateway.media_stream import CallObserver, CallServices, MediaStreamSession
+from gateway.media_stream import POLICY_VIOLATION, CallObserver, CallServices, MediaStreamSession
 from gateway.tools import ToolRegistry, end_call_tool, load_tools_module, transfer_call_tool
 from gateway.store import CallStore, MemoryCallStore, open_store
 from gateway.twilio.rest import TwilioRest
@@ -36,7 +36,6 @@ from gateway.twilio.webhook import WebhookRejected, public_base, read_twilio_web
 
 log = logging.getLogger("gateway.app")
 
-POLICY_VIOLATION = 1008
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024
 
 

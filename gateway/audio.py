@@ -81,8 +81,8 @@ def pcm16_from_bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(data[:usable], dtype="<i2")
 
 
-def _to_int16(values: np.ndarray) -> np.ndarray:
-    """Round and saturate float samples to int16 (in place on ``values``)."""
+def to_int16(values: np.ndarray) -> np.ndarray:
+    """Round and saturate float samples to int16 (in place on ``values``, which must be float64)."""
     np.clip(values, -32768.0, 32767.0, out=values)
     return np.rint(values, out=values).astype(np.int16)
 
@@ -105,7 +105,7 @@ class Upsampler:
         extended[:_HISTORY] = self._history
         extended[_HISTORY::RATIO] = samples
         self._history = extended[-_HISTORY:]
-        return _to_int16(np.convolve(extended, self._taps, "valid"))
+        return to_int16(np.convolve(extended, self._taps, "valid"))
 
     def reset(self) -> None:
         self._history = np.zeros(_HISTORY)
@@ -129,7 +129,7 @@ class Downsampler:
         self._history = extended[-_HISTORY:]
         kept = np.convolve(extended, self._taps, "valid")[self._phase :: RATIO]
         self._phase = (self._phase - len(samples)) % RATIO
-        return _to_int16(kept)
+        return to_int16(kept)
 
     def reset(self) -> None:
         self._history = np.zeros(_HISTORY)

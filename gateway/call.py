@@ -196,7 +196,7 @@ class Call:
         self._model_bytes_per_ms = model_bytes_per_ms(config.audio_format)
         self._model_ready = False
         self._pending_audio: deque[bytes] = deque()
-        self._pending_audio_ms = 0
+        self._pending_audio_bytes = 0  # model-format bytes held
         self._next_timestamp_ms: int | None = None
         self._greeted = False
         self._active_response: str | None = None
@@ -290,10 +290,10 @@ class Call:
         if self._model_ready:
             return [Send(Peer.MODEL, rt.input_audio_append(converted))]
         self._pending_audio.append(converted)
-        self._pending_audio_ms += len(audio) // MULAW_BYTES_PER_MS
-        while self._pending_audio_ms > MAX_PENDING_AUDIO_MS and self._pending_audio:
+        self._pending_audio_bytes += len(converted)
+        while self._pending_audio_bytes > MAX_PENDING_AUDIO_MS * self._model_bytes_per_ms and self._pending_audio:
             dropped = self._pending_audio.popleft()
-            self._pending_audio_ms -= len(dropped) // self._model_bytes_per_ms
+            self._pending_audio_bytes -= len(dropped)
         return []
 
     # ---- model side -------------------------------------------------------------------------
@@ -312,7 +312,7 @@ class Call:
             # One message: held audio must reach the model before (and not interleaved with) live frames.
             out.append(Send(Peer.MODEL, rt.input_audio_append(b"".join(self._pending_audio))))
         self._pending_audio.clear()
-        self._pending_audio_ms = 0
+        self._pending_audio_bytes = 0
         out.extend(Send(Peer.MODEL, item) for item in self._held_items)
         self._held_items.clear()
         return out + self._request_response_if_ready()

@@ -8,6 +8,7 @@ import logging
 import sys
 from dataclasses import replace
 
+from gateway.audio import AUDIO_FORMATS
 from gateway.config import ConfigError, Settings
 
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--port", type=int, default=8765)
     demo = sub.add_parser("demo", help="play a sample call through the gateway and the embedded model, offline")
     demo.add_argument("--output", default="demo-heard.wav", help="WAV file of what the caller heard")
-    demo.add_argument("--audio-format", choices=("pcm16", "pcmu"), default=None)
+    demo.add_argument("--audio-format", choices=AUDIO_FORMATS, default=None)
     replay = sub.add_parser("replay", help="call a gateway as Twilio would, play scenarios, check expectations",
                             description="Play scenarios (or recorded calls) against a Media Stream gateway and check "
                                         "their expectations. Exit status: 0 all passed, 1 one failed, 2 usage error.")
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "CPU per call-second over the steady window (all calls up).")
     bench.add_argument("--calls", type=int, default=50, help="concurrent calls (default 50)")
     bench.add_argument("--seconds", type=float, default=20.0, help="the measured window, all calls up (default 20)")
-    bench.add_argument("--audio-format", choices=("pcm16", "pcmu"), default="pcm16", help="the gateway's AUDIO_FORMAT")
+    bench.add_argument("--audio-format", choices=AUDIO_FORMATS, default="pcm16", help="the gateway's AUDIO_FORMAT")
     bench.add_argument("--ramp", type=float, default=5.0, help="start the calls evenly over this many seconds (default 5)")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)

@@ -196,7 +196,7 @@ class Settings:
 
 def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
     """The outbound API's settings (API_KEYS, TWILIO_*, OUTBOUND_*, TRANSFER_NUMBER, VOICEMAIL_MESSAGE, STORE_URL, REDIS_URL)."""
-    from gateway.twilio.numbers import is_e164, is_prefix
+    from gateway.twilio.numbers import is_e164, is_prefix, is_sip_uri
 
     api_keys = tuple(key.strip() for key in (env.get("API_KEYS") or "").split(",") if key.strip())
     if any(len(key) < 16 for key in api_keys):
@@ -213,7 +213,7 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
     if bad:
         raise ConfigError(f"OUTBOUND_ALLOWED_PREFIXES must be +digits prefixes separated by commas, got {bad!r}")
     transfer = (env.get("TRANSFER_NUMBER") or "").strip()
-    if transfer and not (is_e164(transfer) or transfer.startswith(("sip:", "sips:"))):
+    if transfer and not (is_e164(transfer) or is_sip_uri(transfer)):
         raise ConfigError(f"TRANSFER_NUMBER must be E.164 or a sip: URI, got {transfer!r}")
     store_url = (env.get("STORE_URL") or "").strip()
     store_scheme = urlsplit(store_url).scheme if store_url else "memory"

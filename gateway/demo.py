@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
-from gateway.app import create_app
 from gateway.call import BargeIn, Call, CallEvent, ModelReportedError
 from gateway.config import Settings
 from gateway.replay import CallerTurn, CallReport, load_sample, run_call
-from gateway.runner import running_app
+from gateway.replay.target import local_gateway
 
 
 def demo_turns() -> list[CallerTurn]:
@@ -48,10 +47,9 @@ class GatewaySide:
 async def run_demo_call(settings: Settings, turns: list[CallerTurn]) -> tuple[CallReport, GatewaySide]:
     """Serve the gateway on a free local port, make one call to it, return both sides' records."""
     gateway_side = GatewaySide()
-    app = create_app(settings, observer=gateway_side.observe)
-    async with running_app(app) as base_url:
-        url = base_url.replace("http://", "ws://") + "/media-stream"
-        report = await run_call(url, turns, custom_parameters={"CallSid": "CAdemo", "From": "+15550100"}, timeout_s=90)
+    async with local_gateway(settings=settings, observer=gateway_side.observe) as target:
+        report = await run_call(target.ws_url, turns, custom_parameters={"CallSid": "CAdemo", "From": "+15550100"},
+                                timeout_s=90)
     return report, gateway_side
 
 
@@ -73,8 +71,7 @@ def format_report(report: CallReport, gateway_side: GatewaySide) -> str:
 
 
 async def run_demo(settings: Settings, *, output: str = "demo-heard.wav", audio_format: str | None = None) -> int:
-    settings = replace(settings, api_key="", agent_speaks_first=True,
-                       audio_format=audio_format or settings.audio_format)
+    settings = replace(settings, agent_speaks_first=True, audio_format=audio_format or settings.audio_format)
     report, gateway_side = await run_demo_call(settings, demo_turns())
     report.write_heard_wav(output)
     print(format_report(report, gateway_side))

@@ -192,13 +192,14 @@ class MediaStreamSession:
                 if text is None:
                     log.warning("dropped binary frame from twilio call_sid=%s", self.call.call_sid or "-")
                     continue
+                now = _now_ms()
                 if len(text) > max_bytes:
                     log.warning("dropped %d-byte frame from twilio (limit %d)", len(text), max_bytes)
                     if self._recorder is not None:
-                        self._recorder.record("in", f'{{"gateway":"dropped oversized frame","bytes":{len(text)}}}', _now_ms())
+                        self._recorder.record("in", f'{{"gateway":"dropped oversized frame","bytes":{len(text)}}}', now)
                     continue
                 if self._recorder is not None:
-                    self._recorder.record("in", text, _now_ms())
+                    self._recorder.record("in", text, now)
                 try:
                     event = parse_twilio_message(text)
                 except MediaStreamError as error:
@@ -207,7 +208,7 @@ class MediaStreamSession:
                 except Exception:  # a parser bug costs one frame, never the call
                     log.exception("dropped frame from twilio call_sid=%s: the parser failed", self.call.call_sid or "-")
                     continue
-                await self._dispatch(self.call.twilio_event(event, _now_ms()))
+                await self._dispatch(self.call.twilio_event(event, now))
         except (WebSocketDisconnect, RuntimeError):
             pass
         except Exception:

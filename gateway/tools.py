@@ -30,6 +30,7 @@ import json
 import logging
 import re
 import threading
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -111,13 +112,11 @@ def _docstring_parts(doc: str) -> tuple[str, dict[str, str]]:
 def tool_from_function(function: Callable[..., Any], name: str | None = None) -> Tool:
     """A tool from a plain function: schema from its type hints, descriptions from its docstring."""
     signature = inspect.signature(function)
-    hints = {k: v for k, v in getattr(function, "__annotations__", {}).items() if k != "return"}
     try:
-        from typing import get_type_hints
-
-        hints = {k: v for k, v in get_type_hints(function).items() if k != "return"}
+        annotations = typing.get_type_hints(function)
     except Exception:  # forward references that do not resolve: fall back to the raw annotations
-        pass
+        annotations = dict(getattr(function, "__annotations__", {}))
+    hints = {k: v for k, v in annotations.items() if k != "return"}
     summary, param_docs = _docstring_parts(function.__doc__ or "")
     fields: dict[str, Any] = {}
     wants_context = False

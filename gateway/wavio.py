@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from gateway.audio import mulaw_decode, mulaw_encode
+from gateway.audio import mulaw_decode, mulaw_encode, to_int16
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -113,7 +113,7 @@ def _decode(fmt: WavFormat, raw: bytes) -> np.ndarray:
             return (np.frombuffer(raw, dtype="<i4") >> 16).astype(np.int16)
     if tag == WAVE_FORMAT_IEEE_FLOAT and bits in (32, 64):
         values = np.frombuffer(raw, dtype="<f4" if bits == 32 else "<f8").astype(np.float64) * 32768.0
-        return np.clip(np.rint(values), -32768, 32767).astype(np.int16)
+        return to_int16(values)
     raise WavError(f"unsupported WAV encoding: format tag {tag}, {bits} bits per sample")
 
 
@@ -187,7 +187,7 @@ def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
     ratio = Fraction(rate_out, rate_in)
     out = resample_poly(samples.astype(np.float64), ratio.numerator, ratio.denominator)
-    return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+    return to_int16(np.asarray(out, dtype=np.float64))
 
 
 def to_mulaw_8k(source: Source) -> bytes:

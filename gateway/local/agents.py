@@ -100,14 +100,15 @@ def make_agent(name: str) -> Agent:
 def load_greeting() -> np.ndarray:
     """The greeting as 8 kHz int16: the bundled sample if readable, else 1.5 s of speech-like sound."""
     try:
-        return _greeting_samples().copy()
+        return sample_audio(GREETING_SAMPLE).copy()
     except (OSError, WavError):
         return speech_like(1500)
 
 
-@lru_cache(maxsize=1)
-def _greeting_samples() -> np.ndarray:
-    return mulaw_decode(load_sample(GREETING_SAMPLE))
+@lru_cache(maxsize=16)
+def sample_audio(name: str) -> np.ndarray:
+    """A bundled sample as 8 kHz int16, decoded once (callers copy before changing it)."""
+    return mulaw_decode(load_sample(name))
 
 
 def trim_silence(samples: np.ndarray, threshold: float = 300.0, frame: int = 160) -> np.ndarray:

@@ -68,10 +68,9 @@ from typing import Any
 
 import numpy as np
 
-from gateway.audio import mulaw_decode
-from gateway.wavio import WavError, load_sample, sample_names
+from gateway.wavio import WavError, sample_names
 
-from .agents import CallerTurn, EchoAgent, FunctionCall, Reply, speech_like
+from .agents import CallerTurn, EchoAgent, FunctionCall, Reply, sample_audio, speech_like
 
 MS_PER_CHARACTER = 65
 MIN_SAY_MS = 600
@@ -195,7 +194,7 @@ def _parse_reply(raw: dict[str, Any], index: int, fail: Any) -> ScriptedReply:
             raise fail(f"{where}.audio_ms", f"must be between 0 and {MAX_AUDIO_MS}")
     if sample is not None:
         try:
-            _sample_audio(sample)
+            sample_audio(sample)
         except FileNotFoundError:
             raise fail(f"{where}.sample", f"no bundled sample {sample!r}; have {sample_names()}") from None
         except (OSError, WavError) as exc:
@@ -239,9 +238,6 @@ def _parse_call(raw: Any, where: str, fail: Any) -> FunctionCall | None:
     return FunctionCall(name, text)
 
 
-@lru_cache(maxsize=16)
-def _sample_audio(name: str) -> np.ndarray:
-    return mulaw_decode(load_sample(name))
 
 
 @lru_cache(maxsize=64)
@@ -310,7 +306,7 @@ class ScriptedAgent:
             return Reply(echoed.audio, echoed.transcript if chosen.say is None else chosen.say, call)
         transcript = chosen.say or ""
         if chosen.sample is not None:
-            audio = _sample_audio(chosen.sample).copy()
+            audio = sample_audio(chosen.sample).copy()
         else:
             ms = chosen.audio_ms if chosen.audio_ms is not None else say_ms(transcript)
             audio = _speech(ms).copy() if ms else np.zeros(0, np.int16)

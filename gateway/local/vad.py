@@ -49,9 +49,10 @@ class VoiceActivityDetector:
     __slots__ = ("_vad", "_aggressiveness", "_silence_frames", "_pending", "_pos", "_window", "speaking", "_unvoiced_run")
 
     def __init__(self, threshold: float = 0.5, silence_duration_ms: int = 500) -> None:
-        self._aggressiveness = aggressiveness_for(threshold)
-        self._vad = webrtcvad.Vad(self._aggressiveness)
-        self._silence_frames = max(1, -(-silence_duration_ms // FRAME_MS))
+        self._aggressiveness = -1
+        self._vad: webrtcvad.Vad
+        self._silence_frames = 1
+        self.configure(threshold, silence_duration_ms)
         self._pending = bytearray()  # a partial frame carried to the next chunk
         self._pos = 0  # input-clock sample index of the next frame's start
         self._window: deque[bool] = deque(maxlen=START_WINDOW)

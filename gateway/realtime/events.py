@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Union
 
+from gateway.audio import MODEL_RATE
+
 
 class ModelEventError(ValueError):
     """A frame from the model that is not a valid Realtime server event."""
@@ -25,7 +27,7 @@ def audio_format_object(audio_format: str) -> dict[str, Any]:
     """The GA ``audio.*.format`` object for a gateway audio format."""
     if audio_format == "pcmu":
         return {"type": "audio/pcmu"}
-    return {"type": "audio/pcm", "rate": 24000}
+    return {"type": "audio/pcm", "rate": MODEL_RATE}
 
 
 def session_update(

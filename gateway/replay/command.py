@@ -20,6 +20,8 @@ from typing import Any
 
 from gateway.config import Settings
 
+from gateway.audio import AUDIO_FORMATS
+
 from .expectations import ExpectationResult, all_passed, evaluate
 from .report import CallReport
 from .scenario import Scenario, ScenarioError, bundled_names, load_scenario, run_scenario
@@ -34,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="list the bundled scenarios and exit")
     parser.add_argument("--url", help="the gateway's Media Stream URL, ws://host:port/media-stream "
                                       "(default: our gateway, in-process, with the embedded model)")
-    parser.add_argument("--audio-format", choices=("pcm16", "pcmu"), default=None,
+    parser.add_argument("--audio-format", choices=AUDIO_FORMATS, default=None,
                         help="the in-process gateway's mode (without --url)")
     parser.add_argument("--out", default="replay-out", help="output directory (default: replay-out/)")
     parser.add_argument("--calls", type=int, default=1, help="load mode: this many concurrent callers")

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.audio import MULAW_BYTES_PER_MS, MULAW_SILENCE, mulaw_decode, mulaw_encode
+from gateway.audio import MULAW_BYTES_PER_MS, MULAW_SILENCE, mulaw_decode, mulaw_encode, to_int16
 
 from .report import (
     BAD_FIELD,
@@ -381,7 +381,7 @@ class Phone:
             chunk = _SILENCE_FRAME
         if self.noise_rms:
             noisy = mulaw_decode(chunk) + self._noise_rng.normal(0.0, self.noise_rms, FRAME_BYTES)
-            chunk = mulaw_encode(np.clip(np.rint(noisy), -32768, 32767).astype(np.int16))
+            chunk = mulaw_encode(to_int16(noisy.astype(np.float64)))
         self._caller += chunk
         if k in self._drop or (self._loss > 0 and self._rng.random() < self._loss):
             self._frames_dropped += 1
@@ -504,6 +504,18 @@ class Phone:
     def _violation(self, now_ms: float, kind: str, reason: str) -> None:
         self._violations.append(Violation(now_ms, kind, reason))
 
+    def _exact_fields(self, now_ms: float, event: str, obj: dict[str, Any], wanted: frozenset[str], prefix: str) -> bool:
+        """Twilio refuses a message with a field missing or one it does not know (31951): count either."""
+        missing = wanted - obj.keys()
+        if missing:
+            self._violation(now_ms, MISSING_FIELD, f"{event}: missing {sorted(prefix + m for m in missing)}")
+            return False
+        extra = obj.keys() - wanted
+        if extra:
+            self._violation(now_ms, EXTRA_FIELD, f"{event}: extra {sorted(prefix + e for e in extra)}")
+            return False
+        return True
+
     def _validate(self, message: str | bytes, now_ms: float) -> _Validated | None:
         """Parse one message at the edge; a message Twilio would refuse is counted and ignored."""
         if isinstance(message, bytes | bytearray | memoryview):
@@ -528,13 +540,7 @@ class Phone:
             self._violation(now_ms, UNKNOWN_EVENT, f"unknown event {event!r}")
             return None
         fields, inner_fields = _SERVER_EVENTS[event]
-        missing = fields - msg.keys()
-        if missing:
-            self._violation(now_ms, MISSING_FIELD, f"{event}: missing {sorted(missing)}")
-            return None
-        extra = msg.keys() - fields
-        if extra:
-            self._violation(now_ms, EXTRA_FIELD, f"{event}: extra {sorted(extra)}")
+        if not self._exact_fields(now_ms, event, msg, fields, ""):
             return None
         if msg["streamSid"] != self.stream_sid:
             self._violation(now_ms, WRONG_STREAM_SID, f"{event}: streamSid {msg['streamSid']!r} is not this stream's")
@@ -545,13 +551,7 @@ class Phone:
         if not isinstance(inner, dict):
             self._violation(now_ms, BAD_FIELD, f"{event}: '{event}' is not an object")
             return None
-        missing = inner_fields - inner.keys()
-        if missing:
-            self._violation(now_ms, MISSING_FIELD, f"{event}: missing {sorted(f'{event}.{m}' for m in missing)}")
-            return None
-        extra = inner.keys() - inner_fields
-        if extra:
-            self._violation(now_ms, EXTRA_FIELD, f"{event}: extra {sorted(f'{event}.{e}' for e in extra)}")
+        if not self._exact_fields(now_ms, event, inner, inner_fields, f"{event}."):
             return None
         if event == "mark":
             if not isinstance(inner["name"], str):

@@ -68,13 +68,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gateway.audio import AUDIO_FORMATS
 from gateway.wavio import WavError, load_sample, sample_names, to_mulaw_8k
 
 from .phone import CallerTurn, call_with, run_call
 from .recording import RecordedPhone, Recording, RecordingError, load_recording
 from .report import CallReport
 
-AUDIO_FORMATS = ("pcm16", "pcmu")
 ENDINGS = ("hangup", "timeout", "gateway_closed")
 DTMF_DIGITS = set("0123456789*#")
 MAX_PARAMETER_CHARS = 500  # Twilio: name and value under 500 characters each

@@ -37,8 +37,12 @@ class Target:
 
 
 @contextlib.asynccontextmanager
-async def local_gateway(audio_format: str | None = None, settings: Settings | None = None) -> AsyncIterator[Target]:
-    """Serve our gateway with the embedded model (any API key is ignored) until the block exits."""
+async def local_gateway(
+    audio_format: str | None = None, settings: Settings | None = None, observer: Any = None
+) -> AsyncIterator[Target]:
+    """Serve our gateway with the embedded model (any API key is ignored) until the block exits.
+
+    ``observer`` also sees every call event (as ``gateway.app.create_app``'s observer does)."""
     from gateway.app import create_app
     from gateway.call import Call, CallEvent, TranscriptReceived
     from gateway.runner import running_app
@@ -50,6 +54,8 @@ async def local_gateway(audio_format: str | None = None, settings: Settings | No
     def observe(call: Call, event: CallEvent) -> None:
         if isinstance(event, TranscriptReceived) and event.role == "assistant":
             target._transcripts[call.call_sid].append(event.text)
+        if observer is not None:
+            observer(call, event)
 
     target.app = create_app(base, observer=observe)
     async with running_app(target.app) as http_url:

@@ -99,6 +99,11 @@ def is_e164(number: str) -> bool:
     return isinstance(number, str) and _E164.fullmatch(number) is not None
 
 
+def is_sip_uri(destination: str) -> bool:
+    """A SIP address (``sip:`` or ``sips:``, any case) rather than a phone number."""
+    return isinstance(destination, str) and destination.lower().startswith(("sip:", "sips:"))
+
+
 def is_prefix(prefix: str) -> bool:
     """An allow-list entry: ``+`` followed by up to 14 digits (``+`` alone allows every country)."""
     return _PREFIX.fullmatch(prefix) is not None

@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 
 from twilio.twiml.voice_response import VoiceResponse
 
+from gateway.twilio.numbers import is_sip_uri
+
 MEDIA_STREAM_PATH = "/media-stream"
 _MAX_PARAMETER_CHARS = 500  # Twilio's limit for a <Parameter> name and value
 
@@ -41,7 +43,7 @@ def connect_stream_twiml(url: str, parameters: Mapping[str, str], status_callbac
 def dial_twiml(destination: str) -> str:
     """``<Dial>``: hand the live call over to a human, at a phone number or a SIP URI."""
     response = VoiceResponse()
-    if destination.lower().startswith(("sip:", "sips:")):
+    if is_sip_uri(destination):
         response.dial().sip(destination)
     else:
         response.dial(destination)
