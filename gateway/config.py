@@ -116,6 +116,20 @@ class Settings:
     twilio_api_base_url: str = DEFAULT_TWILIO_API_BASE_URL
     outbound_time_limit_s: int = 3600  # Twilio's time_limit on outbound calls: a stolen key cannot hold lines for 4 h
     redis_url: str = field(default="", repr=False)  # redis[s]://...: the rate limit is shared by every instance
+    # Security and bounds (gateway.security; README "Security")
+    insecure_dev_mode: bool = False  # a real model without TWILIO_AUTH_TOKEN / PUBLIC_URL starts anyway, loudly
+    stream_secret: str = field(default="", repr=False)  # MAC key of stream credentials; derived if unset
+    stream_credential_ttl_s: int = 600  # a stream credential must be used within this many seconds
+    trusted_proxy_ips: tuple[str, ...] = ()  # proxies whose X-Forwarded-* headers are believed
+    max_calls: int = 100  # concurrent calls per instance
+    max_call_duration_s: int = 3600  # the agent says goodbye and the call ends at this length
+    media_idle_timeout_s: float = 10.0  # no frame from Twilio for this long ends the call
+    caller_audio_burst_ms: int = 1000  # caller audio may run ahead of the wall clock by at most this much
+    max_tools_per_call: int = 1  # user tools running at once for one call (more are queued)
+    max_connections: int = 1000  # open HTTP/WebSocket connections per process (uvicorn limit_concurrency)
+    http_header_timeout_s: float = 10.0  # a connection must send its request headers within this time
+    drop_log_interval_s: float = 10.0  # dropped frames are logged as one summary line per stream per interval
+    record_max_bytes: int = 64 * 1024 * 1024  # a call's recording stops growing past this size
 
     @property
     def uses_embedded_model(self) -> bool:
@@ -191,6 +205,7 @@ class Settings:
             record_calls_dir=(env.get("RECORD_CALLS_DIR") or "").strip(),
             local_realtime_port=_int(env, "LOCAL_REALTIME_PORT", 0, 0, 65535),
             **_outbound_settings(env),
+            **_security_settings(env),
         )
 
 
@@ -243,4 +258,34 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
         twilio_api_base_url=base_url,
         outbound_time_limit_s=_int(env, "OUTBOUND_TIME_LIMIT_S", 3600, 60, 86400),
         redis_url=redis_url,
+    )
+
+
+def _security_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """Credentials of media streams, trusted proxies and the bounds on every resource a call may use."""
+    import ipaddress
+
+    secret = (env.get("STREAM_SECRET") or "").strip()
+    if secret and len(secret) < 32:
+        raise ConfigError("STREAM_SECRET must be at least 32 characters (use e.g. `openssl rand -hex 32`)")
+    proxies = tuple(p.strip() for p in (env.get("TRUSTED_PROXY_IPS") or "").split(",") if p.strip())
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"TRUSTED_PROXY_IPS must be IP addresses or networks (10.0.0.0/8), got {proxy!r}") from None
+    return dict(
+        insecure_dev_mode=_bool(env, "INSECURE_DEV_MODE", False),
+        stream_secret=secret,
+        stream_credential_ttl_s=_int(env, "STREAM_CREDENTIAL_TTL_S", 600, 30, 3600),
+        trusted_proxy_ips=proxies,
+        max_calls=_int(env, "MAX_CALLS", 100, 1, 100_000),
+        max_call_duration_s=_int(env, "MAX_CALL_DURATION_S", 3600, 10, 86400),
+        media_idle_timeout_s=_float(env, "MEDIA_IDLE_TIMEOUT_S", 10.0, 1.0, 600.0),
+        caller_audio_burst_ms=_int(env, "CALLER_AUDIO_BURST_MS", 1000, 100, 10_000),
+        max_tools_per_call=_int(env, "MAX_TOOLS_PER_CALL", 1, 1, 16),
+        max_connections=_int(env, "MAX_CONNECTIONS", 1000, 10, 1_000_000),
+        http_header_timeout_s=_float(env, "HTTP_HEADER_TIMEOUT_S", 10.0, 1.0, 300.0),
+        drop_log_interval_s=_float(env, "DROP_LOG_INTERVAL_S", 10.0, 0.1, 3600.0),
+        record_max_bytes=_int(env, "RECORD_MAX_BYTES", 64 * 1024 * 1024, 4096, 1 << 40),
     )
