@@ -1,66 +1,94 @@
 """The Starlette application: routes and wiring, nothing else.
 
-* ``GET|POST /incoming-call``: Twilio's voice webhook; answers ``<Connect><Stream>`` TwiML.
-* ``WS /media-stream``: the Media Stream, bridged to a Realtime session (``gateway.media_stream``).
-* ``GET /healthz``: liveness, with the number of calls in progress.
-* ``/calls``, ``/calls/{sid}``, ``/calls/{sid}/hangup``, ``/twilio/call-status``, ``/openapi.json``: the HTTP API
-  (``gateway.api``).
+* ``GET|POST /incoming-call``: Twilio's voice webhook; answers ``<Connect><Stream>`` TwiML whose URL carries a
+  stream credential for this CallSid (``gateway.security``), or a polite refusal when every line is busy.
+* ``WS /media-stream/<credential>``: the Media Stream, bridged to a Realtime session (``gateway.media_stream``),
+  admitted only with a valid credential (and signature, with ``TWILIO_AUTH_TOKEN``), once. ``WS /media-stream``
+  without one is for the keyless demo and tests only (see :func:`gateway.security.unsigned_streams_allowed`).
+* ``GET /healthz``: liveness, with the number of calls in progress and any insecure-mode warnings.
+* ``/calls``, ``/calls/{sid}``, ``/calls/{sid}/hangup``, ``/twilio/answer``, ``/twilio/call-status``,
+  ``/openapi.json``: the HTTP API (``gateway.api``).
 
 When no API key is configured the app starts the embedded Realtime-compatible server in-process and
-points the model side at it (and says so, loudly, in the log).
+points the model side at it (and says so, loudly, in the log). With a real model, the app refuses to start
+without ``TWILIO_AUTH_TOKEN`` and ``PUBLIC_URL`` unless ``INSECURE_DEV_MODE`` is set.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import time
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from twilio.request_validator import RequestValidator
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway import __version__
 from gateway.api import OutboundApi
 from gateway.api import routes as api_routes
-from gateway.config import Settings
+from gateway.api.routes import AT_CAPACITY_MESSAGE
+from gateway.config import ConfigError, Settings
+from gateway.droplog import DropCounter
 from gateway.media_stream import POLICY_VIOLATION, CallObserver, CallServices, MediaStreamSession
+from gateway.security import (
+    INBOUND, PEER_SCOPE_KEY, CredentialRejected, StreamCredentials, StreamGrant, insecure_warnings, startup_problems,
+    stream_secret, unsigned_streams_allowed,
+)
+from gateway.state import SharedState, StateUnavailable, open_state
 from gateway.tools import ToolRegistry, end_call_tool, load_tools_module, transfer_call_tool
 from gateway.store import CallStore, MemoryCallStore, open_store
 from gateway.twilio.rest import TwilioRest
-from gateway.twilio.twiml import MEDIA_STREAM_PATH, connect_stream_twiml, stream_url
-from gateway.twilio.webhook import WebhookRejected, public_base, read_twilio_webhook
+from gateway.twilio.twiml import MEDIA_STREAM_PATH, say_and_hang_up_twiml, stream_url
+from gateway.twilio.webhook import WebhookRejected, read_twilio_webhook, signed_base, stream_twiml
 
 log = logging.getLogger("gateway.app")
 
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024
+_CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
+# A claimed credential is remembered a little past its expiry, so it can never be claimed again while valid.
+CLAIM_MARGIN_S = 60
 
 
 class GatewayState:
     """What the routes share: settings (with the model URL resolved) and the calls in progress."""
 
     def __init__(self, settings: Settings, observer: CallObserver | None, local_server: Any = None,
-                 store: CallStore | None = None) -> None:
+                 store: CallStore | None = None, shared: SharedState | None = None) -> None:
         self.settings = settings
         self.observer = observer
         self.local_server = local_server  # the embedded LocalRealtimeServer, when no API key is set
         self.active_calls: set[MediaStreamSession] = set()
         self.validator = RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token else None
+        self.credentials = StreamCredentials(stream_secret(settings), settings.stream_credential_ttl_s)
+        self.shared: SharedState = shared if shared is not None else open_state(settings.redis_url)
+        self.warnings = insecure_warnings(settings)  # repeated by /healthz while they hold
+        self.refused_streams = DropCounter(log, "media stream upgrades", settings.drop_log_interval_s)
         self.store: CallStore = store if store is not None else MemoryCallStore()  # records, per-call settings
         self.twilio = TwilioRest.from_settings(settings)  # Twilio REST: place, hang up, redirect calls
-        self.outbound = OutboundApi(settings, self.store, self.twilio)  # what the HTTP API routes share
+        self.outbound = OutboundApi(settings, self.store, self.twilio, credentials=self.credentials,
+                                    at_capacity=self.at_capacity)  # what the HTTP API routes share
         self.services = CallServices(
             tools=build_tool_registry(settings, can_transfer=self.twilio.configured),
             store=self.store,
             twilio=self.twilio if self.twilio.configured else None,
         )
 
+    def at_capacity(self) -> bool:
+        return len(self.active_calls) >= self.settings.max_calls
+
     async def aclose(self) -> None:
+        self.refused_streams.flush()
         await self.outbound.aclose()
         await self.store.close()
+        await self.shared.aclose()
         self.twilio.close()
 
 
@@ -72,7 +100,7 @@ def build_tool_registry(settings: Settings, *, can_transfer: bool) -> ToolRegist
         tools.append(transfer_call_tool())
     if settings.tools_module:
         tools.extend(load_tools_module(settings.tools_module))
-    return ToolRegistry(tools, timeout_s=settings.tool_timeout_s)
+    return ToolRegistry(tools, timeout_s=settings.tool_timeout_s, max_threads_per_call=settings.max_tools_per_call)
 
 
 async def incoming_call(request: Request) -> Response:
@@ -81,25 +109,68 @@ async def incoming_call(request: Request) -> Response:
         params = await read_twilio_webhook(request, state.settings, state.validator, MAX_WEBHOOK_BODY_BYTES)
     except WebhookRejected as rejected:
         return PlainTextResponse(rejected.message, status_code=rejected.status)
-    base = public_base(request, state.settings)
+    call_sid = params.get("CallSid", "")
+    if not _CALL_SID.fullmatch(call_sid):
+        return PlainTextResponse("CallSid missing or malformed", status_code=400)
+    if state.at_capacity():
+        log.warning("at MAX_CALLS (%d): incoming call %s told the lines are busy", state.settings.max_calls, call_sid)
+        return Response(say_and_hang_up_twiml(AT_CAPACITY_MESSAGE), media_type="application/xml")
     stream_parameters = {name: params.get(name, "") for name in ("CallSid", "From", "To")}
-    twiml = connect_stream_twiml(stream_url(base, MEDIA_STREAM_PATH), stream_parameters)
+    twiml = stream_twiml(request, state.settings, state.credentials, call_sid, INBOUND, stream_parameters)
     return Response(twiml, media_type="application/xml")
+
+
+class StreamRefused(Exception):
+    """A media stream that must not open; the message is the reason (fixed text, safe to log)."""
+
+
+async def admit_stream(websocket: WebSocket, state: GatewayState) -> StreamGrant | None:
+    """The grant of a stream that may open (None: an unsigned stream of the keyless demo); StreamRefused otherwise.
+
+    The order matters: the signature is checked before the credential is claimed, so that someone holding a
+    captured credential without Twilio's signature over it cannot use it up before Twilio connects."""
+    settings = state.settings
+    if state.at_capacity():
+        raise StreamRefused("at MAX_CALLS")
+    credential = websocket.path_params.get("credential")
+    if credential is None:
+        if not unsigned_streams_allowed(settings):
+            raise StreamRefused("no stream credential in the URL")
+        return None
+    try:
+        grant = state.credentials.verify(credential)
+    except CredentialRejected as rejected:
+        raise StreamRefused(str(rejected)) from None
+    if state.validator is not None:
+        base = signed_base(websocket, settings)
+        if base is None:
+            raise StreamRefused("signature cannot be checked without PUBLIC_URL")
+        # Twilio signs the upgrade over the exact wss:// URL, credential included, with no parameters.
+        url = stream_url(base, websocket.url.path)
+        if not state.validator.validate(url, {}, websocket.headers.get("x-twilio-signature", "")):
+            raise StreamRefused("bad X-Twilio-Signature")
+    try:
+        first = await state.shared.claim_once(f"stream:{grant.nonce}", grant.expires_at - time.time() + CLAIM_MARGIN_S)
+    except StateUnavailable as error:
+        log.error("shared state unavailable, refusing a media stream: %s", error)
+        raise StreamRefused("shared state unavailable") from None
+    if not first:
+        raise StreamRefused("stream credential already used")
+    return grant
 
 
 async def media_stream(websocket: WebSocket) -> None:
     state: GatewayState = websocket.app.state.gateway
-    if state.validator is not None:
-        # Twilio signs the upgrade against the exact wss:// URL with no parameters (PROTOCOL.md 1).
-        url = stream_url(public_base(websocket, state.settings), websocket.url.path)
-        if not state.validator.validate(url, {}, websocket.headers.get("x-twilio-signature", "")):
-            log.warning("rejected media stream with a bad X-Twilio-Signature")
-            # Closing before accept() would be an HTTP 403 handshake refusal; the protocol says close 1008.
-            await websocket.accept()
-            await websocket.close(code=POLICY_VIOLATION)
-            return
+    try:
+        grant = await admit_stream(websocket, state)
+    except StreamRefused as refused:
+        state.refused_streams.drop(f"refused: {refused}")
+        # Closing before accept() would be an HTTP 403 handshake refusal; the protocol says close 1008.
+        await websocket.accept()
+        await websocket.close(code=POLICY_VIOLATION)
+        return
     await websocket.accept()
-    session = MediaStreamSession(websocket, state.settings, state.observer, state.services)
+    session = MediaStreamSession(websocket, state.settings, state.observer, state.services, grant=grant)
     state.active_calls.add(session)
     try:
         await session.run()
@@ -115,13 +186,38 @@ async def healthz(request: Request) -> Response:
             "version": __version__,
             "active_calls": len(state.active_calls),
             "model": "embedded" if state.settings.uses_embedded_model else state.settings.realtime_model,
+            "max_calls": state.settings.max_calls,
+            "signatures": state.validator is not None,
+            "warnings": state.warnings,
         }
     )
 
 
+class PeerAddressMiddleware:
+    """Keeps the TCP peer's address in the scope before X-Forwarded-For replaces the client: only the peer can say
+    whether a request came through a trusted proxy (``gateway.security.signature_base``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            client = scope.get("client")
+            scope[PEER_SCOPE_KEY] = client[0] if client else None
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, *, observer: CallObserver | None = None) -> Starlette:
-    """Build the app. With no API key, the lifespan starts the embedded Realtime server first."""
+    """Build the app. With no API key, the lifespan starts the embedded Realtime server first.
+
+    Raises ConfigError when a real model is configured without what secures it (see ``startup_problems``)."""
     settings = settings or Settings.from_env()
+    problems = startup_problems(settings)
+    if problems and not settings.insecure_dev_mode:
+        raise ConfigError("refusing to take calls with a real model while it is open to anyone:\n  - "
+                          + "\n  - ".join(problems)
+                          + "\n(for development only, INSECURE_DEV_MODE=true or `gateway serve --insecure-dev` "
+                            "starts anyway)")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -138,11 +234,8 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
                 "Set OPENAI_API_KEY (or REALTIME_API_KEY / AZURE_OPENAI_API_KEY) for a real model.",
                 local_server.url,
             )
-        elif not settings.twilio_auth_token:
-            log.warning(
-                "TWILIO_AUTH_TOKEN is not set: webhooks and media streams are NOT signature-checked, so anyone who "
-                "finds this host can open model sessions billed to your API key. Set it in production."
-            )
+        for warning in insecure_warnings(settings):
+            log.warning("%s (repeated in /healthz)", warning)
         app.state.gateway = GatewayState(resolved, observer, local_server, open_store(settings.store_url))
         try:
             yield
@@ -155,6 +248,13 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
         Route("/incoming-call", incoming_call, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
+        WebSocketRoute(MEDIA_STREAM_PATH + "/{credential}", media_stream),
         *api_routes,
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = [Middleware(PeerAddressMiddleware)]
+    if settings.trusted_proxy_ips:
+        # X-Forwarded-For/Proto from a trusted proxy give the client's address and scheme (rate limits, logs).
+        middleware.append(Middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxy_ips)))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    app.state.settings = settings  # the server limits gateway.runner gives uvicorn
+    return app

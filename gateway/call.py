@@ -30,8 +30,11 @@ log = logging.getLogger("gateway.call")
 
 # A media timestamp further ahead than this is treated as lost packets and filled with silence.
 GAP_TOLERANCE_MS = 10
-# A bound on one gap fill: a hostile timestamp must not make us allocate minutes of silence.
+# A bound on one gap fill: a hostile timestamp must not make us allocate minutes of silence. A gap is also never
+# filled with more silence than the wall-clock time that passed since the previous frame.
 MAX_GAP_FILL_MS = 2000
+# Tool calls of one call waiting for a free slot (MAX_TOOLS_PER_CALL run at once); past this they fail at once.
+MAX_QUEUED_TOOLS = 8
 # Caller audio kept while the model socket is still connecting (or reconnecting).
 MAX_PENDING_AUDIO_MS = 5000
 # The conversation carried into a replacement model session, as text: the latest items, each bounded.
@@ -55,9 +58,10 @@ class Send:
 
 @dataclass(slots=True)
 class EndCall:
-    """The call is over: the shell closes both sockets."""
+    """The call is over: the shell closes both sockets (with 1008, policy violation, when ``refused``)."""
 
     reason: str
+    refused: bool = False
 
 
 @dataclass(slots=True)
@@ -144,6 +148,13 @@ class ModelSessionLost(CallEvent):
 
 
 @dataclass(slots=True)
+class CallTimeLimitReached(CallEvent):
+    """The call reached MAX_CALL_DURATION_S: the agent is saying goodbye, the call ends once it is heard."""
+
+    limit_ms: int
+
+
+@dataclass(slots=True)
 class Dropped(CallEvent):
     """An input the core refused (wrong stream, out of order); the shell logs it."""
 
@@ -158,6 +169,8 @@ Output = Union[Send, CallEvent, EndCall, RunTool, HangUp, Transfer]
 _BENIGN_MODEL_ERRORS = frozenset({"response_cancel_not_active", "conversation_already_has_active_response"})
 _GOODBYE_INSTRUCTIONS = "Say a brief, friendly goodbye to the caller now."
 _TRANSFER_INSTRUCTIONS = "Tell the caller, in one short sentence, that you are transferring them to a colleague now."
+_TIME_LIMIT_INSTRUCTIONS = ("This call has reached its time limit. Tell the caller, in one or two short sentences, "
+                            "that you have to end the call now, and say goodbye.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +185,12 @@ class CallConfig:
     mark_interval_ms: int = 100
     call_control_tools: frozenset[str] = frozenset()  # built-ins the core carries out: end_call, transfer_call
     account_sid: str = ""  # when set, a start from any other Twilio account is refused
+    # Bounds (README "Security"): 0 disables one (the core's tests drive calls without them).
+    max_call_duration_ms: int = 0  # the agent is asked to say goodbye, and the call ends once it is heard
+    wrap_up_grace_ms: int = 20_000  # ... or this long after the limit, whatever the agent does
+    media_idle_timeout_ms: int = 0  # no frame from Twilio for this long ends the call
+    caller_audio_burst_ms: int = 0  # caller audio may run this far ahead of the wall clock; beyond, it is dropped
+    max_tools_per_call: int = 1  # user tools running at once; more wait their turn
 
 
 @dataclass(slots=True)
@@ -186,8 +205,10 @@ class _AgentItem:
 class Call:
     """One call. Feed it events with :meth:`twilio_event` / :meth:`model_event`; send what it returns."""
 
-    def __init__(self, config: CallConfig) -> None:
+    def __init__(self, config: CallConfig, *, expected_call_sid: str = "") -> None:
         self.config = config
+        # The CallSid the stream's credential was issued for: a start naming another call is refused.
+        self.expected_call_sid = expected_call_sid
         self.stream_sid = ""
         self.call_sid = ""
         self.custom_parameters: dict[str, str] = {}
@@ -198,6 +219,13 @@ class Call:
         self._pending_audio: deque[bytes] = deque()
         self._pending_audio_bytes = 0  # model-format bytes held
         self._next_timestamp_ms: int | None = None
+        # Real-time budget of caller audio: ms accepted since the first media frame, and when that frame came.
+        self._first_media_ms: float | None = None
+        self._last_media_ms: float | None = None
+        self._caller_audio_ms = 0
+        self._started_ms: float | None = None
+        self._wrap_up_started = False
+        self._queued_tools: deque[RunTool] = deque()
         self._greeted = False
         self._active_response: str | None = None
         self._interrupted_responses: set[str] = set()
@@ -242,7 +270,7 @@ class Call:
                 return [Dropped("twilio", "media before start")]
             if event.stream_sid != self.stream_sid:
                 return [Dropped("twilio", "media for a foreign streamSid")]
-            return self._caller_audio(event)
+            return self._caller_audio(event, now_ms)
         if isinstance(event, tw.MarkEcho):
             if event.stream_sid != self.stream_sid:
                 return [Dropped("twilio", "mark for a foreign streamSid")]
@@ -252,7 +280,13 @@ class Call:
                 return [Dropped("twilio", "second start on one stream")]
             if self.config.account_sid and event.account_sid != self.config.account_sid:
                 # Not a call of this Twilio account: it could name another call's SID to hang it up.
-                return [Dropped("twilio", "start from another Twilio account"), *self._end("foreign account")]
+                return [Dropped("twilio", "start from another Twilio account"),
+                        *self._end("foreign account", refused=True)]
+            if self.expected_call_sid and event.call_sid != self.expected_call_sid:
+                # A credential opens a stream for one call: naming another would let it hang up or hear a victim.
+                return [Dropped("twilio", "start for a call other than the stream credential's"),
+                        *self._end("stream credential is for another call", refused=True)]
+            self._started_ms = now_ms
             self.stream_sid = event.stream_sid
             self.call_sid = event.call_sid
             self.custom_parameters = dict(event.custom_parameters)
@@ -277,15 +311,30 @@ class Call:
     def twilio_closed(self) -> list[Output]:
         return self._end("twilio socket closed")
 
-    def _caller_audio(self, media: tw.Media) -> list[Output]:
+    def _caller_audio(self, media: tw.Media, now_ms: float) -> list[Output]:
         audio = media.payload
         expected = self._next_timestamp_ms
-        if expected is not None and media.timestamp_ms > expected + GAP_TOLERANCE_MS:
-            # Lost packets: the gap is real time that passed; keep the model's audio clock on the call's.
-            gap_ms = min(media.timestamp_ms - expected, MAX_GAP_FILL_MS)
-            audio = mulaw_silence(gap_ms) + audio
+        last_ms = self._last_media_ms
+        self._last_media_ms = now_ms
+        if self._first_media_ms is None:
+            self._first_media_ms = now_ms
         # Always follow the stream's own clock: a bogus jump forward is resynchronised by the next real frame.
         self._next_timestamp_ms = media.timestamp_ms + len(media.payload) // MULAW_BYTES_PER_MS
+        gap_ms = 0
+        if expected is not None and last_ms is not None and media.timestamp_ms > expected + GAP_TOLERANCE_MS:
+            # Lost packets: the gap is real time that passed; keep the model's audio clock on the call's. Never
+            # more than really passed: a forged jump must not turn one frame into seconds of audio.
+            gap_ms = int(min(media.timestamp_ms - expected, MAX_GAP_FILL_MS, max(0.0, now_ms - last_ms)))
+        frame_ms = len(media.payload) // MULAW_BYTES_PER_MS + gap_ms
+        if self.config.caller_audio_burst_ms:
+            # At most real time plus a small burst (jitter, a stall that catches up): a stream pushing audio faster
+            # than a phone can talk would make the model bill and process audio nobody spoke.
+            allowed_ms = now_ms - self._first_media_ms + self.config.caller_audio_burst_ms
+            if self._caller_audio_ms + frame_ms > allowed_ms:
+                return [Dropped("twilio", "caller audio faster than real time")]
+        self._caller_audio_ms += frame_ms
+        if gap_ms:
+            audio = mulaw_silence(gap_ms) + audio
         converted = self._inbound.convert(audio)
         if self._model_ready:
             return [Send(Peer.MODEL, rt.input_audio_append(converted))]
@@ -328,6 +377,7 @@ class Call:
         self._active_response = None
         self._response_requested = False
         self._running_tools.clear()
+        self._queued_tools.clear()
         self._interrupted_responses.clear()
         return [ModelSessionLost(reason)]
 
@@ -419,8 +469,19 @@ class Call:
                 # The agent acted before saying anything: let it say goodbye (or announce the transfer) first.
                 self._want_response, self._response_instructions = True, say
             return out + self._request_response_if_ready()
-        self._running_tools.add(event.call_id)
-        out.append(RunTool(event.call_id, event.name, event.arguments))
+        run = RunTool(event.call_id, event.name, event.arguments)
+        if len(self._running_tools) - len(self._queued_tools) < self.config.max_tools_per_call:
+            self._running_tools.add(event.call_id)
+            out.append(run)
+        elif len(self._queued_tools) < MAX_QUEUED_TOOLS:
+            # One call may not hold more than its share of the tool pool: this one runs when a slot frees.
+            self._running_tools.add(event.call_id)
+            self._queued_tools.append(run)
+        else:
+            busy = json.dumps({"error": f"too many tool calls at once; {event.name} was not run"})
+            out.append(Send(Peer.MODEL, rt.function_call_output(event.call_id, busy)))
+            self._want_response = True
+            out.extend(self._request_response_if_ready())
         return out
 
     def tool_finished(self, call_id: str, output: str) -> list[Output]:
@@ -429,7 +490,10 @@ class Call:
             return []
         self._running_tools.discard(call_id)
         self._want_response = True
-        return [Send(Peer.MODEL, rt.function_call_output(call_id, output))] + self._request_response_if_ready()
+        out: list[Output] = [Send(Peer.MODEL, rt.function_call_output(call_id, output))]
+        if self._queued_tools:
+            out.append(self._queued_tools.popleft())
+        return out + self._request_response_if_ready()
 
     def transfer_failed(self) -> list[Output]:
         """Twilio refused the transfer: the call goes on, and the agent is told so it can say something."""
@@ -498,11 +562,40 @@ class Call:
             self._after_playback = None
         return out
 
-    def _end(self, reason: str) -> list[Output]:
+    # ---- the clock: time limit and idle media ---------------------------------------------------
+
+    def tick(self, now_ms: float) -> list[Output]:
+        """Called by the shell about once a second: ends a call whose media stopped, and wraps up one that
+        reached its time limit (the agent says goodbye; the call ends once it is heard, or after a grace)."""
+        if self.ended or self._started_ms is None:
+            return []
+        config = self.config
+        last = self._last_media_ms if self._last_media_ms is not None else self._started_ms
+        if config.media_idle_timeout_ms and now_ms - last >= config.media_idle_timeout_ms:
+            return self._end(f"no media from Twilio for {config.media_idle_timeout_ms / 1000:g} s")
+        if not config.max_call_duration_ms:
+            return []
+        elapsed = now_ms - self._started_ms
+        if elapsed >= config.max_call_duration_ms + config.wrap_up_grace_ms:
+            return self._end("the call reached its time limit")
+        if elapsed >= config.max_call_duration_ms and not self._wrap_up_started:
+            self._wrap_up_started = True
+            return [CallTimeLimitReached(config.max_call_duration_ms), *self._wrap_up()]
+        return []
+
+    def _wrap_up(self) -> list[Output]:
+        """Ask the agent for a goodbye, then hang up once it has been heard (as ``end_call`` does)."""
+        self._after_playback, self._control_done = HangUp("the call reached its time limit"), False
+        self._want_response = True
+        self._response_instructions = _TIME_LIMIT_INSTRUCTIONS
+        return self._request_response_if_ready() + self._control_if_heard()
+
+    def _end(self, reason: str, *, refused: bool = False) -> list[Output]:
         if self.ended:
             return []
         self.ended = True
         self._pending_audio.clear()
         self._items.clear()
+        self._queued_tools.clear()
         self._playback = PlaybackTracker()
-        return [EndCall(reason)]
+        return [EndCall(reason, refused)]

@@ -13,7 +13,12 @@ from gateway.config import ConfigError, Settings
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Log to stderr through :class:`gateway.logsafe.SafeFormatter`: peer strings cannot forge lines."""
+    from gateway.logsafe import SafeFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -21,10 +26,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from gateway.app import create_app
 
-    settings = replace(settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port)
-    from gateway.runner import UVICORN_OPTIONS
+    settings = replace(settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port,
+                       insecure_dev_mode=settings.insecure_dev_mode or args.insecure_dev)
+    from gateway.runner import uvicorn_options
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, **UVICORN_OPTIONS)
+    try:
+        app = create_app(settings)
+    except ConfigError as error:
+        print(f"gateway serve: {error}", file=sys.stderr)
+        return 2
+    # log_config=None: uvicorn's own lines go through the same safe formatter as ours (_configure_logging).
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
+                **uvicorn_options(settings))
     return 0
 
 
@@ -62,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the gateway (webhook + media stream)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--insecure-dev", action="store_true",
+                       help="development only: take calls with a real model without TWILIO_AUTH_TOKEN / PUBLIC_URL "
+                            "(same as INSECURE_DEV_MODE=true; /healthz repeats the warning)")
     local = sub.add_parser("local-realtime", help="run the embedded Realtime-compatible server on its own")
     local.add_argument("--host", default="127.0.0.1")
     local.add_argument("--port", type=int, default=8765)
@@ -83,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--audio-format", choices=AUDIO_FORMATS, default="pcm16", help="the gateway's AUDIO_FORMAT")
     bench.add_argument("--ramp", type=float, default=5.0, help="start the calls evenly over this many seconds (default 5)")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
+    fuzz = sub.add_parser("fuzz", help="hostile Twilio-side frames against a gateway process, beside real calls",
+                          description="Start the gateway in its own process (127.0.0.1, embedded model), storm it with "
+                                      "malformed, hostile and oversized frames while real calls run, and check that the "
+                                      "calls before, during and after are answered and the process and its memory "
+                                      "hold. Exit status: 0 all checks pass, 1 one failed, 2 bad options.")
+    from gateway.fuzz import add_arguments as add_fuzz_arguments, command as fuzz_command
+
+    add_fuzz_arguments(fuzz)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -91,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _configure_logging(settings.log_level)
     handlers = {"serve": _serve, "local-realtime": _local_realtime, "demo": _demo, "replay": _replay,
-                "bench": _bench}
+                "bench": _bench, "fuzz": fuzz_command}
     return handlers[args.command](args, settings)
 
 

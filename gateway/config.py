@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from gateway.audio import AUDIO_FORMATS
 
@@ -67,6 +67,78 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+REDACTED = "***"
+# Query parameters whose value is shown as *** (api-key=, access_token=, sig=, password=, ...).
+_SECRET_QUERY_NAME = re.compile(r"key|token|secret|pass|pwd|sig|auth|cred|session", re.IGNORECASE)
+# Settings fields shown as *** by ``repr(settings)`` (besides any field declared with ``repr=False``).
+_SECRET_FIELDS = frozenset({"api_key", "twilio_auth_token", "api_keys", "stream_secret"})
+_SECRET_FIELD_NAME = re.compile(r"(?:^|_)(?:key|keys|secret|secrets|token|tokens|password|passwords)$")
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to log or show: its password and secret-looking query values replaced by ``***``.
+
+    ``redis://:hunter2@cache:6379/0`` -> ``redis://:***@cache:6379/0``; ``wss://h/v1?api-key=k&model=m`` ->
+    ``wss://h/v1?api-key=***&model=m``. A user name without a password is kept for database-like schemes
+    (``postgresql://app@db/x``) and hidden for web schemes (``https://TOKEN@host``); a fragment is hidden.
+    When the credentials are ambiguous (a password holding an unescaped ``/``, ``?`` or ``#``) everything
+    before the ``@`` is hidden, and a value that is not ``scheme://...`` at all is shown as ``***``: this
+    is for display only, it may over-redact but never leaks.
+    """
+    url = str(url)
+    scheme_match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if scheme_match is None:
+        # Not scheme://...: a bare password, a libpq "host=db password=..." string, "user:pw@host"...
+        return REDACTED if url else ""
+    scheme = scheme_match.group(1).lower()
+    head, rest = url[:scheme_match.end()], url[scheme_match.end():]
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1:]
+        if any(c in userinfo for c in "/?#"):
+            userinfo = REDACTED
+        elif ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":" + REDACTED
+        elif scheme in ("http", "https", "ws", "wss") and userinfo:
+            userinfo = REDACTED
+        head += userinfo + "@"
+    rest, hash_sign, fragment = rest.partition("#")  # never sent to a server; may be a secret's unescaped tail
+    fragment = REDACTED if fragment else ""
+    path, question_mark, query = rest.partition("?")
+    if question_mark:
+        params = []
+        for param in query.split("&"):
+            name, equals, _value = param.partition("=")
+            params.append(f"{name}={REDACTED}" if equals and _SECRET_QUERY_NAME.search(name) else param)
+        query = "&".join(params)
+    return head + path + question_mark + query + hash_sign + fragment
+
+
+def _split_url(name: str, url: str) -> SplitResult:
+    """``urlsplit(url)``, or a ConfigError naming ``name`` and showing the URL redacted."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL, got {redact_url(url)!r}") from None
+
+
+def _is_loopback_host(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or localhost: traffic to it never leaves this machine."""
+    import ipaddress
+
+    if not host:
+        return False
+    host = host.rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything configurable. Build with :meth:`from_env`; tests use :func:`dataclasses.replace`."""
@@ -107,9 +179,11 @@ class Settings:
     # Outbound HTTP API and Twilio REST (gateway.api, gateway.twilio.rest, gateway.store)
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # bearer keys of the HTTP API; none: it answers 503
     twilio_account_sid: str = ""
-    twilio_from_number: str = ""  # default caller ID of outbound calls (E.164)
+    twilio_from_number: str = ""  # default caller ID of outbound calls (E.164): the first of twilio_caller_ids
+    twilio_caller_ids: tuple[str, ...] = ()  # every caller ID POST /calls may use as "from" (TWILIO_FROM_NUMBER)
     outbound_allowed_prefixes: tuple[str, ...] = ("+1",)
     outbound_rate_limit_per_minute: int = 10  # per API key (token bucket; burst = the same number)
+    api_auth_failures_per_minute: int = 10  # failed API authentications per client address before 429s
     transfer_number: str = ""  # E.164 or sip: URI the transfer tool dials
     voicemail_message: str = ""  # said after the beep when machine_detection="voicemail"
     store_url: str = ""  # "" / "memory://": in-process; "sqlite:///path.db"
@@ -154,6 +228,23 @@ class Settings:
     def with_model_url(self, url: str) -> "Settings":
         return replace(self, realtime_url=url)
 
+    def __repr__(self) -> str:
+        """Every field, with secrets as ``'***'`` (``''`` when unset) and URLs through :func:`redact_url`."""
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_url") and isinstance(value, str):
+                value = redact_url(value)
+            elif f.name in _SECRET_FIELDS or _SECRET_FIELD_NAME.search(f.name) or not f.repr:
+                if isinstance(value, str):
+                    value = REDACTED if value else ""
+                elif isinstance(value, tuple):
+                    value = tuple(REDACTED for _ in value)
+                elif value is not None and not isinstance(value, (bool, int, float)):
+                    value = REDACTED
+            parts.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> "Settings":
         """Read settings from ``env`` (default: ``os.environ``, after loading ``.env`` if present)."""
@@ -166,14 +257,20 @@ class Settings:
         azure_key = env.get("AZURE_OPENAI_API_KEY", "")
         api_key = env.get("REALTIME_API_KEY") or env.get("OPENAI_API_KEY") or azure_key
         realtime_url = (env.get("REALTIME_URL") or DEFAULT_REALTIME_URL).strip()
-        scheme = urlsplit(realtime_url).scheme
+        realtime_parts = _split_url("REALTIME_URL", realtime_url)
+        scheme = realtime_parts.scheme
         if scheme not in ("ws", "wss"):
-            raise ConfigError(f"REALTIME_URL must start with ws:// or wss://, got {realtime_url!r}")
-        host = urlsplit(realtime_url).hostname or ""
+            raise ConfigError(f"REALTIME_URL must start with ws:// or wss://, got {redact_url(realtime_url)!r}")
+        host = realtime_parts.hostname or ""
+        if scheme == "ws" and api_key.strip() and not _is_loopback_host(host):
+            # The API key travels in the socket's headers: never in clear text off this machine.
+            raise ConfigError("REALTIME_URL must be wss:// when an API key is set (ws:// only to 127.0.0.1, ::1 "
+                              f"or localhost), got {redact_url(realtime_url)!r}")
         default_header = "api-key" if (host.endswith(".openai.azure.com") or (azure_key and api_key == azure_key)) else "authorization"
         public_url = (env.get("PUBLIC_URL") or "").strip().rstrip("/")
-        if public_url and urlsplit(public_url).scheme not in ("http", "https"):
-            raise ConfigError(f"PUBLIC_URL must start with https:// (or http:// for local use), got {public_url!r}")
+        if public_url and _split_url("PUBLIC_URL", public_url).scheme not in ("http", "https"):
+            raise ConfigError("PUBLIC_URL must start with https:// (or http:// for local use), "
+                              f"got {redact_url(public_url)!r}")
         return cls(
             realtime_url=realtime_url,
             realtime_model=(env.get("REALTIME_MODEL") or "gpt-realtime").strip(),
@@ -211,7 +308,7 @@ class Settings:
 
 def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
     """The outbound API's settings (API_KEYS, TWILIO_*, OUTBOUND_*, TRANSFER_NUMBER, VOICEMAIL_MESSAGE, STORE_URL, REDIS_URL)."""
-    from gateway.twilio.numbers import is_e164, is_prefix, is_sip_uri
+    from gateway.twilio.numbers import destination_refusal, is_e164, is_prefix, is_sip_uri
 
     api_keys = tuple(key.strip() for key in (env.get("API_KEYS") or "").split(",") if key.strip())
     if any(len(key) < 16 for key in api_keys):
@@ -219,39 +316,54 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
     account_sid = (env.get("TWILIO_ACCOUNT_SID") or "").strip()
     if account_sid and re.fullmatch(r"AC[0-9a-fA-F]{32}", account_sid) is None:
         raise ConfigError(f"TWILIO_ACCOUNT_SID must be AC followed by 32 hex digits, got {account_sid!r}")
-    from_number = (env.get("TWILIO_FROM_NUMBER") or "").strip()
-    if from_number and not is_e164(from_number):
-        raise ConfigError(f"TWILIO_FROM_NUMBER must be E.164 (+14155550100), got {from_number!r}")
+    # Several caller IDs, comma-separated: POST /calls may pick any of them as "from"; the first is the default.
+    raw_caller_ids = (env.get("TWILIO_FROM_NUMBER") or "").split(",")
+    caller_ids = tuple(dict.fromkeys(number.strip() for number in raw_caller_ids if number.strip()))
+    bad_ids = [number for number in caller_ids if not is_e164(number)]
+    if bad_ids:
+        raise ConfigError("TWILIO_FROM_NUMBER must be E.164 numbers (+14155550100) separated by commas, "
+                          f"got {bad_ids!r}")
     raw_prefixes = env.get("OUTBOUND_ALLOWED_PREFIXES")
     prefixes = tuple(p.strip() for p in (raw_prefixes if raw_prefixes is not None else "+1").split(",") if p.strip())
     bad = [p for p in prefixes if not is_prefix(p)]
     if bad:
         raise ConfigError(f"OUTBOUND_ALLOWED_PREFIXES must be +digits prefixes separated by commas, got {bad!r}")
+    if "+" in prefixes:
+        # A bare "+" turns the toll-fraud guard off for every country but the premium list: too easy to write.
+        raise ConfigError("OUTBOUND_ALLOWED_PREFIXES: '+' allows every country, list countries explicitly (+1,+44)")
     transfer = (env.get("TRANSFER_NUMBER") or "").strip()
     if transfer and not (is_e164(transfer) or is_sip_uri(transfer)):
         raise ConfigError(f"TRANSFER_NUMBER must be E.164 or a sip: URI, got {transfer!r}")
+    if transfer and not is_sip_uri(transfer):
+        # The agent dials it on the model's say-so: it gets the same toll-fraud guard as POST /calls.
+        refusal = destination_refusal(transfer, prefixes)
+        if refusal is not None:
+            raise ConfigError(f"TRANSFER_NUMBER {transfer} is refused by the toll-fraud guard: {refusal[1]}")
     store_url = (env.get("STORE_URL") or "").strip()
-    store_scheme = urlsplit(store_url).scheme if store_url else "memory"
+    store_scheme = _split_url("STORE_URL", store_url).scheme if store_url else "memory"
     if store_scheme not in ("memory", "sqlite", "postgresql", "postgres"):
         raise ConfigError("STORE_URL must be memory://, sqlite:///path.db or postgresql://user@host:port/db, "
-                          f"got {store_url!r}")
+                          f"got {redact_url(store_url)!r}")
     redis_url = (env.get("REDIS_URL") or "").strip()
-    if redis_url and not (urlsplit(redis_url).scheme in ("redis", "rediss") and urlsplit(redis_url).netloc):
-        # The URL may hold a password: name only its scheme.
+    redis_parts = _split_url("REDIS_URL", redis_url)
+    if redis_url and not (redis_parts.scheme in ("redis", "rediss") and redis_parts.netloc):
         raise ConfigError("REDIS_URL must be redis://[:password@]host:port/db or rediss://..., "
-                          f"got a {urlsplit(redis_url).scheme or 'scheme-less'!r} URL")
+                          f"got {redact_url(redis_url)!r}")
     base_url = (env.get("TWILIO_API_BASE_URL") or DEFAULT_TWILIO_API_BASE_URL).strip().rstrip("/")
-    base_parts = urlsplit(base_url)
+    base_parts = _split_url("TWILIO_API_BASE_URL", base_url)
     loopback = base_parts.hostname in ("127.0.0.1", "localhost", "::1")
     if not base_parts.netloc or not (base_parts.scheme == "https" or (base_parts.scheme == "http" and loopback)):
         # The account SID and auth token travel to this URL: never in clear text off this machine.
-        raise ConfigError(f"TWILIO_API_BASE_URL must be https:// (http:// only to 127.0.0.1), got {base_url!r}")
+        raise ConfigError("TWILIO_API_BASE_URL must be https:// (http:// only to 127.0.0.1), "
+                          f"got {redact_url(base_url)!r}")
     return dict(
         api_keys=api_keys,
         twilio_account_sid=account_sid,
-        twilio_from_number=from_number,
+        twilio_from_number=caller_ids[0] if caller_ids else "",
+        twilio_caller_ids=caller_ids,
         outbound_allowed_prefixes=prefixes,
         outbound_rate_limit_per_minute=_int(env, "OUTBOUND_RATE_LIMIT_PER_MINUTE", 10, 1, 100_000),
+        api_auth_failures_per_minute=_int(env, "API_AUTH_FAILURES_PER_MINUTE", 10, 1, 100_000),
         transfer_number=transfer,
         voicemail_message=(env.get("VOICEMAIL_MESSAGE") or "").strip(),
         store_url=store_url,

@@ -36,7 +36,9 @@ from gateway.call import (
     Transfer,
 )
 from gateway.config import Settings
+from gateway.droplog import DropCounter
 from gateway.realtime import events as rt
+from gateway.security import StreamGrant
 from gateway.recording import CallRecorder
 from gateway.tools import END_CALL, TRANSFER_CALL, ToolContext, ToolRegistry
 from gateway.twilio.media import MediaStreamError, parse_twilio_message
@@ -55,8 +57,7 @@ START_TIMEOUT_S = 5.0
 MODEL_BACKLOG_BYTES = 32 * 1024
 MODEL_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 POLICY_VIOLATION = 1008
-# The <Parameter> an outbound call's TwiML carries: the key of its stored per-call settings.
-CALL_SETTINGS_PARAMETER = "gateway_call"
+TICK_INTERVAL_S = 1.0  # how often the core's clock checks run (time limit, idle media)
 
 CallObserver = Callable[[Call, CallEvent], None]
 
@@ -109,6 +110,10 @@ def call_config(settings: Settings, registry: ToolRegistry | None = None) -> Cal
         mark_interval_ms=settings.mark_interval_ms,
         call_control_tools=control,
         account_sid=settings.twilio_account_sid,
+        max_call_duration_ms=settings.max_call_duration_s * 1000,
+        media_idle_timeout_ms=int(settings.media_idle_timeout_s * 1000),
+        caller_audio_burst_ms=settings.caller_audio_burst_ms,
+        max_tools_per_call=settings.max_tools_per_call,
     )
 
 
@@ -117,7 +122,7 @@ _encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class _UnknownCallSettings(Exception):
-    """An outbound call's settings key is not in the store."""
+    """An outbound call's settings are not in the store (never saved, expired, or already taken)."""
 
 
 def _now_ms() -> float:
@@ -133,11 +138,15 @@ class MediaStreamSession:
         settings: Settings,
         observer: CallObserver | None = None,
         services: CallServices | None = None,
+        grant: StreamGrant | None = None,
     ) -> None:
         self.websocket = websocket
         self.settings = settings
         self.services = services or CallServices()
-        self.call = Call(call_config(settings, self.services.tools))
+        self.grant = grant  # what the stream's credential allows: one call (None: an unsigned demo stream)
+        self.call = Call(call_config(settings, self.services.tools), expected_call_sid=grant.call_sid if grant else "")
+        self._drops = DropCounter(log, "frames from twilio", settings.drop_log_interval_s)
+        self._model_drops = DropCounter(log, "events from the model", settings.drop_log_interval_s)
         self._background: set[asyncio.Task[None]] = set()  # tools, hang-ups, transfers of this call
         self._observer = observer
         self._model: ClientConnection | None = None
@@ -146,10 +155,11 @@ class MediaStreamSession:
         self._end_reason = ""
         self._close_code = 1000
         self._dropped_audio_frames = 0
-        self._recorder = CallRecorder(settings.record_calls_dir, _now_ms()) if settings.record_calls_dir else None
+        self._recorder = CallRecorder(settings.record_calls_dir, _now_ms(), settings.record_max_bytes) if settings.record_calls_dir else None
 
     async def run(self) -> None:
         twilio_task = asyncio.create_task(self._twilio_loop(), name="twilio-reader")
+        self._in_background(self._clock_loop())
         try:
             try:
                 await asyncio.wait_for(self._done.wait(), START_TIMEOUT_S)
@@ -174,9 +184,11 @@ class MediaStreamSession:
             await self._close_twilio()
             if self._recorder is not None:
                 self._recorder.close()
+            self._drops.flush()
+            self._model_drops.flush()
             log.info(
-                "call ended call_sid=%s reason=%s dropped_audio_frames=%d",
-                self.call.call_sid or "-", self._end_reason or "-", self._dropped_audio_frames,
+                "call ended call_sid=%s reason=%s dropped_audio_frames=%d dropped_frames_from_twilio=%d",
+                self.call.call_sid or "-", self._end_reason or "-", self._dropped_audio_frames, self._drops.total,
             )
 
     # ---- readers ----------------------------------------------------------------------------
@@ -190,11 +202,11 @@ class MediaStreamSession:
                     break
                 text = message.get("text")
                 if text is None:
-                    log.warning("dropped binary frame from twilio call_sid=%s", self.call.call_sid or "-")
+                    self._drops.drop("binary frame")
                     continue
                 now = _now_ms()
                 if len(text) > max_bytes:
-                    log.warning("dropped %d-byte frame from twilio (limit %d)", len(text), max_bytes)
+                    self._drops.drop(f"frame over MAX_FRAME_BYTES ({max_bytes})")
                     if self._recorder is not None:
                         self._recorder.record("in", f'{{"gateway":"dropped oversized frame","bytes":{len(text)}}}', now)
                     continue
@@ -203,7 +215,7 @@ class MediaStreamSession:
                 try:
                     event = parse_twilio_message(text)
                 except MediaStreamError as error:
-                    log.warning("dropped frame from twilio call_sid=%s: %s", self.call.call_sid or "-", error)
+                    self._drops.drop(str(error))
                     continue
                 except Exception:  # a parser bug costs one frame, never the call
                     log.exception("dropped frame from twilio call_sid=%s: the parser failed", self.call.call_sid or "-")
@@ -216,23 +228,28 @@ class MediaStreamSession:
         await self._dispatch(self.call.twilio_closed())
 
     async def _apply_per_call_settings(self) -> None:
-        """An outbound call carries a key to its settings (instructions, voice, greeting) in a <Parameter>."""
-        key = self.call.custom_parameters.get(CALL_SETTINGS_PARAMETER, "")
+        """An outbound call's settings (instructions, voice, greeting) were saved under its CallSid when it was
+        placed; its stream (and only it: the credential names the CallSid, ``start`` must match) takes them, once."""
         store = self.services.store
-        if not key or store is None:
+        if self.grant is None or not self.grant.outbound or store is None:
             return
-        found = store.get_call_settings(key)
+        found = store.take_call_settings(self.call.call_sid)
         if inspect.isawaitable(found):
             found = await found
         if found is None:
-            # Expired, evicted, or stored by another worker on a per-process store: this callee must not get
-            # the inbound agent by mistake.
-            log.error("no stored settings for this call's %s parameter; ending the call call_sid=%s",
-                      CALL_SETTINGS_PARAMETER, self.call.call_sid)
+            # Expired, already taken, or stored by another worker on a per-process store: this callee must not
+            # get the inbound agent by mistake.
+            log.error("no stored settings for this outbound call; ending it call_sid=%s", self.call.call_sid)
             raise _UnknownCallSettings
         self.call.apply_call_settings(
             instructions=found.instructions or "", voice=found.voice or "", greeting=found.greeting or ""
         )
+
+    async def _clock_loop(self) -> None:
+        """The core's clock checks (time limit, idle media), about once a second."""
+        while not self._done.is_set():
+            await asyncio.sleep(TICK_INTERVAL_S)
+            await self._dispatch(self.call.tick(_now_ms()))
 
     async def _model_loop(self) -> None:
         """Hold a model session for the whole call: a socket that dies (or a session that reaches its time
@@ -279,7 +296,7 @@ class MediaStreamSession:
                     try:
                         event = rt.parse_model_event(frame)
                     except rt.ModelEventError as error:
-                        log.warning("dropped model event call_sid=%s: %s", self.call.call_sid or "-", error)
+                        self._model_drops.drop(str(error))
                         continue
                     except Exception:  # a parser bug costs one event, never the call
                         log.exception("dropped model event call_sid=%s: the parser failed", self.call.call_sid or "-")
@@ -308,6 +325,8 @@ class MediaStreamSession:
                 else:
                     await self._send_model(output.message)
             elif isinstance(output, EndCall):
+                if output.refused:
+                    self._close_code = POLICY_VIOLATION
                 self._end(output.reason)
             elif isinstance(output, RunTool):
                 self._in_background(self._run_tool(output))
@@ -385,8 +404,9 @@ class MediaStreamSession:
             self._model_task = asyncio.create_task(self._model_loop(), name="model-reader")
             if self._recorder is not None:
                 self._recorder.call_started(event.call_sid, event.stream_sid)
+            self._drops.context = self._model_drops.context = f"call_sid={event.call_sid}"
         if isinstance(event, Dropped):
-            log.warning("dropped %s input call_sid=%s: %s", event.source, self.call.call_sid or "-", event.reason)
+            (self._drops if event.source == "twilio" else self._model_drops).drop(event.reason)
         elif isinstance(event, ModelReportedError):
             log.warning("model error call_sid=%s code=%s: %s", self.call.call_sid or "-", event.code, event.message)
         else:

@@ -20,26 +20,41 @@ idle is echoed ``2 * one_way + chunk length`` after it was sent. The smallest su
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import deque
 from dataclasses import dataclass
+
+# Twilio mark names are at most this long (``gateway.twilio.media`` refuses longer echoes).
+MAX_MARK_NAME = 256
+# An item id longer than this (or empty, or starting with "#") goes into a mark name as a fixed-length
+# digest, so every name fits MAX_MARK_NAME with room for "g<generation>:<end_ms>:" and parses back.
+MAX_ITEM_ID_IN_MARK = 200
 
 
 @dataclass(slots=True)
 class _Chunk:
     item_id: str
+    mark_item: str  # what stands for item_id in the mark's name (see mark_item)
     start_ms: int  # the item position where this chunk begins
     end_ms: int
     sent_at: float
     sent_to_idle_queue: bool  # nothing else was pending: its echo measures the round trip
 
 
+def mark_item(item_id: str) -> str:
+    """The item id as written in a mark name: itself when short and non-empty, else ``#`` + a digest of it."""
+    if 0 < len(item_id) <= MAX_ITEM_ID_IN_MARK and not item_id.startswith("#"):
+        return item_id
+    return "#" + hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def mark_name(generation: int, end_ms: int, item_id: str) -> str:
-    return f"g{generation}:{end_ms}:{item_id}"
+    return f"g{generation}:{end_ms}:{mark_item(item_id)}"
 
 
 def parse_mark_name(name: str) -> tuple[int, int, str] | None:
-    """``(generation, end_ms, item_id)`` of a name made by :func:`mark_name`, else None."""
+    """``(generation, end_ms, mark_item(item_id))`` of a name made by :func:`mark_name`, else None."""
     generation, sep1, rest = name.partition(":")
     end_ms, sep2, item_id = rest.partition(":")
     if not (sep1 and sep2 and generation.startswith("g") and item_id):
@@ -69,15 +84,17 @@ class PlaybackTracker:
 
     def chunk_sent(self, item_id: str, start_ms: int, end_ms: int, now_ms: float) -> str:
         """Record a chunk sent to Twilio; returns the name of the mark to send right after it."""
-        self._pending.append(_Chunk(item_id, start_ms, end_ms, now_ms, not self._pending))
-        return mark_name(self.generation, end_ms, item_id)
+        item = mark_item(item_id)
+        self._pending.append(_Chunk(item_id, item, start_ms, end_ms, now_ms, not self._pending))
+        return f"g{self.generation}:{end_ms}:{item}"
 
-    def mark_echoed(self, generation: int, end_ms: int, item_id: str, now_ms: float) -> bool:
-        """Twilio echoed a mark. False when it is not one we are waiting for (the caller drops it)."""
+    def mark_echoed(self, generation: int, end_ms: int, item: str, now_ms: float) -> bool:
+        """Twilio echoed a mark (``item`` as in its name: see :func:`mark_item`). False when it is not one we
+        are waiting for (the caller drops it)."""
         if generation != self.generation:
             return True  # echoed because we cleared it, not because it played: nothing to account
         position = next(
-            (i for i, chunk in enumerate(self._pending) if chunk.item_id == item_id and chunk.end_ms == end_ms), None
+            (i for i, chunk in enumerate(self._pending) if chunk.mark_item == item and chunk.end_ms == end_ms), None
         )
         if position is None:
             return False

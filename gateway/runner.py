@@ -1,7 +1,9 @@
-"""Run the gateway app under a real uvicorn server inside a running event loop (demo, tests, benchmarks).
+"""Run the gateway app under uvicorn, with the same server limits everywhere (``gateway serve``, demo, tests).
 
-``gateway serve`` uses the same uvicorn options through :data:`UVICORN_OPTIONS`, so what the tests
-exercise is what production runs.
+:func:`uvicorn_options` turns the settings into uvicorn's options, so what the tests exercise is what production
+runs: a cap on open connections (``MAX_CONNECTIONS``, uvicorn answers 503 past it), a deadline for a connection to
+send its request headers (``HTTP_HEADER_TIMEOUT_S``; uvicorn itself has none, so a client that opens a socket and
+trickles bytes would hold it forever), a bounded header size and WebSocket pings.
 """
 
 from __future__ import annotations
@@ -9,17 +11,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-UVICORN_OPTIONS = dict(
-    ws="websockets-sansio",
-    ws_max_size=1 << 20,  # hard cap; frames over MAX_FRAME_BYTES are dropped by the gateway itself
-    ws_per_message_deflate=False,  # Twilio does not negotiate it and base64 audio barely compresses
-    proxy_headers=True,
-)
+from gateway.config import Settings
+
+MAX_HEADER_BYTES = 16 * 1024  # Twilio's webhooks and upgrades carry a few hundred bytes of headers
+
+
+class HeaderDeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for the first request's headers (slowloris).
+
+    Once a request is under way (or the connection became a WebSocket), the deadline no longer applies: request
+    bodies are bounded by the routes themselves, idle keep-alive connections by uvicorn's ``timeout_keep_alive``."""
+
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _headers_too_slow(self) -> None:
+        transport = self.transport
+        if transport.is_closing() or transport.get_protocol() is not self:
+            return  # closed, or upgraded to a WebSocket: no longer ours
+        if self.cycle is None:  # no complete request head yet
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._header_deadline.cancel()
+        super().connection_lost(exc)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn.Config keyword arguments for ``settings`` (host, port and app excepted)."""
+    protocol = type("GatewayH11Protocol", (HeaderDeadlineH11Protocol,),
+                    {"header_timeout_s": settings.http_header_timeout_s})
+    return dict(
+        http=protocol,
+        ws="websockets-sansio",
+        ws_max_size=1 << 20,  # hard cap; frames over MAX_FRAME_BYTES are dropped by the gateway itself
+        ws_per_message_deflate=False,  # Twilio does not negotiate it and base64 audio barely compresses
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        # X-Forwarded-* are handled by the app itself (gateway.app), which keeps the real peer address to decide
+        # whether to believe them; uvicorn's own handling would trust 127.0.0.1 by default and hide the peer.
+        proxy_headers=False,
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -29,10 +73,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.asynccontextmanager
-async def running_app(app: Starlette, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> AsyncIterator[str]:
-    """Serve ``app`` until the block exits; yields ``http://host:port``."""
+async def running_app(app: Starlette, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                      settings: Settings | None = None) -> AsyncIterator[str]:
+    """Serve ``app`` until the block exits; yields ``http://host:port``. ``settings`` gives the server limits
+    (the app's own, when it is the gateway; the defaults otherwise)."""
     port = port or free_port(host)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", **UVICORN_OPTIONS)
+    if settings is None:
+        settings = getattr(app.state, "settings", None) or Settings()
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", **uvicorn_options(settings))
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the caller owns signals
     task = asyncio.create_task(server.serve())

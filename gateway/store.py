@@ -1,8 +1,8 @@
 """Call records and per-call settings, behind one small interface: :class:`CallStore`.
 
-* Per-call settings (:class:`OutboundCallSettings`) are saved by ``POST /calls`` under a random key that travels in
-  the TwiML as ``<Parameter name="gateway_call">`` and comes back in the media stream's ``start.customParameters``.
-  They expire (TTL): a call that has not started within the TTL will not find them.
+* Per-call settings (:class:`OutboundCallSettings`) are saved by ``POST /calls`` under the CallSid Twilio returned,
+  and taken (read and deleted at once) by the media stream of that very call: single use, bound to the call, never
+  in a URL, a TwiML parameter, a log line or a recording. They expire (TTL) if the call never starts.
 * Call records (:class:`CallRecord`) follow Twilio's status callbacks. A status only moves forward
   (queued < initiated < ringing < in-progress < a final status), so callbacks that arrive out of order, or late,
   never undo a later state.
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
-DEFAULT_SETTINGS_TTL_S = 2 * 3600.0
+DEFAULT_SETTINGS_TTL_S = 1800.0  # a call queued, rung and answered within half an hour
 DEFAULT_MAX_SETTINGS = 10_000
 DEFAULT_MAX_CALLS = 10_000
 
@@ -142,6 +142,11 @@ class CallStore(Protocol):
         """The settings saved under ``key``; None if unknown or expired."""
         ...
 
+    async def take_call_settings(self, key: str) -> OutboundCallSettings | None:
+        """The settings saved under ``key``, deleted in the same step (one caller gets them); None if unknown,
+        expired or already taken."""
+        ...
+
     async def create_call(self, record: CallRecord) -> CallRecord:
         """Insert ``record`` unless a record with its call_sid exists; returns the stored record."""
         ...
@@ -193,6 +198,11 @@ class MemoryCallStore:
     async def get_call_settings(self, key: str) -> OutboundCallSettings | None:
         self._expire()
         entry = self._settings.get(key)
+        return entry[1] if entry is not None else None
+
+    async def take_call_settings(self, key: str) -> OutboundCallSettings | None:
+        self._expire()
+        entry = self._settings.pop(key, None)
         return entry[1] if entry is not None else None
 
     async def create_call(self, record: CallRecord) -> CallRecord:
@@ -289,6 +299,16 @@ class SQLiteCallStore:
                                     (key, self._clock())).fetchone()
 
         row = await self._call(get)
+        return OutboundCallSettings.from_json(json.loads(row[0])) if row else None
+
+    async def take_call_settings(self, key: str) -> OutboundCallSettings | None:
+        def take() -> Any:
+            row = self._db.execute("SELECT data FROM call_settings WHERE key = ? AND expires_at > ?",
+                                   (key, self._clock())).fetchone()
+            self._db.execute("DELETE FROM call_settings WHERE key = ?", (key,))
+            return row
+
+        row = await self._call(self._transaction, take)
         return OutboundCallSettings.from_json(json.loads(row[0])) if row else None
 
     def _get(self, call_sid: str) -> CallRecord | None:
@@ -407,6 +427,14 @@ class PostgresCallStore:
                                         (key, self._clock()))
             row = await cursor.fetchone()
         return OutboundCallSettings.from_json(row[0]) if row else None
+
+    async def take_call_settings(self, key: str) -> OutboundCallSettings | None:
+        pool = await self._ready()
+        async with pool.connection() as conn:
+            # One statement: of two hosts taking at once, exactly one gets the row.
+            cursor = await conn.execute("DELETE FROM call_settings WHERE key = %s RETURNING data, expires_at", (key,))
+            row = await cursor.fetchone()
+        return OutboundCallSettings.from_json(row[0]) if row and row[1] > self._clock() else None
 
     @staticmethod
     async def _get(conn: Any, call_sid: str, *, for_update: bool = False) -> CallRecord | None:

@@ -157,14 +157,19 @@ class ToolRegistry:
 
     Sync tools run on a pool of their own (``max_threads``), never on the loop's default pool that the
     Twilio REST client and the SQLite store use: a thread cannot be killed, so a tool that hangs keeps its
-    thread, and a full pool answers "busy" at once instead of queueing calls behind it.
+    thread, and a full pool answers "busy" at once instead of queueing calls behind it. The pool is shared
+    fairly: one call holds at most ``max_threads_per_call`` threads (hung ones included), so a call whose
+    tools hang cannot take the threads every other call needs.
     """
 
-    def __init__(self, tools: list[Tool], timeout_s: float = 10.0, max_threads: int = 16) -> None:
+    def __init__(self, tools: list[Tool], timeout_s: float = 10.0, max_threads: int = 16,
+                 max_threads_per_call: int = 1) -> None:
         self.timeout_s = timeout_s
         self._max_threads = max_threads
+        self._max_threads_per_call = max_threads_per_call
         self._executor: ThreadPoolExecutor | None = None
         self._threads_busy = 0
+        self._threads_by_call: dict[str, int] = {}
         self._lock = threading.Lock()
         self._tools: dict[str, Tool] = {}
         for tool in tools:
@@ -195,12 +200,13 @@ class ToolRegistry:
         if tool.wants_context:
             kwargs["context"] = context
         try:
-            result = await self._call(tool.function, kwargs)
+            result = await self._call(tool.function, kwargs, context.call_sid)
         except TimeoutError:
             log.warning("tool %s timed out after %.1f s call_sid=%s", name, self.timeout_s, context.call_sid)
             return json.dumps({"error": f"the tool {name} did not answer within {self.timeout_s:g} s"})
         except _PoolFull:
-            log.warning("tool %s refused: all %d tool threads are busy call_sid=%s", name, self._max_threads, context.call_sid)
+            log.warning("tool %s refused: the tool threads are busy (or this call holds its share) call_sid=%s",
+                        name, context.call_sid)
             return json.dumps({"error": f"the tool {name} is busy, try again later"})
         except Exception as error:  # a tool's bug must not end the call
             log.exception("tool %s failed call_sid=%s", name, context.call_sid)
@@ -214,31 +220,39 @@ class ToolRegistry:
             text = json.dumps({"truncated": True, "start": text[: MAX_TOOL_OUTPUT_CHARS - 100]})
         return text
 
-    async def _call(self, function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    async def _call(self, function: Callable[..., Any], kwargs: dict[str, Any], call_sid: str = "") -> Any:
         """Run ``function`` with the timeout; a task that ignores cancellation is abandoned, not awaited."""
         if inspect.iscoroutinefunction(function):
             task: asyncio.Future[Any] = asyncio.ensure_future(function(**kwargs))
         else:
-            if self._threads_busy >= self._max_threads:
-                raise _PoolFull
+            with self._lock:
+                if (self._threads_busy >= self._max_threads
+                        or self._threads_by_call.get(call_sid, 0) >= self._max_threads_per_call):
+                    raise _PoolFull
+                self._threads_busy += 1
+                self._threads_by_call[call_sid] = self._threads_by_call.get(call_sid, 0) + 1
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self._max_threads, thread_name_prefix="gateway-tool")
-            with self._lock:
-                self._threads_busy += 1
-            task = asyncio.get_running_loop().run_in_executor(self._executor, self._in_thread, function, kwargs)
+            task = asyncio.get_running_loop().run_in_executor(self._executor, self._in_thread, function, kwargs,
+                                                              call_sid)
         done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
         if not done:
             task.cancel()
             raise TimeoutError
         return task.result()
 
-    def _in_thread(self, function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    def _in_thread(self, function: Callable[..., Any], kwargs: dict[str, Any], call_sid: str) -> Any:
         # Counted free only when the function really returns: cancelling the future does not stop the thread.
         try:
             return function(**kwargs)
         finally:
             with self._lock:
                 self._threads_busy -= 1
+                held = self._threads_by_call.get(call_sid, 1) - 1
+                if held:
+                    self._threads_by_call[call_sid] = held
+                else:
+                    self._threads_by_call.pop(call_sid, None)
 
 
 class _PoolFull(Exception):

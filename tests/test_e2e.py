@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import json
 import time
 
@@ -154,27 +155,38 @@ async def test_model_gone_for_good_ends_the_call_cleanly(reconnect, within_s):
 
 
 async def test_incoming_call_webhook_answers_connect_stream_twiml():
+    call_sid = "CA" + "1" * 32
+    form = {"CallSid": call_sid, "From": "+15550001111", "To": "+15550002222", "AccountSid": "AC" + "2" * 32}
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.com"}
+    stream_url = re.compile(r'<Connect><Stream url="([^"]+)">')
     async with start_gateway() as gateway:
         async with httpx.AsyncClient(base_url=gateway.http_url) as client:
-            form = {"CallSid": "CA123", "From": "+15550001111", "To": "+15550002222", "AccountSid": "AC1"}
-            response = await client.post("/incoming-call", data=form,
-                                         headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.com"})
+            response = await client.post("/incoming-call", data=form, headers=forwarded)
             assert response.status_code == 200 and response.headers["content-type"].startswith("application/xml")
             twiml = response.text
-            assert '<Connect><Stream url="wss://gw.example.com/media-stream">' in twiml
-            for name, value in (("CallSid", "CA123"), ("From", "+15550001111"), ("To", "+15550002222")):
+            # X-Forwarded-* from a peer that is not a trusted proxy are ignored: the request's own host is used.
+            url = stream_url.search(twiml).group(1)
+            host = gateway.http_url.removeprefix("http://")
+            assert re.fullmatch(rf"ws://{re.escape(host)}/media-stream/v1\.i\.{call_sid}\.[0-9]+\.[\w-]+\.[\w-]+", url)
+            for name, value in (("CallSid", call_sid), ("From", "+15550001111"), ("To", "+15550002222")):
                 assert f'<Parameter name="{name}" value="{value}" />' in twiml
-            assert "?" not in twiml.split('url="')[1].split('"')[0]
-            get = await client.get("/incoming-call", params={"CallSid": "CA9"})
-            assert get.status_code == 200 and 'value="CA9"' in get.text
+            assert "?" not in url
+            get = await client.get("/incoming-call", params={"CallSid": call_sid})
+            assert get.status_code == 200 and f'value="{call_sid}"' in get.text
+            assert (await client.post("/incoming-call", data={**form, "CallSid": "CA123"})).status_code == 400
             health = await client.get("/healthz")
             assert health.json()["status"] == "ok" and health.json()["model"] == "embedded"
+            assert health.json()["warnings"] == []
 
-    async with start_gateway(public_url="https://public.example.org") as gateway:
+    async with start_gateway(trusted_proxy_ips=("127.0.0.1",)) as gateway:
         async with httpx.AsyncClient(base_url=gateway.http_url) as client:
-            response = await client.post("/incoming-call", data={"CallSid": "CA1"},
-                                         headers={"X-Forwarded-Host": "evil.example.com"})
-            assert 'url="wss://public.example.org/media-stream"' in response.text
+            response = await client.post("/incoming-call", data=form, headers=forwarded)
+            assert stream_url.search(response.text).group(1).startswith("wss://gw.example.com/media-stream/v1.i.")
+
+    async with start_gateway(public_url="https://public.example.org", trusted_proxy_ips=("127.0.0.1",)) as gateway:
+        async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+            response = await client.post("/incoming-call", data=form, headers={"X-Forwarded-Host": "evil.example.com"})
+            assert stream_url.search(response.text).group(1).startswith("wss://public.example.org/media-stream/v1.i.")
 
 
 async def test_the_call_survives_the_model_session_expiring():

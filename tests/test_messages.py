@@ -8,6 +8,8 @@ from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 
 SID = "MZ" + "1" * 32
+CALL = "CA" + "2" * 32
+ACCOUNT = "AC" + "3" * 32
 
 
 def media(**overrides):
@@ -20,11 +22,11 @@ def media(**overrides):
 def test_twilio_messages_parse_to_typed_events():
     assert tw.parse_twilio_message(media()) == tw.Media(SID, 40, b"\xff\xff")
     start = {"event": "start", "sequenceNumber": "1", "streamSid": SID,
-             "start": {"accountSid": "AC1", "streamSid": SID, "callSid": "CA1", "tracks": ["inbound"],
+             "start": {"accountSid": ACCOUNT, "streamSid": SID, "callSid": CALL, "tracks": ["inbound"],
                        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
                        "customParameters": {"From": "+15550001111"}}}
     parsed = tw.parse_twilio_message(json.dumps(start))
-    assert parsed == tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {"From": "+15550001111"})
+    assert parsed == tw.Start(SID, CALL, ACCOUNT, "audio/x-mulaw", 8000, {"From": "+15550001111"})
     assert tw.parse_twilio_message('{"event":"mark","streamSid":"%s","mark":{"name":"x"}}' % SID) == tw.MarkEcho(SID, "x")
     assert tw.parse_twilio_message(
         '{"event":"dtmf","streamSid":"%s","dtmf":{"track":"inbound_track","digit":"7"}}' % SID) == tw.Dtmf(SID, "7")
@@ -46,7 +48,10 @@ def test_twilio_messages_parse_to_typed_events():
         (media(streamSid=None), "streamSid"),
         ('{"event":"mark","streamSid":"MZ1"}', "mark must be an object"),
         ('{"event":"dtmf","streamSid":"MZ1","dtmf":{"digit":"x"}}', "not a DTMF digit"),
-        ('{"event":"start","start":{"streamSid":"MZ1"}}', "callSid"),
+        ('{"event":"start","start":{"streamSid":"MZ1"}}', "not a Twilio stream SID"),
+        ('{"event":"start","start":{"streamSid":"MZ' + "1" * 32 + '"}}', "callSid"),
+        ('{"event":"start","start":{"streamSid":"MZ' + "1" * 32 + '","callSid":"CA1\\nforged log line"}}',
+         "not a Twilio call SID"),
         ("[" * 100000 + "]" * 100000, "not JSON"),
     ],
 )

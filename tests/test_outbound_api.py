@@ -95,7 +95,8 @@ async def test_place_call_sends_twilio_the_stream_twiml_and_stores_the_call_sett
 
 
 async def test_machine_detection_modes_and_from_override():
-    async with outbound() as (_, fake, client):
+    # "from" may be any of the configured caller IDs (TWILIO_FROM_NUMBER=+14155550100,+14155550199), no other.
+    async with outbound(twilio_caller_ids=(FROM, "+14155550199")) as (_, fake, client):
         assert (await place(client, machine_detection="voicemail")).status_code == 201
         assert (await place(client, machine_detection="hangup", **{"from": "+14155550199"})).status_code == 201
         voicemail, hangup = fake.requests
@@ -133,6 +134,8 @@ async def test_every_bad_request_gets_its_4xx_with_a_json_error():
             ("unicode digits", json_headers, '{"to": "+١٤١٥٥٥٥٠١٢٣"}'.encode(), 422, "invalid_field"),
             ("number as int", json_headers, b'{"to": 14155550123}', 422, "invalid_field"),
             ("bad from", json_headers, b'{"to": "+14155550123", "from": "Acme"}', 422, "invalid_field"),
+            ("foreign from", json_headers, b'{"to": "+14155550123", "from": "+14155550199"}', 403,
+             "caller_id_not_allowed"),
             ("long instructions", json_headers, json.dumps({"to": TO, "instructions": "x" * 8001}).encode(), 422,
              "invalid_field"),
             ("long greeting", json_headers, json.dumps({"to": TO, "greeting": "x" * 2001}).encode(), 422,

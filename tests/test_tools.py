@@ -32,8 +32,8 @@ async def test_running_tools_validates_arguments_and_contains_failures():
     assert "invalid arguments" in json.loads(await registry.run("book_slot", '{"day": "sunday", "hour": 10}', CONTEXT))["error"]
     assert "invalid arguments" in json.loads(await registry.run("check_order", "not json", CONTEXT))["error"]
     assert "invalid arguments" in json.loads(await registry.run("check_order", '{"order_id": "A", "x": 1}', CONTEXT))["error"]
-    assert "did not answer within 0.5 s" in json.loads(await registry.run("hang_forever", "{}", CONTEXT))["error"]
     assert json.loads(await registry.run("broken", "{}", CONTEXT)) == {"error": "the tool broken failed (RuntimeError)"}
+    assert "did not answer within 0.5 s" in json.loads(await registry.run("hang_forever", "{}", CONTEXT))["error"]
     assert "no tool named" in json.loads(await registry.run("nope", "{}", CONTEXT))["error"]
 
 
@@ -49,10 +49,11 @@ def test_functions_the_model_cannot_call_are_refused():
 
 async def test_hung_sync_tools_cannot_take_more_than_their_own_threads():
     registry = ToolRegistry(load_tools_module("tests.sample_tools"), timeout_s=0.2, max_threads=2)
-    first = await asyncio.gather(*(registry.run("hang_forever", "{}", CONTEXT) for _ in range(2)))
+    calls = [ToolContext(f"CA{n}", f"MZ{n}", {}) for n in range(3)]
+    first = await asyncio.gather(*(registry.run("hang_forever", "{}", context) for context in calls[:2]))
     assert all("did not answer" in json.loads(r)["error"] for r in first)
     # Both threads are still stuck in the hung tool: the next sync call is refused at once, not queued.
-    assert "busy" in json.loads(await registry.run("check_order", '{"order_id": "A1"}', CONTEXT))["error"]
+    assert "busy" in json.loads(await registry.run("check_order", '{"order_id": "A1"}', calls[2]))["error"]
     # The loop's default pool (used by Twilio REST and the store) is untouched.
     assert await asyncio.to_thread(lambda: "free") == "free"
 
@@ -81,3 +82,13 @@ async def test_long_tool_output_is_cut_as_valid_json():
     registry = ToolRegistry([tool_from_function(huge)])
     output = json.loads(await registry.run("huge", "{}", CONTEXT))
     assert output["truncated"] is True and len(output["start"]) < 16_000
+
+
+async def test_one_call_cannot_take_more_than_its_share_of_the_tool_pool():
+    registry = ToolRegistry(load_tools_module("tests.sample_tools"), timeout_s=0.2, max_threads=4,
+                            max_threads_per_call=1)
+    greedy, other = ToolContext("CAgreedy", "MZ1", {}), ToolContext("CAother", "MZ2", {})
+    assert "did not answer" in json.loads(await registry.run("hang_forever", "{}", greedy))["error"]
+    # The greedy call's thread is still hung: its next tool is refused, while another call's tool runs.
+    assert "busy" in json.loads(await registry.run("check_order", '{"order_id": "A1"}', greedy))["error"]
+    assert json.loads(await registry.run("check_order", '{"order_id": "A1"}', other))["status"] == "shipped"

@@ -3,6 +3,7 @@
 * ``POST /calls`` places an outbound call (``routes.create_call``); ``GET /calls/{sid}``;
   ``POST /calls/{sid}/hangup``: bearer API keys (``auth``), strict bodies (``requests``), one error shape
   (``errors``).
+* ``POST /twilio/answer``: Twilio asks it for the TwiML of an outbound call once the callee answers.
 * ``POST /twilio/call-status``: Twilio's status and answering-machine callbacks.
 * ``GET /openapi.json``: the OpenAPI 3.1 description (``openapi``).
 
@@ -10,6 +11,6 @@ Twilio's REST API is reached only through ``gateway.twilio.rest``; records and p
 ``gateway.store``.
 """
 
-from gateway.api.routes import CALL_PARAMETER, CALL_STATUS_PATH, OutboundApi, routes
+from gateway.api.routes import ANSWER_PATH, CALL_STATUS_PATH, OutboundApi, routes
 
-__all__ = ["CALL_PARAMETER", "CALL_STATUS_PATH", "OutboundApi", "routes"]
+__all__ = ["ANSWER_PATH", "CALL_STATUS_PATH", "OutboundApi", "routes"]

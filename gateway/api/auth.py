@@ -1,11 +1,15 @@
-"""Bearer API keys (constant-time check against every configured key) and the per-key rate limit."""
+"""Bearer API keys (constant-time check against every configured key), the per-key rate limit, and the
+per-address throttle on failed authentications (:class:`AuthFailureLimiter`)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import logging
 import math
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Iterable, Protocol
 
 import redis.asyncio as aioredis
@@ -43,6 +47,126 @@ class ApiKeys:
             if hmac.compare_digest(presented, digest):
                 matched = identifier
         return matched
+
+    @staticmethod
+    def failure_reason(authorization: str | None) -> str:
+        """Why ``authorization`` was refused, in words safe to log: never the key, never the header itself."""
+        if authorization is None:
+            return "no Authorization header"
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return "not a Bearer Authorization header"
+        if not token.strip():
+            return "empty bearer token"
+        return "unknown API key"
+
+
+log = logging.getLogger("gateway.api.auth")
+
+
+def client_key(host: str | None) -> str:
+    """The throttled unit for a client address: the address itself, or its /64 network for IPv6.
+
+    One IPv6 host usually holds a whole /64 and could rotate through it to dodge a per-address limit.
+    """
+    if not host:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64]  # not an IP (a unix socket path, a test client): bounded, and throttled as it is
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)  # ::ffff:192.0.2.1 is the IPv4 client 192.0.2.1
+        return str(ipaddress.IPv6Network((int(address), 64), strict=False))
+    return str(address)
+
+
+def _loggable(text: str, limit: int = 64) -> str:
+    """Client-controlled text for a log line: ASCII-escaped (no newline, no terminal escape) and bounded."""
+    return ascii(text[:limit])[1:-1] + ("..." if len(text) > limit else "")
+
+
+class _Failures:
+    """One client address's current window, and what happened since its last log line."""
+
+    __slots__ = ("window_start", "count", "logged_at", "unlogged", "refused")
+
+    def __init__(self, now: float) -> None:
+        self.window_start = now
+        self.count = 0
+        self.logged_at: float | None = None
+        self.unlogged = 0  # failures since the last log line
+        self.refused = 0  # requests refused with 429 since the last log line
+
+
+class AuthFailureLimiter:
+    """Failed authentications per client address, in fixed one-minute windows starting at a window's first failure.
+
+    After ``per_minute`` failures in a window, :meth:`retry_after` is positive until the window ends: the caller
+    answers 429 without even checking the key, so guessing keys costs a minute per ``per_minute`` guesses. The
+    table holds at most ``max_clients`` addresses (the least recently failing is forgotten first), so a flood of
+    addresses costs bounded memory. Each address gets at most one warning line per ``window_s``; the line after a
+    quiet spell counts the failures and refusals it summarises. In-process: each gateway instance counts its own.
+    """
+
+    def __init__(self, per_minute: int, *, window_s: float = 60.0, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.window_s = window_s
+        self.max_clients = max_clients
+        self._clock = clock
+        self._clients: OrderedDict[str, _Failures] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def retry_after(self, client: str | None) -> float:
+        """Seconds until ``client`` may try a key again; 0 when it may now."""
+        entry = self._clients.get(client_key(client))
+        if entry is None or entry.count < self.per_minute:
+            return 0.0
+        wait = entry.window_start + self.window_s - self._clock()
+        if wait <= 0:
+            return 0.0
+        entry.refused += 1
+        return wait
+
+    def record_failure(self, client: str | None, reason: str) -> None:
+        """Count a failed authentication from ``client`` and log it (at most one line per address per window)."""
+        now = self._clock()
+        key = client_key(client)
+        entry = self._clients.get(key)
+        if entry is None:
+            entry = self._clients[key] = _Failures(now)
+            self._forget_old(now)
+        else:
+            self._clients.move_to_end(key)
+        if now - entry.window_start >= self.window_s:
+            entry.window_start, entry.count = now, 0
+        entry.count += 1
+        entry.unlogged += 1
+        if entry.logged_at is not None and now - entry.logged_at < self.window_s:
+            return
+        summary = ""
+        if entry.unlogged > 1 or entry.refused:
+            summary = (f" ({entry.unlogged - 1} more failure(s) and {entry.refused} throttled request(s) since the "
+                       "last line for this client)")
+        blocked = " - throttled until the minute ends" if entry.count >= self.per_minute else ""
+        log.warning("API authentication failed: client=%s reason=%s failures_this_minute=%d%s%s",
+                    _loggable(key), _loggable(reason), entry.count, blocked, summary)
+        entry.logged_at, entry.unlogged, entry.refused = now, 0, 0
+
+    def _forget_old(self, now: float) -> None:
+        """Drop entries whose window and log interval are over, oldest first; then enforce the size bound."""
+        while self._clients:
+            oldest = next(iter(self._clients.values()))
+            quiet_since = max(oldest.window_start, oldest.logged_at or oldest.window_start)
+            if now - quiet_since < self.window_s:
+                break
+            self._clients.popitem(last=False)
+        while len(self._clients) > self.max_clients:
+            self._clients.popitem(last=False)
 
 
 class RateLimiterUnavailable(Exception):

@@ -1,4 +1,10 @@
-"""The HTTP handlers of the outbound API and the Twilio status callback.
+"""The HTTP handlers of the outbound API, Twilio's answer webhook for outbound calls and the status callback.
+
+An outbound call is placed with ``url=`` the answer webhook (``/twilio/answer``), not inline TwiML: when the callee
+picks up, Twilio asks that URL, signed, with the CallSid, and the gateway answers ``<Connect><Stream>`` with a stream
+credential bound to that CallSid (:mod:`gateway.security`). The call's own settings (instructions, voice, greeting)
+are saved under the CallSid Twilio returned and taken once by that call's media stream: nothing about them travels
+in a URL, a TwiML parameter or a callback.
 
 Order of checks on ``POST /calls``: API enabled (503) > bearer key (401) > Twilio configured (503) > rate limit
 (429; 503 if the shared limiter is unreachable: fail closed) > content type (415) > body size (413) > JSON (400) > fields (422) > destination (403) > Twilio (502).
@@ -10,29 +16,33 @@ import asyncio
 import dataclasses
 import logging
 import re
-import secrets
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.auth import (
-    ApiKeys, RateLimiter, RateLimiterUnavailable, RedisRateLimiter, TokenBucketRateLimiter, retry_after_header,
+    ApiKeys, AuthFailureLimiter, RateLimiter, RateLimiterUnavailable, RedisRateLimiter, TokenBucketRateLimiter,
+    retry_after_header,
 )
 from gateway.api.errors import ApiError, error_response
 from gateway.api.requests import MAX_BODY_BYTES, parse_call_request
 from gateway.config import Settings
 from gateway.store import CALL_STATUSES, FINAL_STATUSES, CallRecord, CallStore
-from gateway.twilio.rest import TwilioError, TwilioNotConfigured, TwilioRest, voicemail_twiml
-from gateway.twilio.twiml import MEDIA_STREAM_PATH, connect_stream_twiml, stream_url
-from gateway.twilio.webhook import WebhookRejected, bounded_body, read_twilio_webhook
+from gateway.security import OUTBOUND, StreamCredentials
+from gateway.twilio.rest import TwilioError, TwilioNotConfigured, TwilioRest
+from gateway.twilio.twiml import say_and_hang_up_twiml
+from gateway.twilio.webhook import WebhookRejected, bounded_body, read_twilio_webhook, stream_twiml
 
 log = logging.getLogger("gateway.api")
 
 CALL_STATUS_PATH = "/twilio/call-status"
-CALL_PARAMETER = "gateway_call"  # the <Parameter> naming the per-call settings; also ?call= on status callbacks
+ANSWER_PATH = "/twilio/answer"
 MAX_CALLBACK_BODY_BYTES = 64 * 1024
+# Twilio may call back (status, answer) before calls.create's answer has been stored: wait this long for the record.
+RECORD_WAIT_S = 3.0
+AT_CAPACITY_MESSAGE = "Sorry, all our lines are busy right now. Please call again later."
 _CALL_SID = re.compile(r"CA[0-9a-f]{32}")
 _ANSWERED_BY = re.compile(r"[a-z_]{1,32}")
 MACHINE_ANSWERS = frozenset({"machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other"})
@@ -42,21 +52,37 @@ class OutboundApi:
     """What the API handlers share: keys, the rate limiter, the store, the Twilio client, background actions."""
 
     def __init__(self, settings: Settings, store: CallStore, twilio: TwilioRest,
-                 rate_limiter: RateLimiter | None = None) -> None:
+                 rate_limiter: RateLimiter | None = None, *, credentials: StreamCredentials | None = None,
+                 at_capacity: Callable[[], bool] = lambda: False) -> None:
         self.settings = settings
         self.store = store
         self.twilio = twilio
+        self.credentials = credentials  # issues the stream credential of an answered outbound call
+        self.at_capacity = at_capacity  # True when this instance holds MAX_CALLS calls
         self.keys = ApiKeys(settings.api_keys)
+        # Failed authentications per client address: key guessing is throttled before any key is checked.
+        self.auth_failures = AuthFailureLimiter(settings.api_auth_failures_per_minute)
         self._owns_rate_limiter = rate_limiter is None
         self.rate_limiter: RateLimiter = rate_limiter or _default_rate_limiter(settings)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def authenticate(self, request: Request) -> str:
-        """The caller's key id; ApiError 503 when no key is configured (never open by default), 401 otherwise."""
+        """The caller's key id; ApiError 503 when no key is configured (never open by default), 429 when the client
+        address failed too often this minute (API_AUTH_FAILURES_PER_MINUTE; the key is then not even checked),
+        401 otherwise."""
         if not self.keys.enabled:
             raise ApiError(503, "outbound_disabled", "the HTTP API is disabled: set API_KEYS to enable it")
-        identifier = self.keys.authenticate(request.headers.get("authorization"))
+        # The peer, or the client a trusted proxy (TRUSTED_PROXY_IPS) names in X-Forwarded-For.
+        client = request.client.host if request.client else None
+        wait = self.auth_failures.retry_after(client)
+        if wait > 0:
+            raise ApiError(429, "too_many_auth_failures",
+                           "too many failed authentications from this address; retry later",
+                           headers={"Retry-After": retry_after_header(wait)})
+        authorization = request.headers.get("authorization")
+        identifier = self.keys.authenticate(authorization)
         if identifier is None:
+            self.auth_failures.record_failure(client, ApiKeys.failure_reason(authorization))
             raise ApiError(401, "unauthorized", "missing or invalid bearer API key",
                            headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
         return identifier
@@ -117,33 +143,37 @@ async def create_call(request: Request) -> Response:
         if wait > 0:
             raise ApiError(429, "rate_limited", "too many calls for this API key; retry later",
                            headers={"Retry-After": retry_after_header(wait)})
+        if api.at_capacity():
+            raise ApiError(503, "at_capacity", "this gateway is at MAX_CALLS concurrent calls; retry later",
+                           headers={"Retry-After": "10"})
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
-        body = await bounded_body(request, MAX_BODY_BYTES)
+        try:
+            body = await bounded_body(request, MAX_BODY_BYTES)
+        except TimeoutError:
+            raise ApiError(408, "body_timeout", "the body did not arrive in time") from None
         if body is None:
             raise ApiError(413, "body_too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
         call_settings = parse_call_request(
             body,
-            default_from=settings.twilio_from_number,
+            # TWILIO_FROM_NUMBER's caller IDs; Settings made with replace(twilio_from_number=...) have just that one.
+            caller_ids=settings.twilio_caller_ids or tuple(filter(None, (settings.twilio_from_number,))),
             allowed_prefixes=settings.outbound_allowed_prefixes,
             voicemail_configured=bool(settings.voicemail_message),
         )
         call_settings = dataclasses.replace(call_settings, api_key_id=key)
-        settings_key = secrets.token_urlsafe(18)
-        await api.store.save_call_settings(settings_key, call_settings)
         base = settings.public_url
-        twiml = connect_stream_twiml(stream_url(base, MEDIA_STREAM_PATH), {CALL_PARAMETER: settings_key})
-        # The key also rides on the status callback URL, so a callback that beats calls.create's answer (it can)
-        # still finds the call, and a callback for an unknown call needs a secret it cannot guess.
-        status_callback = f"{base}{CALL_STATUS_PATH}?call={settings_key}"
         try:
             placed = await api.twilio.place_call(
-                to=call_settings.to, from_=call_settings.from_, twiml=twiml, status_callback=status_callback,
-                machine_detection=call_settings.machine_detection, time_limit_s=api.settings.outbound_time_limit_s,
+                to=call_settings.to, from_=call_settings.from_, answer_url=f"{base}{ANSWER_PATH}",
+                status_callback=f"{base}{CALL_STATUS_PATH}", machine_detection=call_settings.machine_detection,
+                time_limit_s=api.settings.outbound_time_limit_s,
             )
         except TwilioError as error:
             raise _twilio_failure(error) from None
+        # Settings first, then the record: whoever finds the record (the answer webhook) finds the settings too.
+        await api.store.save_call_settings(placed.call_sid, call_settings)
         record = await api.store.create_call(_record_for(placed.call_sid, call_settings, placed.status, key))
         log.info("outbound call placed: call_sid=%s to=%s key=%s", record.call_sid, call_settings.to, key)
         return JSONResponse({"call_sid": record.call_sid, "status": record.status}, status_code=201,
@@ -208,13 +238,10 @@ async def call_status(request: Request) -> Response:
     if not _CALL_SID.fullmatch(call_sid):
         return Response("CallSid missing or malformed", status_code=400, media_type="text/plain")
 
-    record = await api.store.get_call(call_sid)
+    record = await _wait_for_record(api, call_sid)
     if record is None:
-        call_settings = await api.store.get_call_settings(request.query_params.get("call", ""))
-        if call_settings is None:
-            log.info("status callback for unknown call %s ignored", call_sid)
-            return Response(status_code=204)
-        record = await api.store.create_call(_record_for(call_sid, call_settings, "queued", call_settings.api_key_id))
+        log.info("status callback for unknown call %s ignored", call_sid)
+        return Response(status_code=204)
 
     status = params.get("CallStatus", "")
     changes: dict[str, Any] = {}
@@ -233,6 +260,40 @@ async def call_status(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def _wait_for_record(api: OutboundApi, call_sid: str) -> CallRecord | None:
+    """The call's record, waiting a moment for one Twilio calls back about before calls.create returned to us."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RECORD_WAIT_S
+    while True:
+        record = await api.store.get_call(call_sid)
+        if record is not None or loop.time() >= deadline:
+            return record
+        await asyncio.sleep(0.1)
+
+
+async def answer_outbound(request: Request) -> Response:
+    """Twilio's request for the TwiML of an outbound call the callee just answered: a stream for this CallSid."""
+    api = _api(request)
+    try:
+        params = await read_twilio_webhook(
+            request, api.settings, request.app.state.gateway.validator, MAX_CALLBACK_BODY_BYTES
+        )
+    except WebhookRejected as rejected:
+        return Response(rejected.message, status_code=rejected.status, media_type="text/plain")
+    call_sid = params.get("CallSid", "")
+    if not _CALL_SID.fullmatch(call_sid):
+        return Response("CallSid missing or malformed", status_code=400, media_type="text/plain")
+    record = await _wait_for_record(api, call_sid)
+    if record is None or record.direction != "outbound-api" or api.credentials is None:
+        log.warning("answer webhook for a call this gateway did not place: %s; hanging up", call_sid)
+        return Response(say_and_hang_up_twiml(""), media_type="application/xml")
+    if api.at_capacity():
+        log.warning("at MAX_CALLS: the answered outbound call %s is told the lines are busy", call_sid)
+        return Response(say_and_hang_up_twiml(AT_CAPACITY_MESSAGE), media_type="application/xml")
+    twiml = stream_twiml(request, api.settings, api.credentials, call_sid, OUTBOUND, {})
+    return Response(twiml, media_type="application/xml")
+
+
 def _machine_action(record: CallRecord, answered_by: str, settings: Settings) -> str | None:
     """"voicemail", "hangup" or None, for a call whose AMD result just arrived."""
     if record.machine_detection == "none" or record.status in FINAL_STATUSES:
@@ -249,7 +310,7 @@ def _machine_action(record: CallRecord, answered_by: str, settings: Settings) ->
 async def _act_on_machine(api: OutboundApi, call_sid: str, action: str) -> None:
     try:
         if action == "voicemail":
-            await api.twilio.update_twiml(call_sid, voicemail_twiml(api.settings.voicemail_message))
+            await api.twilio.update_twiml(call_sid, say_and_hang_up_twiml(api.settings.voicemail_message))
             log.info("machine answered %s: leaving the voicemail message", call_sid)
         else:
             status = await api.twilio.hangup(call_sid)
@@ -270,5 +331,6 @@ routes = [
     Route("/calls/{sid}", get_call, methods=["GET"]),
     Route("/calls/{sid}/hangup", hangup_call, methods=["POST"]),
     Route(CALL_STATUS_PATH, call_status, methods=["POST"]),
+    Route(ANSWER_PATH, answer_outbound, methods=["POST"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),
 ]

@@ -4,6 +4,7 @@ Scenarios (TOML: the caller's script and what must hold) are in :mod:`.scenario`
 :mod:`.expectations`, recorded calls in :mod:`.recording`, the pytest helper in :mod:`.testing`.
 """
 
+from .dial import DialError, TwilioAccount
 from .expectations import ExpectationResult, evaluate
 from .phone import CallerTurn, Phone, run_call
 from .report import CallReport, ClearRecord, MarkRecord, PlaybackRun, TurnReport, Violation
@@ -14,6 +15,7 @@ __all__ = [
     "CallReport",
     "CallerTurn",
     "ClearRecord",
+    "DialError",
     "ExpectationResult",
     "MarkRecord",
     "Phone",
@@ -21,6 +23,7 @@ __all__ = [
     "Scenario",
     "ScenarioError",
     "TurnReport",
+    "TwilioAccount",
     "Violation",
     "evaluate",
     "load_sample",

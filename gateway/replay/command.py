@@ -22,6 +22,7 @@ from gateway.config import Settings
 
 from gateway.audio import AUDIO_FORMATS
 
+from .dial import DialError, TwilioAccount
 from .expectations import ExpectationResult, all_passed, evaluate
 from .report import CallReport
 from .scenario import Scenario, ScenarioError, bundled_names, load_scenario, run_scenario
@@ -43,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ramp", type=float, default=0.0, help="load mode: start the callers over this many s")
     parser.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
                         help="an extra header on the WebSocket handshake (repeatable)")
+    parser.add_argument("--auth-token", default=None, metavar="TOKEN",
+                        help="sign like Twilio with this auth token: ring the gateway's /incoming-call webhook first, "
+                             "then open the stream its TwiML gives (default: TWILIO_AUTH_TOKEN for the in-process "
+                             "gateway; none for --url)")
+    parser.add_argument("--public-url", default=None, metavar="URL",
+                        help="with --auth-token: the https:// base the gateway is configured with (its PUBLIC_URL); "
+                             "default: the address called")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
     parser.add_argument("--strict", action="store_true",
                         help="a skipped expectation (e.g. agent_says with no transcripts at --url) fails the run")
@@ -96,10 +104,15 @@ def _file_stem(name: str) -> str:
 @contextlib.asynccontextmanager
 async def _target(args: argparse.Namespace, settings: Settings | None) -> AsyncIterator[Target]:
     if args.url:
-        yield Target(args.url)
+        target = Target(args.url)
+        if args.auth_token:
+            target.twilio = TwilioAccount(args.auth_token, args.public_url or "")
+        yield target
     else:
-        async with local_gateway(args.audio_format, settings) as target:
-            yield target
+        async with local_gateway(args.audio_format, settings) as local:
+            if args.auth_token:
+                local.twilio = TwilioAccount(args.auth_token, args.public_url or "")
+            yield local
 
 
 async def _run_all(scenarios: list[Scenario], args: argparse.Namespace, settings: Settings | None,
@@ -149,8 +162,8 @@ async def _one(scenario: Scenario, target: Target, args: argparse.Namespace, bas
     from websockets.exceptions import WebSocketException
 
     try:
-        report = await run_scenario(scenario, target.ws_url, extra_headers=headers)
-    except (OSError, asyncio.TimeoutError, WebSocketException) as error:  # no gateway there: a failed run
+        report = await run_scenario(scenario, target.ws_url, extra_headers=headers, twilio=target.twilio)
+    except (OSError, asyncio.TimeoutError, WebSocketException, DialError) as error:  # no call: a failed run
         message = f"could not call {target.ws_url}: {type(error).__name__}: {error}"
         if not args.json:
             print(f"\nscenario {scenario.name}: ERROR: {message}")
@@ -226,7 +239,8 @@ async def _load(scenario: Scenario, target: Target, args: argparse.Namespace, ba
 
     async def run_one(index: int) -> CallReport:
         nonlocal evaluated
-        report = await run_scenario(scenario, target.ws_url, extra_headers=headers, fresh_sids=True)
+        report = await run_scenario(scenario, target.ws_url, extra_headers=headers, fresh_sids=True,
+                                    twilio=target.twilio)
         evaluated += 1
         for result in evaluate(scenario, report, target.transcripts(report.call_sid)):
             if result.passed is False:

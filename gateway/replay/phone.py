@@ -35,6 +35,7 @@ import numpy as np
 
 from gateway.audio import MULAW_BYTES_PER_MS, MULAW_SILENCE, mulaw_decode, mulaw_encode, to_int16
 
+from .dial import TwilioAccount, answer_inbound
 from .report import (
     BAD_FIELD,
     BEFORE_START,
@@ -742,8 +743,12 @@ async def run_call(
     latency_ms: float = 0.0,
     call_sid: str | None = None,
     account_sid: str | None = None,
+    twilio: TwilioAccount | None = None,
 ) -> CallReport:
     """Call a gateway's Media Stream URL (``ws://host:port/media-stream``) as Twilio would; play ``turns``.
+
+    With ``twilio`` (the auth token a gateway checks signatures with), the call starts as Twilio's does: the signed
+    ``/incoming-call`` webhook first, then the stream at the URL its TwiML gives, signed (:mod:`.dial`).
 
     The call ends when the phone hangs up (a ``hangup`` turn; else ``hangup_after_ms`` of silence after
     the last turn, and after the agent's answer to it when ``hangup_wait_for_agent``), at ``timeout_s``,
@@ -763,7 +768,8 @@ async def run_call(
         call_sid=call_sid,
         account_sid=account_sid,
     )
-    return await call_with(phone, url, extra_headers=extra_headers, open_timeout_s=open_timeout_s, latency_ms=latency_ms)
+    return await call_with(phone, url, extra_headers=extra_headers, open_timeout_s=open_timeout_s, latency_ms=latency_ms,
+                           twilio=twilio)
 
 
 async def call_with(
@@ -773,9 +779,19 @@ async def call_with(
     extra_headers: Mapping[str, str] | None = None,
     open_timeout_s: float = 10.0,
     latency_ms: float = 0.0,
+    twilio: TwilioAccount | None = None,
 ) -> CallReport:
-    """Connect to ``url`` as Twilio does, run ``phone`` (a :class:`Phone` or a subclass) to the end, report."""
+    """Connect to ``url`` as Twilio does, run ``phone`` (a :class:`Phone` or a subclass) to the end, report.
+    With ``twilio``, ring the gateway's webhook first and open the stream it invites to (:mod:`.dial`)."""
     from websockets.asyncio.client import connect
+
+    if twilio is not None:
+        if twilio.account_sid:
+            phone.account_sid = twilio.account_sid
+        invite = await answer_inbound(url, twilio, call_sid=phone.call_sid, account_sid=phone.account_sid)
+        url = invite.connect_url
+        extra_headers = {**dict(extra_headers or {}), **invite.headers}
+        phone.custom_parameters = {**invite.parameters, **phone.custom_parameters}
 
     async with connect(
         url,

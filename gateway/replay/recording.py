@@ -8,7 +8,9 @@ The format (the gateway writes one file per call when ``RECORD_CALLS_DIR`` is se
     {"t_ms": 31.2, "dir": "out", "text": "{\\"event\\":\\"media\\",...}"}
 
 ``t_ms``: milliseconds since the gateway accepted the socket; ``in``: a text frame from Twilio, ``out``:
-one to Twilio, each exactly as it crossed the wire.
+one to Twilio, each exactly as it crossed the wire. A recording that reached the gateway's size cap ends
+with ``{"type": "truncated", "t_ms": ..., "reason": "size cap", "max_bytes": N}``: it loads all the same,
+with :attr:`Recording.truncated` set (the phone hangs up after the last recorded frame).
 
 :class:`RecordedPhone` replays the ``in`` frames of kinds connected/start/media/dtmf/stop at their
 recorded times (t = 0: the phone's socket is open), byte for byte. Recorded mark echoes are dropped:
@@ -68,6 +70,7 @@ class Recording:
     frames: list[RecordedFrame] = field(default_factory=list)  # in time order
     out_frames: int = 0  # frames the recorded gateway sent (not replayed)
     dropped_marks: int = 0  # recorded mark echoes (not replayed)
+    truncated: bool = False  # the gateway stopped recording at its size cap (a "truncated" line)
 
     @property
     def start(self) -> dict[str, Any]:
@@ -107,6 +110,9 @@ def load_recording(path: str | PathLike[str]) -> Recording:
     recording = Recording(path, str(header.get("call_sid", "")), str(header.get("stream_sid", "")),
                           str(header.get("started_at", "")))
     for number, record in records[1:]:
+        if record.get("type") == "truncated":
+            recording.truncated = True
+            continue
         t_ms, direction, text = record.get("t_ms"), record.get("dir"), record.get("text")
         if not isinstance(t_ms, int | float) or isinstance(t_ms, bool) or t_ms < 0:
             raise RecordingError(f"{path}:{number}: 't_ms' must be a number >= 0")

@@ -71,6 +71,7 @@ from typing import Any
 from gateway.audio import AUDIO_FORMATS
 from gateway.wavio import WavError, load_sample, sample_names, to_mulaw_8k
 
+from .dial import TwilioAccount
 from .phone import CallerTurn, call_with, run_call
 from .recording import RecordedPhone, Recording, RecordingError, load_recording
 from .report import CallReport
@@ -383,7 +384,7 @@ def _expectations(t: _Table) -> Expectations:
 
 
 async def run_scenario(scenario: Scenario, url: str, *, extra_headers: Mapping[str, str] | None = None,
-                       fresh_sids: bool = False) -> CallReport:
+                       fresh_sids: bool = False, twilio: TwilioAccount | None = None) -> CallReport:
     """Play ``scenario`` against the Media Stream at ``url`` (``ws://host:port/media-stream``); the report.
 
     ``fresh_sids``: a recording is replayed with new streamSid/callSid (for many copies at once).
@@ -392,7 +393,7 @@ async def run_scenario(scenario: Scenario, url: str, *, extra_headers: Mapping[s
     if scenario.recording is not None:
         phone = RecordedPhone(scenario.recording, fresh_sids=fresh_sids, hangup_after_ms=call.hangup_after_ms,
                               timeout_ms=call.timeout_s * 1000.0)
-        return await call_with(phone, url, extra_headers=extra_headers)
+        return await call_with(phone, url, extra_headers=extra_headers, twilio=twilio)
     return await run_call(
         url,
         scenario.turns,
@@ -404,4 +405,5 @@ async def run_scenario(scenario: Scenario, url: str, *, extra_headers: Mapping[s
         drop_frames=call.drop_frames,
         seed=call.seed,
         noise_snr_db=call.noise_snr_db,
+        twilio=twilio,
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.config import Settings
+from gateway.replay.dial import TwilioAccount
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Target:
     in_process: bool = False
     audio_format: str | None = None  # the in-process gateway's mode
     app: Any = None  # the in-process gateway's Starlette app
+    twilio: TwilioAccount | None = None  # sign like Twilio (webhook first, then the signed stream)
     _transcripts: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def transcripts(self, call_sid: str) -> list[str] | None:
@@ -50,6 +52,9 @@ async def local_gateway(
     base = settings if settings is not None else Settings.from_env()
     base = replace(base, api_key="", audio_format=audio_format or base.audio_format)
     target = Target("", in_process=True, audio_format=base.audio_format)
+    if base.twilio_auth_token:
+        # The gateway checks signatures: call it the way Twilio does, with the same token.
+        target.twilio = TwilioAccount(base.twilio_auth_token, base.public_url, base.twilio_account_sid)
 
     def observe(call: Call, event: CallEvent) -> None:
         if isinstance(event, TranscriptReceived) and event.role == "assistant":

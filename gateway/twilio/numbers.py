@@ -22,14 +22,34 @@ from typing import Iterable
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _PREFIX = re.compile(r"\+[0-9]{0,14}")
 
+# NANP 5XX area codes assigned to personal communications services (PCS): non-geographic, caller-paid, and used
+# for "follow-me" forwarding that can end anywhere (historically abroad, at adult lines). Source: NANPA's 5XX-NXX
+# resource page and the NANP area-code lists. None of these is a geographic area code: the geographic 5XX codes
+# between them (e.g. 531, 534, 548 Ontario, 551, 557, 564, 579 Quebec) are deliberately absent and stay callable.
+NANP_PCS_AREA_CODES: tuple[str, ...] = (
+    "500", "521", "522", "523", "524", "525", "526", "527", "528", "529", "532", "533", "535", "538",
+    "542", "543", "544", "545", "546", "547", "549", "550", "552", "553", "554", "556", "558", "566", "569",
+    "577", "578", "588", "589",
+)
+
 # Premium-rate, revenue-share and high-cost network prefixes: ALWAYS refused.
 # Sources: national numbering plans (Ofcom, ARCEP, BNetzA, NANPA, ...) and the ITU-T E.164 list of
 # international networks. A prefix here blocks every number that starts with it.
 PREMIUM_RATE_PREFIXES: dict[str, str] = {
-    # North America (NANP)
+    # North America (NANP): premium and non-geographic area codes. None of them is a place a phone agent calls;
+    # all of them can be billed far above a domestic call.
     "+1900": "US/Canada 900 premium rate",
-    "+1500": "NANP 500 personal communications (non-geographic)",
+    "+1456": "NANP 456 inbound international carrier services (non-geographic)",
+    "+1600": "Canada 600 non-geographic services (caller-pays mobile, data)",
+    "+1622": "Canada 622 non-geographic services (expansion of 600)",
     "+1700": "NANP 700 carrier services (non-geographic)",
+    "+1710": "US 710 federal government (non-geographic)",
+    # 880-882 let callers outside a toll-free number's area reach it at their own, international, expense. The other
+    # 88X codes (883-887, 889) are reserved for future ordinary toll-free service and 888 is one: not listed.
+    "+1880": "NANP 880 paid toll-free (caller pays international rates)",
+    "+1881": "NANP 881 paid toll-free (caller pays international rates)",
+    "+1882": "NANP 882 paid toll-free (caller pays international rates)",
+    **{f"+1{code}": f"NANP {code} personal communications service (non-geographic)" for code in NANP_PCS_AREA_CODES},
     # United Kingdom
     "+449": "UK 09 premium rate",
     "+44871": "UK 0871 revenue share",
@@ -105,8 +125,12 @@ def is_sip_uri(destination: str) -> bool:
 
 
 def is_prefix(prefix: str) -> bool:
-    """An allow-list entry: ``+`` followed by up to 14 digits (``+`` alone allows every country)."""
-    return _PREFIX.fullmatch(prefix) is not None
+    """An allow-list entry: ``+`` followed by up to 14 digits.
+
+    ``+`` alone matches too (it would allow every country); the configuration refuses it separately, with a message
+    that says why.
+    """
+    return isinstance(prefix, str) and _PREFIX.fullmatch(prefix) is not None
 
 
 # NANP pay-per-call lives in an exchange, not an area code: +1 NPA 976 XXXX in any area.
@@ -118,7 +142,9 @@ def premium_rate_match(number: str) -> str | None:
     for prefix in PREMIUM_RATE_PREFIXES:
         if number.startswith(prefix):
             return prefix
-    if number.startswith("+1") and len(number) == 12 and number[5:8] == NANP_PAY_PER_CALL_EXCHANGE:
+    # Matched on the digits alone, not on the length of a whole NANP number, so that a refused number stays refused
+    # whatever is appended to it (the guard must never depend on the caller sending exactly 10 digits).
+    if number.startswith("+1") and number[5:8] == NANP_PAY_PER_CALL_EXCHANGE:
         return "+1NPA976"
     return None
 
@@ -126,7 +152,9 @@ def premium_rate_match(number: str) -> str | None:
 def destination_refusal(number: str, allowed_prefixes: Iterable[str]) -> tuple[str, str] | None:
     """Why the gateway must not dial ``number`` as ``(error_code, message)``, or None when it may.
 
-    ``number`` must already be valid E.164.
+    ``number`` should already be valid E.164 (any text is safe: the answer is then meaningless, never an exception).
+    Refusals only grow with the number: a refused number stays refused whatever digits are appended (as long as the
+    allowed prefixes are no longer than the number).
     """
     premium = premium_rate_match(number)
     if premium is not None:

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit, urlunsplit
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
-from twilio.twiml.voice_response import VoiceResponse
 
 from gateway.config import DEFAULT_TWILIO_API_BASE_URL, Settings
 
@@ -80,14 +79,6 @@ def _twilio_error(error: Exception) -> TwilioError:
     return TwilioError(f"Twilio REST API unreachable: {type(error).__name__}: {error}")
 
 
-def voicemail_twiml(message: str) -> str:
-    """What a machine hears after the beep: the message, then the call ends."""
-    response = VoiceResponse()
-    response.say(message)
-    response.hangup()
-    return str(response)
-
-
 class TwilioRest:
     """Async facade over the twilio client. Construct with :meth:`from_settings`; check :attr:`configured`."""
 
@@ -125,19 +116,19 @@ class TwilioRest:
             log.warning("Twilio %s failed: status=%s code=%s %s", what, mapped.status, mapped.code, mapped.message)
             raise mapped from error
 
-    async def place_call(self, *, to: str, from_: str, twiml: str, status_callback: str,
+    async def place_call(self, *, to: str, from_: str, answer_url: str, status_callback: str,
                          machine_detection: str = "none", time_limit_s: int | None = None) -> PlacedCall:
-        """``calls.create`` with inline TwiML; status callbacks for every progress event.
+        """``calls.create`` with ``url=answer_url`` (Twilio fetches the call's TwiML there, signed, once the callee
+        answers); status callbacks for every progress event.
 
         With answering-machine detection, it runs asynchronously (the call connects to the TwiML at once, so a
         human does not wait) and its result goes to ``status_callback`` too, as ``AnsweredBy``.
         """
-        if len(twiml) > MAX_TWIML_CHARS:
-            raise TwilioError(f"TwiML is {len(twiml)} characters, Twilio accepts at most {MAX_TWIML_CHARS}")
         kwargs: dict[str, Any] = dict(
             to=to,
             from_=from_,
-            twiml=twiml,
+            url=answer_url,
+            method="POST",
             status_callback=status_callback,
             status_callback_event=list(STATUS_CALLBACK_EVENTS),
             status_callback_method="POST",

@@ -13,17 +13,9 @@ MEDIA_STREAM_PATH = "/media-stream"
 _MAX_PARAMETER_CHARS = 500  # Twilio's limit for a <Parameter> name and value
 
 
-def public_base_url(configured: str, headers: Mapping[str, str], request_scheme: str, request_host: str) -> str:
-    """``https://host`` the world reaches us at: PUBLIC_URL if set, else X-Forwarded-*, else the request."""
-    if configured:
-        return configured.rstrip("/")
-    proto = (headers.get("x-forwarded-proto") or request_scheme or "https").split(",")[0].strip()
-    host = (headers.get("x-forwarded-host") or request_host).split(",")[0].strip()
-    return f"{proto}://{host}"
-
-
 def stream_url(base_url: str, path: str = MEDIA_STREAM_PATH) -> str:
-    """The WebSocket URL for ``<Stream>``: wss for https, ws for plain http (local use), no query string."""
+    """The WebSocket URL for ``<Stream>``: wss for https, ws for plain http (local use), no query string
+    (per-call data goes in the path: ``/media-stream/<credential>``, or in ``<Parameter>``s)."""
     parts = urlsplit(base_url)
     scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{path}"
@@ -37,6 +29,15 @@ def connect_stream_twiml(url: str, parameters: Mapping[str, str], status_callbac
     for name, value in parameters.items():
         if value:
             stream.parameter(name=name[:_MAX_PARAMETER_CHARS], value=str(value)[:_MAX_PARAMETER_CHARS])
+    return str(response)
+
+
+def say_and_hang_up_twiml(message: str) -> str:
+    """Say ``message``, then end the call (every line busy; a voicemail left after the beep)."""
+    response = VoiceResponse()
+    if message:
+        response.say(message)
+    response.hangup()
     return str(response)
 
 

@@ -1,10 +1,13 @@
-"""Reading a Twilio webhook at the edge: a bounded form body, the public URL, the signature check.
+"""Reading a Twilio webhook at the edge: a bounded form body, read in bounded time, and the signature check.
 
-Used by every route Twilio calls (``/incoming-call``, ``/twilio/call-status``), so the rules live once.
+Used by every route Twilio calls (``/incoming-call``, ``/twilio/answer``, ``/twilio/call-status``), so the rules
+live once. The URL a signature is checked against comes from :func:`gateway.security.signature_base`
+(``PUBLIC_URL``, or a trusted proxy's ``X-Forwarded-*``), never from the client's own ``Host``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from urllib.parse import parse_qsl
 
@@ -12,9 +15,14 @@ from starlette.requests import HTTPConnection, Request
 from twilio.request_validator import RequestValidator
 
 from gateway.config import Settings
-from gateway.twilio.twiml import public_base_url
+from gateway.security import PEER_SCOPE_KEY, StreamCredentials, signature_base, twiml_base
+from gateway.twilio.twiml import MEDIA_STREAM_PATH, connect_stream_twiml, stream_url
 
 log = logging.getLogger("gateway.twilio.webhook")
+
+MAX_FORM_FIELDS = 100  # Twilio's voice webhooks carry a few dozen
+MAX_FIELD_CHARS = 4096
+BODY_TIMEOUT_S = 10.0  # a client that trickles its body is not Twilio
 
 
 class WebhookRejected(Exception):
@@ -26,37 +34,80 @@ class WebhookRejected(Exception):
         self.message = message
 
 
+def _client_host(connection: HTTPConnection) -> str | None:
+    # The socket's own peer (kept before X-Forwarded-For rewrites the client): only it says "a trusted proxy".
+    peer = connection.scope.get(PEER_SCOPE_KEY)
+    if peer is not None:
+        return peer
+    return connection.client.host if connection.client else None
+
+
+def signed_base(connection: HTTPConnection, settings: Settings) -> str | None:
+    """``https://host`` Twilio's signatures are made over, or None when nothing trustworthy says it."""
+    return signature_base(settings, connection.headers, _client_host(connection))
+
+
 def public_base(connection: HTTPConnection, settings: Settings) -> str:
-    """``https://host`` Twilio reaches us at (PUBLIC_URL, else X-Forwarded-*, else the request)."""
-    return public_base_url(settings.public_url, connection.headers, connection.url.scheme, connection.url.netloc)
+    """``https://host`` to put in TwiML (the signed base, else the request's own host, for development)."""
+    return twiml_base(settings, connection.headers, _client_host(connection), connection.url.scheme,
+                      connection.url.netloc)
 
 
-async def bounded_body(request: Request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is known to exceed ``limit`` (never buffered past it)."""
+def stream_twiml(connection: HTTPConnection, settings: Settings, credentials: StreamCredentials, call_sid: str,
+                 kind: str, parameters: dict[str, str]) -> str:
+    """``<Connect><Stream url="wss://host/media-stream/<credential>">``: a stream for this call only, once."""
+    path = f"{MEDIA_STREAM_PATH}/{credentials.issue(call_sid, kind)}"
+    return connect_stream_twiml(stream_url(public_base(connection, settings), path), parameters)
+
+
+async def bounded_body(request: Request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` (never buffered past it).
+    Raises TimeoutError when it does not arrive within ``timeout_s``."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
+    async with asyncio.timeout(timeout_s):
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return None
     return bytes(body)
+
+
+def parse_webhook_form(body: bytes) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body as Twilio posts it; WebhookRejected(400) past the bounds.
+    A repeated name keeps its last value (Twilio never repeats one)."""
+    try:
+        pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise WebhookRejected(400, f"more than {MAX_FORM_FIELDS} form fields") from None
+    if any(len(name) > MAX_FIELD_CHARS or len(value) > MAX_FIELD_CHARS for name, value in pairs):
+        raise WebhookRejected(400, f"a form field is longer than {MAX_FIELD_CHARS} characters")
+    return dict(pairs)
 
 
 async def read_twilio_webhook(
     request: Request, settings: Settings, validator: RequestValidator | None, limit: int
 ) -> dict[str, str]:
     """The webhook's parameters (form body for POST, query for GET), signature-checked when a validator is set."""
-    params: dict[str, str] = dict(request.query_params)
+    params: dict[str, str] = parse_webhook_form(request.url.query.encode("utf-8"))
     if request.method == "POST":
-        body = await bounded_body(request, limit)
+        try:
+            body = await bounded_body(request, limit)
+        except TimeoutError:
+            raise WebhookRejected(408, "request body not received in time") from None
         if body is None:
             raise WebhookRejected(413, "request body too large")
         # Twilio posts application/x-www-form-urlencoded; parse it here rather than pull in a multipart parser.
-        params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        params = parse_webhook_form(body)
     if validator is not None:
-        url = public_base(request, settings) + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        base = signed_base(request, settings)
+        if base is None:
+            log.warning("rejected %s: a signature cannot be checked without PUBLIC_URL (or a trusted proxy)",
+                        request.url.path)
+            raise WebhookRejected(403, "the gateway cannot check Twilio signatures: PUBLIC_URL is not set")
+        url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         signed_params = params if request.method == "POST" else {}
         if not validator.validate(url, signed_params, request.headers.get("x-twilio-signature", "")):
             log.warning("rejected %s with a bad X-Twilio-Signature", request.url.path)

@@ -1,0 +1,18 @@
+"""The interface of the shared state and its one error."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class StateUnavailable(Exception):
+    """The shared state did not answer; the caller must refuse, never let the request through."""
+
+
+class SharedState(Protocol):
+    async def claim_once(self, key: str, ttl_s: float) -> bool:
+        """True for the first claim of ``key`` within ``ttl_s``; False for every later one.
+        Raises :class:`StateUnavailable` when it cannot tell."""
+        ...
+
+    async def aclose(self) -> None: ...
