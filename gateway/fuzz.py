@@ -681,7 +681,7 @@ class FuzzResult:
             phase = self.phase(name)
             got = phase.ok if phase else 0
             bad = [c for c in phase.calls if not c.ok] if phase else []
-            detail = f"{got} of {cfg.calls} answered, no violations"
+            detail = f"{got} of {cfg.calls} OK (answered, no protocol violation, hung up)" if phase else "not run"
             if bad:
                 detail += "; failed: " + ", ".join(
                     f"ended_by={c.ended_by} answered={c.answered} violations={c.violations} {c.error}".strip() for c in bad[:3])
@@ -743,7 +743,7 @@ class FuzzResult:
             f"  {'kind':<14}{'frames':>8}",
         ]
         lines += [f"  {kind:<14}{n:>8}" for kind, n in storm.frames.most_common()]
-        paths = ", ".join(f"{k}: {v}" for k, v in storm.paths.most_common())
+        paths = ", ".join(f"{k}: {v}" for k, v in storm.paths.most_common()) or "none"
         lines += [
             "",
             f"connections opened: {storm.connections} ({paths}; with a random X-Twilio-Signature: {storm.with_signature}); "

@@ -20,10 +20,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from gateway.config import Settings
 
 MAX_HEADER_BYTES = 16 * 1024  # Twilio's webhooks and upgrades carry a few hundred bytes of headers
+# What a connection may send before its first request head is parsed: a head, plus the start of a body that came
+# in the same packets (the routes accept at most 64 KiB of body).
+MAX_BYTES_BEFORE_REQUEST = MAX_HEADER_BYTES + 64 * 1024
 
 
 class HeaderDeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for the first request's headers (slowloris).
+    """uvicorn's h11 protocol with a deadline for the first request's headers (slowloris) and a hard cap on the
+    bytes a connection may send before its first request is complete.
 
     Once a request is under way (or the connection became a WebSocket), the deadline no longer applies: request
     bodies are bounded by the routes themselves, idle keep-alive connections by uvicorn's ``timeout_keep_alive``."""
@@ -32,7 +36,21 @@ class HeaderDeadlineH11Protocol(H11Protocol):
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._head_bytes = 0
         self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        # h11's own limit only applies while a head is incomplete; a huge head that arrives at once would pass.
+        if self.cycle is None:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_BYTES_BEFORE_REQUEST:
+                self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n"
+                                     b"content-length: 0\r\n\r\n")
+                self.transport.close()
+                return
+        else:
+            self._head_bytes = 0
+        super().data_received(data)
 
     def _headers_too_slow(self) -> None:
         transport = self.transport

@@ -9,6 +9,7 @@ part in the other direction: post signed status callbacks to the URL a call was 
         settings: twilio_account_sid=fake.account_sid, twilio_auth_token=fake.auth_token,
                   twilio_api_base_url=fake.base_url
         ...
+        await fake.answer(gateway_http_url, call_sid)  # the callee picks up: Twilio asks the call's Url for TwiML
         call = fake.calls[call_sid]; call.stream_url, call.stream_parameters  # what to "dial"
         await fake.send_status(gateway_http_url, call_sid, CallStatus="ringing")
 """
@@ -67,18 +68,27 @@ class FakeCall:
         return (self.form.get("StatusCallback") or [""])[0]
 
     @property
+    def url(self) -> str:
+        """The answer URL Twilio fetches the call's TwiML from (``calls.create(url=...)``)."""
+        return (self.form.get("Url") or [""])[0]
+
+    @property
     def stream_url(self) -> str:
         return self._stream().get("url", "")
 
     @property
     def stream_parameters(self) -> dict[str, str]:
         """The ``<Parameter>``s of the ``<Stream>``: what Twilio puts in ``start.customParameters``."""
+        if not self.twiml:
+            return {}
         stream = ElementTree.fromstring(self.twiml).find("./Connect/Stream")
         if stream is None:
             return {}
         return {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
 
     def _stream(self) -> dict[str, str]:
+        if not self.twiml:
+            return {}
         stream = ElementTree.fromstring(self.twiml).find("./Connect/Stream")
         return dict(stream.attrib) if stream is not None else {}
 
@@ -95,6 +105,9 @@ class FakeTwilio:
         self.requests: list[FakeRequest] = []
         self.calls: dict[str, FakeCall] = {}
         self._failures: list[tuple[int, int, str]] = []
+        # Set to a gateway's URL to post the "initiated" status callback before answering calls.create (Twilio can).
+        self.early_callback_to = ""
+        self._background: set[asyncio.Task[Any]] = set()
         self.app = Starlette(routes=[
             Route("/2010-04-01/Accounts/{account}/Calls.json", self._create, methods=["POST"]),
             Route("/2010-04-01/Accounts/{account}/Calls/{sid}.json", self._update, methods=["POST"]),
@@ -120,11 +133,28 @@ class FakeTwilio:
         """Post a status callback as Twilio would: to the call's StatusCallback URL (its path and query, on
         ``gateway_url``), signed over that public URL with the auth token."""
         call = self.calls[call_sid]
-        public = call.status_callback
-        parts = urlsplit(public)
         form = {"AccountSid": self.account_sid, "CallSid": call_sid, "To": call.to, "From": call.from_,
                 "Direction": "outbound-api", "ApiVersion": "2010-04-01",
                 "SequenceNumber": str(next(call._sequence)), **params}
+        return await self._post_signed(gateway_url, call.status_callback, form, signature)
+
+    async def answer(self, gateway_url: str, call_sid: str, *, signature: str | None = None,
+                     **params: str) -> httpx.Response:
+        """The callee answers: ask the call's Url for its TwiML, as Twilio does (signed POST), and keep the TwiML
+        (``call.twiml``, ``call.stream_url``, ``call.stream_parameters``)."""
+        call = self.calls[call_sid]
+        form = {"AccountSid": self.account_sid, "CallSid": call_sid, "To": call.to, "From": call.from_,
+                "Direction": "outbound-api", "ApiVersion": "2010-04-01", "CallStatus": "in-progress", **params}
+        response = await self._post_signed(gateway_url, call.url, form, signature)
+        if response.status_code == 200:
+            call.twiml = response.text
+            call.status = "in-progress"
+        return response
+
+    async def _post_signed(self, gateway_url: str, public: str, form: dict[str, str],
+                           signature: str | None) -> httpx.Response:
+        """POST ``form`` to ``public``'s path and query on ``gateway_url``, signed over ``public``."""
+        parts = urlsplit(public)
         if signature is None:
             signature = RequestValidator(self.auth_token).compute_signature(public, form)
         target = gateway_url + parts.path + (f"?{parts.query}" if parts.query else "")
@@ -180,6 +210,10 @@ class FakeTwilio:
         call = FakeCall(sid="CA" + secrets.token_hex(16), to=form["To"][0], from_=form["From"][0],
                         twiml=(form.get("Twiml") or [""])[0], status="queued", form=form)
         self.calls[call.sid] = call
+        if self.early_callback_to:
+            task = asyncio.create_task(self.send_status(self.early_callback_to, call.sid, CallStatus="initiated"))
+            self._background.add(task)
+            await asyncio.sleep(0.5)  # the callback is in flight before the API client has its answer
         return JSONResponse(self._call_json(call), status_code=201)
 
     async def _update(self, request: Request) -> JSONResponse:

@@ -469,3 +469,90 @@ def test_keys_pressed_while_the_model_reconnects_reach_it_once_it_is_back():
     texts = [m["item"]["content"][0]["text"] for m in sends(out, Peer.MODEL) if m["type"] == "conversation.item.create"]
     assert texts == ["The caller pressed 7 on the phone keypad."]
     assert sends(out, Peer.MODEL)[-1] == {"type": "response.create"}  # and the answer to it is asked for
+
+
+# ---- bounds: real-time caller audio, time limit, idle media, tools per call, the credential's CallSid -----------
+
+from gateway.call import CallTimeLimitReached  # noqa: E402
+
+
+def appended_ms(outputs) -> int:
+    return sum(len(base64.b64decode(m["audio"])) // PCM_MS for m in sends(outputs, Peer.MODEL)
+               if m["type"] == "input_audio_buffer.append")
+
+
+def test_caller_audio_faster_than_real_time_is_dropped_beyond_a_small_burst():
+    call = make_call(caller_audio_burst_ms=200)
+    accepted = dropped = 0
+    # A flood: 100 frames (2 s of audio) within 100 ms of wall-clock time.
+    for n in range(100):
+        out = call.twilio_event(tw.Media(SID, n * 20, b"\xff" * 160), n)
+        accepted += appended_ms(out)
+        dropped += len([d for d in of_type(out, Dropped) if d.reason == "caller audio faster than real time"])
+    assert accepted <= 100 + 200 + 20 and dropped >= 80  # real time plus the burst, no more
+    # Real time goes on: a frame a little later is taken again.
+    assert appended_ms(call.twilio_event(tw.Media(SID, 2000, b"\xff" * 160), 1000)) == 20
+
+
+def test_real_time_audio_with_jitter_is_never_dropped():
+    call = make_call(caller_audio_burst_ms=1000)
+    # A 600 ms network stall, then the frames it held arrive together: all of them are taken.
+    for n in range(200):
+        arrival = n * 20 if not 50 <= n < 80 else 80 * 20
+        out = call.twilio_event(tw.Media(SID, n * 20, b"\xff" * 160), arrival)
+        assert not of_type(out, Dropped), n
+
+
+def test_gap_fill_never_exceeds_the_wall_clock_time_that_passed():
+    call = make_call()
+    call.twilio_event(tw.Media(SID, 0, b"\x00" * 160), 0)
+    # A forged jump of 2 s, 20 ms of wall-clock later: at most 20 ms of silence, not 2 s.
+    out = call.twilio_event(tw.Media(SID, 2000, b"\x00" * 160), 20)
+    assert appended_ms(out) <= 20 + 20
+
+
+def test_a_start_for_another_call_than_the_credentials_is_refused():
+    call = Call(CallConfig(session_update={}), expected_call_sid="CA" + "1" * 32)
+    out = call.twilio_event(tw.Start(SID, "CA" + "2" * 32, "", "audio/x-mulaw", 8000, {}), 0)
+    assert of_type(out, EndCall) == [EndCall("stream credential is for another call", refused=True)]
+    assert not of_type(out, CallStarted)
+    ok = Call(CallConfig(session_update={}), expected_call_sid="CA" + "1" * 32)
+    assert of_type(ok.twilio_event(tw.Start(SID, "CA" + "1" * 32, "", "audio/x-mulaw", 8000, {}), 0), CallStarted)
+
+
+def test_idle_media_ends_the_call():
+    call = make_call(media_idle_timeout_ms=10_000)
+    call.twilio_event(tw.Media(SID, 0, b"\xff" * 160), 1_000)
+    assert call.tick(10_999) == []
+    assert of_type(call.tick(11_000), EndCall)[0].reason == "no media from Twilio for 10 s"
+
+
+def test_the_time_limit_asks_for_a_goodbye_then_hangs_up_once_it_is_heard():
+    call = make_call(max_call_duration_ms=60_000, wrap_up_grace_ms=20_000)
+    assert call.tick(59_999) == []
+    out = call.tick(60_000)
+    assert of_type(out, CallTimeLimitReached) == [CallTimeLimitReached(60_000)]
+    [create] = [m for m in sends(out, Peer.MODEL) if m["type"] == "response.create"]
+    assert "time limit" in create["response"]["instructions"]
+    assert call.tick(61_000) == []  # asked once
+    call.model_event(rt.ResponseCreated("resp_bye"), 61_000)
+    out = call.model_event(delta("resp_bye", "item_bye", ms=100), 61_100)
+    mark = sends(out, Peer.TWILIO)[-1]["mark"]["name"]
+    assert not of_type(call.model_event(rt.ResponseDone("resp_bye", "completed", {}), 61_200), HangUp)
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, mark), 61_300), HangUp)  # heard: hang up
+    # Whatever the agent does, the call ends after the grace period.
+    assert of_type(call.tick(80_000), EndCall)[0].reason == "the call reached its time limit"
+
+
+def test_tools_of_one_call_run_one_at_a_time_and_queue_boundedly():
+    call = make_call(max_tools_per_call=1)
+    call.model_event(rt.ResponseCreated("resp_1"), 0)
+    first = call.model_event(rt.FunctionCallRequested("resp_1", "c1", "lookup", "{}"), 0)
+    second = call.model_event(rt.FunctionCallRequested("resp_1", "c2", "lookup", "{}"), 0)
+    assert of_type(first, RunTool) and not of_type(second, RunTool)  # waits for a free slot
+    out = call.tool_finished("c1", "{}")
+    assert of_type(out, RunTool) == [RunTool("c2", "lookup", "{}")]
+    for n in range(3, 20):  # a model asking for tool after tool: the queue is bounded, the rest fail at once
+        out = call.model_event(rt.FunctionCallRequested("resp_1", f"c{n}", "lookup", "{}"), 0)
+    refused = [m for m in sends(out, Peer.MODEL) if m["type"] == "conversation.item.create"]
+    assert refused and "too many tool calls" in refused[0]["item"]["output"]

@@ -6,6 +6,9 @@ guard and the new settings.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+
 import contextlib
 import json
 from typing import Any, AsyncIterator
@@ -72,22 +75,34 @@ async def test_place_call_sends_twilio_the_stream_twiml_and_stores_the_call_sett
         assert "MachineDetection" not in request.form
         assert request.form["TimeLimit"] == ["3600"]  # a stolen key cannot hold a line for hours
         call = fake.calls[body["call_sid"]]
-        assert call.stream_url == "wss://gateway.example.test/media-stream"
-        key = call.stream_parameters["gateway_call"]
-        assert set(call.stream_parameters) == {"gateway_call"} and len(key) >= 24
-        callback = urlsplit(request.one("StatusCallback") or "")
-        assert (callback.scheme, callback.netloc, callback.path) == ("https", "gateway.example.test",
-                                                                    "/twilio/call-status")
-        assert parse_qs(callback.query) == {"call": [key]}
+        # No TwiML and nothing about the call in any URL: Twilio asks the answer webhook once the callee picks up.
+        assert "Twiml" not in request.form
+        assert request.one("Url") == "https://gateway.example.test/twilio/answer"
+        assert request.one("StatusCallback") == "https://gateway.example.test/twilio/call-status"
 
-        # The media stream finds the per-call settings by the key in start.customParameters["gateway_call"].
-        stored = await gateway.state.store.get_call_settings(key)
+        # The per-call settings are stored under the CallSid Twilio returned ...
+        stored = await gateway.state.store.get_call_settings(body["call_sid"])
         assert stored is not None and stored.api_key_id  # the placing key's id, never the key itself
         assert API_KEY not in stored.api_key_id
         assert stored == OutboundCallSettings(
             to=TO, from_=FROM, instructions="Remind Ada of her 3 pm appointment.", voice="cedar",
             greeting="Hi Ada, it's Acme.", metadata={"customer": "42"}, machine_detection="none",
             api_key_id=stored.api_key_id)
+
+        # ... and the answer webhook gives a stream URL with a credential for this CallSid, nothing else.
+        answered = await fake.answer(gateway.http_url, body["call_sid"])
+        assert answered.status_code == 200
+        assert call.stream_url.startswith(f"wss://gateway.example.test/media-stream/v1.o.{body['call_sid']}.")
+        assert call.stream_parameters == {}
+        for secret in ("Remind Ada", "cedar", "Hi Ada", "customer"):
+            assert secret not in answered.text
+        unsigned = await fake.answer(gateway.http_url, body["call_sid"], signature="Zm9yZ2Vk")
+        assert unsigned.status_code == 403
+        # A call this gateway did not place is hung up, with no stream.
+        stranger = "CA" + "d" * 32
+        fake.calls[stranger] = dataclasses.replace(call, sid=stranger, twiml="")
+        refused = await fake.answer(gateway.http_url, stranger)
+        assert "<Hangup" in refused.text and "<Stream" not in refused.text
 
         record = (await client.get(f"/calls/{body['call_sid']}", headers=AUTH)).json()
         assert record["status"] == "queued" and record["to"] == TO and record["from"] == FROM
@@ -237,11 +252,11 @@ async def test_status_callbacks_update_the_record_in_order_and_are_signature_che
 
 async def test_status_callback_that_beats_the_create_answer_still_finds_the_call():
     async with outbound() as (gateway, fake, client):
-        await place(client, metadata={"k": "v"})
-        key = next(iter(fake.calls.values())).stream_parameters["gateway_call"]
-        early_sid = "CA" + "e" * 32  # a call the store does not know yet, named by its key on the URL
-        public = f"{PUBLIC}/twilio/call-status?call={key}"
-        form = {"CallSid": early_sid, "CallStatus": "initiated"}
+        fake.early_callback_to = gateway.http_url  # "initiated" is posted before calls.create answers
+        sid = (await place(client, metadata={"k": "v"})).json()["call_sid"]
+        await asyncio.gather(*fake._background)
+        record = (await client.get(f"/calls/{sid}", headers=AUTH)).json()
+        assert (record["status"], record["to"], record["metadata"]) == ("initiated", TO, {"k": "v"})
 
         async def post(url: str, form: dict[str, str]) -> httpx.Response:
             signature = RequestValidator(fake.auth_token).compute_signature(url, form)
@@ -250,12 +265,9 @@ async def test_status_callback_that_beats_the_create_answer_still_finds_the_call
                                      content=urlencode(form), headers={"x-twilio-signature": signature,
                                      "content-type": "application/x-www-form-urlencoded"})
 
-        assert (await post(public, form)).status_code == 204
-        record = (await client.get(f"/calls/{early_sid}", headers=AUTH)).json()
-        assert (record["status"], record["to"], record["metadata"]) == ("initiated", TO, {"k": "v"})
-        # Unknown call and no (or a wrong) key: ignored, nothing stored.
+        # A call this gateway never placed: ignored after a short wait, nothing stored.
         stray = "CA" + "f" * 32
-        assert (await post(f"{PUBLIC}/twilio/call-status?call=nope", {"CallSid": stray})).status_code == 204
+        assert (await post(f"{PUBLIC}/twilio/call-status", {"CallSid": stray})).status_code == 204
         assert (await client.get(f"/calls/{stray}", headers=AUTH)).status_code == 404
         assert (await post(f"{PUBLIC}/twilio/call-status", {"CallSid": "bogus"})).status_code == 400
 

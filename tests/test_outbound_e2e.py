@@ -41,12 +41,16 @@ async def place_and_answer(gateway: GatewayUnderTest, fake: FakeTwilio, turns: l
     assert response.status_code == 201, response.text
     call_sid = response.json()["call_sid"]
     placed = fake.calls[call_sid]
-    assert placed.stream_url == f"{PUBLIC.replace('https', 'wss')}/media-stream"
+    # The callee answers: Twilio fetches the call's TwiML from the gateway's answer webhook.
+    assert (await fake.answer(gateway.http_url, call_sid)).status_code == 200
+    assert placed.stream_url.startswith(f"{PUBLIC.replace('https', 'wss')}/media-stream/v1.o.{call_sid}.")
     # Twilio signs the upgrade against the public wss:// URL; the phone connects to where the gateway listens.
     from twilio.request_validator import RequestValidator
 
     signature = RequestValidator(fake.auth_token).compute_signature(placed.stream_url, {})
-    report = await run_call(gateway.ws_url, turns, custom_parameters=placed.stream_parameters, call_sid=call_sid,
+    path = placed.stream_url.removeprefix(PUBLIC.replace("https", "wss"))
+    stream_url = gateway.http_url.replace("http://", "ws://") + path
+    report = await run_call(stream_url, turns, custom_parameters=placed.stream_parameters, call_sid=call_sid,
                             account_sid=fake.account_sid,
                             extra_headers={"X-Twilio-Signature": signature}, timeout_s=40,
                             hangup_after_ms=hangup_after_ms)
@@ -132,3 +136,28 @@ async def test_a_tool_that_hangs_does_not_stall_the_audio(tmp_path):
     assert abs(session.input_audio_ms - frames_ms) <= 60
     # After the timeout the model got an error output and answered it.
     assert session.agent.used[:2] == [0, 1]
+
+
+async def test_an_outbound_calls_settings_are_taken_once_and_its_stream_cannot_be_replayed(tmp_path):
+    import websockets
+    from twilio.request_validator import RequestValidator
+    from websockets.asyncio.client import connect
+
+    async with outbound_gateway(GOODBYE_SCRIPT, tmp_path) as (gateway, fake):
+        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300, wait_for_agent=True)]
+        call_sid, _ = await place_and_answer(gateway, fake, turns, hangup_after_ms=8000, greeting="Hi Ann",
+                                             instructions="Remind Ann of her dentist appointment on Friday.")
+        assert await gateway.state.store.get_call_settings(call_sid) is None  # taken by its stream: single use
+        sessions = len(gateway.local_server.sessions)
+        # Someone who captured the stream URL and its signature (a proxy log) replays them after the call.
+        placed = fake.calls[call_sid]
+        path = placed.stream_url.removeprefix(PUBLIC.replace("https", "wss"))
+        signature = RequestValidator(fake.auth_token).compute_signature(placed.stream_url, {})
+        async with connect(gateway.http_url.replace("http://", "ws://") + path, compression=None,
+                           additional_headers={"X-Twilio-Signature": signature}) as ws:
+            try:
+                await ws.recv()
+            except websockets.exceptions.ConnectionClosed:
+                pass
+            assert ws.close_code == 1008
+        assert len(gateway.local_server.sessions) == sessions  # no model session, no instructions leaked

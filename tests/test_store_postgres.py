@@ -110,6 +110,19 @@ async def _settings_rows(store) -> int:
 # ---- the shared behaviours
 
 
+async def test_call_settings_are_taken_once_by_whichever_instance_asks_first(make_store):
+    now = [1000.0]
+    placing = make_store(settings_ttl_s=60, clock=lambda: now[0])
+    streaming = make_store(settings_ttl_s=60, clock=lambda: now[0]) if make_store.shared else placing
+    await placing.save_call_settings("CA1", _settings(1))
+    results = await asyncio.gather(streaming.take_call_settings("CA1"), placing.take_call_settings("CA1"))
+    assert sorted(results, key=lambda r: r is None) == [_settings(1), None]  # single use, even when racing
+    assert await streaming.take_call_settings("CA1") is None and await _settings_rows(placing) == 0
+    await placing.save_call_settings("CA2", _settings(2))
+    now[0] += 61
+    assert await streaming.take_call_settings("CA2") is None  # expired
+
+
 async def test_call_settings_round_trip_and_ttl(make_store):
     now = [1000.0]
     store = make_store(settings_ttl_s=60, clock=lambda: now[0])

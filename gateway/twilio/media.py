@@ -66,6 +66,7 @@ _MAX_SID = 64
 _CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 _STREAM_SID = re.compile(r"MZ[0-9a-fA-F]{32}")
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")  # ms since the stream started: 15 digits is 30 000 years
 _DTMF_DIGITS = frozenset("0123456789*#ABCDabcdw")
 
 
@@ -102,12 +103,15 @@ def parse_twilio_message(text: str) -> TwilioEvent:
         except (binascii.Error, ValueError):
             raise MediaStreamError("media.payload is not valid base64") from None
         timestamp = media.get("timestamp")
-        try:
-            timestamp_ms = int(timestamp)  # Twilio sends it as a string
-        except (TypeError, ValueError, OverflowError):  # OverflowError: "Infinity" is valid JSON to Python
-            raise MediaStreamError("media.timestamp must be a whole number of ms") from None
-        if timestamp_ms < 0:
+        # Twilio sends a string of digits; a JSON integer is tolerated. Nothing else (true, 1e300, "1_000", " 12 ").
+        if isinstance(timestamp, str) and _TIMESTAMP.fullmatch(timestamp):
+            timestamp_ms = int(timestamp)
+        elif isinstance(timestamp, int) and not isinstance(timestamp, bool) and 0 <= timestamp < 10**15:
+            timestamp_ms = timestamp
+        elif isinstance(timestamp, (str, int)) and str(timestamp).strip().startswith("-"):
             raise MediaStreamError("media.timestamp must not be negative")
+        else:
+            raise MediaStreamError("media.timestamp must be a whole number of ms")
         return Media(_str(message, "streamSid", "", _MAX_SID), timestamp_ms, audio)
     if event == "mark":
         mark = _obj(message, "mark")
@@ -132,6 +136,8 @@ def parse_twilio_message(text: str) -> TwilioEvent:
             raise MediaStreamError("start.callSid is not a Twilio call SID")
         account_sid = start.get("accountSid", "")
         rate = media_format.get("sampleRate", 8000)
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 0 < rate <= 192_000:
+            rate = 8000
         return Start(
             stream_sid=stream_sid,
             call_sid=call_sid,
@@ -150,7 +156,8 @@ def parse_twilio_message(text: str) -> TwilioEvent:
     if event == "stop":
         return Stop(_str(message, "streamSid", "", _MAX_SID))
     if event == "connected":
-        return Connected(str(message.get("protocol", "")))
+        protocol = message.get("protocol", "")
+        return Connected(protocol[:64] if isinstance(protocol, str) else "")
     raise MediaStreamError(f"unknown event {str(event)[:40]!r}")
 
 
