@@ -53,8 +53,6 @@ log = logging.getLogger("gateway.app")
 
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024
 _CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
-# A claimed credential is remembered a little past its expiry, so it can never be claimed again while valid.
-CLAIM_MARGIN_S = 60
 
 
 class GatewayState:
@@ -150,7 +148,9 @@ async def admit_stream(websocket: WebSocket, state: GatewayState) -> StreamGrant
         if not state.validator.validate(url, {}, websocket.headers.get("x-twilio-signature", "")):
             raise StreamRefused("bad X-Twilio-Signature")
     try:
-        first = await state.shared.claim_once(f"stream:{grant.nonce}", grant.expires_at - time.time() + CLAIM_MARGIN_S)
+        # Remembered a whole TTL past the credential's expiry: clocks of instances (and Redis) may disagree.
+        remember_s = grant.expires_at - time.time() + settings.stream_credential_ttl_s
+        first = await state.shared.claim_once(f"stream:{grant.nonce}", remember_s)
     except StateUnavailable as error:
         log.error("shared state unavailable, refusing a media stream: %s", error)
         raise StreamRefused("shared state unavailable") from None
@@ -163,16 +163,20 @@ async def media_stream(websocket: WebSocket) -> None:
     state: GatewayState = websocket.app.state.gateway
     try:
         grant = await admit_stream(websocket, state)
+        if state.at_capacity():
+            # Checked again with no await before the call is counted: admissions that waited on the shared
+            # state (Redis) at the same time cannot all pass the first check.
+            raise StreamRefused("at MAX_CALLS")
     except StreamRefused as refused:
         state.refused_streams.drop(f"refused: {refused}")
         # Closing before accept() would be an HTTP 403 handshake refusal; the protocol says close 1008.
         await websocket.accept()
         await websocket.close(code=POLICY_VIOLATION)
         return
-    await websocket.accept()
     session = MediaStreamSession(websocket, state.settings, state.observer, state.services, grant=grant)
     state.active_calls.add(session)
     try:
+        await websocket.accept()
         await session.run()
     finally:
         state.active_calls.discard(session)

@@ -597,6 +597,9 @@ async def run_bench(config: BenchConfig, *, progress: bool = True, log: Callable
             REALTIME_API_KEY="bench",
             AUDIO_FORMAT=config.audio_format,
             TWILIO_AUTH_TOKEN="",  # the phones do not sign their requests
+            # A loopback-only measurement with a stand-in model: the unsigned development mode is what it needs.
+            INSECURE_DEV_MODE="true",
+            MAX_CALLS=str(max(100, config.calls * 2)),
             RECORD_CALLS_DIR="",
         )
         gateway_env.pop("OPENAI_API_KEY", None)

@@ -35,6 +35,9 @@ GAP_TOLERANCE_MS = 10
 MAX_GAP_FILL_MS = 2000
 # Tool calls of one call waiting for a free slot (MAX_TOOLS_PER_CALL run at once); past this they fail at once.
 MAX_QUEUED_TOOLS = 8
+# Key presses reach the model as conversation items (billed input): at most a fast human's rate, plus a burst.
+DTMF_PER_S = 10.0
+DTMF_BURST = 20.0
 # Caller audio kept while the model socket is still connecting (or reconnecting).
 MAX_PENDING_AUDIO_MS = 5000
 # The conversation carried into a replacement model session, as text: the latest items, each bounded.
@@ -226,6 +229,8 @@ class Call:
         self._started_ms: float | None = None
         self._wrap_up_started = False
         self._queued_tools: deque[RunTool] = deque()
+        self._dtmf_tokens = DTMF_BURST
+        self._dtmf_at: float | None = None
         self._greeted = False
         self._active_response: str | None = None
         self._interrupted_responses: set[str] = set()
@@ -294,6 +299,8 @@ class Call:
         if isinstance(event, tw.Dtmf):
             if event.stream_sid != self.stream_sid:
                 return [Dropped("twilio", "dtmf for a foreign streamSid")]
+            if not self._take_dtmf_token(now_ms):
+                return [Dropped("twilio", "dtmf faster than a keypad")]
             self._want_response = True
             pressed = rt.user_text(f"The caller pressed {event.digit} on the phone keypad.")
             if not self._model_ready:  # (re)connecting: the key reaches the model with the held audio
@@ -307,6 +314,15 @@ class Call:
                 return [Dropped("twilio", "stop for a foreign streamSid")]
             return self._end("caller hung up")
         return []  # Connected: nothing to do
+
+    def _take_dtmf_token(self, now_ms: float) -> bool:
+        if self._dtmf_at is not None:
+            self._dtmf_tokens = min(DTMF_BURST, self._dtmf_tokens + (now_ms - self._dtmf_at) / 1000 * DTMF_PER_S)
+        self._dtmf_at = now_ms
+        if self._dtmf_tokens < 1:
+            return False
+        self._dtmf_tokens -= 1
+        return True
 
     def twilio_closed(self) -> list[Output]:
         return self._end("twilio socket closed")

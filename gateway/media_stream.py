@@ -257,6 +257,7 @@ class MediaStreamSession:
         try:
             await self._apply_per_call_settings()
         except _UnknownCallSettings:
+            self._close_code = POLICY_VIOLATION
             self._end("unknown per-call settings")
             return
         failures = 0

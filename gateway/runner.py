@@ -26,41 +26,63 @@ MAX_BYTES_BEFORE_REQUEST = MAX_HEADER_BYTES + 64 * 1024
 
 
 class HeaderDeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for the first request's headers (slowloris) and a hard cap on the
-    bytes a connection may send before its first request is complete.
+    """uvicorn's h11 protocol with three bounds uvicorn lacks:
 
-    Once a request is under way (or the connection became a WebSocket), the deadline no longer applies: request
-    bodies are bounded by the routes themselves, idle keep-alive connections by uvicorn's ``timeout_keep_alive``."""
+    * a deadline for each request head (slowloris): the first one, and every next one on a kept-alive connection
+      (uvicorn's own keep-alive timer is disarmed by any byte, so a client trickling a head would hold it forever);
+      a response sent before the body was read (a 401, say) re-arms it too, so an unread body cannot hold it;
+    * a cap on the bytes a connection may send while no request is under way;
+    * a real cap on open connections: uvicorn's ``limit_concurrency`` only answers 503 to plain HTTP requests, it
+      never refuses a socket and lets WebSocket upgrades through, so past the cap a new socket is closed at once.
+
+    Once the connection became a WebSocket, none of this applies (its frames are bounded by the gateway)."""
 
     header_timeout_s = 10.0
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_bytes = 0
+        self._header_deadline: asyncio.TimerHandle | None = None
+        if self.limit_concurrency is not None and len(self.connections) > self.limit_concurrency:
+            transport.close()
+            return
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
         self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _waiting_for_head(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._head_bytes = 0
+        if not self.transport.is_closing():
+            self._arm_deadline()
 
     def data_received(self, data: bytes) -> None:
         # h11's own limit only applies while a head is incomplete; a huge head that arrives at once would pass.
-        if self.cycle is None:
+        if self._waiting_for_head():
             self._head_bytes += len(data)
             if self._head_bytes > MAX_BYTES_BEFORE_REQUEST:
                 self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n"
                                      b"content-length: 0\r\n\r\n")
                 self.transport.close()
                 return
-        else:
-            self._head_bytes = 0
         super().data_received(data)
 
     def _headers_too_slow(self) -> None:
         transport = self.transport
         if transport.is_closing() or transport.get_protocol() is not self:
             return  # closed, or upgraded to a WebSocket: no longer ours
-        if self.cycle is None:  # no complete request head yet
+        if self._waiting_for_head():  # no complete request head within the deadline
             transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._header_deadline.cancel()
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
         super().connection_lost(exc)
 
 

@@ -133,9 +133,12 @@ def is_trusted_proxy(client_host: str | None, trusted: Iterable[str]) -> bool:
     return any(address in ipaddress.ip_network(entry, strict=False) for entry in trusted)
 
 
-def _last(header: str) -> str:
-    # A proxy appends what it saw; only the value our trusted proxy added (the last one) is not the client's.
-    return header.split(",")[-1].strip()
+def _last(headers: Mapping[str, str], name: str) -> str:
+    # A proxy appends what it saw (to the value, or as a header line of its own); only the value our trusted proxy
+    # added, the last one, is not the client's.
+    getlist = getattr(headers, "getlist", None)
+    values = getlist(name) if getlist is not None else [headers.get(name, "")]
+    return ",".join(values).split(",")[-1].strip()
 
 
 def signature_base(settings: Settings, headers: Mapping[str, str], client_host: str | None) -> str | None:
@@ -146,7 +149,7 @@ def signature_base(settings: Settings, headers: Mapping[str, str], client_host: 
     if settings.public_url:
         return settings.public_url.rstrip("/")
     if settings.trusted_proxy_ips and is_trusted_proxy(client_host, settings.trusted_proxy_ips):
-        proto, host = _last(headers.get("x-forwarded-proto", "")), _last(headers.get("x-forwarded-host", ""))
+        proto, host = _last(headers, "x-forwarded-proto"), _last(headers, "x-forwarded-host")
         if proto in ("http", "https") and host and re.fullmatch(r"[A-Za-z0-9.:\[\]-]{1,255}", host):
             return f"{proto}://{host}"
     return None

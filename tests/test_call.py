@@ -556,3 +556,10 @@ def test_tools_of_one_call_run_one_at_a_time_and_queue_boundedly():
         out = call.model_event(rt.FunctionCallRequested("resp_1", f"c{n}", "lookup", "{}"), 0)
     refused = [m for m in sends(out, Peer.MODEL) if m["type"] == "conversation.item.create"]
     assert refused and "too many tool calls" in refused[0]["item"]["output"]
+
+
+def test_key_presses_faster_than_a_keypad_are_dropped():
+    call = make_call()
+    reached = [bool(sends(call.twilio_event(tw.Dtmf(SID, "5"), n), Peer.MODEL)) for n in range(100)]  # 100 in 0.1 s
+    assert sum(reached) == 20  # the burst, then nothing
+    assert sends(call.twilio_event(tw.Dtmf(SID, "5"), 1_000), Peer.MODEL)  # a keypad's pace again

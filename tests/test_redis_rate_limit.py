@@ -144,7 +144,7 @@ def test_redis_url_setting():
         with pytest.raises(ConfigError, match="REDIS_URL"):
             Settings.from_env({"REDIS_URL": bad})
     with pytest.raises(ConfigError) as raised:
-        Settings.from_env({"REDIS_URL": "http://user:secret@cache"})
-    assert "secret" not in str(raised.value)
-    assert "secret" not in repr(Settings.from_env({"REDIS_URL": "redis://:secret@cache:6379/0"}))
+        Settings.from_env({"REDIS_URL": "http://user:hunter2@cache"})
+    assert "hunter2" not in str(raised.value)
+    assert "hunter2" not in repr(Settings.from_env({"REDIS_URL": "redis://:hunter2@cache:6379/0"}))
 

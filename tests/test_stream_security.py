@@ -323,3 +323,29 @@ async def test_redis_claims_are_single_use_across_instances() -> None:
     finally:
         await one.aclose()
         await two.aclose()
+
+
+async def test_concurrent_admissions_never_exceed_max_calls_even_when_the_shared_state_is_slow() -> None:
+    class SlowState(MemoryState):
+        async def claim_once(self, key: str, ttl_s: float) -> bool:
+            await asyncio.sleep(0.02)  # a Redis round trip: every admission waits here at the same time
+            return await super().claim_once(key, ttl_s)
+
+    async with start_gateway(twilio_auth_token=TOKEN, public_url=PUBLIC_URL, max_calls=2) as gw:
+        gw.state.shared = SlowState()
+        calls = [new_sid("CA") for _ in range(6)]
+        invites = [await invite(gw, call_sid) for call_sid in calls]
+        codes = await asyncio.gather(*(try_stream(i.connect_url, i.headers, c) for i, c in zip(invites, calls)))
+        assert codes.count(None) <= 2 and codes.count(POLICY_VIOLATION) >= 4
+        assert model_sessions(gw) <= 2
+
+
+async def test_only_the_trusted_proxys_own_forwarded_host_line_counts() -> None:
+    async with start_gateway(twilio_auth_token=TOKEN, trusted_proxy_ips=("127.0.0.1",)) as gw:
+        form = {"CallSid": new_sid("CA"), "From": "+15550100", "To": "+15550199"}
+        # The client's own X-Forwarded-Host line first, the proxy's line after it.
+        signature = RequestValidator(TOKEN).compute_signature("https://other-app.example.com/incoming-call", form)
+        headers = [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "other-app.example.com"),
+                   ("X-Forwarded-Host", "proxied.example.com"), ("X-Twilio-Signature", signature)]
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            assert (await http.post("/incoming-call", data=form, headers=headers)).status_code == 403

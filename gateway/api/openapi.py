@@ -136,17 +136,20 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "400": _error("Not JSON, not an object, or an unknown field (`invalid_json`, `invalid_body`, "
                           "`unknown_field`)."),
             "401": _AUTH_ERRORS["401"],
-            "403": _error("Destination refused (`destination_not_allowed`, `destination_premium_rate`)."),
+            "403": _error("Destination refused (`destination_not_allowed`, `destination_premium_rate`), or `from` "
+                          "is not a configured caller ID (`caller_id_not_allowed`)."),
+            "408": _error("The body did not arrive in time (`body_timeout`)."),
             "413": _error(f"Body over {MAX_BODY_BYTES} bytes (`body_too_large`)."),
             "415": _error("Content-Type is not application/json (`unsupported_media_type`)."),
             "422": _error("A field is missing or invalid (`missing_field`, `invalid_field`)."),
-            "429": {**_error("Per-key rate limit (`rate_limited`)."),
+            "429": {**_error("Per-key rate limit (`rate_limited`), or too many failed authentications from this "
+                             "address (`too_many_auth_failures`)."),
                     "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}}},
             "502": _error("Twilio refused or could not be reached (`twilio_error` with `twilio_code`, "
                           "`twilio_unreachable`)."),
             "503": _error("Disabled or not configured (`outbound_disabled`, `twilio_not_configured`, "
-                          "`public_url_not_configured`), or the shared rate limiter (Redis) is unreachable "
-                          "(`rate_limiter_unavailable`: closed, never unlimited)."),
+                          "`public_url_not_configured`), at MAX_CALLS (`at_capacity`), or the shared rate limiter "
+                          "(Redis) is unreachable (`rate_limiter_unavailable`: closed, never unlimited)."),
         },
     },
     ("/calls/{sid}", "get"): {
@@ -182,6 +185,22 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "application/x-www-form-urlencoded": {"schema": _ref("TwilioStatusCallback")}}},
         "responses": {
             "204": {"description": "Recorded."},
+            "400": {"description": "CallSid missing or malformed."},
+            "403": {"description": "Bad X-Twilio-Signature."},
+            "413": {"description": "Body too large."},
+        },
+    },
+    ("/twilio/answer", "post"): {
+        "operationId": "twilioAnswer",
+        "summary": "Twilio asks for an answered outbound call's TwiML: <Connect><Stream> with a stream credential "
+                   "bound to the CallSid (signed with X-Twilio-Signature)",
+        "parameters": [{"name": "X-Twilio-Signature", "in": "header", "required": False,
+                        "schema": {"type": "string"}, "description": "Required when TWILIO_AUTH_TOKEN is set."}],
+        "requestBody": {"required": True, "content": {
+            "application/x-www-form-urlencoded": {"schema": _ref("TwilioStatusCallback")}}},
+        "responses": {
+            "200": {"description": "TwiML: the stream, a busy message at MAX_CALLS, or a hang-up for a call this "
+                                   "gateway did not place.", "content": {"application/xml": {}}},
             "400": {"description": "CallSid missing or malformed."},
             "403": {"description": "Bad X-Twilio-Signature."},
             "413": {"description": "Body too large."},

@@ -66,7 +66,7 @@ _MAX_SID = 64
 _CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 _STREAM_SID = re.compile(r"MZ[0-9a-fA-F]{32}")
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
-_TIMESTAMP = re.compile(r"[0-9]{1,15}")  # ms since the stream started: 15 digits is 30 000 years
+_TIMESTAMP = re.compile(r"[0-9]{1,16}")  # ms since the stream started: 16 digits is 300 000 years
 _DTMF_DIGITS = frozenset("0123456789*#ABCDabcdw")
 
 
@@ -106,7 +106,7 @@ def parse_twilio_message(text: str) -> TwilioEvent:
         # Twilio sends a string of digits; a JSON integer is tolerated. Nothing else (true, 1e300, "1_000", " 12 ").
         if isinstance(timestamp, str) and _TIMESTAMP.fullmatch(timestamp):
             timestamp_ms = int(timestamp)
-        elif isinstance(timestamp, int) and not isinstance(timestamp, bool) and 0 <= timestamp < 10**15:
+        elif isinstance(timestamp, int) and not isinstance(timestamp, bool) and 0 <= timestamp < 10**16:
             timestamp_ms = timestamp
         elif isinstance(timestamp, (str, int)) and str(timestamp).strip().startswith("-"):
             raise MediaStreamError("media.timestamp must not be negative")
