@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from typing import Any, AsyncIterator
 
@@ -47,12 +46,11 @@ from gateway.tools import ToolRegistry, end_call_tool, load_tools_module, transf
 from gateway.store import CallStore, MemoryCallStore, open_store
 from gateway.twilio.rest import TwilioRest
 from gateway.twilio.twiml import MEDIA_STREAM_PATH, say_and_hang_up_twiml, stream_url
-from gateway.twilio.webhook import WebhookRejected, read_twilio_webhook, signed_base, stream_twiml
+from gateway.twilio.webhook import WebhookRejected, read_call_webhook, signed_base, stream_twiml
 
 log = logging.getLogger("gateway.app")
 
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024
-_CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 
 
 class GatewayState:
@@ -104,12 +102,9 @@ def build_tool_registry(settings: Settings, *, can_transfer: bool) -> ToolRegist
 async def incoming_call(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     try:
-        params = await read_twilio_webhook(request, state.settings, state.validator, MAX_WEBHOOK_BODY_BYTES)
+        params, call_sid = await read_call_webhook(request, state.settings, state.validator, MAX_WEBHOOK_BODY_BYTES)
     except WebhookRejected as rejected:
         return PlainTextResponse(rejected.message, status_code=rejected.status)
-    call_sid = params.get("CallSid", "")
-    if not _CALL_SID.fullmatch(call_sid):
-        return PlainTextResponse("CallSid missing or malformed", status_code=400)
     if state.at_capacity():
         log.warning("at MAX_CALLS (%d): incoming call %s told the lines are busy", state.settings.max_calls, call_sid)
         return Response(say_and_hang_up_twiml(AT_CAPACITY_MESSAGE), media_type="application/xml")

@@ -309,12 +309,13 @@ class Settings:
 def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
     """The outbound API's settings (API_KEYS, TWILIO_*, OUTBOUND_*, TRANSFER_NUMBER, VOICEMAIL_MESSAGE, STORE_URL, REDIS_URL)."""
     from gateway.twilio.numbers import destination_refusal, is_e164, is_prefix, is_sip_uri
+    from gateway.twilio.sids import is_account_sid
 
     api_keys = tuple(key.strip() for key in (env.get("API_KEYS") or "").split(",") if key.strip())
     if any(len(key) < 16 for key in api_keys):
         raise ConfigError("API_KEYS: every key must be at least 16 characters (use e.g. `openssl rand -hex 24`)")
     account_sid = (env.get("TWILIO_ACCOUNT_SID") or "").strip()
-    if account_sid and re.fullmatch(r"AC[0-9a-fA-F]{32}", account_sid) is None:
+    if account_sid and not is_account_sid(account_sid):
         raise ConfigError(f"TWILIO_ACCOUNT_SID must be AC followed by 32 hex digits, got {account_sid!r}")
     # Several caller IDs, comma-separated: POST /calls may pick any of them as "from"; the first is the default.
     raw_caller_ids = (env.get("TWILIO_FROM_NUMBER") or "").split(",")

@@ -91,6 +91,9 @@ class Raw:
     def __init__(self, text: str) -> None:
         self.text = text
 
+    def __repr__(self) -> str:
+        return f"Raw({self.text[:40]!r}{'...' if len(self.text) > 40 else ''})"
+
 
 def dumps(value: Any, ensure_ascii: bool = True) -> str:
     """json.dumps (NaN/Infinity as Python writes them) with every :class:`Raw` spliced in."""

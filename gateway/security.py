@@ -39,12 +39,12 @@ from typing import Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from gateway.config import Settings
+from gateway.twilio.sids import is_call_sid
 
 CREDENTIAL_VERSION = "v1"
 INBOUND = "i"
 OUTBOUND = "o"
 _MAC_BYTES = 16
-_CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 # v1.<kind>.<CallSid>.<expires>.<nonce>.<mac>: base64url pieces only, so the whole thing is one safe path segment.
 _CREDENTIAL = re.compile(r"v1\.([io])\.(CA[0-9a-fA-F]{32})\.([0-9]{1,12})\.([A-Za-z0-9_-]{16,32})\.([A-Za-z0-9_-]{22})")
 MAX_CREDENTIAL_CHARS = 160
@@ -97,7 +97,7 @@ class StreamCredentials:
         return _b64(hmac.new(self._secret, body.encode("ascii"), hashlib.sha256).digest()[:_MAC_BYTES])
 
     def issue(self, call_sid: str, kind: str = INBOUND) -> str:
-        if kind not in (INBOUND, OUTBOUND) or not _CALL_SID.fullmatch(call_sid):
+        if kind not in (INBOUND, OUTBOUND) or not is_call_sid(call_sid):
             raise ValueError("a stream credential needs a kind and a CallSid (CA + 32 hex digits)")
         expires = int(self._clock()) + self.ttl_s
         body = f"{CREDENTIAL_VERSION}.{kind}.{call_sid}.{expires}.{_b64(secrets.token_bytes(12))}"

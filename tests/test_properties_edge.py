@@ -19,7 +19,6 @@ import base64
 import dataclasses
 import json
 import math
-import uuid
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.call import Call, CallConfig, Dropped, Send
+from gateway.fuzz import Raw, dumps  # JSON with verbatim tokens: the fuzzer's own writer
 from gateway.playback import MAX_MARK_NAME, MAX_ITEM_ID_IN_MARK, PlaybackTracker, mark_item, parse_mark_name
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
@@ -60,38 +60,6 @@ TWILIO_MARK_NAME_LIMIT = 256  # what gateway.twilio.media accepts in an echoed m
 
 
 # ---------------------------------------------------------------------- building blocks
-
-
-class Raw:
-    """A JSON token inserted verbatim (what json.dumps cannot make: 1e999, 5000 digits, deep nesting)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return f"Raw({self.text[:40]!r}{'...' if len(self.text) > 40 else ''})"
-
-
-def dumps(value: Any) -> str:
-    """json.dumps (NaN/Infinity allowed, as Python emits them) with every :class:`Raw` spliced in verbatim."""
-    raws: dict[str, str] = {}
-    token = uuid.uuid4().hex
-
-    def swap(v: Any) -> Any:
-        if isinstance(v, Raw):
-            key = f"@@{token}:{len(raws)}@@"
-            raws[f'"{key}"'] = v.text
-            return key
-        if isinstance(v, dict):
-            return {k: swap(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [swap(x) for x in v]
-        return v
-
-    text = json.dumps(swap(value))
-    for key, raw in raws.items():
-        text = text.replace(key, raw)
-    return text
 
 
 scalars = (

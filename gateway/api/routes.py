@@ -32,8 +32,9 @@ from gateway.config import Settings
 from gateway.store import CALL_STATUSES, FINAL_STATUSES, CallRecord, CallStore
 from gateway.security import OUTBOUND, StreamCredentials
 from gateway.twilio.rest import TwilioError, TwilioNotConfigured, TwilioRest
+from gateway.twilio.sids import is_call_sid
 from gateway.twilio.twiml import say_and_hang_up_twiml
-from gateway.twilio.webhook import WebhookRejected, bounded_body, read_twilio_webhook, stream_twiml
+from gateway.twilio.webhook import WebhookRejected, bounded_body, read_call_webhook, stream_twiml
 
 log = logging.getLogger("gateway.api")
 
@@ -43,7 +44,6 @@ MAX_CALLBACK_BODY_BYTES = 64 * 1024
 # Twilio may call back (status, answer) before calls.create's answer has been stored: wait this long for the record.
 RECORD_WAIT_S = 3.0
 AT_CAPACITY_MESSAGE = "Sorry, all our lines are busy right now. Please call again later."
-_CALL_SID = re.compile(r"CA[0-9a-f]{32}")
 _ANSWERED_BY = re.compile(r"[a-z_]{1,32}")
 MACHINE_ANSWERS = frozenset({"machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other"})
 
@@ -193,7 +193,7 @@ def _record_for(call_sid: str, call_settings: Any, status: str, key: str | None)
 async def _known_call(request: Request, api: OutboundApi, key_id: str) -> CallRecord:
     """The call, if the caller's key placed it: one team's key neither reads nor hangs up another's calls."""
     call_sid = request.path_params["sid"]
-    record = await api.store.get_call(call_sid) if _CALL_SID.fullmatch(call_sid) else None
+    record = await api.store.get_call(call_sid) if is_call_sid(call_sid) else None
     if record is None or record.api_key_id != key_id:
         raise ApiError(404, "call_not_found", f"no call {call_sid[:40]!r} is known to this gateway")
     return record
@@ -229,15 +229,11 @@ async def call_status(request: Request) -> Response:
     """Twilio's status callbacks (and the async AMD callback, same URL): update the record, act on machines."""
     api = _api(request)
     try:
-        params = await read_twilio_webhook(
+        params, call_sid = await read_call_webhook(
             request, api.settings, request.app.state.gateway.validator, MAX_CALLBACK_BODY_BYTES
         )
     except WebhookRejected as rejected:
         return Response(rejected.message, status_code=rejected.status, media_type="text/plain")
-    call_sid = params.get("CallSid", "")
-    if not _CALL_SID.fullmatch(call_sid):
-        return Response("CallSid missing or malformed", status_code=400, media_type="text/plain")
-
     record = await _wait_for_record(api, call_sid)
     if record is None:
         log.info("status callback for unknown call %s ignored", call_sid)
@@ -275,14 +271,11 @@ async def answer_outbound(request: Request) -> Response:
     """Twilio's request for the TwiML of an outbound call the callee just answered: a stream for this CallSid."""
     api = _api(request)
     try:
-        params = await read_twilio_webhook(
+        _, call_sid = await read_call_webhook(
             request, api.settings, request.app.state.gateway.validator, MAX_CALLBACK_BODY_BYTES
         )
     except WebhookRejected as rejected:
         return Response(rejected.message, status_code=rejected.status, media_type="text/plain")
-    call_sid = params.get("CallSid", "")
-    if not _CALL_SID.fullmatch(call_sid):
-        return Response("CallSid missing or malformed", status_code=400, media_type="text/plain")
     record = await _wait_for_record(api, call_sid)
     if record is None or record.direction != "outbound-api" or api.credentials is None:
         log.warning("answer webhook for a call this gateway did not place: %s; hanging up", call_sid)

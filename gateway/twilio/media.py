@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Union
 
+from gateway.twilio.sids import is_account_sid, is_call_sid, is_stream_sid
+
 
 class MediaStreamError(ValueError):
     """A frame from Twilio that is not a valid Media Streams message; the message says why."""
@@ -63,9 +65,6 @@ _MAX_PARAMETERS = 64
 _MAX_SID = 64
 # Twilio's SIDs: two letters and 32 hex digits. A start naming anything else is not Twilio's, and a strict shape
 # keeps hostile text (newlines, escapes) out of every log line and file name that carries a SID.
-_CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
-_STREAM_SID = re.compile(r"MZ[0-9a-fA-F]{32}")
-_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 _TIMESTAMP = re.compile(r"[0-9]{1,16}")  # ms since the stream started: 16 digits is 300 000 years
 _DTMF_DIGITS = frozenset("0123456789*#ABCDabcdw")
 
@@ -126,13 +125,13 @@ def parse_twilio_message(text: str) -> TwilioEvent:
             raise MediaStreamError("start.customParameters must be an object of at most 64 entries")
         params = {str(k)[:500]: str(v)[:500] for k, v in raw_params.items()}
         stream_sid = _str(start, "streamSid", "start", _MAX_SID)
-        if not _STREAM_SID.fullmatch(stream_sid):
+        if not is_stream_sid(stream_sid):
             raise MediaStreamError("start.streamSid is not a Twilio stream SID")
         top_sid = message.get("streamSid")
         if top_sid is not None and top_sid != stream_sid:
             raise MediaStreamError("start.streamSid differs from streamSid")
         call_sid = _str(start, "callSid", "start", _MAX_SID)
-        if not _CALL_SID.fullmatch(call_sid):
+        if not is_call_sid(call_sid):
             raise MediaStreamError("start.callSid is not a Twilio call SID")
         account_sid = start.get("accountSid", "")
         rate = media_format.get("sampleRate", 8000)
@@ -142,7 +141,7 @@ def parse_twilio_message(text: str) -> TwilioEvent:
             stream_sid=stream_sid,
             call_sid=call_sid,
             # Not a secret (it is in every webhook) and only compared: anything but an account SID counts as none.
-            account_sid=account_sid if isinstance(account_sid, str) and _ACCOUNT_SID.fullmatch(account_sid) else "",
+            account_sid=account_sid if is_account_sid(account_sid) else "",
             encoding=str(media_format.get("encoding", "audio/x-mulaw"))[:64],
             sample_rate=rate if isinstance(rate, int) else 8000,
             custom_parameters=params,

@@ -16,6 +16,7 @@ from twilio.request_validator import RequestValidator
 
 from gateway.config import Settings
 from gateway.security import PEER_SCOPE_KEY, StreamCredentials, signature_base, twiml_base
+from gateway.twilio.sids import is_call_sid
 from gateway.twilio.twiml import MEDIA_STREAM_PATH, connect_stream_twiml, stream_url
 
 log = logging.getLogger("gateway.twilio.webhook")
@@ -85,6 +86,17 @@ def parse_webhook_form(body: bytes) -> dict[str, str]:
     if any(len(name) > MAX_FIELD_CHARS or len(value) > MAX_FIELD_CHARS for name, value in pairs):
         raise WebhookRejected(400, f"a form field is longer than {MAX_FIELD_CHARS} characters")
     return dict(pairs)
+
+
+async def read_call_webhook(
+    request: Request, settings: Settings, validator: RequestValidator | None, limit: int
+) -> tuple[dict[str, str], str]:
+    """A Twilio voice webhook about one call: its parameters and its CallSid (WebhookRejected 400 if malformed)."""
+    params = await read_twilio_webhook(request, settings, validator, limit)
+    call_sid = params.get("CallSid", "")
+    if not is_call_sid(call_sid):
+        raise WebhookRejected(400, "CallSid missing or malformed")
+    return params, call_sid
 
 
 async def read_twilio_webhook(
