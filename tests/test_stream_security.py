@@ -349,3 +349,14 @@ async def test_only_the_trusted_proxys_own_forwarded_host_line_counts() -> None:
                    ("X-Forwarded-Host", "proxied.example.com"), ("X-Twilio-Signature", signature)]
         async with httpx.AsyncClient(base_url=gw.http_url) as http:
             assert (await http.post("/incoming-call", data=form, headers=headers)).status_code == 403
+
+
+async def test_gateway_replay_calls_a_signature_checking_gateway_as_twilio_does(tmp_path) -> None:
+    from gateway.cli import main
+
+    async with start_gateway(twilio_auth_token=TOKEN, public_url=PUBLIC_URL) as gw:
+        common = ["replay", "simple-exchange", "--url", gw.ws_url, "--out", str(tmp_path), "--json"]
+        signed = await asyncio.to_thread(main, common + ["--auth-token", TOKEN, "--public-url", PUBLIC_URL])
+        unsigned = await asyncio.to_thread(main, common)
+    assert signed == 0  # the webhook first, then the signed stream its TwiML named
+    assert unsigned == 1  # a bare stream to a signature-checking gateway is refused

@@ -15,6 +15,8 @@ from typing import Any
 from gateway.config import Settings
 from gateway.replay.dial import TwilioAccount
 
+REPLAY_PUBLIC_URL = "https://gateway.replay.invalid"  # .invalid: a name that can never resolve (RFC 2606)
+
 
 @dataclass
 class Target:
@@ -53,7 +55,10 @@ async def local_gateway(
     base = replace(base, api_key="", audio_format=audio_format or base.audio_format)
     target = Target("", in_process=True, audio_format=base.audio_format)
     if base.twilio_auth_token:
-        # The gateway checks signatures: call it the way Twilio does, with the same token.
+        # The gateway checks signatures: call it the way Twilio does, with the same token. Signatures are made over
+        # its public URL; without one, a name of our own (the phone calls 127.0.0.1 anyway and signs over this).
+        if not base.public_url:
+            base = replace(base, public_url=REPLAY_PUBLIC_URL)
         target.twilio = TwilioAccount(base.twilio_auth_token, base.public_url, base.twilio_account_sid)
 
     def observe(call: Call, event: CallEvent) -> None:
