@@ -6,8 +6,10 @@ credential bound to that CallSid (:mod:`gateway.security`). The call's own setti
 are saved under the CallSid Twilio returned and taken once by that call's media stream: nothing about them travels
 in a URL, a TwiML parameter or a callback.
 
-Order of checks on ``POST /calls``: API enabled (503) > bearer key (401) > Twilio configured (503) > rate limit
-(429; 503 if the shared limiter is unreachable: fail closed) > content type (415) > body size (413) > JSON (400) > fields (422) > destination (403) > Twilio (502).
+Order of checks on ``POST /calls``: API enabled (503) > too many failed authentications from this address (429) >
+bearer key (401) > Twilio configured, PUBLIC_URL set (503) > rate limit (429; 503 if the shared limiter is
+unreachable: fail closed) > MAX_CALLS (503) > content type (415) > body size and time (413, 408) > JSON (400) >
+fields (422) > caller ID and destination (403) > Twilio (502).
 """
 
 from __future__ import annotations

@@ -1,27 +1,19 @@
-"""The pure call core: one phone call's state machine, with no sockets, clocks or tasks.
-
-Inputs are parsed Twilio events and model events plus an explicit ``now_ms`` (monotonic
-milliseconds); every method returns a list of outputs: messages to send (:class:`Send`), things
-that happened (:class:`CallEvent` subclasses) and :class:`EndCall`. The I/O shell
-(``gateway.media_stream``) moves bytes between the sockets and this object.
-
-Playback accounting (what the caller actually heard) lives in :mod:`gateway.playback`: every chunk of
-model audio sent to Twilio is followed by a mark; on a barge-in the gateway clears Twilio's queue and
-truncates every item in flight at what the caller will have heard when the ``clear`` arrives, anchored
-on Twilio's echoes, never on a guess from the response's start.
-"""
+"""The call core's state machine: :class:`Call` and its :class:`CallConfig` (see the package docstring)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
-import json
 from dataclasses import dataclass, replace
-from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 from gateway import tools
 from gateway.audio import MULAW_BYTES_PER_MS, converters_for, model_bytes_per_ms, mulaw_silence
+from gateway.call.outputs import (
+    BargeIn, CallStarted, CallTimeLimitReached, Dropped, DtmfReceived, EndCall, HangUp, ModelReportedError,
+    ModelSessionLost, Output, Peer, ResponseFinished, RunTool, Send, ToolCalled, TranscriptReceived, Transfer,
+)
 from gateway.playback import PlaybackTracker, parse_mark_name
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
@@ -46,126 +38,6 @@ MAX_CARRIED_CHARS = 2000
 MAX_HELD_ITEMS = 32
 
 
-class Peer(Enum):
-    TWILIO = "twilio"
-    MODEL = "model"
-
-
-@dataclass(slots=True)
-class Send:
-    """A message (a JSON-ready dict) for one peer."""
-
-    to: Peer
-    message: dict[str, Any]
-
-
-@dataclass(slots=True)
-class EndCall:
-    """The call is over: the shell closes both sockets (with 1008, policy violation, when ``refused``)."""
-
-    reason: str
-    refused: bool = False
-
-
-@dataclass(slots=True)
-class RunTool:
-    """Run a user tool off the audio path; hand its result to :meth:`Call.tool_finished`."""
-
-    call_id: str
-    name: str
-    arguments: str
-
-
-@dataclass(slots=True)
-class HangUp:
-    """End the call at Twilio (REST), now that the agent's goodbye has been heard."""
-
-    reason: str
-
-
-@dataclass(slots=True)
-class Transfer:
-    """Transfer the call at Twilio (REST), now that the agent's announcement has been heard."""
-
-    reason: str
-
-
-class CallEvent:
-    """Base of everything the core reports (for logs, metrics, transcripts, records)."""
-
-    __slots__ = ()
-
-
-@dataclass(slots=True)
-class CallStarted(CallEvent):
-    call_sid: str
-    stream_sid: str
-    custom_parameters: dict[str, str]
-
-
-@dataclass(slots=True)
-class BargeIn(CallEvent):
-    item_id: str
-    heard_ms: int
-    sent_ms: int
-    cancelled_response: bool
-
-
-@dataclass(slots=True)
-class DtmfReceived(CallEvent):
-    digit: str
-
-
-@dataclass(slots=True)
-class TranscriptReceived(CallEvent):
-    role: str
-    item_id: str
-    text: str
-
-
-@dataclass(slots=True)
-class ToolCalled(CallEvent):
-    call_id: str
-    name: str
-    arguments: str
-
-
-@dataclass(slots=True)
-class ResponseFinished(CallEvent):
-    response_id: str
-    status: str
-    usage: dict[str, Any]
-
-
-@dataclass(slots=True)
-class ModelReportedError(CallEvent):
-    code: str
-    message: str
-
-
-@dataclass(slots=True)
-class ModelSessionLost(CallEvent):
-    """The model session died or expired; a new one is being opened and the call goes on."""
-
-    reason: str
-
-
-@dataclass(slots=True)
-class CallTimeLimitReached(CallEvent):
-    """The call reached MAX_CALL_DURATION_S: the agent is saying goodbye, the call ends once it is heard."""
-
-    limit_ms: int
-
-
-@dataclass(slots=True)
-class Dropped(CallEvent):
-    """An input the core refused (wrong stream, out of order); the shell logs it."""
-
-    source: str
-    reason: str
-
-
-Output = Union[Send, CallEvent, EndCall, RunTool, HangUp, Transfer]
 
 # Model errors that are races on the wire, not faults: a cancel that crossed the response's end, or a
 # response.create that crossed one the server's turn detection started.

@@ -1,0 +1,134 @@
+"""What the call core returns: messages to send, actions for the shell, and events (for logs, metrics, records).
+
+Every method of :class:`gateway.call.Call` returns a list of these; the shell (``gateway.media_stream``) carries
+out :class:`Send`, :class:`EndCall`, :class:`RunTool`, :class:`HangUp` and :class:`Transfer`, and reports the
+:class:`CallEvent` subclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Union
+
+
+class Peer(Enum):
+    TWILIO = "twilio"
+    MODEL = "model"
+
+
+@dataclass(slots=True)
+class Send:
+    """A message (a JSON-ready dict) for one peer."""
+
+    to: Peer
+    message: dict[str, Any]
+
+
+@dataclass(slots=True)
+class EndCall:
+    """The call is over: the shell closes both sockets (with 1008, policy violation, when ``refused``)."""
+
+    reason: str
+    refused: bool = False
+
+
+@dataclass(slots=True)
+class RunTool:
+    """Run a user tool off the audio path; hand its result to :meth:`Call.tool_finished`."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class HangUp:
+    """End the call at Twilio (REST), now that the agent's goodbye has been heard."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class Transfer:
+    """Transfer the call at Twilio (REST), now that the agent's announcement has been heard."""
+
+    reason: str
+
+
+class CallEvent:
+    """Base of everything the core reports (for logs, metrics, transcripts, records)."""
+
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class CallStarted(CallEvent):
+    call_sid: str
+    stream_sid: str
+    custom_parameters: dict[str, str]
+
+
+@dataclass(slots=True)
+class BargeIn(CallEvent):
+    item_id: str
+    heard_ms: int
+    sent_ms: int
+    cancelled_response: bool
+
+
+@dataclass(slots=True)
+class DtmfReceived(CallEvent):
+    digit: str
+
+
+@dataclass(slots=True)
+class TranscriptReceived(CallEvent):
+    role: str
+    item_id: str
+    text: str
+
+
+@dataclass(slots=True)
+class ToolCalled(CallEvent):
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class ResponseFinished(CallEvent):
+    response_id: str
+    status: str
+    usage: dict[str, Any]
+
+
+@dataclass(slots=True)
+class ModelReportedError(CallEvent):
+    code: str
+    message: str
+
+
+@dataclass(slots=True)
+class ModelSessionLost(CallEvent):
+    """The model session died or expired; a new one is being opened and the call goes on."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class CallTimeLimitReached(CallEvent):
+    """The call reached MAX_CALL_DURATION_S: the agent is saying goodbye, the call ends once it is heard."""
+
+    limit_ms: int
+
+
+@dataclass(slots=True)
+class Dropped(CallEvent):
+    """An input the core refused (wrong stream, out of order); the shell logs it."""
+
+    source: str
+    reason: str
+
+
+Output = Union[Send, CallEvent, EndCall, RunTool, HangUp, Transfer]
