@@ -51,6 +51,7 @@ from gateway.twilio.webhook import WebhookRejected, read_call_webhook, signed_ba
 log = logging.getLogger("gateway.app")
 
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024
+DRAINING_MESSAGE = "Sorry, we cannot take your call on this line right now. Please call again in a minute."
 
 
 class GatewayState:
@@ -66,11 +67,13 @@ class GatewayState:
         self.credentials = StreamCredentials(stream_secret(settings), settings.stream_credential_ttl_s)
         self.shared: SharedState = shared if shared is not None else open_state(settings.redis_url)
         self.warnings = insecure_warnings(settings)  # repeated by /healthz while they hold
+        self.draining = False  # set on SIGTERM: no new calls, the live ones go on (gateway.runner.DrainingServer)
         self.refused_streams = DropCounter(log, "media stream upgrades", settings.drop_log_interval_s)
         self.store: CallStore = store if store is not None else MemoryCallStore()  # records, per-call settings
         self.twilio = TwilioRest.from_settings(settings)  # Twilio REST: place, hang up, redirect calls
         self.outbound = OutboundApi(settings, self.store, self.twilio, credentials=self.credentials,
-                                    at_capacity=self.at_capacity)  # what the HTTP API routes share
+                                    at_capacity=self.at_capacity,
+                                    draining=lambda: self.draining)  # what the HTTP API routes share
         self.services = CallServices(
             tools=build_tool_registry(settings, can_transfer=self.twilio.configured),
             store=self.store,
@@ -79,6 +82,16 @@ class GatewayState:
 
     def at_capacity(self) -> bool:
         return len(self.active_calls) >= self.settings.max_calls
+
+    def start_drain(self) -> None:
+        """Stop taking new calls (SIGTERM): the calls in progress go on to their end. Safe in a signal handler."""
+        if not self.draining:
+            self.draining = True
+            log.warning("draining: no new calls; %d call(s) in progress go on (DRAIN_TIMEOUT_S=%d)",
+                        len(self.active_calls), self.settings.drain_timeout_s)
+
+    def drained(self) -> bool:
+        return self.draining and not self.active_calls
 
     async def aclose(self) -> None:
         self.refused_streams.flush()
@@ -105,6 +118,9 @@ async def incoming_call(request: Request) -> Response:
         params, call_sid = await read_call_webhook(request, state.settings, state.validator, MAX_WEBHOOK_BODY_BYTES)
     except WebhookRejected as rejected:
         return PlainTextResponse(rejected.message, status_code=rejected.status)
+    if state.draining:
+        log.warning("draining: incoming call %s told to call again", call_sid)
+        return Response(say_and_hang_up_twiml(DRAINING_MESSAGE), media_type="application/xml")
     if state.at_capacity():
         log.warning("at MAX_CALLS (%d): incoming call %s told the lines are busy", state.settings.max_calls, call_sid)
         return Response(say_and_hang_up_twiml(AT_CAPACITY_MESSAGE), media_type="application/xml")
@@ -188,8 +204,17 @@ async def healthz(request: Request) -> Response:
             "max_calls": state.settings.max_calls,
             "signatures": state.validator is not None,
             "warnings": state.warnings,
+            "draining": state.draining,
         }
     )
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness for a load balancer: 503 while draining (SIGTERM) or at MAX_CALLS, so new calls go elsewhere."""
+    state: GatewayState = request.app.state.gateway
+    reason = "draining" if state.draining else "at MAX_CALLS" if state.at_capacity() else ""
+    body = {"ready": not reason, "active_calls": len(state.active_calls), **({"reason": reason} if reason else {})}
+    return JSONResponse(body, status_code=503 if reason else 200)
 
 
 class PeerAddressMiddleware:
@@ -246,6 +271,7 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
     routes = [
         Route("/incoming-call", incoming_call, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
         WebSocketRoute(MEDIA_STREAM_PATH + "/{credential}", media_stream),
         *api_routes,

@@ -599,6 +599,7 @@ async def run_bench(config: BenchConfig, *, progress: bool = True, log: Callable
             TWILIO_AUTH_TOKEN="",  # the phones do not sign their requests
             # A loopback-only measurement with a stand-in model: the unsigned development mode is what it needs.
             INSECURE_DEV_MODE="true",
+            DRAIN_TIMEOUT_S="0",  # stopped by the bench once its calls are done: no drain to wait for
             MAX_CALLS=str(max(100, config.calls * 2)),
             RECORD_CALLS_DIR="",
         )

@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = replace(settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port,
                        insecure_dev_mode=settings.insecure_dev_mode or args.insecure_dev)
-    from gateway.runner import uvicorn_options
+    from gateway.runner import DrainingServer, uvicorn_options
 
     try:
         app = create_app(settings)
@@ -36,9 +36,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"gateway serve: {error}", file=sys.stderr)
         return 2
     # log_config=None: uvicorn's own lines go through the same safe formatter as ours (_configure_logging).
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-                **uvicorn_options(settings))
-    return 0
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            log_config=None, **uvicorn_options(settings))
+    server = DrainingServer(config, start_drain=lambda: app.state.gateway.start_drain(),
+                            drained=lambda: app.state.gateway.drained(), drain_timeout_s=settings.drain_timeout_s)
+    server.run()
+    return 0 if server.started else 1
 
 
 def _local_realtime(args: argparse.Namespace, settings: Settings) -> int:

@@ -204,6 +204,7 @@ class Settings:
     http_header_timeout_s: float = 10.0  # a connection must send its request headers within this time
     drop_log_interval_s: float = 10.0  # dropped frames are logged as one summary line per stream per interval
     record_max_bytes: int = 64 * 1024 * 1024  # a call's recording stops growing past this size
+    drain_timeout_s: int = 3600  # on SIGTERM, live calls may run this long before the process exits anyway
 
     @property
     def uses_embedded_model(self) -> bool:
@@ -401,4 +402,5 @@ def _security_settings(env: Mapping[str, str]) -> dict[str, Any]:
         http_header_timeout_s=_float(env, "HTTP_HEADER_TIMEOUT_S", 10.0, 1.0, 300.0),
         drop_log_interval_s=_float(env, "DROP_LOG_INTERVAL_S", 10.0, 0.1, 3600.0),
         record_max_bytes=_int(env, "RECORD_MAX_BYTES", 64 * 1024 * 1024, 4096, 1 << 40),
+        drain_timeout_s=_int(env, "DRAIN_TIMEOUT_S", 3600, 0, 86400),
     )

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
-from typing import Any, AsyncIterator
+import time
+from types import FrameType
+from typing import Any, AsyncIterator, Callable
 
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.config import Settings
+
+log = logging.getLogger("gateway.runner")
 
 MAX_HEADER_BYTES = 16 * 1024  # Twilio's webhooks and upgrades carry a few hundred bytes of headers
 # What a connection may send before its first request head is parsed: a head, plus the start of a body that came
@@ -104,6 +109,42 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # whether to believe them; uvicorn's own handling would trust 127.0.0.1 by default and hide the peer.
         proxy_headers=False,
     )
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, with a drain: the first SIGTERM (or Ctrl-C) does not close live calls.
+
+    It calls ``start_drain`` (the app stops taking new calls: readiness answers 503, a new call is told politely),
+    keeps serving the calls in progress until ``drained()`` says none is left or ``drain_timeout_s`` passes, and then
+    shuts down as usual and exits 0. A second signal stops at once (uvicorn's own shutdown: open WebSockets get 1012).
+    """
+
+    def __init__(self, config: uvicorn.Config, *, start_drain: Callable[[], None], drained: Callable[[], bool],
+                 drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self._start_drain = start_drain
+        self._drained = drained
+        self.drain_timeout_s = drain_timeout_s
+        self.drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain_deadline is None and not self.should_exit and self.started:
+            # Runs as a signal handler: only set state here; on_tick (on the loop) does the rest.
+            self.drain_deadline = time.monotonic() + self.drain_timeout_s
+            self._start_drain()
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_deadline is not None and not self.should_exit:
+            if self._drained():
+                log.info("drained: no call left; shutting down")
+                self.should_exit = True
+            elif time.monotonic() >= self.drain_deadline:
+                log.warning("drain timeout (%g s) reached with calls still live; shutting down",
+                            self.drain_timeout_s)
+                self.should_exit = True
+        return await super().on_tick(counter)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -225,6 +225,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                       "403": {"description": "Bad X-Twilio-Signature."},
                       "413": {"description": "Body too large."}},
     },
+    ("/readyz", "get"): {
+        "operationId": "readyz",
+        "summary": "Readiness for a load balancer: 503 while draining (after SIGTERM) or at MAX_CALLS",
+        "responses": {"200": {"description": "Taking calls.", "content": {"application/json": {}}},
+                      "503": {"description": "Not taking new calls (`reason`: draining, at MAX_CALLS).",
+                              "content": {"application/json": {}}}},
+    },
     ("/healthz", "get"): {
         "operationId": "healthz",
         "summary": "Liveness, with the number of calls in progress",

@@ -55,12 +55,13 @@ class OutboundApi:
 
     def __init__(self, settings: Settings, store: CallStore, twilio: TwilioRest,
                  rate_limiter: RateLimiter | None = None, *, credentials: StreamCredentials | None = None,
-                 at_capacity: Callable[[], bool] = lambda: False) -> None:
+                 at_capacity: Callable[[], bool] = lambda: False, draining: Callable[[], bool] = lambda: False) -> None:
         self.settings = settings
         self.store = store
         self.twilio = twilio
         self.credentials = credentials  # issues the stream credential of an answered outbound call
         self.at_capacity = at_capacity  # True when this instance holds MAX_CALLS calls
+        self.draining = draining  # True once SIGTERM arrived: no new calls here
         self.keys = ApiKeys(settings.api_keys)
         # Failed authentications per client address: key guessing is throttled before any key is checked.
         self.auth_failures = AuthFailureLimiter(settings.api_auth_failures_per_minute)
@@ -145,6 +146,9 @@ async def create_call(request: Request) -> Response:
         if wait > 0:
             raise ApiError(429, "rate_limited", "too many calls for this API key; retry later",
                            headers={"Retry-After": retry_after_header(wait)})
+        if api.draining():
+            raise ApiError(503, "draining", "this gateway is shutting down; retry (on another instance)",
+                           headers={"Retry-After": "5"})
         if api.at_capacity():
             raise ApiError(503, "at_capacity", "this gateway is at MAX_CALLS concurrent calls; retry later",
                            headers={"Retry-After": "10"})
