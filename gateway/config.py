@@ -19,6 +19,7 @@ DEFAULT_INSTRUCTIONS = (
     "You are a helpful, concise voice assistant on a phone call. Keep answers short and speak naturally."
 )
 TURN_DETECTION_TYPES = ("server_vad", "semantic_vad", "none")
+DEFAULT_FALLBACK_MESSAGE = "Sorry, we cannot continue this call right now. Please call again later. Goodbye."
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 
 
@@ -205,6 +206,7 @@ class Settings:
     drop_log_interval_s: float = 10.0  # dropped frames are logged as one summary line per stream per interval
     record_max_bytes: int = 64 * 1024 * 1024  # a call's recording stops growing past this size
     drain_timeout_s: int = 3600  # on SIGTERM, live calls may run this long before the process exits anyway
+    fallback_message: str = DEFAULT_FALLBACK_MESSAGE  # said when a call cannot go on (TwiML after </Connect>)
 
     @property
     def uses_embedded_model(self) -> bool:
@@ -403,4 +405,13 @@ def _security_settings(env: Mapping[str, str]) -> dict[str, Any]:
         drop_log_interval_s=_float(env, "DROP_LOG_INTERVAL_S", 10.0, 0.1, 3600.0),
         record_max_bytes=_int(env, "RECORD_MAX_BYTES", 64 * 1024 * 1024, 4096, 1 << 40),
         drain_timeout_s=_int(env, "DRAIN_TIMEOUT_S", 3600, 0, 86400),
+        fallback_message=_fallback_message(env),
     )
+
+
+def _fallback_message(env: Mapping[str, str]) -> str:
+    raw = env.get("FALLBACK_MESSAGE")
+    message = DEFAULT_FALLBACK_MESSAGE if raw is None else raw.strip()
+    if len(message) > 500:
+        raise ConfigError(f"FALLBACK_MESSAGE must be at most 500 characters, got {len(message)}")
+    return message

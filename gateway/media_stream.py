@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -47,9 +48,19 @@ from gateway.twilio.twiml import dial_twiml
 log = logging.getLogger("gateway.media_stream")
 
 MODEL_CLOSE_TIMEOUT_S = 1.0
+# Sized for a phone call, not a web page: a connect that takes longer than this is retried, and a model that stops
+# answering without closing its socket (a half-open TCP path) misses a ping within PING_INTERVAL + PING_TIMEOUT s.
+MODEL_OPEN_TIMEOUT_S = 3.0
+MODEL_PING_INTERVAL_S = 2.0
+MODEL_PING_TIMEOUT_S = 3.0
 # Waits before reconnecting after consecutive failed attempts (a session that was up reconnects at once).
 MODEL_RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
 MODEL_HEALTHY_SESSION_S = 2.0
+# Giving up: no model session for this long (at the start of a call or after a loss), or more session losses than
+# this within a minute (a session that lives 2 s and dies, over and over). The call then ends with its spoken
+# message (the TwiML after </Connect>), never in silence.
+MODEL_DOWN_LIMIT_S = 10.0
+MAX_MODEL_LOSSES_PER_MINUTE = 6
 # Twilio sends `start` right after connecting; a socket that does not is not a call (and gets no model session).
 START_TIMEOUT_S = 5.0
 # Caller audio queued towards a model that is not reading it; past this, frames are dropped rather than
@@ -260,23 +271,42 @@ class MediaStreamSession:
             self._close_code = POLICY_VIOLATION
             self._end("unknown per-call settings")
             return
+        except Exception:  # the store failed (a database hiccup): end the call with its message, not in silence
+            log.exception("per-call settings could not be read; ending the call call_sid=%s", self.call.call_sid)
+            self._end("per-call settings unavailable")
+            return
         failures = 0
+        losses: deque[float] = deque()  # when sessions were lost, over the last minute
         loop = asyncio.get_running_loop()
+        down_since = loop.time()  # no model session since then
         while not self._done.is_set():
             started = loop.time()
             connected, reason = await self._one_model_session()
             if self._done.is_set():
                 break
+            now = loop.time()
+            if connected:
+                down_since = now
+            losses.append(now)
+            while losses and now - losses[0] > 60.0:
+                losses.popleft()
             # A session that was up a while reconnects at once; one that dies at once counts as a failure.
-            healthy = connected and loop.time() - started >= MODEL_HEALTHY_SESSION_S
+            healthy = connected and now - started >= MODEL_HEALTHY_SESSION_S
             failures = 0 if healthy else failures + 1
-            if failures > len(MODEL_RECONNECT_BACKOFF_S) or not self.settings.model_reconnect:
-                await self._dispatch(self.call.model_closed(reason))
+            backoff = MODEL_RECONNECT_BACKOFF_S[min(failures, len(MODEL_RECONNECT_BACKOFF_S)) - 1] if failures else 0.0
+            give_up = ("MODEL_RECONNECT is off" if not self.settings.model_reconnect
+                       else f"no model session for {MODEL_DOWN_LIMIT_S:g} s" if now + backoff - down_since > MODEL_DOWN_LIMIT_S
+                       else f"{len(losses)} model sessions lost within a minute" if len(losses) > MAX_MODEL_LOSSES_PER_MINUTE
+                       else "")
+            if give_up:
+                log.error("model unavailable call_sid=%s (%s; last: %s); ending the call",
+                          self.call.call_sid or "-", give_up, reason)
+                await self._dispatch(self.call.model_closed(f"{give_up}; last: {reason}"))
                 return
             log.warning("model session lost call_sid=%s (%s); reconnecting", self.call.call_sid or "-", reason)
             await self._dispatch(self.call.model_lost(reason))
-            if failures:
-                await asyncio.sleep(MODEL_RECONNECT_BACKOFF_S[failures - 1])
+            if backoff:
+                await asyncio.sleep(backoff)
 
     async def _one_model_session(self) -> tuple[bool, str]:
         """Connect and read until the socket closes: (whether it connected, why it ended)."""
@@ -288,7 +318,9 @@ class MediaStreamSession:
                 additional_headers=settings.model_headers(),
                 compression=None,  # base64 audio barely compresses; deflate costs CPU (PROTOCOL.md 4)
                 max_size=MODEL_MAX_MESSAGE_BYTES,
-                open_timeout=10,
+                open_timeout=MODEL_OPEN_TIMEOUT_S,
+                ping_interval=MODEL_PING_INTERVAL_S,
+                ping_timeout=MODEL_PING_TIMEOUT_S,
                 close_timeout=MODEL_CLOSE_TIMEOUT_S,
             ) as model:
                 self._model, connected = model, True

@@ -161,3 +161,18 @@ async def test_an_outbound_calls_settings_are_taken_once_and_its_stream_cannot_b
                 pass
             assert ws.close_code == 1008
         assert len(gateway.local_server.sessions) == sessions  # no model session, no instructions leaked
+
+
+async def test_a_store_failure_at_call_start_ends_the_call_instead_of_leaving_it_silent(tmp_path, caplog):
+    async with outbound_gateway(GOODBYE_SCRIPT, tmp_path) as (gateway, fake):
+        async def broken_take(call_sid):
+            raise OSError("connection pool exhausted")
+
+        gateway.state.store.take_call_settings = broken_take
+        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)]
+        _, report = await place_and_answer(gateway, fake, turns, hangup_after_ms=8000)
+        sessions = len(gateway.local_server.sessions)
+    # Ended by the gateway at once (Twilio then says the TwiML's message after </Connect>); no model session opened.
+    assert report.ended_by == "gateway_closed" and report.duration_ms < 3000
+    assert sessions == 0
+    assert any("per-call settings could not be read" in r.getMessage() for r in caplog.records)

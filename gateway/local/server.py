@@ -3,6 +3,11 @@
 Each connection runs two tasks around one :class:`~gateway.local.session.RealtimeSession`: the
 reader (client message in -> events out) and the pacer (at the session's next deadline, ``tick``).
 Both compute and send under one lock, so events leave in exactly the order the session made them.
+
+:class:`Faults` (``server.faults``) injects what a real model service does on a bad day, for the tests of the
+gateway's recovery: refused connects (any HTTP status: 401, 429, 503), a socket cut without a close frame, a
+session that goes silent without closing (it stops reading, so pings go unanswered), a delayed first answer, and
+the session limit (``session_limit_s``: ``session_expired``, then close 1001, as OpenAI does).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -47,6 +53,17 @@ class AudioProbe(Protocol):
     def session_closed(self, session_id: str) -> None: ...
 
 
+@dataclass
+class Faults:
+    """Faults to inject; each applies to the next connection(s) only, then resets itself."""
+
+    refuse_connects: int = 0  # the next N connection attempts are refused ...
+    refuse_status: int = 503  # ... with this HTTP status (401: bad key, 429: rate limited, 503: down)
+    drop_after_s: float | None = None  # the next session's socket is cut, no close frame, this long after it opens
+    silent_after_s: float | None = None  # the next session stops reading and sending (pings too), socket left open
+    first_delta_delay_s: float = 0.0  # the next session waits this long before it starts sending anything
+
+
 class LocalRealtimeServer:
     """An OpenAI-Realtime-compatible (GA) server on 127.0.0.1, backed by a local agent.
 
@@ -80,6 +97,9 @@ class LocalRealtimeServer:
         self.validation_failures: list[str] = []
         # Opt-in instrumentation (None: no cost beyond one attribute read per client message).
         self.probe: AudioProbe | None = None
+        self.faults = Faults()
+        self.refused_connects = 0
+        self._silent: set[ServerConnection] = set()  # sockets a fault made silent: cut, not closed, on stop
         self._server: Server | None = None
 
     @property
@@ -100,6 +120,9 @@ class LocalRealtimeServer:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        for ws in list(self._silent):  # they read nothing, so a close handshake would wait for its timeout
+            ws.transport.abort()
+        self._silent.clear()
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
@@ -112,11 +135,14 @@ class LocalRealtimeServer:
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.stop()
 
-    @staticmethod
-    def _process_request(connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if not path.startswith(PATHS):
             return connection.respond(HTTPStatus.NOT_FOUND, "Not found: the Realtime API is at /v1/realtime\n")
+        if self.faults.refuse_connects > 0:
+            self.faults.refuse_connects -= 1
+            self.refused_connects += 1
+            return connection.respond(HTTPStatus(self.faults.refuse_status), "refused (fault injection)\n")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -127,9 +153,12 @@ class LocalRealtimeServer:
         query = parse_qs(urlsplit(ws.request.path).query) if ws.request else {}
         model = query.get("model", ["gpt-realtime"])[0]
         session = RealtimeSession(make_agent(self.agent), speed=self.speed, model=model)
+        session.opened_at_ms = _now_ms()
         self.sessions.append(session)
+        faults, self.faults = self.faults, Faults(refuse_connects=self.faults.refuse_connects,
+                                                  refuse_status=self.faults.refuse_status)
         try:
-            await _Connection(self, ws, session).run()
+            await _Connection(self, ws, session, faults).run()
         finally:
             session.closed_at_ms = _now_ms()
             session.release()
@@ -147,19 +176,25 @@ class LocalRealtimeServer:
 
 
 class _Connection:
-    __slots__ = ("server", "ws", "session", "lock", "wake")
+    __slots__ = ("server", "ws", "session", "lock", "wake", "faults", "silent")
 
-    def __init__(self, server: LocalRealtimeServer, ws: ServerConnection, session: RealtimeSession) -> None:
+    def __init__(self, server: LocalRealtimeServer, ws: ServerConnection, session: RealtimeSession,
+                 faults: Faults | None = None) -> None:
         self.server = server
         self.ws = ws
         self.session = session
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
+        self.faults = faults or Faults()
+        self.silent = False
 
     async def run(self) -> None:
         pacer = asyncio.create_task(self._pace())
         expiry = asyncio.create_task(self._expire())
+        fault = asyncio.create_task(self._inject())
         try:
+            if self.faults.first_delta_delay_s:
+                await asyncio.sleep(self.faults.first_delta_delay_s)
             await self._send(self.session.open())
             async for message in self.ws:
                 probe = self.server.probe
@@ -177,11 +212,28 @@ class _Connection:
         except ConnectionClosed:
             pass
         finally:
+            self.server._silent.discard(self.ws)
             pacer.cancel()
             expiry.cancel()
-            await asyncio.gather(pacer, expiry, return_exceptions=True)
+            fault.cancel()
+            await asyncio.gather(pacer, expiry, fault, return_exceptions=True)
+
+    async def _inject(self) -> None:
+        faults = self.faults
+        if faults.drop_after_s is not None:
+            await asyncio.sleep(faults.drop_after_s)
+            log.warning("local realtime: fault injection: cutting session %s", self.session.id)
+            self.ws.transport.abort()
+        elif faults.silent_after_s is not None:
+            await asyncio.sleep(faults.silent_after_s)
+            log.warning("local realtime: fault injection: session %s goes silent", self.session.id)
+            self.silent = True
+            self.server._silent.add(self.ws)
+            self.ws.transport.pause_reading()  # nothing read: no message handled, no ping answered
 
     async def _send(self, events: list[dict[str, Any]]) -> None:
+        if self.silent:
+            return
         validate = self.server.validate_events
         for event in events:
             if validate:

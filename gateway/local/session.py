@@ -72,6 +72,7 @@ class RealtimeSession:
         self.responses: list[dict[str, Any]] = []  # the response object of every response.done
         self.response_instructions: dict[str, str] = {}  # response id -> the instructions the agent got
         self.events_sent = 0  # counted by the shell once sent
+        self.opened_at_ms: float | None = None  # set by the shell when the socket is accepted (monotonic ms)
         self.closed_at_ms: float | None = None  # set by the shell when the socket is done (monotonic ms)
         self.client_items_added = 0  # conversation.item.create accepted (kept after release, for tests)
         self._handlers: dict[str, Callable[[dict[str, Any], float], None]] = {

@@ -21,14 +21,23 @@ def stream_url(base_url: str, path: str = MEDIA_STREAM_PATH) -> str:
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{path}"
 
 
-def connect_stream_twiml(url: str, parameters: Mapping[str, str], status_callback: str = "") -> str:
-    """``<Response><Connect><Stream url=...>`` with per-call data as ``<Parameter>`` (Twilio drops query strings)."""
+def connect_stream_twiml(url: str, parameters: Mapping[str, str], status_callback: str = "",
+                         fallback_message: str = "") -> str:
+    """``<Response><Connect><Stream url=...>`` with per-call data as ``<Parameter>`` (Twilio drops query strings).
+
+    Twilio runs the verbs after ``</Connect>`` when the stream closes while the caller is still on the line: the
+    gateway gave up on the call (no model, a fault, a refused stream). ``fallback_message`` is said there, then
+    the call ends, so a call never ends in silence. A call the gateway ends on purpose is hung up over the REST
+    API first (or transferred, which replaces this TwiML), so the message is not heard then."""
     response = VoiceResponse()
     connect = response.connect()
     stream = connect.stream(url=url, status_callback=status_callback) if status_callback else connect.stream(url=url)
     for name, value in parameters.items():
         if value:
             stream.parameter(name=name[:_MAX_PARAMETER_CHARS], value=str(value)[:_MAX_PARAMETER_CHARS])
+    if fallback_message:
+        response.say(fallback_message)
+        response.hangup()
     return str(response)
 
 

@@ -58,7 +58,8 @@ def stream_twiml(connection: HTTPConnection, settings: Settings, credentials: St
                  kind: str, parameters: dict[str, str]) -> str:
     """``<Connect><Stream url="wss://host/media-stream/<credential>">``: a stream for this call only, once."""
     path = f"{MEDIA_STREAM_PATH}/{credentials.issue(call_sid, kind)}"
-    return connect_stream_twiml(stream_url(public_base(connection, settings), path), parameters)
+    return connect_stream_twiml(stream_url(public_base(connection, settings), path), parameters,
+                                fallback_message=settings.fallback_message)
 
 
 async def bounded_body(request: Request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes | None:

@@ -1,0 +1,98 @@
+"""Calls that survive a bad model, end to end: faults injected in the embedded server (``server.faults``), the
+call played by the replay phone, every verdict taken from the caller's side (was the next turn answered?)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+
+from gateway.call import ModelSessionLost
+from gateway.local.server import Faults
+from gateway.replay import CallerTurn, load_sample, run_call
+
+from .conftest import start_gateway
+
+NORMAL_TURN_MS = 2500  # the echo agent answers ~550 ms after the caller stops; anything past this is a gap
+
+
+def two_turns(second_after_ms: int) -> list[CallerTurn]:
+    return [CallerTurn(load_sample("caller_hello"), after_silence_ms=300, name="before"),
+            CallerTurn(load_sample("caller_question"), after_silence_ms=second_after_ms, name="after")]
+
+
+async def test_a_model_socket_cut_without_a_close_is_replaced_and_the_next_turn_answered() -> None:
+    async with start_gateway() as gw:
+        # Cut after the first answer has played (~6.5 s in); the caller speaks again 2.5 s after it.
+        gw.local_server.faults = Faults(drop_after_s=7.0)
+        report = await run_call(gw.ws_url, two_turns(2500), timeout_s=30, hangup_after_ms=500)
+        sessions = list(gw.local_server.sessions)
+    assert [t.response_ms is not None for t in report.turns] == [True, True], report.turns
+    assert report.turns[1].response_ms < NORMAL_TURN_MS and report.violations == []
+    assert len(sessions) == 2
+    reconnect_ms = sessions[1].opened_at_ms - sessions[0].closed_at_ms
+    assert reconnect_ms < 1500, reconnect_ms
+
+
+async def test_a_model_that_goes_silent_without_closing_is_replaced_within_6_s() -> None:
+    async with start_gateway() as gw:
+        # Silent after the first answer (~6.5 s in); the caller speaks again 8 s after it, once it must be replaced.
+        gw.local_server.faults = Faults(silent_after_s=7.0)
+        started = time.monotonic() * 1000
+        report = await run_call(gw.ws_url, two_turns(8000), timeout_s=40, hangup_after_ms=500)
+        sessions = list(gw.local_server.sessions)
+        lost = gw.of_type(ModelSessionLost)
+    assert len(sessions) >= 2 and lost
+    went_silent_ms = sessions[0].opened_at_ms + 7000
+    replaced_after_ms = sessions[1].opened_at_ms - went_silent_ms
+    assert 0 < replaced_after_ms < 6000, replaced_after_ms
+    assert sessions[0].opened_at_ms >= started
+    # The turn after the silent stretch is answered by the new session, at a normal pace.
+    assert report.turns[1].response_ms is not None and report.turns[1].response_ms < NORMAL_TURN_MS
+    assert report.violations == []
+
+
+async def test_a_model_refusing_at_call_start_is_retried_and_the_call_goes_on() -> None:
+    async with start_gateway() as gw:
+        gw.local_server.faults = Faults(refuse_connects=2, refuse_status=429)
+        report = await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=1500)],
+                                timeout_s=30, hangup_after_ms=500)
+        refused = gw.local_server.refused_connects
+    assert refused == 2
+    assert report.turns[0].response_ms is not None and report.violations == []
+
+
+async def test_no_model_at_all_ends_the_call_within_a_bound_with_the_spoken_message() -> None:
+    async with start_gateway() as gw:
+        gw.local_server.faults = Faults(refuse_connects=1000, refuse_status=401)
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            twiml = (await http.post("/incoming-call", data={"CallSid": "CA" + "1" * 32})).text
+        started = time.monotonic()
+        report = await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
+                                timeout_s=40, hangup_after_ms=20_000)
+        elapsed = time.monotonic() - started
+    # The gateway gives up within its bound and closes the stream: Twilio then says the message after </Connect>.
+    assert report.ended_by == "gateway_closed" and elapsed < 15, (report.ended_by, elapsed)
+    assert re.search(r"</Connect><Say>[^<]+</Say><Hangup />", twiml), twiml
+
+
+async def test_a_session_that_keeps_dying_is_not_reopened_forever() -> None:
+    async with start_gateway() as gw:
+        server = gw.local_server
+
+        async def keep_cutting() -> None:
+            while True:
+                server.faults = Faults(drop_after_s=2.5)  # every session lives 2.5 s
+                await asyncio.sleep(0.05)
+
+        cutter = asyncio.create_task(keep_cutting())
+        try:
+            report = await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
+                                    timeout_s=40, hangup_after_ms=30_000)
+        finally:
+            cutter.cancel()
+        sessions = len(server.sessions)
+    assert report.ended_by == "gateway_closed"
+    assert sessions <= 8  # bounded: a handful of sessions within the minute, then the call ends with its message
