@@ -87,19 +87,16 @@ def test_agent_audio_goes_out_as_mulaw_with_a_mark_per_chunk():
     assert all(m["streamSid"] == SID for m in messages)
     sizes = [len(base64.b64decode(m["media"]["payload"])) for m in messages if m["event"] == "media"]
     assert sizes == [800, 800, 400]
-    assert [m["mark"]["name"] for m in messages if m["event"] == "mark"] == [
-        "g0:100:item_1",
-        "g0:200:item_1",
-        "g0:250:item_1",
-    ]
+    # Marks are an opaque per-call sequence: nothing from the model goes into a name.
+    assert [m["mark"]["name"] for m in messages if m["event"] == "mark"] == ["m0", "m1", "m2"]
 
 
 def test_barge_in_clears_and_truncates_at_what_was_heard():
     call = make_call()
     call.model_event(rt.ResponseCreated("resp_1"), 0)
-    call.model_event(delta(ms=500), 0)  # 5 chunks queued at Twilio at t=0
-    call.twilio_event(tw.MarkEcho(SID, "g0:100:item_1"), 100)
-    call.twilio_event(tw.MarkEcho(SID, "g0:200:item_1"), 200)
+    call.model_event(delta(ms=500), 0)  # 5 chunks queued at Twilio at t=0: marks m0..m4
+    call.twilio_event(tw.MarkEcho(SID, "m0"), 100)
+    call.twilio_event(tw.MarkEcho(SID, "m1"), 200)
     out = call.model_event(rt.SpeechStarted(1000, "item_user"), 230)
     assert sends(out)[0] == {"event": "clear", "streamSid": SID}  # clear goes first
     truncate = [m for m in sends(out, Peer.MODEL) if m["type"] == "conversation.item.truncate"]
@@ -110,7 +107,7 @@ def test_barge_in_clears_and_truncates_at_what_was_heard():
     # Late deltas of the interrupted response are dropped.
     assert call.model_event(delta(ms=100), 240) == []
     # Marks echoed because of the clear are ignored: they say "cleared", not "played".
-    assert call.twilio_event(tw.MarkEcho(SID, "g0:300:item_1"), 241) == []
+    assert call.twilio_event(tw.MarkEcho(SID, "m2"), 241) == []
     assert call.heard_ms("item_1") == 230
 
 
@@ -128,7 +125,7 @@ def test_chunk_sent_after_an_idle_gap_plays_from_its_arrival():
     call = make_call()
     call.model_event(rt.ResponseCreated("resp_1"), 0)
     call.model_event(delta(ms=100), 0)
-    call.twilio_event(tw.MarkEcho(SID, "g0:100:item_1"), 100)
+    call.twilio_event(tw.MarkEcho(SID, "m0"), 100)
     call.model_event(delta(ms=100), 400)  # the model was slow: Twilio was idle 100..400
     out = call.model_event(rt.SpeechStarted(1000, "u"), 450)
     truncate = [m for m in sends(out, Peer.MODEL) if m["type"] == "conversation.item.truncate"][0]
@@ -152,7 +149,7 @@ def test_nothing_is_cleared_or_truncated_when_nothing_is_playing():
     assert sends(call.model_event(rt.SpeechStarted(0, "u"), 0)) == []
     call.model_event(rt.ResponseCreated("resp_1"), 0)
     call.model_event(delta(ms=100), 0)
-    call.twilio_event(tw.MarkEcho(SID, "g0:100:item_1"), 100)
+    call.twilio_event(tw.MarkEcho(SID, "m0"), 100)
     call.model_event(rt.ResponseDone("resp_1", "completed", {}), 100)
     assert sends(call.model_event(rt.SpeechStarted(0, "u"), 500)) == []
 
@@ -174,8 +171,9 @@ def test_second_response_after_barge_in_plays_on_the_new_generation():
     call.model_event(rt.ResponseCreated("resp_2"), 1000)
     out = call.model_event(delta(response="resp_2", item="item_2", ms=100), 1000)
     marks = [m["mark"]["name"] for m in sends(out) if m["event"] == "mark"]
-    assert marks == ["g1:100:item_2"]
-    call.twilio_event(tw.MarkEcho(SID, "g1:100:item_2"), 1100)
+    assert marks == ["m2"]  # m0 and m1 were cleared
+    call.twilio_event(tw.MarkEcho(SID, "m1"), 1050)  # a cleared echo, late: counts for nothing
+    call.twilio_event(tw.MarkEcho(SID, "m2"), 1100)
     assert call.heard_ms("item_2") == 100
 
 
@@ -202,10 +200,12 @@ def test_pcmu_pass_through_counts_8_bytes_per_ms():
     call.model_event(rt.ResponseCreated("r"), 0)
     out = call.model_event(rt.AudioDelta("r", "i", b"\x10" * 1600), 0)  # 200 ms
     marks = [m["mark"]["name"] for m in sends(out) if m["event"] == "mark"]
-    assert marks == ["g0:100:i", "g0:200:i"]
+    assert marks == ["m0", "m1"]
+    call.twilio_event(tw.MarkEcho(SID, "m1"), 200)
+    assert call.heard_ms("i") == 200
 
 
-@pytest.mark.parametrize("name", ["", "g", "gx:1:i", "g1:x:i", "g1:2:", "1:2:i"])
+@pytest.mark.parametrize("name", ["", "m", "mx", "m-1", "m1.5", "m" + "9" * 16, "g0:100:item_1", "M1", " m1"])
 def test_malformed_mark_names_are_dropped(name):
     call = make_call()
     assert of_type(call.twilio_event(tw.MarkEcho(SID, name), 0), Dropped)
@@ -215,8 +215,9 @@ def test_a_forged_mark_echo_credits_nothing():
     call = make_call()
     call.model_event(rt.ResponseCreated("resp_1"), 0)
     call.model_event(delta(ms=1000), 0)
-    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:5:forged"), 10), Dropped)
-    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:1000:item_1"), 10), Dropped) == []
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "m99"), 10), Dropped)  # never sent
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "m9"), 10), Dropped) == []
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "m9"), 11), Dropped)  # echoed already
     # A real echo of the 10th chunk means all ten played: echoes come in order.
     assert call.heard_ms("item_1") == 1000
 
@@ -232,7 +233,7 @@ def test_barge_in_truncates_every_item_in_twilios_queue():
     call.model_event(rt.ResponseDone("resp_1", "completed", {}), 0)
     call.model_event(rt.ResponseCreated("resp_2"), 0)
     call.model_event(delta(response="resp_2", item="item_b", ms=500), 0)
-    call.twilio_event(tw.MarkEcho(SID, "g0:100:item_a"), 100)
+    call.twilio_event(tw.MarkEcho(SID, "m0"), 100)  # item_a: m0..m2, item_b: m3..m7
     out = call.model_event(rt.SpeechStarted(0, "u"), 150)
     # item_a was half-way through its second chunk; item_b never started playing.
     assert truncates(out) == {"item_a": 150, "item_b": 0}
@@ -245,8 +246,8 @@ def test_round_trip_to_twilio_is_measured_from_marks_and_compensated():
     call.model_event(rt.ResponseCreated("resp_1"), 0)
     call.model_event(delta(ms=500), 0)  # sent to an idle queue at t=0
     # One-way latency 50 ms: chunk 1 reaches Twilio at 50, plays until 150, its echo arrives at 200.
-    call.twilio_event(tw.MarkEcho(SID, "g0:100:item_1"), 200)
-    call.twilio_event(tw.MarkEcho(SID, "g0:200:item_1"), 300)
+    call.twilio_event(tw.MarkEcho(SID, "m0"), 200)
+    call.twilio_event(tw.MarkEcho(SID, "m1"), 300)
     # Speech detected at 330: our clear reaches Twilio at 380, when the caller has heard 380 - 50 = 330 ms.
     out = call.model_event(rt.SpeechStarted(0, "u"), 330)
     assert truncates(out) == {"item_1": 330}
@@ -262,7 +263,9 @@ def test_late_deltas_still_count_toward_the_items_length():
     call.model_event(rt.ResponseCreated("resp_2"), 80)
     out = call.model_event(delta(response="resp_2", item="item_1", ms=100), 90)  # (an item id reused)
     marks = [m["mark"]["name"] for m in sends(out) if m["event"] == "mark"]
-    assert marks == ["g1:400:item_1"]
+    assert marks == ["m2"]
+    call.twilio_event(tw.MarkEcho(SID, "m2"), 200)
+    assert call.heard_ms("item_1") == 400  # the new chunk is 300..400 of the item: the dropped deltas count
 
 
 def test_a_bogus_timestamp_jump_does_not_disable_gap_filling():
@@ -328,9 +331,9 @@ def test_end_call_hangs_up_only_once_the_goodbye_has_been_heard():
     assert [m["item"]["type"] for m in sends(out, Peer.MODEL)] == ["function_call_output"]
     assert not [m for m in sends(out, Peer.MODEL) if m["type"] == "response.create"]  # it already said goodbye
     assert of_type(call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10), HangUp) == []
-    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:100:item_1"), 100), HangUp) == []
-    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:200:item_1"), 200), HangUp) == [HangUp("the agent ended the call")]
-    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:200:item_1"), 300), HangUp) == []
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "m0"), 100), HangUp) == []
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "m1"), 200), HangUp) == [HangUp("the agent ended the call")]
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "m1"), 300), HangUp) == []
 
 
 def test_end_call_before_any_goodbye_asks_for_one_first():
@@ -344,7 +347,7 @@ def test_end_call_before_any_goodbye_asks_for_one_first():
     call.model_event(rt.ResponseCreated("resp_2"), 20)
     call.model_event(delta(response="resp_2", item="item_2", ms=100), 20)
     call.model_event(rt.ResponseDone("resp_2", "completed", {}), 30)
-    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:100:item_2"), 120), HangUp)
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "m0"), 120), HangUp)
 
 
 def test_transfer_waits_for_the_announcement():
@@ -353,7 +356,7 @@ def test_transfer_waits_for_the_announcement():
     call.model_event(delta(ms=100), 0)
     call.model_event(rt.FunctionCallRequested("resp_1", "c1", "transfer_call", '{"reason":"billing"}'), 0)
     call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10)
-    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:100:item_1"), 100), Transfer)
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "m0"), 100), Transfer)
 
 
 def test_call_control_names_are_user_tools_when_not_enabled():
@@ -397,7 +400,7 @@ def test_talking_over_the_goodbye_cancels_the_hang_up():
     call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10)
     out = call.model_event(rt.SpeechStarted(0, "u"), 140)  # "wait, one more thing"
     assert of_type(out, HangUp) == []
-    assert of_type(call.twilio_event(tw.MarkEcho(SID, "g0:500:item_1"), 150), HangUp) == []  # cleared echo
+    assert of_type(call.twilio_event(tw.MarkEcho(SID, "m4"), 150), HangUp) == []  # cleared echo
     assert of_type(call.model_event(rt.ResponseDone("resp_x", "cancelled", {}), 160), HangUp) == []
 
 
@@ -563,3 +566,30 @@ def test_key_presses_faster_than_a_keypad_are_dropped():
     reached = [bool(sends(call.twilio_event(tw.Dtmf(SID, "5"), n), Peer.MODEL)) for n in range(100)]  # 100 in 0.1 s
     assert sum(reached) == 20  # the burst, then nothing
     assert sends(call.twilio_event(tw.Dtmf(SID, "5"), 1_000), Peer.MODEL)  # a keypad's pace again
+
+
+def test_items_are_keyed_per_session_so_a_replacement_may_reuse_item_ids():
+    call = make_call()
+    call.model_event(rt.ResponseCreated("r1"), 0)
+    call.model_event(delta("r1", "item_1", ms=300), 0)  # m0..m2
+    call.twilio_event(tw.MarkEcho(SID, "m2"), 300)
+    call.model_event(rt.ResponseDone("r1", "completed", {}), 300)
+    call.model_lost("socket dropped")
+    call.model_connected()  # a server that numbers its items per session starts at item_1 again
+    call.model_event(rt.ResponseCreated("r2"), 400)
+    call.model_event(delta("r2", "item_1", ms=200), 400)  # m3, m4: a new item, from 0
+    out = call.model_event(rt.SpeechStarted(0, "u"), 450)
+    assert truncates(out) == {"item_1": 50}  # not 350: the old session's item_1 is another item
+
+
+def test_item_accounting_stays_bounded_over_a_long_call():
+    from gateway.call.core import MAX_TRACKED_ITEMS
+
+    call = make_call()
+    for n in range(500):
+        call.model_event(rt.ResponseCreated(f"r{n}"), n * 1000)
+        out = call.model_event(delta(f"r{n}", f"item_{n}", ms=100), n * 1000)
+        call.twilio_event(tw.MarkEcho(SID, sends(out, Peer.TWILIO)[-1]["mark"]["name"]), n * 1000 + 100)
+        call.model_event(rt.ResponseDone(f"r{n}", "completed", {}), n * 1000 + 100)
+    assert len(call._items) <= MAX_TRACKED_ITEMS and len(call._playback._heard) <= MAX_TRACKED_ITEMS
+    assert call.heard_ms("item_499") == 100

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,6 +36,7 @@ MAX_PENDING_AUDIO_MS = 5000
 MAX_CARRIED_ITEMS = 60
 MAX_CARRIED_CHARS = 2000
 MAX_HELD_ITEMS = 32
+MAX_TRACKED_ITEMS = 64  # agent items whose audio accounting is kept
 
 
 
@@ -73,7 +74,6 @@ class _AgentItem:
     """One assistant item's audio, as the model produced it."""
 
     response_id: str
-    session: int  # which model session made it: only that session can truncate it
     received_bytes: int = 0  # model-format audio bytes received (item positions count from these)
 
 
@@ -106,7 +106,8 @@ class Call:
         self._greeted = False
         self._active_response: str | None = None
         self._interrupted_responses: set[str] = set()
-        self._items: dict[str, _AgentItem] = {}
+        # Keyed by (session, item_id): a replacement session may number its items as the old one did.
+        self._items: OrderedDict[tuple[int, str], _AgentItem] = OrderedDict()
         self._playback = PlaybackTracker()
         self._chunk_bytes = config.mark_interval_ms * self._model_bytes_per_ms
         # Turn-taking around tools: a response is requested once every tool output is in and none is active.
@@ -311,9 +312,11 @@ class Call:
         return []
 
     def _agent_audio(self, delta: rt.AudioDelta, now_ms: float) -> list[Output]:
-        item = self._items.get(delta.item_id)
+        key = (self._session, delta.item_id)
+        item = self._items.get(key)
         if item is None:
-            item = self._items[delta.item_id] = _AgentItem(delta.response_id, self._session)
+            item = self._items[key] = _AgentItem(delta.response_id)
+            self._forget_old_items()
         self._responses_with_audio.add(delta.response_id)
         if delta.response_id in self._interrupted_responses or not self.stream_sid:
             item.received_bytes += len(delta.audio)  # the model's item holds it, though nobody hears it
@@ -328,7 +331,7 @@ class Call:
             mulaw = self._outbound.convert(chunk)
             if not mulaw:
                 continue
-            name = self._playback.chunk_sent(delta.item_id, start_ms, item.received_bytes // per_ms, now_ms)
+            name = self._playback.chunk_sent(key, start_ms, item.received_bytes // per_ms, now_ms)
             out.append(Send(Peer.TWILIO, tw.media_message(self.stream_sid, mulaw)))
             out.append(Send(Peer.TWILIO, tw.mark_message(self.stream_sid, name)))
         return out
@@ -337,7 +340,7 @@ class Call:
         parsed = parse_mark_name(name)
         if parsed is None:
             return [Dropped("twilio", "mark with a name we never sent")]
-        if not self._playback.mark_echoed(*parsed, now_ms):
+        if not self._playback.mark_echoed(parsed, now_ms):
             return [Dropped("twilio", "echo of a mark that is not pending")]
         return self._control_if_heard() if self._after_playback is not None else []
 
@@ -417,8 +420,14 @@ class Call:
         return [control]
 
     def heard_ms(self, item_id: str) -> int:
-        """How much of an item's audio the caller has heard, as confirmed by Twilio's echoes."""
-        return self._playback.heard_ms(item_id)
+        """How much of an item (of the current model session) the caller has heard, as confirmed by Twilio."""
+        return self._playback.heard_ms((self._session, item_id))
+
+    def _forget_old_items(self) -> None:
+        """A call can last hours: only the latest items are kept (far more than can be queued at Twilio)."""
+        while len(self._items) > MAX_TRACKED_ITEMS:
+            key, _ = self._items.popitem(last=False)
+            self._playback.forget(key)
 
     def _caller_started_speaking(self, now_ms: float) -> list[Output]:
         out: list[Output] = []
@@ -433,13 +442,14 @@ class Call:
             return out  # nothing queued or playing at Twilio: nothing to clear or truncate
         heard = self._playback.heard_at_clear(now_ms)
         out.insert(0, Send(Peer.TWILIO, tw.clear_message(self.stream_sid)))
-        for item_id, heard_ms in heard.items():
-            item = self._items[item_id]
+        for key, heard_ms in heard.items():
+            session, item_id = key
+            item = self._items[key]
             received_ms = item.received_bytes // self._model_bytes_per_ms
-            heard[item_id] = heard_ms = min(heard_ms, received_ms)  # never more than the item holds
+            heard[key] = heard_ms = min(heard_ms, received_ms)  # never more than the item holds
             # Every item with audio in Twilio's queue is cut where the caller stopped hearing it (an item of
             # a session that has since been replaced no longer exists at the model: nothing to cut there).
-            if item.session == self._session and self._model_ready:
+            if session == self._session and self._model_ready:
                 out.append(Send(Peer.MODEL, rt.item_truncate(item_id, heard_ms)))
             out.append(BargeIn(item_id, heard_ms, received_ms, cancelled))
         self._playback.clear(heard)
