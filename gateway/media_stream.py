@@ -22,6 +22,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.asyncio.client import ClientConnection, connect
 
 from gateway.call import (
+    END_CALL,
+    TRANSFER_CALL,
+    ConnectModel,
     Call,
     CallConfig,
     CallEvent,
@@ -41,7 +44,7 @@ from gateway.droplog import DropCounter
 from gateway.realtime import events as rt
 from gateway.security import StreamGrant
 from gateway.recording import CallRecorder
-from gateway.tools import END_CALL, TRANSFER_CALL, ToolContext, ToolRegistry
+from gateway.tools import ToolContext, ToolRegistry
 from gateway.twilio.media import MediaStreamError, parse_twilio_message
 from gateway.twilio.twiml import dial_twiml
 
@@ -361,6 +364,9 @@ class MediaStreamSession:
                 if output.refused:
                     self._close_code = POLICY_VIOLATION
                 self._end(output.reason)
+            elif isinstance(output, ConnectModel):
+                if self._model_task is None:
+                    self._model_task = asyncio.create_task(self._model_loop(), name="model-reader")
             elif isinstance(output, RunTool):
                 self._in_background(self._run_tool(output))
             elif isinstance(output, (HangUp, Transfer)):
@@ -433,8 +439,6 @@ class MediaStreamSession:
 
     def _report(self, event: CallEvent) -> None:
         if isinstance(event, CallStarted):
-            # The model session opens only for a real call: after a valid start, never for a bare socket.
-            self._model_task = asyncio.create_task(self._model_loop(), name="model-reader")
             if self._recorder is not None:
                 self._recorder.call_started(event.call_sid, event.stream_sid)
             self._drops.context = self._model_drops.context = f"call_sid={event.call_sid}"

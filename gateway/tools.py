@@ -37,10 +37,10 @@ from typing import Any, Callable
 
 import pydantic
 
+from gateway.call.outputs import END_CALL, TRANSFER_CALL
+
 log = logging.getLogger("gateway.tools")
 
-END_CALL = "end_call"
-TRANSFER_CALL = "transfer_call"
 MAX_TOOL_OUTPUT_CHARS = 16_000
 _ARG_LINE = re.compile(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
 

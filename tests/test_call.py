@@ -593,3 +593,14 @@ def test_item_accounting_stays_bounded_over_a_long_call():
         call.model_event(rt.ResponseDone(f"r{n}", "completed", {}), n * 1000 + 100)
     assert len(call._items) <= MAX_TRACKED_ITEMS and len(call._playback._heard) <= MAX_TRACKED_ITEMS
     assert call.heard_ms("item_499") == 100
+
+
+def test_the_model_session_is_asked_for_explicitly_and_only_for_a_valid_start():
+    from gateway.call import ConnectModel
+
+    call = Call(CallConfig(session_update={}), expected_call_sid="CA" + "1" * 32)
+    assert of_type(call.twilio_event(tw.Media(SID, 0, b"\xff" * 160), 0), ConnectModel) == []
+    assert of_type(call.twilio_event(tw.Start(SID, "CA" + "1" * 32, "", "x", 8000, {}), 0), ConnectModel) == [ConnectModel()]
+    assert of_type(call.twilio_event(tw.Start(SID, "CA" + "1" * 32, "", "x", 8000, {}), 0), ConnectModel) == []  # once
+    refused = Call(CallConfig(session_update={}), expected_call_sid="CA" + "1" * 32)
+    assert of_type(refused.twilio_event(tw.Start(SID, "CA" + "2" * 32, "", "x", 8000, {}), 0), ConnectModel) == []

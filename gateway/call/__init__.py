@@ -13,6 +13,9 @@ on Twilio's echoes, never on a guess from the response's start.
 
 from gateway.call.core import Call, CallConfig
 from gateway.call.outputs import (
+    END_CALL,
+    TRANSFER_CALL,
+    ConnectModel,
     Peer,
     Send,
     EndCall,
@@ -33,4 +36,4 @@ from gateway.call.outputs import (
     Output,
 )
 
-__all__ = ["BargeIn", "Call", "CallConfig", "CallEvent", "CallStarted", "CallTimeLimitReached", "Dropped", "DtmfReceived", "EndCall", "HangUp", "ModelReportedError", "ModelSessionLost", "Output", "Peer", "ResponseFinished", "RunTool", "Send", "ToolCalled", "TranscriptReceived", "Transfer"]
+__all__ = ["END_CALL", "TRANSFER_CALL", "ConnectModel", "BargeIn", "Call", "CallConfig", "CallEvent", "CallStarted", "CallTimeLimitReached", "Dropped", "DtmfReceived", "EndCall", "HangUp", "ModelReportedError", "ModelSessionLost", "Output", "Peer", "ResponseFinished", "RunTool", "Send", "ToolCalled", "TranscriptReceived", "Transfer"]

@@ -8,10 +8,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway import tools
 from gateway.audio import MULAW_BYTES_PER_MS, converters_for, model_bytes_per_ms, mulaw_silence
 from gateway.call.outputs import (
-    BargeIn, CallStarted, CallTimeLimitReached, Dropped, DtmfReceived, EndCall, HangUp, ModelReportedError,
+    END_CALL, BargeIn, ConnectModel, CallStarted, CallTimeLimitReached, Dropped, DtmfReceived, EndCall, HangUp, ModelReportedError,
     ModelSessionLost, Output, Peer, ResponseFinished, RunTool, Send, ToolCalled, TranscriptReceived, Transfer,
 )
 from gateway.playback import PlaybackTracker, parse_mark_name
@@ -168,7 +167,7 @@ class Call:
             self.stream_sid = event.stream_sid
             self.call_sid = event.call_sid
             self.custom_parameters = dict(event.custom_parameters)
-            return [CallStarted(event.call_sid, event.stream_sid, self.custom_parameters)]
+            return [CallStarted(event.call_sid, event.stream_sid, self.custom_parameters), ConnectModel()]
         if isinstance(event, tw.Dtmf):
             if event.stream_sid != self.stream_sid:
                 return [Dropped("twilio", "dtmf for a foreign streamSid")]
@@ -350,7 +349,7 @@ class Call:
         out: list[Output] = [ToolCalled(event.call_id, event.name, event.arguments)]
         if event.name in self.config.call_control_tools:
             already_pending = self._after_playback is not None
-            if event.name == tools.END_CALL:
+            if event.name == END_CALL:
                 self._after_playback, say = HangUp("the agent ended the call"), _GOODBYE_INSTRUCTIONS
             else:
                 self._after_playback, say = Transfer("the agent transferred the call"), _TRANSFER_INSTRUCTIONS

@@ -34,6 +34,11 @@ class EndCall:
 
 
 @dataclass(slots=True)
+class ConnectModel:
+    """Open the model session: the call is real (a valid ``start``), so it may now cost model time."""
+
+
+@dataclass(slots=True)
 class RunTool:
     """Run a user tool off the audio path; hand its result to :meth:`Call.tool_finished`."""
 
@@ -131,4 +136,8 @@ class Dropped(CallEvent):
     reason: str
 
 
-Output = Union[Send, CallEvent, EndCall, RunTool, HangUp, Transfer]
+Output = Union[Send, CallEvent, EndCall, ConnectModel, RunTool, HangUp, Transfer]
+
+# The built-in tools the core itself carries out (once what the agent said has been heard).
+END_CALL = "end_call"
+TRANSFER_CALL = "transfer_call"
