@@ -235,7 +235,11 @@ class ToolRegistry:
                 self._executor = ThreadPoolExecutor(self._max_threads, thread_name_prefix="gateway-tool")
             task = asyncio.get_running_loop().run_in_executor(self._executor, self._in_thread, function, kwargs,
                                                               call_sid)
-        done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+        except asyncio.CancelledError:
+            task.cancel()  # the call ended: its tool does not outlive it
+            raise
         if not done:
             task.cancel()
             raise TimeoutError

@@ -92,3 +92,24 @@ async def test_one_call_cannot_take_more_than_its_share_of_the_tool_pool():
     # The greedy call's thread is still hung: its next tool is refused, while another call's tool runs.
     assert "busy" in json.loads(await registry.run("check_order", '{"order_id": "A1"}', greedy))["error"]
     assert json.loads(await registry.run("check_order", '{"order_id": "A1"}', other))["status"] == "shipped"
+
+
+async def test_an_async_tool_is_cancelled_with_its_call():
+    cancelled = asyncio.Event()
+
+    async def slow_lookup() -> str:
+        """Takes long."""
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "late"
+
+    registry = ToolRegistry([tool_from_function(slow_lookup)], timeout_s=60)
+    run = asyncio.create_task(registry.run("slow_lookup", "{}", CONTEXT))
+    await asyncio.sleep(0.05)
+    run.cancel()  # what the shell does to a call's background work when the call ends
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await asyncio.wait_for(cancelled.wait(), 1)
