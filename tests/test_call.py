@@ -604,3 +604,48 @@ def test_the_model_session_is_asked_for_explicitly_and_only_for_a_valid_start():
     assert of_type(call.twilio_event(tw.Start(SID, "CA" + "1" * 32, "", "x", 8000, {}), 0), ConnectModel) == []  # once
     refused = Call(CallConfig(session_update={}), expected_call_sid="CA" + "1" * 32)
     assert of_type(refused.twilio_event(tw.Start(SID, "CA" + "2" * 32, "", "x", 8000, {}), 0), ConnectModel) == []
+
+
+# ---- the greeting is not lost ---------------------------------------------------------------------------------
+
+
+def greeting_call():
+    call = make_call(agent_speaks_first=True, greeting_instructions="Greet the caller.")
+    assert creates(call.model_event(rt.SessionUpdated(), 0)) == 1
+    return call
+
+
+def creates(outputs) -> int:
+    return len([m for m in sends(outputs, Peer.MODEL) if m["type"] == "response.create"])
+
+
+def test_a_greeting_lost_with_its_session_is_asked_of_the_next_one():
+    call = greeting_call()
+    call.model_event(rt.ResponseCreated("r1"), 10)
+    call.model_event(delta("r1", "item_1", ms=100), 20)  # the first words, then the session dies
+    call.model_lost("socket dropped")
+    assert creates(call.model_connected()) == 0  # not before the new session is configured
+    assert creates(call.model_event(rt.SessionUpdated(), 100)) == 1
+    call.model_event(rt.ResponseCreated("r2"), 110)
+    call.model_event(delta("r2", "item_1", ms=300), 120)
+    call.model_event(rt.ResponseDone("r2", "completed", {}), 130)
+    call.model_lost("expired")
+    call.model_connected()
+    assert creates(call.model_event(rt.SessionUpdated(), 200)) == 0  # it was all sent: never twice
+
+
+def test_a_failed_greeting_is_asked_again_a_bounded_number_of_times():
+    call = greeting_call()
+    asked = 1
+    for n in range(5):
+        call.model_event(rt.ResponseCreated(f"r{n}"), n)
+        asked += creates(call.model_event(rt.ResponseDone(f"r{n}", "failed", {}), n))
+    assert asked == 3
+
+
+def test_a_callee_who_speaks_first_gets_an_answer_not_a_late_greeting():
+    call = make_call(agent_speaks_first=True, greeting_instructions="Greet the caller.")
+    call.model_event(rt.ResponseCreated("auto"), 0)  # "Hello?" started a response before the session was updated
+    assert creates(call.model_event(rt.SessionUpdated(), 5)) == 0  # waits for the active response
+    call.model_event(rt.SpeechStarted(0, "u"), 10)  # the callee talks
+    assert creates(call.model_event(rt.ResponseDone("auto", "cancelled", {}), 20)) == 0

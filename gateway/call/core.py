@@ -36,6 +36,7 @@ MAX_CARRIED_ITEMS = 60
 MAX_CARRIED_CHARS = 2000
 MAX_HELD_ITEMS = 32
 MAX_TRACKED_ITEMS = 64  # agent items whose audio accounting is kept
+MAX_GREETING_ATTEMPTS = 3
 
 
 
@@ -102,7 +103,12 @@ class Call:
         self._queued_tools: deque[RunTool] = deque()
         self._dtmf_tokens = DTMF_BURST
         self._dtmf_at: float | None = None
-        self._greeted = False
+        # The greeting (agent_speaks_first) is asked for in every session until it was all sent to Twilio, or the
+        # caller spoke: a session that dies before it plays, or a refused request, does not lose it.
+        self._greeting_done = False
+        self._greeting_session = 0  # the session it was last asked of
+        self._greeting_response: str | None = None
+        self._greeting_attempts = 0
         self._active_response: str | None = None
         self._interrupted_responses: set[str] = set()
         # Keyed by (session, item_id): a replacement session may number its items as the old one did.
@@ -267,6 +273,10 @@ class Call:
         self._running_tools.clear()
         self._queued_tools.clear()
         self._interrupted_responses.clear()
+        if self._greeting_response is not None or (self._greeting_session and not self._greeting_done):
+            # Not all sent: the next session is asked again, once it is configured (not before).
+            self._greeting_response = None
+            self._want_response, self._response_instructions = False, ""
         return [ModelSessionLost(reason)]
 
     def model_closed(self, reason: str) -> list[Output]:
@@ -281,6 +291,9 @@ class Call:
         if isinstance(event, rt.SpeechStarted):
             return self._caller_started_speaking(now_ms)
         if isinstance(event, rt.ResponseCreated):
+            if self._response_requested and self._greeting_session == self._session and not self._greeting_done \
+                    and self._greeting_response is None:
+                self._greeting_response = event.response_id
             self._active_response = event.response_id
             self._response_requested = False
             return []
@@ -288,8 +301,15 @@ class Call:
             if self._active_response == event.response_id:
                 self._active_response = None
             self._interrupted_responses.discard(event.response_id)
+            had_audio = event.response_id in self._responses_with_audio
             self._responses_with_audio.discard(event.response_id)
-            out = [ResponseFinished(event.response_id, event.status, event.usage)]
+            out: list[Output] = [ResponseFinished(event.response_id, event.status, event.usage)]
+            if event.response_id == self._greeting_response and not self._greeting_done:
+                self._greeting_response = None
+                if event.status == "completed" and had_audio:
+                    self._greeting_done = True  # all of it is at Twilio: it plays, whatever the model does next
+                else:
+                    out += self._ask_for_greeting()  # failed (a rate limit, say): ask again, a bounded number of times
             return out + self._request_response_if_ready() + self._control_if_heard()
         if isinstance(event, rt.FunctionCallRequested):
             return self._function_call(event)
@@ -298,9 +318,8 @@ class Call:
                 self._transcript.append((event.role, event.text[:MAX_CARRIED_CHARS]))
             return [TranscriptReceived(event.role, event.item_id, event.text)]
         if isinstance(event, rt.SessionUpdated):
-            if self.config.agent_speaks_first and not self._greeted:
-                self._greeted = True
-                return [Send(Peer.MODEL, rt.response_create(self._instructions_plus(self.config.greeting_instructions)))]
+            if self._greeting_session != self._session:
+                return self._ask_for_greeting()
             return []
         if isinstance(event, rt.ModelError):
             # Whatever went wrong, a response.create of ours may have been refused: do not wait for it forever.
@@ -394,6 +413,15 @@ class Call:
         self._response_instructions = "The transfer to a colleague failed. Apologise briefly and keep helping the caller."
         return self._request_response_if_ready()
 
+    def _ask_for_greeting(self) -> list[Output]:
+        if not self.config.agent_speaks_first or self._greeting_done or self._greeting_attempts >= MAX_GREETING_ATTEMPTS:
+            return []
+        self._greeting_attempts += 1
+        self._greeting_session = self._session
+        self._want_response = True
+        self._response_instructions = self.config.greeting_instructions
+        return self._request_response_if_ready()
+
     def _request_response_if_ready(self) -> list[Output]:
         if not self._want_response or self._running_tools or self._active_response or self._response_requested:
             return []
@@ -429,6 +457,10 @@ class Call:
             self._playback.forget(key)
 
     def _caller_started_speaking(self, now_ms: float) -> list[Output]:
+        if not self._greeting_done and self._want_response and not self._response_requested \
+                and self._response_instructions == self.config.greeting_instructions:
+            self._want_response, self._response_instructions = False, ""  # a greeting still waiting: not wanted now
+        self._greeting_done = True  # the caller spoke: the conversation has begun, greeting or not
         out: list[Output] = []
         response_id = self._active_response
         cancelled = False
