@@ -41,6 +41,7 @@ from gateway.call import (
 )
 from gateway.config import Settings
 from gateway.droplog import DropCounter
+from gateway.outbox import Outbox
 from gateway.realtime import events as rt
 from gateway.security import StreamGrant
 from gateway.recording import CallRecorder
@@ -66,9 +67,15 @@ MODEL_DOWN_LIMIT_S = 10.0
 MAX_MODEL_LOSSES_PER_MINUTE = 6
 # Twilio sends `start` right after connecting; a socket that does not is not a call (and gets no model session).
 START_TIMEOUT_S = 5.0
-# Caller audio queued towards a model that is not reading it; past this, frames are dropped rather than
-# letting the Twilio reader wait on the model socket (websockets' default write limit is 32 KiB).
-MODEL_BACKLOG_BYTES = 32 * 1024
+# Caller audio queued towards a model that is not reading it (about 15 s of PCM16 as base64): past this, live
+# frames are dropped and counted; the reader never waits on the model socket (gateway.outbox). The audio held
+# while a session (re)connects is one message put into an empty queue, so it is never dropped.
+MODEL_BACKLOG_BYTES = 1024 * 1024
+# Agent audio and marks queued for a Twilio socket that is not being read: past this the call ends.
+TWILIO_BACKLOG_BYTES = 8 * 1024 * 1024
+# What goes ahead of everything queued for a peer (gateway.outbox): what stops the agent at once.
+_MODEL_CONTROL = frozenset({"conversation.item.truncate", "response.cancel"})
+_TWILIO_AUDIO = frozenset({"media", "mark"})
 MODEL_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 POLICY_VIOLATION = 1008
 TICK_INTERVAL_S = 1.0  # how often the core's clock checks run (time limit, idle media)
@@ -164,6 +171,8 @@ class MediaStreamSession:
         self._background: set[asyncio.Task[None]] = set()  # tools, hang-ups, transfers of this call
         self._observer = observer
         self._model: ClientConnection | None = None
+        self._model_out: Outbox | None = None  # the current model session's writer queue
+        self._twilio_out = Outbox(self._write_twilio, max_bytes=TWILIO_BACKLOG_BYTES)
         self._model_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._end_reason = ""
@@ -173,6 +182,7 @@ class MediaStreamSession:
 
     async def run(self) -> None:
         twilio_task = asyncio.create_task(self._twilio_loop(), name="twilio-reader")
+        self._in_background(self._twilio_out.run())
         self._in_background(self._clock_loop())
         try:
             try:
@@ -326,19 +336,15 @@ class MediaStreamSession:
                 ping_timeout=MODEL_PING_TIMEOUT_S,
                 close_timeout=MODEL_CLOSE_TIMEOUT_S,
             ) as model:
-                self._model, connected = model, True
-                await self._dispatch(self.call.model_connected())
-                async for frame in model:
-                    try:
-                        event = rt.parse_model_event(frame)
-                    except rt.ModelEventError as error:
-                        self._model_drops.drop(str(error))
-                        continue
-                    except Exception:  # a parser bug costs one event, never the call
-                        log.exception("dropped model event call_sid=%s: the parser failed", self.call.call_sid or "-")
-                        continue
-                    await self._dispatch(self.call.model_event(event, _now_ms()))
-                return connected, f"code {model.close_code}"
+                outbox = Outbox(self._model_writer(model), max_bytes=MODEL_BACKLOG_BYTES)
+                writer = asyncio.create_task(outbox.run(), name="model-writer")
+                self._model, self._model_out, connected = model, outbox, True
+                try:
+                    return await self._read_model(model)
+                finally:
+                    outbox.close()
+                    writer.cancel()
+                    await asyncio.gather(writer, return_exceptions=True)
         except asyncio.CancelledError:
             raise
         except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as error:
@@ -349,7 +355,30 @@ class MediaStreamSession:
             log.exception("model reader failed call_sid=%s", self.call.call_sid or "-")
             return connected, f"{type(error).__name__}: {error}"
         finally:
-            self._model = None
+            self._model, self._model_out = None, None
+
+    async def _read_model(self, model: ClientConnection) -> tuple[bool, str]:
+        await self._dispatch(self.call.model_connected())
+        async for frame in model:
+            try:
+                event = rt.parse_model_event(frame)
+            except rt.ModelEventError as error:
+                self._model_drops.drop(str(error))
+                continue
+            except Exception:  # a parser bug costs one event, never the call
+                log.exception("dropped model event call_sid=%s: the parser failed", self.call.call_sid or "-")
+                continue
+            await self._dispatch(self.call.model_event(event, _now_ms()))
+        return True, f"code {model.close_code}"
+
+    @staticmethod
+    def _model_writer(model: ClientConnection) -> Callable[[str], Any]:
+        async def write(text: str) -> None:
+            try:
+                await model.send(text)
+            except websockets.exceptions.ConnectionClosed:
+                pass  # the model reader sees the close and replaces the session
+        return write
 
     # ---- outputs ----------------------------------------------------------------------------
 
@@ -357,9 +386,9 @@ class MediaStreamSession:
         for output in outputs:
             if isinstance(output, Send):
                 if output.to is Peer.TWILIO:
-                    await self._send_twilio(output.message)
+                    self._send_twilio(output.message)
                 else:
-                    await self._send_model(output.message)
+                    self._send_model(output.message)
             elif isinstance(output, EndCall):
                 if output.refused:
                     self._close_code = POLICY_VIOLATION
@@ -412,30 +441,45 @@ class MediaStreamSession:
                 log.exception("transfer failed at Twilio call_sid=%s; the call goes on", call_sid)
                 await self._dispatch(self.call.transfer_failed())
 
-    async def _send_twilio(self, message: dict[str, Any]) -> None:
+    def _send_twilio(self, message: dict[str, Any]) -> None:
+        """Queue a message for Twilio (never waits: gateway.outbox). ``clear`` goes first, and takes the agent
+        audio still queued with it."""
         if self.websocket.application_state != WebSocketState.CONNECTED:
             return
         text = _encode_json(message)
         if self._recorder is not None:
             self._recorder.record("out", text, _now_ms())
+        event = message["event"]
+        if event == "clear":
+            self._twilio_out.discard(_TWILIO_AUDIO)
+            self._twilio_out.put_first(text, event)
+            return
+        self._twilio_out.put(text, event)
+        if self._twilio_out.overflowed:
+            log.error("Twilio is not reading its socket (%d bytes queued); ending the call call_sid=%s",
+                      self._twilio_out.queued_bytes, self.call.call_sid or "-")
+            self._end("Twilio socket not reading")
+
+    async def _write_twilio(self, text: str) -> None:
         try:
             await self.websocket.send_text(text)
         except (WebSocketDisconnect, RuntimeError, OSError):
+            self._twilio_out.close()
             self._done.set()
 
-    async def _send_model(self, message: dict[str, Any]) -> None:
-        model = self._model
-        if model is None:
+    def _send_model(self, message: dict[str, Any]) -> None:
+        """Queue a message for the model session (never waits). Truncates and cancels go first; live caller audio
+        is dropped, and counted, when the model is not reading it."""
+        outbox = self._model_out
+        if outbox is None:
             return
-        if message["type"] == "input_audio_buffer.append" and model.transport.get_write_buffer_size() > MODEL_BACKLOG_BYTES:
+        kind = message["type"]
+        if kind in _MODEL_CONTROL:
+            outbox.put_first(_encode_json(message), kind)
+        elif not outbox.put(_encode_json(message), kind, droppable=kind == "input_audio_buffer.append"):
             if not self._dropped_audio_frames:
                 log.warning("model is not keeping up; dropping caller audio call_sid=%s", self.call.call_sid or "-")
             self._dropped_audio_frames += 1
-            return
-        try:
-            await model.send(_encode_json(message))
-        except websockets.exceptions.ConnectionClosed:
-            pass  # the model reader sees the close and ends the call
 
     def _report(self, event: CallEvent) -> None:
         if isinstance(event, CallStarted):

@@ -1,0 +1,85 @@
+"""One writer per socket: what the call sends to a peer is queued in order and written by a single task.
+
+Why: a reader that awaits the other socket stalls its own side. With direct sends, a slow Twilio socket held up
+the model reader (so ``speech_started`` waited, and ``clear`` queued behind audio already being written), and a
+slow model socket held up the Twilio reader (mark echoes, ``stop``). With an :class:`Outbox` per socket, readers
+only *put* (never await), and:
+
+* messages leave in the order they were put, so held caller audio always reaches the model before live frames;
+* control messages (``clear``, ``response.cancel``, truncates) go ahead of everything still queued
+  (:meth:`Outbox.put_first`), and a ``clear`` drops the agent audio still queued for Twilio
+  (:meth:`Outbox.discard`): Twilio would clear it anyway, and the caller stops hearing the agent sooner;
+* backpressure is a decision, not a hidden await: once over ``max_bytes`` queued, droppable messages (live caller
+  audio) are dropped and counted, and anything else marks the outbox ``overflowed`` for the shell to end the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Awaitable, Callable
+
+
+class Outbox:
+    """Messages (text frames) for one socket, written by :meth:`run`. ``write`` sends one frame."""
+
+    def __init__(self, write: Callable[[str], Awaitable[None]], *, max_bytes: int) -> None:
+        self._write = write
+        self.max_bytes = max_bytes
+        self._queue: deque[tuple[str, str]] = deque()  # (kind, text)
+        self._bytes = 0
+        self._wake = asyncio.Event()
+        self.closed = False
+        self.dropped = 0  # droppable messages refused because the queue was full
+        self.overflowed = False  # a message that may not be dropped did not fit: the peer is not reading
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def put(self, text: str, kind: str = "", *, droppable: bool = False) -> bool:
+        """Queue ``text`` behind everything queued; False if it was not (closed, or full and ``droppable``)."""
+        if self.closed:
+            return False
+        if droppable and self._bytes > self.max_bytes:  # already over: a big message into room is never dropped
+            self.dropped += 1
+            return False
+        if self._bytes + len(text) > self.max_bytes and not droppable:
+            self.overflowed = True
+        self._queue.append((kind, text))
+        self._bytes += len(text)
+        self._wake.set()
+        return True
+
+    def put_first(self, text: str, kind: str = "") -> None:
+        """Queue ``text`` ahead of everything queued (control messages)."""
+        if self.closed:
+            return
+        self._queue.appendleft((kind, text))
+        self._bytes += len(text)
+        self._wake.set()
+
+    def discard(self, kinds: frozenset[str]) -> int:
+        """Drop the queued messages of these kinds (not yet written); how many were dropped."""
+        kept = deque(item for item in self._queue if item[0] not in kinds)
+        dropped = len(self._queue) - len(kept)
+        self._queue = kept
+        self._bytes = sum(len(text) for _, text in kept)
+        return dropped
+
+    def close(self) -> None:
+        """Write nothing more; :meth:`run` returns."""
+        self.closed = True
+        self._queue.clear()
+        self._bytes = 0
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write queued messages until closed; a failing write ends it (the socket's reader sees the close)."""
+        while not self.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue and not self.closed:
+                _, text = self._queue.popleft()
+                self._bytes -= len(text)
+                await self._write(text)

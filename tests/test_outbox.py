@@ -1,0 +1,65 @@
+"""One writer per socket (``gateway.outbox``): order kept, control first, a clear takes queued audio with it,
+backpressure decided (drop caller audio, flag the rest), and a put never waits, even on a stalled socket."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.outbox import Outbox
+
+
+class SlowSocket:
+    def __init__(self) -> None:
+        self.written: list[str] = []
+        self.open = asyncio.Event()  # writes block until the peer reads again
+
+    async def write(self, text: str) -> None:
+        await self.open.wait()
+        self.written.append(text)
+
+
+async def test_order_is_kept_and_control_goes_first() -> None:
+    socket = SlowSocket()
+    outbox = Outbox(socket.write, max_bytes=1000)
+    writer = asyncio.create_task(outbox.run())
+    for n in range(3):
+        assert outbox.put(f"audio{n}", "media")  # returns at once: the socket is stalled
+    outbox.put("mark0", "mark")
+    outbox.discard(frozenset({"media", "mark"}))
+    outbox.put_first("clear", "clear")
+    outbox.put("audio-after", "media")
+    socket.open.set()
+    await asyncio.sleep(0.05)
+    # "audio0" was already being written when the clear came; the rest of the old audio never left.
+    assert socket.written in (["audio0", "clear", "audio-after"], ["clear", "audio-after"])
+    outbox.close()
+    await asyncio.wait_for(writer, 1)
+
+
+async def test_held_audio_leaves_before_live_frames() -> None:
+    socket = SlowSocket()
+    socket.open.set()
+    outbox = Outbox(socket.write, max_bytes=1000)
+    writer = asyncio.create_task(outbox.run())
+    outbox.put("session.update", "session.update")
+    outbox.put("H" * 500, "input_audio_buffer.append", droppable=True)  # the audio held while connecting
+    for n in range(3):
+        outbox.put(f"live{n}", "input_audio_buffer.append", droppable=True)
+    await asyncio.sleep(0.05)
+    assert socket.written == ["session.update", "H" * 500, "live0", "live1", "live2"]  # in order, nothing dropped
+    outbox.close()
+    await asyncio.wait_for(writer, 1)
+
+
+async def test_backpressure_drops_caller_audio_and_flags_the_rest() -> None:
+    socket = SlowSocket()  # never reads
+    outbox = Outbox(socket.write, max_bytes=100)
+    writer = asyncio.create_task(outbox.run())
+    accepted = [outbox.put("a" * 30, "input_audio_buffer.append", droppable=True) for _ in range(10)]
+    assert accepted.count(True) <= 4 and outbox.dropped == accepted.count(False)
+    assert outbox.queued_bytes <= 130 and not outbox.overflowed
+    outbox.put("x" * 200, "media")
+    assert outbox.overflowed  # not droppable: the shell ends the call (a peer that does not read)
+    outbox.close()
+    await asyncio.wait_for(writer, 1)
+    assert not outbox.put("late")
