@@ -250,7 +250,8 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
         if settings.uses_embedded_model:
             from gateway.local import LocalRealtimeServer
 
-            local_server = LocalRealtimeServer("127.0.0.1", settings.local_realtime_port, agent=settings.local_agent)
+            local_server = LocalRealtimeServer("127.0.0.1", settings.local_realtime_port, agent=settings.local_agent,
+                                               session_limit_s=settings.local_session_limit_s)
             await local_server.start()
             resolved = settings.with_model_url(local_server.url)
             log.warning(

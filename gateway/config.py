@@ -177,6 +177,7 @@ class Settings:
     record_calls_dir: str = ""  # when set, every call's Twilio frames are written there (gateway.recording)
     # Embedded Realtime-compatible server (used when no api_key is set)
     local_realtime_port: int = 0
+    local_session_limit_s: float = 3600.0  # the embedded server's session limit (OpenAI's is 60 minutes)
     # Outbound HTTP API and Twilio REST (gateway.api, gateway.twilio.rest, gateway.store)
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # bearer keys of the HTTP API; none: it answers 503
     twilio_account_sid: str = ""
@@ -304,6 +305,7 @@ class Settings:
             mark_interval_ms=_int(env, "MARK_INTERVAL_MS", 100, 20, 2000),
             record_calls_dir=(env.get("RECORD_CALLS_DIR") or "").strip(),
             local_realtime_port=_int(env, "LOCAL_REALTIME_PORT", 0, 0, 65535),
+            local_session_limit_s=_float(env, "LOCAL_SESSION_LIMIT_S", 3600.0, 1.0, 86400.0),
             **_outbound_settings(env),
             **_security_settings(env),
         )

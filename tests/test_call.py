@@ -649,3 +649,17 @@ def test_a_callee_who_speaks_first_gets_an_answer_not_a_late_greeting():
     assert creates(call.model_event(rt.SessionUpdated(), 5)) == 0  # waits for the active response
     call.model_event(rt.SpeechStarted(0, "u"), 10)  # the callee talks
     assert creates(call.model_event(rt.ResponseDone("auto", "cancelled", {}), 20)) == 0
+
+
+def test_a_response_is_not_asked_for_while_the_caller_is_mid_sentence():
+    call = make_call()
+    call.model_event(rt.ResponseCreated("r1"), 0)
+    call.model_event(rt.FunctionCallRequested("r1", "c1", "lookup", "{}"), 0)
+    call.model_event(rt.ResponseDone("r1", "completed", {}), 10)
+    call.model_event(rt.SpeechStarted(100, "u1"), 100)  # the caller starts talking while the tool runs
+    out = call.tool_finished("c1", '{"ok": true}')
+    assert [m["type"] for m in sends(out, Peer.MODEL)] == ["conversation.item.create"]  # the result, no response yet
+    out = call.twilio_event(tw.Dtmf(SID, "3"), 200)  # a key pressed mid-sentence: the item, still no response
+    assert [m["type"] for m in sends(out, Peer.MODEL)] == ["conversation.item.create"]
+    out = call.model_event(rt.SpeechStopped(900, "u1"), 900)
+    assert [m["type"] for m in sends(out, Peer.MODEL)] == ["response.create"]  # once they stopped, once

@@ -168,3 +168,11 @@ def test_clear_text_realtime_url_with_a_key_is_refused_off_this_machine(host):
 def test_clear_text_realtime_url_with_a_key_is_allowed_on_loopback(host):
     settings = Settings.from_env({"AZURE_OPENAI_API_KEY": "sk-secret", "REALTIME_URL": f"ws://{host}/v1/realtime"})
     assert settings.api_key == "sk-secret" and settings.realtime_url == f"ws://{host}/v1/realtime"
+
+
+async def test_the_embedded_servers_session_limit_is_a_setting():
+    from tests.conftest import start_gateway
+
+    assert Settings.from_env({"LOCAL_SESSION_LIMIT_S": "5"}).local_session_limit_s == 5.0
+    async with start_gateway(local_session_limit_s=5.0) as gateway:
+        assert gateway.local_server.session_limit_s == 5.0

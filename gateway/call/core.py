@@ -101,6 +101,7 @@ class Call:
         self._started_ms: float | None = None
         self._wrap_up_started = False
         self._queued_tools: deque[RunTool] = deque()
+        self._caller_speaking = False  # between the model's speech_started and speech_stopped
         self._dtmf_tokens = DTMF_BURST
         self._dtmf_at: float | None = None
         # The greeting (agent_speaks_first) is asked for in every session until it was all sent to Twilio, or the
@@ -273,6 +274,7 @@ class Call:
         self._running_tools.clear()
         self._queued_tools.clear()
         self._interrupted_responses.clear()
+        self._caller_speaking = False  # the new session reports speech afresh
         if self._greeting_response is not None or (self._greeting_session and not self._greeting_done):
             # Not all sent: the next session is asked again, once it is configured (not before).
             self._greeting_response = None
@@ -289,7 +291,12 @@ class Call:
         if isinstance(event, rt.AudioDelta):
             return self._agent_audio(event, now_ms)
         if isinstance(event, rt.SpeechStarted):
+            self._caller_speaking = True
             return self._caller_started_speaking(now_ms)
+        if isinstance(event, rt.SpeechStopped):
+            # The caller finished: a response we held back (a tool's result, a key press) may be asked for now.
+            self._caller_speaking = False
+            return self._request_response_if_ready()
         if isinstance(event, rt.ResponseCreated):
             if self._response_requested and self._greeting_session == self._session and not self._greeting_done \
                     and self._greeting_response is None:
@@ -425,6 +432,8 @@ class Call:
     def _request_response_if_ready(self) -> list[Output]:
         if not self._want_response or self._running_tools or self._active_response or self._response_requested:
             return []
+        if self._caller_speaking:
+            return []  # never talk over a caller mid-sentence: asked for once they stop
         self._want_response, self._response_requested = False, True
         instructions, self._response_instructions = self._response_instructions, ""
         return [Send(Peer.MODEL, rt.response_create(self._instructions_plus(instructions)))]
