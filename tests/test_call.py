@@ -663,3 +663,50 @@ def test_a_response_is_not_asked_for_while_the_caller_is_mid_sentence():
     assert [m["type"] for m in sends(out, Peer.MODEL)] == ["conversation.item.create"]
     out = call.model_event(rt.SpeechStopped(900, "u1"), 900)
     assert [m["type"] for m in sends(out, Peer.MODEL)] == ["response.create"]  # once they stopped, once
+
+
+# ---- what a replacement session is told ---------------------------------------------------------------------
+
+
+def carried(outputs) -> list[tuple[str, str]]:
+    return [(m["item"]["role"], m["item"]["content"][0]["text"]) for m in sends(outputs, Peer.MODEL)
+            if m["type"] == "conversation.item.create" and m["item"]["type"] == "message"]
+
+
+def test_the_carried_conversation_is_in_order_truncated_to_what_was_heard_and_has_the_tools():
+    call = make_call()
+    call.model_event(rt.SpeechStarted(0, "u1"), 0)  # the caller's item begins ...
+    call.model_event(rt.ResponseCreated("r1"), 600)
+    call.model_event(delta("r1", "a1", ms=1000), 600)
+    call.model_event(rt.Transcript("assistant", "a1", "Your order shipped on Monday and arrives on Thursday."), 700)
+    call.model_event(rt.Transcript("user", "u1", "Where is my order?"), 800)  # ... its text lands after the reply
+    call.model_event(rt.SpeechStarted(0, "u2"), 1100)  # the caller talks over the answer 500 ms into 1000 ms
+    call.model_event(rt.ResponseDone("r1", "cancelled", {}), 1110)
+    call.model_event(rt.Transcript("user", "u2", "Can you check order 42?"), 1500)
+    call.model_event(rt.ResponseCreated("r2"), 1600)
+    call.model_event(rt.FunctionCallRequested("r2", "c1", "check_order", '{"order_id": "42"}'), 1600)
+    call.tool_finished("c1", '{"status": "shipped"}')
+    call.model_lost("socket dropped")
+    items = carried(call.model_connected())
+    assert [role for role, _ in items] == ["user", "assistant", "user", "assistant"]
+    assert items[0][1] == "Where is my order?"
+    heard = items[1][1]  # about half of the answer, cut on a word, and marked as interrupted
+    assert heard.startswith("Your order shipped") and "Thursday" not in heard and "interrupted" in heard
+    assert "check_order" in items[3][1] and '"42"' in items[3][1] and "shipped" in items[3][1]
+
+
+def test_an_answer_cut_by_a_lost_session_is_resumed_in_the_new_one():
+    call = make_call()
+    call.model_event(rt.ResponseCreated("r1"), 0)
+    call.model_event(delta("r1", "a1", ms=300), 0)  # mid-answer, the socket dies
+    call.model_lost("socket dropped")
+    out = call.model_connected()
+    [create] = [m for m in sends(out, Peer.MODEL) if m["type"] == "response.create"]
+    assert "cut off" in create["response"]["instructions"]
+    # An answer the caller had interrupted is not resumed.
+    other = make_call()
+    other.model_event(rt.ResponseCreated("r1"), 0)
+    other.model_event(delta("r1", "a1", ms=300), 0)
+    other.model_event(rt.SpeechStarted(0, "u"), 100)
+    other.model_lost("socket dropped")
+    assert not [m for m in sends(other.model_connected(), Peer.MODEL) if m["type"] == "response.create"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.audio import MULAW_BYTES_PER_MS, converters_for, model_bytes_per_ms, mulaw_silence
+from gateway.call.conversation import ConversationLog
 from gateway.call.outputs import (
     END_CALL, BargeIn, ConnectModel, CallStarted, CallTimeLimitReached, Dropped, DtmfReceived, EndCall, HangUp, ModelReportedError,
     ModelSessionLost, Output, Peer, ResponseFinished, RunTool, Send, ToolCalled, TranscriptReceived, Transfer,
@@ -45,6 +46,8 @@ MAX_GREETING_ATTEMPTS = 3
 _BENIGN_MODEL_ERRORS = frozenset({"response_cancel_not_active", "conversation_already_has_active_response"})
 _GOODBYE_INSTRUCTIONS = "Say a brief, friendly goodbye to the caller now."
 _TRANSFER_INSTRUCTIONS = "Tell the caller, in one short sentence, that you are transferring them to a colleague now."
+_RESUME_INSTRUCTIONS = ("Your previous answer was cut off by a technical problem. Without apologising at length, "
+                        "finish what you were saying to the caller.")
 _TIME_LIMIT_INSTRUCTIONS = ("This call has reached its time limit. Tell the caller, in one or two short sentences, "
                             "that you have to end the call now, and say goodbye.")
 
@@ -127,7 +130,7 @@ class Call:
         # What was said, as text, to carry the conversation into a new model session if this one is lost.
         self._session = 0
         self._held_items: list[dict[str, Any]] = []  # conversation items that arrived while (re)connecting
-        self._transcript: deque[tuple[str, str]] = deque(maxlen=MAX_CARRIED_ITEMS)
+        self._conversation = ConversationLog(MAX_CARRIED_ITEMS, MAX_CARRIED_CHARS)
 
     def apply_call_settings(self, *, instructions: str = "", voice: str = "", greeting: str = "") -> None:
         """Per-call settings (an outbound call's), before the model connects: they go into session.update."""
@@ -251,7 +254,7 @@ class Call:
         self._session += 1
         out: list[Output] = [Send(Peer.MODEL, self.config.session_update)]
         if self._session > 1:
-            out.extend(Send(Peer.MODEL, rt.text_item(role, text)) for role, text in self._transcript)
+            out.extend(Send(Peer.MODEL, rt.text_item(role, text)) for role, text in self._conversation.items())
         if self._pending_audio:
             # One message: held audio must reach the model before (and not interleaved with) live frames.
             out.append(Send(Peer.MODEL, rt.input_audio_append(b"".join(self._pending_audio))))
@@ -268,6 +271,11 @@ class Call:
         its pending tool calls (their ids mean nothing to the new session) and any request for a response."""
         if self.ended:
             return []
+        lost = self._active_response
+        if lost is not None and lost in self._responses_with_audio and lost not in self._interrupted_responses \
+                and lost != self._greeting_response:
+            # An answer cut by the loss: the new session goes on with it (asked once it is configured).
+            self._want_response, self._response_instructions = True, _RESUME_INSTRUCTIONS
         self._model_ready = False
         self._active_response = None
         self._response_requested = False
@@ -292,6 +300,7 @@ class Call:
             return self._agent_audio(event, now_ms)
         if isinstance(event, rt.SpeechStarted):
             self._caller_speaking = True
+            self._conversation.begin((self._session, event.item_id), "user")
             return self._caller_started_speaking(now_ms)
         if isinstance(event, rt.SpeechStopped):
             # The caller finished: a response we held back (a tool's result, a key press) may be asked for now.
@@ -322,7 +331,7 @@ class Call:
             return self._function_call(event)
         if isinstance(event, rt.Transcript):
             if event.text:
-                self._transcript.append((event.role, event.text[:MAX_CARRIED_CHARS]))
+                self._conversation.text((self._session, event.item_id), event.role, event.text)
             return [TranscriptReceived(event.role, event.item_id, event.text)]
         if isinstance(event, rt.SessionUpdated):
             if self._greeting_session != self._session:
@@ -342,6 +351,7 @@ class Call:
         if item is None:
             item = self._items[key] = _AgentItem(delta.response_id)
             self._forget_old_items()
+            self._conversation.begin(key, "assistant")
         self._responses_with_audio.add(delta.response_id)
         if delta.response_id in self._interrupted_responses or not self.stream_sid:
             item.received_bytes += len(delta.audio)  # the model's item holds it, though nobody hears it
@@ -386,6 +396,9 @@ class Call:
                 self._want_response, self._response_instructions = True, say
             return out + self._request_response_if_ready()
         run = RunTool(event.call_id, event.name, event.arguments)
+        # The new session of a call that loses its model must know what was looked up, and what came back.
+        self._conversation.text(("tool", self._session, event.call_id), "assistant",
+                                f"[I used the tool {event.name} with {event.arguments[:500]}]")
         if len(self._running_tools) - len(self._queued_tools) < self.config.max_tools_per_call:
             self._running_tools.add(event.call_id)
             out.append(run)
@@ -406,6 +419,7 @@ class Call:
             return []
         self._running_tools.discard(call_id)
         self._want_response = True
+        self._conversation.extend(("tool", self._session, call_id), f" [it returned {output[:1000]}]")
         out: list[Output] = [Send(Peer.MODEL, rt.function_call_output(call_id, output))]
         if self._queued_tools:
             out.append(self._queued_tools.popleft())
@@ -492,6 +506,8 @@ class Call:
             if session == self._session and self._model_ready:
                 out.append(Send(Peer.MODEL, rt.item_truncate(item_id, heard_ms)))
             out.append(BargeIn(item_id, heard_ms, received_ms, cancelled))
+            if received_ms:
+                self._conversation.heard(key, heard_ms / received_ms)
         self._playback.clear(heard)
         self._outbound.reset()  # the filter's tail belongs to the audio just dropped
         if self._after_playback is not None and not self._control_done:
