@@ -710,3 +710,26 @@ def test_an_answer_cut_by_a_lost_session_is_resumed_in_the_new_one():
     other.model_event(rt.SpeechStarted(0, "u"), 100)
     other.model_lost("socket dropped")
     assert not [m for m in sends(other.model_connected(), Peer.MODEL) if m["type"] == "response.create"]
+
+
+def test_a_tool_result_after_a_reconnect_reaches_the_new_session_and_the_agent_goes_on():
+    call = make_call()
+    call.model_event(rt.ResponseCreated("r1"), 0)
+    call.model_event(rt.FunctionCallRequested("r1", "c1", "check_order", '{"order_id": "42"}'), 0)
+    call.model_lost("socket dropped")
+    call.model_connected()
+    call.model_event(rt.SessionUpdated(), 10)
+    out = call.tool_finished("c1", '{"status": "shipped"}')
+    messages = sends(out, Peer.MODEL)
+    assert [m["type"] for m in messages] == ["conversation.item.create", "response.create"]
+    assert "shipped" in messages[0]["item"]["content"][0]["text"]  # as a note: c1 means nothing to this session
+
+
+def test_a_goodbye_heard_before_the_loss_still_hangs_up():
+    call = control_call()
+    call.model_event(rt.ResponseCreated("r1"), 0)
+    out = call.model_event(delta("r1", "a1", ms=100), 0)
+    call.model_event(rt.FunctionCallRequested("r1", "c1", "end_call", "{}"), 0)
+    mark = sends(out, Peer.TWILIO)[-1]["mark"]["name"]
+    assert not of_type(call.twilio_event(tw.MarkEcho(SID, mark), 100), HangUp)  # heard, but the response is open
+    assert of_type(call.model_lost("socket dropped"), HangUp)  # the session died before response.done: act now

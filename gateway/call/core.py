@@ -104,6 +104,7 @@ class Call:
         self._started_ms: float | None = None
         self._wrap_up_started = False
         self._queued_tools: deque[RunTool] = deque()
+        self._orphaned_tools: dict[str, int] = {}  # call_id -> the lost session that asked for it
         self._caller_speaking = False  # between the model's speech_started and speech_stopped
         self._dtmf_tokens = DTMF_BURST
         self._dtmf_at: float | None = None
@@ -273,12 +274,16 @@ class Call:
             return []
         lost = self._active_response
         if lost is not None and lost in self._responses_with_audio and lost not in self._interrupted_responses \
-                and lost != self._greeting_response:
+                and lost != self._greeting_response and self._after_playback is None:
             # An answer cut by the loss: the new session goes on with it (asked once it is configured).
             self._want_response, self._response_instructions = True, _RESUME_INSTRUCTIONS
         self._model_ready = False
         self._active_response = None
         self._response_requested = False
+        # Tools still running belong to the lost session: their results come back as text to the new one.
+        for call_id in self._running_tools:
+            if len(self._orphaned_tools) < MAX_QUEUED_TOOLS:
+                self._orphaned_tools[call_id] = self._session
         self._running_tools.clear()
         self._queued_tools.clear()
         self._interrupted_responses.clear()
@@ -287,7 +292,8 @@ class Call:
             # Not all sent: the next session is asked again, once it is configured (not before).
             self._greeting_response = None
             self._want_response, self._response_instructions = False, ""
-        return [ModelSessionLost(reason)]
+        # A goodbye (or transfer announcement) heard in full before the loss: act on it now.
+        return [ModelSessionLost(reason), *self._control_if_heard()]
 
     def model_closed(self, reason: str) -> list[Output]:
         self._model_ready = False
@@ -415,7 +421,11 @@ class Call:
 
     def tool_finished(self, call_id: str, output: str) -> list[Output]:
         """A tool run by the shell finished (or failed: ``output`` then says so, as JSON)."""
-        if self.ended or call_id not in self._running_tools:
+        if self.ended:
+            return []
+        if call_id in self._orphaned_tools:
+            return self._orphaned_tool_finished(call_id, output)
+        if call_id not in self._running_tools:
             return []
         self._running_tools.discard(call_id)
         self._want_response = True
@@ -424,6 +434,20 @@ class Call:
         if self._queued_tools:
             out.append(self._queued_tools.popleft())
         return out + self._request_response_if_ready()
+
+    def _orphaned_tool_finished(self, call_id: str, output: str) -> list[Output]:
+        """A tool called by a session that has since been lost: its call id means nothing to the new session, so
+        the result goes in as a note, and the agent is asked to go on with it."""
+        session = self._orphaned_tools.pop(call_id)
+        self._conversation.extend(("tool", session, call_id), f" [it returned {output[:1000]}]")
+        note = rt.user_text(f"(A note from the system, not the caller: the tool you called before the line "
+                            f"glitched has returned {output[:MAX_CARRIED_CHARS]}. Go on with the caller.)")
+        self._want_response = True
+        if not self._model_ready:
+            if len(self._held_items) < MAX_HELD_ITEMS:
+                self._held_items.append(note)
+            return []
+        return [Send(Peer.MODEL, note), *self._request_response_if_ready()]
 
     def transfer_failed(self) -> list[Output]:
         """Twilio refused the transfer: the call goes on, and the agent is told so it can say something."""
