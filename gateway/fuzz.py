@@ -177,16 +177,17 @@ def hostile_value(rng: random.Random) -> Any:
     return random_text(rng, rng.randint(0, 80))
 
 
-def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+def key_paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every key path inside nested dicts and lists (list items by index)."""
     out: list[tuple] = []
     if isinstance(value, dict):
         for k, v in value.items():
             out.append(prefix + (k,))
-            out.extend(_paths(v, prefix + (k,)))
+            out.extend(key_paths(v, prefix + (k,)))
     elif isinstance(value, list):
         for i, v in enumerate(value):
             out.append(prefix + (i,))
-            out.extend(_paths(v, prefix + (i,)))
+            out.extend(key_paths(v, prefix + (i,)))
     return out
 
 
@@ -206,7 +207,7 @@ def mutate(frame: dict[str, Any], rng: random.Random) -> str:
     """A valid frame with one to three mutations: a field replaced by a hostile value, deleted, nested, added."""
     frame = json.loads(json.dumps(frame))
     for _ in range(rng.randint(1, 3)):
-        paths = _paths(frame)
+        paths = key_paths(frame)
         how = rng.choice(["replace", "replace", "replace", "delete", "add", "nest"])
         if how == "add" or not paths:
             target = _get(frame, rng.choice([()] + [p for p in paths if isinstance(_get(frame, p), dict)]))

@@ -234,13 +234,10 @@ async def hangup_call(request: Request) -> Response:
 async def call_status(request: Request) -> Response:
     """Twilio's status callbacks (and the async AMD callback, same URL): update the record, act on machines."""
     api = _api(request)
-    try:
-        params, call_sid = await read_call_webhook(
-            request, api.settings, request.app.state.gateway.validator, MAX_CALLBACK_BODY_BYTES
-        )
-    except WebhookRejected as rejected:
-        return Response(rejected.message, status_code=rejected.status, media_type="text/plain")
-    record = await _wait_for_record(api, call_sid)
+    read = await _call_webhook(request, api)
+    if isinstance(read, Response):
+        return read
+    params, call_sid, record = read
     if record is None:
         log.info("status callback for unknown call %s ignored", call_sid)
         return Response(status_code=204)
@@ -262,6 +259,17 @@ async def call_status(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def _call_webhook(request: Request, api: OutboundApi) -> Response | tuple[dict[str, str], str, CallRecord | None]:
+    """Twilio's webhook about one of our calls: (its parameters, its CallSid, its record if known), or the refusal."""
+    try:
+        params, call_sid = await read_call_webhook(
+            request, api.settings, request.app.state.gateway.validator, MAX_CALLBACK_BODY_BYTES
+        )
+    except WebhookRejected as rejected:
+        return Response(rejected.message, status_code=rejected.status, media_type="text/plain")
+    return params, call_sid, await _wait_for_record(api, call_sid)
+
+
 async def _wait_for_record(api: OutboundApi, call_sid: str) -> CallRecord | None:
     """The call's record, waiting a moment for one Twilio calls back about before calls.create returned to us."""
     loop = asyncio.get_running_loop()
@@ -276,13 +284,10 @@ async def _wait_for_record(api: OutboundApi, call_sid: str) -> CallRecord | None
 async def answer_outbound(request: Request) -> Response:
     """Twilio's request for the TwiML of an outbound call the callee just answered: a stream for this CallSid."""
     api = _api(request)
-    try:
-        _, call_sid = await read_call_webhook(
-            request, api.settings, request.app.state.gateway.validator, MAX_CALLBACK_BODY_BYTES
-        )
-    except WebhookRejected as rejected:
-        return Response(rejected.message, status_code=rejected.status, media_type="text/plain")
-    record = await _wait_for_record(api, call_sid)
+    read = await _call_webhook(request, api)
+    if isinstance(read, Response):
+        return read
+    _, call_sid, record = read
     if record is None or record.direction != "outbound-api" or api.credentials is None:
         log.warning("answer webhook for a call this gateway did not place: %s; hanging up", call_sid)
         return Response(say_and_hang_up_twiml(""), media_type="application/xml")
