@@ -27,12 +27,14 @@ def conversation_with_barge_in() -> list[CallerTurn]:
     ]
 
 
-@pytest.mark.parametrize("audio_format, latency_ms", [("pcm16", 0), ("pcmu", 0), ("pcm16", 60)])
-async def test_call_with_barge_in_truncates_at_what_the_caller_heard(audio_format, latency_ms):
+@pytest.mark.parametrize("audio_format, latency_ms, playback_delay_ms",
+                         [("pcm16", 0, 0), ("pcmu", 0, 0), ("pcm16", 60, 0), ("pcm16", 20, 80)])
+async def test_call_with_barge_in_truncates_at_what_the_caller_heard(audio_format, latency_ms, playback_delay_ms):
     # latency_ms: a Twilio edge 60 ms away; the gateway measures the round trip from marks and compensates.
+    # playback_delay_ms: Twilio's jitter buffer holds audio before it plays, which the gateway does not model.
     async with start_gateway(audio_format=audio_format) as gateway:
         report = await run_call(gateway.ws_url, conversation_with_barge_in(), timeout_s=40, hangup_after_ms=500,
-                                latency_ms=latency_ms)
+                                latency_ms=latency_ms, playback_delay_ms=playback_delay_ms)
         session = gateway.local_server.sessions[-1]
 
     assert report.violations == []
@@ -48,7 +50,9 @@ async def test_call_with_barge_in_truncates_at_what_the_caller_heard(audio_forma
     assert len(report.clears) == 1 and len(session.truncations) == 1
     item_id, audio_end_ms, item_audio_ms = session.truncations[0]
     played_ms = report.clears[0].played_ms
-    assert abs(audio_end_ms - played_ms) <= 40, (audio_end_ms, played_ms)
+    # A jitter buffer is indistinguishable from network delay in the marks' round trip, so the gateway counts it as
+    # heard: measured 80 ms late with an 80 ms buffer (1419 vs 1339 ms). Bounded, and never past what the item holds.
+    assert abs(audio_end_ms - played_ms) <= 40 + playback_delay_ms, (audio_end_ms, played_ms)
     assert audio_end_ms <= item_audio_ms
     (gateway_barge_in,) = gateway.of_type(BargeIn)
     assert gateway_barge_in.item_id == item_id and gateway_barge_in.heard_ms == audio_end_ms

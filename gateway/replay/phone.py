@@ -214,6 +214,7 @@ class Phone:
         stream_sid: str | None = None,
         heard_rms: float = HEARD_RMS,
         underrun_gap_ms: float = UNDERRUN_GAP_MS,
+        playback_delay_ms: float = 0.0,
     ) -> None:
         self.turns = list(turns)
         self.custom_parameters = dict(custom_parameters or {})
@@ -233,6 +234,10 @@ class Phone:
         self._noise_rng = np.random.default_rng(seed)
         self._heard_threshold = heard_rms * heard_rms * SPB  # on the sum of squares of one ms
         self._underrun_gap_ms = underrun_gap_ms
+        # Twilio's jitter buffer: audio that reaches an idle queue starts playing this long after it arrived (a
+        # real edge does not play on arrival, which the gateway's round-trip estimate does not know about).
+        self.playback_delay_ms = playback_delay_ms
+        self._hold_until_ms = 0.0
 
         self.started = False
         self.done = False
@@ -334,9 +339,10 @@ class Phone:
     def _mark_due_ms(self) -> float | None:
         """When playback reaches the first queued mark, or None."""
         ahead = -self._head_pos
+        start = max(self._cursor, int(self._hold_until_ms * SPB)) if self._queued else self._cursor
         for item in self._queue:
             if isinstance(item, MarkRecord):
-                return (self._cursor + max(ahead, 0)) / SPB
+                return (start + max(ahead, 0)) / SPB
             ahead += len(item)
         return None
 
@@ -476,6 +482,8 @@ class Phone:
         if parsed.event == "media":
             self._media_received += 1
             if parsed.audio:
+                if self._queued == 0 and self.playback_delay_ms:
+                    self._hold_until_ms = now_ms + self.playback_delay_ms
                 if self._run is None:
                     self._run = PlaybackRun(start_ms=self._cursor / SPB)
                     self._runs.append(self._run)
@@ -577,6 +585,12 @@ class Phone:
         out: list[dict[str, Any]] = []
         target = int(now_ms * SPB)
         queue = self._queue
+        hold = int(self._hold_until_ms * SPB)
+        if self._queued and self._cursor < hold:  # queued audio waits in the jitter buffer: silence until then
+            fill = min(hold, target) - self._cursor
+            if fill > 0:
+                self._heard += _SILENCE_FRAME[:1] * fill
+                self._cursor += fill
         while True:
             while queue and isinstance(queue[0], MarkRecord):
                 mark = queue.popleft()
@@ -744,6 +758,7 @@ async def run_call(
     call_sid: str | None = None,
     account_sid: str | None = None,
     twilio: TwilioAccount | None = None,
+    playback_delay_ms: float = 0.0,
 ) -> CallReport:
     """Call a gateway's Media Stream URL (``ws://host:port/media-stream``) as Twilio would; play ``turns``.
 
@@ -767,6 +782,7 @@ async def run_call(
         noise_snr_db=noise_snr_db,
         call_sid=call_sid,
         account_sid=account_sid,
+        playback_delay_ms=playback_delay_ms,
     )
     return await call_with(phone, url, extra_headers=extra_headers, open_timeout_s=open_timeout_s, latency_ms=latency_ms,
                            twilio=twilio)
