@@ -13,7 +13,7 @@ and run with its state carried between chunks (the last ``TAPS - 1`` input sampl
 * images and aliases beyond the 8 kHz line's band (4 kHz) are at least 60 dB down.
 
 ``audioop.ratecv`` (no anti-alias filter), per-chunk ``resample_poly`` (edge errors) and soxr HQ
-(bursty output) fail one of these; see PROTOCOL.md section 3.
+(bursty output) fail one of these.
 
 mu-law is done with two lookup tables built once from ``audioop`` (the reference G.711 codec;
 ``audioop-lts`` on Python 3.13+), so the hot path is a numpy indexing operation.

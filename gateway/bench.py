@@ -14,7 +14,7 @@ Every call lasts ``ramp + seconds + 2 * MARGIN_S``, so all ``calls`` are up for 
 of ``seconds``, which starts ``MARGIN_S`` after the last call was started. The CPU times (utime + stime from
 ``/proc/PID/stat`` for the subprocesses, ``getrusage`` for this one) and the phones' message counters are
 sampled at both ends of that window; the figures are the differences. A benchmark is a program that prints
-figures (DESIGN.md): nothing here asserts on timing.
+figures: nothing here asserts on timing.
 """
 
 from __future__ import annotations

@@ -329,7 +329,7 @@ class MediaStreamSession:
             async with connect(
                 settings.model_connect_url(),
                 additional_headers=settings.model_headers(),
-                compression=None,  # base64 audio barely compresses; deflate costs CPU (PROTOCOL.md 4)
+                compression=None,  # base64 audio barely compresses; deflate costs CPU
                 max_size=MODEL_MAX_MESSAGE_BYTES,
                 open_timeout=MODEL_OPEN_TIMEOUT_S,
                 ping_interval=MODEL_PING_INTERVAL_S,

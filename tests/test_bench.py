@@ -1,6 +1,6 @@
 """``gateway bench``: it runs end to end, prints its figures, and leaves no process behind.
 
-No timing assertions (DESIGN.md: benchmarks are programs that print figures): only that the figures are there,
+No timing assertions (benchmarks are programs that print figures): only that the figures are there,
 and are the right kind of numbers.
 """
 

@@ -1,6 +1,6 @@
 """The replay phone: Twilio's side of a bidirectional Media Stream, played against any gateway URL.
 
-Two layers, like the gateway itself (DESIGN.md):
+Two layers, like the gateway itself:
 
 * :class:`Phone` is the protocol, pure: no socket, no clock, no task. It is fed the gateway's messages
   and the time (``now_ms``, monotonic milliseconds since the phone sent ``start``), and returns the

@@ -17,7 +17,7 @@ from gateway.audio import MULAW_SILENCE
 
 from gateway.wavio import PHONE_RATE, write_mulaw_wav
 
-# Violation kinds: what Twilio would reject in a message from the gateway (see PROTOCOL.md section 1).
+# Violation kinds: what Twilio would reject in a message from the gateway (Twilio's Media Streams error 31951).
 BINARY_FRAME = "binary_frame"  # Twilio error 31950
 INVALID_JSON = "invalid_json"  # not JSON, or not a JSON object
 UNKNOWN_EVENT = "unknown_event"  # 31951

@@ -5,7 +5,7 @@ so the event loop, which carries every call's audio, never waits on Twilio. Ever
 error, :class:`TwilioError`, carrying Twilio's error code, HTTP status and message.
 
 ``TWILIO_API_BASE_URL`` points the client somewhere other than ``https://api.twilio.com`` (the tests' local
-fake, PROTOCOL.md section 1): :class:`_RebasingHttpClient` rewrites the scheme and host of every request.
+fake): :class:`_RebasingHttpClient` rewrites the scheme and host of every request.
 """
 
 from __future__ import annotations
