@@ -215,3 +215,9 @@ def model_bytes_per_ms(audio_format: str) -> int:
 def mulaw_silence(ms: int) -> bytes:
     """``ms`` milliseconds of mu-law silence (8 bytes per ms)."""
     return bytes([MULAW_SILENCE]) * (ms * MULAW_BYTES_PER_MS)
+
+
+def comfort_noise(ms: int, rms: float = 60.0, seed: int = 7) -> bytes:
+    """``ms`` milliseconds of soft white noise as mu-law (about -55 dBFS): the line is alive, nobody is talking."""
+    samples = np.random.default_rng(seed).normal(0.0, rms, ms * MULAW_BYTES_PER_MS)
+    return mulaw_encode(to_int16(samples))

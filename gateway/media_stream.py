@@ -317,7 +317,7 @@ class MediaStreamSession:
                 await self._dispatch(self.call.model_closed(f"{give_up}; last: {reason}"))
                 return
             log.warning("model session lost call_sid=%s (%s); reconnecting", self.call.call_sid or "-", reason)
-            await self._dispatch(self.call.model_lost(reason))
+            await self._dispatch(self.call.model_lost(reason, _now_ms()))
             if backoff:
                 await asyncio.sleep(backoff)
 

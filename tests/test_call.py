@@ -733,3 +733,15 @@ def test_a_goodbye_heard_before_the_loss_still_hangs_up():
     mark = sends(out, Peer.TWILIO)[-1]["mark"]["name"]
     assert not of_type(call.twilio_event(tw.MarkEcho(SID, mark), 100), HangUp)  # heard, but the response is open
     assert of_type(call.model_lost("socket dropped"), HangUp)  # the session died before response.done: act now
+
+
+def test_comfort_noise_while_a_replacement_session_takes_long_and_none_after():
+    call = make_call()
+    call.model_lost("socket dropped", 10_000)
+    assert sends(call.tick(10_500), Peer.TWILIO) == []  # a quick reconnect is not worth a sound
+    [noise] = sends(call.tick(11_000), Peer.TWILIO)
+    assert noise["event"] == "media" and len(base64.b64decode(noise["media"]["payload"])) == 8000  # 1 s
+    assert len(sends(call.tick(12_000), Peer.TWILIO)) == 1  # a second at a time while it lasts
+    out = call.model_connected()
+    assert {"event": "clear", "streamSid": SID} in sends(out, Peer.TWILIO)  # what is left of it goes
+    assert sends(call.tick(13_000), Peer.TWILIO) == []

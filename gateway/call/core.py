@@ -8,7 +8,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.audio import MULAW_BYTES_PER_MS, converters_for, model_bytes_per_ms, mulaw_silence
+from gateway.audio import MULAW_BYTES_PER_MS, comfort_noise, converters_for, model_bytes_per_ms, mulaw_silence
 from gateway.call.conversation import ConversationLog
 from gateway.call.outputs import (
     END_CALL, BargeIn, ConnectModel, CallStarted, CallTimeLimitReached, Dropped, DtmfReceived, EndCall, HangUp, ModelReportedError,
@@ -38,6 +38,10 @@ MAX_CARRIED_CHARS = 2000
 MAX_HELD_ITEMS = 32
 MAX_TRACKED_ITEMS = 64  # agent items whose audio accounting is kept
 MAX_GREETING_ATTEMPTS = 3
+# While a replacement model session connects, the caller hears soft comfort noise once it has taken this long
+# (a dead line sounds like a dropped call), a second at a time, and none of it once the model is back.
+COMFORT_NOISE_AFTER_MS = 1000
+_COMFORT_NOISE = comfort_noise(1000)
 
 
 
@@ -106,6 +110,8 @@ class Call:
         self._queued_tools: deque[RunTool] = deque()
         self._orphaned_tools: dict[str, int] = {}  # call_id -> the lost session that asked for it
         self._caller_speaking = False  # between the model's speech_started and speech_stopped
+        self._model_down_since: float | None = None  # when the model session was lost (None: up, or never lost)
+        self._comfort_noise_sent = False
         self._dtmf_tokens = DTMF_BURST
         self._dtmf_at: float | None = None
         # The greeting (agent_speaks_first) is asked for in every session until it was all sent to Twilio, or the
@@ -253,7 +259,13 @@ class Call:
         starts empty; audio cannot be carried over), so the agent goes on where it was."""
         self._model_ready = True
         self._session += 1
+        self._model_down_since = None
         out: list[Output] = [Send(Peer.MODEL, self.config.session_update)]
+        if self._comfort_noise_sent:
+            # What is left of the comfort noise at Twilio goes, so the agent's next words are not queued behind it.
+            self._comfort_noise_sent = False
+            if not self._playback.playing:
+                out.append(Send(Peer.TWILIO, tw.clear_message(self.stream_sid)))
         if self._session > 1:
             out.extend(Send(Peer.MODEL, rt.text_item(role, text)) for role, text in self._conversation.items())
         if self._pending_audio:
@@ -265,7 +277,7 @@ class Call:
         self._held_items.clear()
         return out + self._request_response_if_ready()
 
-    def model_lost(self, reason: str) -> list[Output]:
+    def model_lost(self, reason: str, now_ms: float | None = None) -> list[Output]:
         """The model session is gone but the call goes on: the shell is opening a new one.
 
         Caller audio is held (bounded) until then; what the old session was doing is dropped: its response,
@@ -288,6 +300,7 @@ class Call:
         self._queued_tools.clear()
         self._interrupted_responses.clear()
         self._caller_speaking = False  # the new session reports speech afresh
+        self._model_down_since = now_ms
         if self._greeting_response is not None or (self._greeting_session and not self._greeting_done):
             # Not all sent: the next session is asked again, once it is configured (not before).
             self._greeting_response = None
@@ -551,15 +564,23 @@ class Call:
         last = self._last_media_ms if self._last_media_ms is not None else self._started_ms
         if config.media_idle_timeout_ms and now_ms - last >= config.media_idle_timeout_ms:
             return self._end(f"no media from Twilio for {config.media_idle_timeout_ms / 1000:g} s")
+        out = self._comfort_noise(now_ms)
         if not config.max_call_duration_ms:
-            return []
+            return out
         elapsed = now_ms - self._started_ms
         if elapsed >= config.max_call_duration_ms + config.wrap_up_grace_ms:
             return self._end("the call reached its time limit")
         if elapsed >= config.max_call_duration_ms and not self._wrap_up_started:
             self._wrap_up_started = True
-            return [CallTimeLimitReached(config.max_call_duration_ms), *self._wrap_up()]
-        return []
+            return [*out, CallTimeLimitReached(config.max_call_duration_ms), *self._wrap_up()]
+        return out
+
+    def _comfort_noise(self, now_ms: float) -> list[Output]:
+        down = self._model_down_since
+        if down is None or self._model_ready or now_ms - down < COMFORT_NOISE_AFTER_MS or self._playback.playing:
+            return []
+        self._comfort_noise_sent = True
+        return [Send(Peer.TWILIO, tw.media_message(self.stream_sid, _COMFORT_NOISE))]
 
     def _wrap_up(self) -> list[Output]:
         """Ask the agent for a goodbye, then hang up once it has been heard (as ``end_call`` does)."""
