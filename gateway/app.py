@@ -16,6 +16,7 @@ without ``TWILIO_AUTH_TOKEN`` and ``PUBLIC_URL`` unless ``INSECURE_DEV_MODE`` is
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -205,6 +206,7 @@ async def healthz(request: Request) -> Response:
             "signatures": state.validator is not None,
             "warnings": state.warnings,
             "draining": state.draining,
+            "tasks": len(asyncio.all_tasks()),  # for soaks: back to its resting number once calls are over
         }
     )
 

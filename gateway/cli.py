@@ -110,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.fuzz import add_arguments as add_fuzz_arguments, command as fuzz_command
 
     add_fuzz_arguments(fuzz)
+    soak = sub.add_parser("soak", help="many calls for minutes through a gateway process: does anything grow or leak?",
+                          description="Keep N replay phones calling a gateway process (barge-ins, model session "
+                                      "rollovers) for M minutes; check memory, descriptors and tasks. Exit 0 or 1.")
+    from gateway.soak import add_arguments as add_soak_arguments, command as soak_command
+    add_soak_arguments(soak)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _configure_logging(settings.log_level)
     handlers = {"serve": _serve, "local-realtime": _local_realtime, "demo": _demo, "replay": _replay,
-                "bench": _bench, "fuzz": fuzz_command}
+                "bench": _bench, "fuzz": fuzz_command, "soak": soak_command}
     return handlers[args.command](args, settings)
 
 
