@@ -35,19 +35,21 @@ def connect_stream_twiml(url: str, parameters: Mapping[str, str], status_callbac
     for name, value in parameters.items():
         if value:
             stream.parameter(name=name[:_MAX_PARAMETER_CHARS], value=str(value)[:_MAX_PARAMETER_CHARS])
-    if fallback_message:
-        response.say(fallback_message)
-        response.hangup()
+    _say_and_hang_up(response, fallback_message)
     return str(response)
 
 
 def say_and_hang_up_twiml(message: str) -> str:
     """Say ``message``, then end the call (every line busy; a voicemail left after the beep)."""
     response = VoiceResponse()
+    _say_and_hang_up(response, message)
+    return str(response)
+
+
+def _say_and_hang_up(response: VoiceResponse, message: str) -> None:
     if message:
         response.say(message)
     response.hangup()
-    return str(response)
 
 
 def dial_twiml(destination: str) -> str:
