@@ -164,6 +164,8 @@ class Settings:
     tools_module: str = ""  # a Python module whose public functions become the agent's tools
     tool_timeout_s: float = 10.0
     model_reconnect: bool = True  # replace a model session that dies or expires, keeping the conversation
+    model_session_limit_s: float = 3600.0  # the model's session limit (OpenAI's Realtime sessions last 60 minutes)
+    model_rollover_margin_s: float = 300.0  # a new session is prepared this long before it, at a quiet point
     local_agent: str = "echo"  # the embedded server's agent: "echo" or "scripted:/path/to/script.toml"
     # Twilio side
     public_url: str = ""
@@ -180,6 +182,8 @@ class Settings:
     local_session_limit_s: float = 3600.0  # the embedded server's session limit (OpenAI's is 60 minutes)
     # Outbound HTTP API and Twilio REST (gateway.api, gateway.twilio.rest, gateway.store)
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # bearer keys of the HTTP API; none: it answers 503
+    # Keys that see every call record (inbound too) in GET /calls; with one key configured in all, that key.
+    operator_api_keys: tuple[str, ...] = field(default=(), repr=False)
     twilio_account_sid: str = ""
     twilio_from_number: str = ""  # default caller ID of outbound calls (E.164): the first of twilio_caller_ids
     twilio_caller_ids: tuple[str, ...] = ()  # every caller ID POST /calls may use as "from" (TWILIO_FROM_NUMBER)
@@ -189,6 +193,7 @@ class Settings:
     transfer_number: str = ""  # E.164 or sip: URI the transfer tool dials
     voicemail_message: str = ""  # said after the beep when machine_detection="voicemail"
     store_url: str = ""  # "" / "memory://": in-process; "sqlite:///path.db"
+    record_retention_days: int = 30  # call records (and recordings) older than this are pruned; 0: kept forever
     twilio_api_base_url: str = DEFAULT_TWILIO_API_BASE_URL
     outbound_time_limit_s: int = 3600  # Twilio's time_limit on outbound calls: a stolen key cannot hold lines for 4 h
     redis_url: str = field(default="", repr=False)  # redis[s]://...: the rate limit is shared by every instance
@@ -213,6 +218,13 @@ class Settings:
     def uses_embedded_model(self) -> bool:
         """True when no API key is configured: the embedded server stands in for OpenAI."""
         return not self.api_key
+
+    def model_session_limit(self) -> float:
+        """Seconds a model session may last (0: unknown, no rollover ahead of it); the embedded server's own
+        limit when it stands in for the model."""
+        if self.uses_embedded_model and self.model_session_limit_s:
+            return min(self.model_session_limit_s, self.local_session_limit_s)
+        return self.model_session_limit_s
 
     def model_connect_url(self) -> str:
         """The WebSocket URL with the model in the query string (OpenAI and Azure GA shapes)."""
@@ -296,6 +308,8 @@ class Settings:
             tool_timeout_s=_float(env, "TOOL_TIMEOUT_S", 10.0, 0.1, 600.0),
             local_agent=(env.get("LOCAL_AGENT") or "echo").strip(),
             model_reconnect=_bool(env, "MODEL_RECONNECT", True),
+            model_session_limit_s=_float(env, "MODEL_SESSION_LIMIT_S", 3600.0, 0.0, 86400.0),
+            model_rollover_margin_s=_float(env, "MODEL_ROLLOVER_MARGIN_S", 300.0, 0.0, 86400.0),
             public_url=public_url,
             twilio_auth_token=(env.get("TWILIO_AUTH_TOKEN") or "").strip(),
             host=(env.get("HOST") or "127.0.0.1").strip(),
@@ -312,13 +326,18 @@ class Settings:
 
 
 def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
-    """The outbound API's settings (API_KEYS, TWILIO_*, OUTBOUND_*, TRANSFER_NUMBER, VOICEMAIL_MESSAGE, STORE_URL, REDIS_URL)."""
+    """The outbound API's settings (API_KEYS, OPERATOR_API_KEYS, TWILIO_*, OUTBOUND_*, TRANSFER_NUMBER,
+    VOICEMAIL_MESSAGE, STORE_URL, RECORD_RETENTION_DAYS, REDIS_URL)."""
     from gateway.twilio.numbers import destination_refusal, is_e164, is_prefix, is_sip_uri
     from gateway.twilio.sids import is_account_sid
 
     api_keys = tuple(key.strip() for key in (env.get("API_KEYS") or "").split(",") if key.strip())
     if any(len(key) < 16 for key in api_keys):
         raise ConfigError("API_KEYS: every key must be at least 16 characters (use e.g. `openssl rand -hex 24`)")
+    operator_keys = tuple(key.strip() for key in (env.get("OPERATOR_API_KEYS") or "").split(",") if key.strip())
+    if any(len(key) < 16 for key in operator_keys):
+        raise ConfigError("OPERATOR_API_KEYS: every key must be at least 16 characters "
+                          "(use e.g. `openssl rand -hex 24`)")
     account_sid = (env.get("TWILIO_ACCOUNT_SID") or "").strip()
     if account_sid and not is_account_sid(account_sid):
         raise ConfigError(f"TWILIO_ACCOUNT_SID must be AC followed by 32 hex digits, got {account_sid!r}")
@@ -364,6 +383,7 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
                           f"got {redact_url(base_url)!r}")
     return dict(
         api_keys=api_keys,
+        operator_api_keys=operator_keys,
         twilio_account_sid=account_sid,
         twilio_from_number=caller_ids[0] if caller_ids else "",
         twilio_caller_ids=caller_ids,
@@ -373,6 +393,7 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
         transfer_number=transfer,
         voicemail_message=(env.get("VOICEMAIL_MESSAGE") or "").strip(),
         store_url=store_url,
+        record_retention_days=_int(env, "RECORD_RETENTION_DAYS", 30, 0, 36500),
         twilio_api_base_url=base_url,
         outbound_time_limit_s=_int(env, "OUTBOUND_TIME_LIMIT_S", 3600, 60, 86400),
         redis_url=redis_url,

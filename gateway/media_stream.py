@@ -33,10 +33,13 @@ from gateway.call import (
     EndCall,
     HangUp,
     ModelReportedError,
+    ModelRolledOver,
     Output,
     Peer,
+    PrepareRollover,
     RunTool,
     Send,
+    SwitchModel,
     Transfer,
 )
 from gateway.config import Settings
@@ -77,6 +80,8 @@ TWILIO_BACKLOG_BYTES = 8 * 1024 * 1024
 _MODEL_CONTROL = frozenset({"conversation.item.truncate", "response.cancel"})
 _TWILIO_AUDIO = frozenset({"media", "mark"})
 MODEL_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# A session prepared for a rollover must answer its session.update within this, or it is dropped (and tried later).
+ROLLOVER_READY_TIMEOUT_S = 5.0
 POLICY_VIOLATION = 1008
 TICK_INTERVAL_S = 1.0  # how often the core's clock checks run (time limit, idle media)
 
@@ -135,11 +140,22 @@ def call_config(settings: Settings, registry: ToolRegistry | None = None) -> Cal
         media_idle_timeout_ms=int(settings.media_idle_timeout_s * 1000),
         caller_audio_burst_ms=settings.caller_audio_burst_ms,
         max_tools_per_call=settings.max_tools_per_call,
+        session_limit_ms=int(settings.model_session_limit() * 1000),
+        rollover_margin_ms=int(settings.model_rollover_margin_s * 1000),
     )
 
 
 # One encoder for every message: json.dumps(..., separators=...) would build a new one per 20 ms frame.
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+@dataclass
+class _ModelLink:
+    """One model session's socket and its writer (the only task that sends on it)."""
+
+    socket: ClientConnection
+    outbox: Outbox
+    writer: asyncio.Task[None]
 
 
 class _UnknownCallSettings(Exception):
@@ -170,8 +186,9 @@ class MediaStreamSession:
         self._model_drops = DropCounter(log, "events from the model", settings.drop_log_interval_s)
         self._background: set[asyncio.Task[None]] = set()  # tools, hang-ups, transfers of this call
         self._observer = observer
-        self._model: ClientConnection | None = None
-        self._model_out: Outbox | None = None  # the current model session's writer queue
+        self._model_link: _ModelLink | None = None  # the current model session: what the core's messages go to
+        self._standby: _ModelLink | None = None  # a session being prepared for a rollover
+        self._handover: _ModelLink | None = None  # the session switched to, for the model reader to take over
         self._twilio_out = Outbox(self._write_twilio, max_bytes=TWILIO_BACKLOG_BYTES)
         self._model_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
@@ -297,6 +314,8 @@ class MediaStreamSession:
             connected, reason = await self._one_model_session()
             if self._done.is_set():
                 break
+            if self._handover is not None:
+                continue  # a rollover: the prepared session is already configured and current
             now = loop.time()
             if connected:
                 down_since = now
@@ -322,44 +341,60 @@ class MediaStreamSession:
                 await asyncio.sleep(backoff)
 
     async def _one_model_session(self) -> tuple[bool, str]:
-        """Connect and read until the socket closes: (whether it connected, why it ended)."""
-        settings = self.settings
-        connected = False
+        """Connect (or take over the session a rollover switched to) and read until the socket closes:
+        (whether it connected, why it ended)."""
+        link, self._handover = self._handover, None
+        fresh = link is None
         try:
-            async with connect(
-                settings.model_connect_url(),
-                additional_headers=settings.model_headers(),
-                compression=None,  # base64 audio barely compresses; deflate costs CPU
-                max_size=MODEL_MAX_MESSAGE_BYTES,
-                open_timeout=MODEL_OPEN_TIMEOUT_S,
-                ping_interval=MODEL_PING_INTERVAL_S,
-                ping_timeout=MODEL_PING_TIMEOUT_S,
-                close_timeout=MODEL_CLOSE_TIMEOUT_S,
-            ) as model:
-                outbox = Outbox(self._model_writer(model), max_bytes=MODEL_BACKLOG_BYTES)
-                writer = asyncio.create_task(outbox.run(), name="model-writer")
-                self._model, self._model_out, connected = model, outbox, True
-                try:
-                    return await self._read_model(model)
-                finally:
-                    outbox.close()
-                    writer.cancel()
-                    await asyncio.gather(writer, return_exceptions=True)
+            if link is None:
+                link = await self._open_model_link()
+            self._model_link = link
+            if fresh:
+                await self._dispatch(self.call.model_connected(_now_ms()))
+            return await self._read_model(link)
         except asyncio.CancelledError:
             raise
         except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as error:
             reason = f"{type(error).__name__}: {error}"
             log.error("model connection failed call_sid=%s: %s", self.call.call_sid or "-", reason)
-            return connected, reason
+            return link is not None, reason
         except Exception as error:
             log.exception("model reader failed call_sid=%s", self.call.call_sid or "-")
-            return connected, f"{type(error).__name__}: {error}"
+            return link is not None, f"{type(error).__name__}: {error}"
         finally:
-            self._model, self._model_out = None, None
+            if link is not None and self._model_link is link:
+                self._model_link = None
+            if link is not None and self._handover is not link:
+                await self._close_model_link(link)
 
-    async def _read_model(self, model: ClientConnection) -> tuple[bool, str]:
-        await self._dispatch(self.call.model_connected())
-        async for frame in model:
+    async def _open_model_link(self) -> _ModelLink:
+        settings = self.settings
+        socket = await connect(
+            settings.model_connect_url(),
+            additional_headers=settings.model_headers(),
+            compression=None,  # base64 audio barely compresses; deflate costs CPU
+            max_size=MODEL_MAX_MESSAGE_BYTES,
+            open_timeout=MODEL_OPEN_TIMEOUT_S,
+            ping_interval=MODEL_PING_INTERVAL_S,
+            ping_timeout=MODEL_PING_TIMEOUT_S,
+            close_timeout=MODEL_CLOSE_TIMEOUT_S,
+        )
+        outbox = Outbox(self._model_writer(socket), max_bytes=MODEL_BACKLOG_BYTES)
+        return _ModelLink(socket, outbox, asyncio.create_task(outbox.run(), name="model-writer"))
+
+    @staticmethod
+    async def _close_model_link(link: _ModelLink) -> None:
+        """Close with 1000 (a cancelled reader must never leave it to a 1011), then stop its writer."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(link.socket.close(), MODEL_CLOSE_TIMEOUT_S)
+        link.outbox.close()
+        link.writer.cancel()
+        await asyncio.gather(link.writer, return_exceptions=True)
+
+    async def _read_model(self, link: _ModelLink) -> tuple[bool, str]:
+        async for frame in link.socket:
+            if self._model_link is not link:
+                return True, "rolled over"  # what the old session still says is not heard
             try:
                 event = rt.parse_model_event(frame)
             except rt.ModelEventError as error:
@@ -369,7 +404,57 @@ class MediaStreamSession:
                 log.exception("dropped model event call_sid=%s: the parser failed", self.call.call_sid or "-")
                 continue
             await self._dispatch(self.call.model_event(event, _now_ms()))
-        return True, f"code {model.close_code}"
+        return True, f"code {link.socket.close_code}"
+
+    # ---- make-before-break rollover -----------------------------------------------------------
+
+    async def _prepare_rollover(self, request: PrepareRollover) -> None:
+        """Open the next session beside the current one, configure it with the conversation so far, and once it
+        says ``session.updated`` let the core decide whether to switch (only at a quiet point)."""
+        link: _ModelLink | None = None
+        log.info("preparing the next model session call_sid=%s (%s)", self.call.call_sid or "-", request.reason)
+        try:
+            link = await self._open_model_link()
+            for message in self.call.rollover_setup():
+                link.outbox.put(_encode_json(message), message["type"])
+            await asyncio.wait_for(self._until_session_updated(link.socket), ROLLOVER_READY_TIMEOUT_S)
+            if self._done.is_set() or self._model_link is None:
+                self.call.rollover_failed(_now_ms())
+                return
+            self._standby = link
+            await self._dispatch(self.call.rollover_ready(_now_ms()))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("the next model session could not be prepared call_sid=%s: %s: %s; the current one goes on",
+                        self.call.call_sid or "-", type(error).__name__, error)
+            self.call.rollover_failed(_now_ms())
+        finally:
+            self._standby = None
+            if link is not None and self._model_link is not link and self._handover is not link:
+                await self._close_model_link(link)
+
+    async def _until_session_updated(self, socket: ClientConnection) -> None:
+        async for frame in socket:
+            try:
+                event = rt.parse_model_event(frame)
+            except rt.ModelEventError:
+                continue
+            if isinstance(event, rt.SessionUpdated):
+                return
+            if isinstance(event, rt.ModelError):
+                raise RuntimeError(f"the model refused the session: {event.code}: {event.message}")
+        raise ConnectionError(f"closed before it was ready (code {socket.close_code})")
+
+    def _switch_model(self) -> None:
+        """The prepared session is current from now on; the old one is closed (its reader stops reading it)."""
+        standby, old = self._standby, self._model_link
+        if standby is None:
+            return
+        self._model_link = self._handover = standby
+        self._standby = None
+        if old is not None:
+            self._in_background(self._close_model_link(old))
 
     @staticmethod
     def _model_writer(model: ClientConnection) -> Callable[[str], Any]:
@@ -393,6 +478,10 @@ class MediaStreamSession:
                 if output.refused:
                     self._close_code = POLICY_VIOLATION
                 self._end(output.reason)
+            elif isinstance(output, PrepareRollover):
+                self._in_background(self._prepare_rollover(output))
+            elif isinstance(output, SwitchModel):
+                self._switch_model()
             elif isinstance(output, ConnectModel):
                 if self._model_task is None:
                     self._model_task = asyncio.create_task(self._model_loop(), name="model-reader")
@@ -470,9 +559,10 @@ class MediaStreamSession:
     def _send_model(self, message: dict[str, Any]) -> None:
         """Queue a message for the model session (never waits). Truncates and cancels go first; live caller audio
         is dropped, and counted, when the model is not reading it."""
-        outbox = self._model_out
-        if outbox is None:
+        link = self._model_link
+        if link is None:
             return
+        outbox = link.outbox
         kind = message["type"]
         if kind in _MODEL_CONTROL:
             outbox.put_first(_encode_json(message), kind)
@@ -488,6 +578,9 @@ class MediaStreamSession:
             self._drops.context = self._model_drops.context = f"call_sid={event.call_sid}"
         if isinstance(event, Dropped):
             (self._drops if event.source == "twilio" else self._model_drops).drop(event.reason)
+        elif isinstance(event, ModelRolledOver):
+            log.info("model session rolled over call_sid=%s after %.0f s (%s)", self.call.call_sid or "-",
+                     event.session_age_ms / 1000, event.reason)
         elif isinstance(event, ModelReportedError):
             log.warning("model error call_sid=%s code=%s: %s", self.call.call_sid or "-", event.code, event.message)
         else:
@@ -501,11 +594,10 @@ class MediaStreamSession:
     # ---- teardown ---------------------------------------------------------------------------
 
     async def _close_model(self) -> None:
-        model = self._model
-        if model is None:
-            return
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(model.close(), MODEL_CLOSE_TIMEOUT_S)
+        link = self._model_link
+        if link is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(link.socket.close(), MODEL_CLOSE_TIMEOUT_S)
 
     async def _close_twilio(self) -> None:
         if self.websocket.application_state == WebSocketState.CONNECTED:

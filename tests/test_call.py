@@ -745,3 +745,56 @@ def test_comfort_noise_while_a_replacement_session_takes_long_and_none_after():
     out = call.model_connected()
     assert {"event": "clear", "streamSid": SID} in sends(out, Peer.TWILIO)  # what is left of it goes
     assert sends(call.tick(13_000), Peer.TWILIO) == []
+
+
+def rollover_call():
+    call = Call(CallConfig(session_update={"type": "session.update", "session": {}}, session_limit_ms=60_000,
+                           rollover_margin_ms=10_000))
+    call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
+    call.model_connected(0)
+    return call
+
+
+def test_a_rollover_is_prepared_before_the_session_limit_only_at_a_quiet_point():
+    from gateway.call import ModelRolledOver, PrepareRollover, SwitchModel
+
+    call = rollover_call()
+    assert not of_type(call.tick(49_000), PrepareRollover)  # not yet within the margin
+    call.model_event(rt.SpeechStarted("item_u1", 0), 50_000)
+    assert not of_type(call.tick(50_000), PrepareRollover)  # the caller is speaking
+    call.model_event(rt.SpeechStopped("item_u1", 0), 51_000)
+    call.model_event(rt.Transcript("user", "item_u1", "what time is it"), 51_000)
+    call.model_event(rt.ResponseCreated("resp_1"), 51_100)
+    assert not of_type(call.tick(51_200), PrepareRollover)  # the agent is answering
+    call.model_event(delta(ms=200), 51_300)
+    call.model_event(rt.Transcript("assistant", "item_1", "it is noon"), 51_300)
+    call.model_event(rt.ResponseDone("resp_1", "completed", {}), 51_400)
+    assert not of_type(call.tick(51_500), PrepareRollover)  # its audio is still playing at Twilio
+    call.twilio_event(tw.MarkEcho(SID, "m1"), 51_600)
+    call.twilio_event(tw.MarkEcho(SID, "m2"), 51_700)
+    prepare = of_type(call.tick(52_000), PrepareRollover)
+    assert prepare and not of_type(call.tick(53_000), PrepareRollover)  # once
+    setup = call.rollover_setup()
+    assert [m["type"] for m in setup] == ["session.update", "conversation.item.create", "conversation.item.create"]
+    assert [m["item"]["role"] for m in setup[1:]] == ["user", "assistant"]
+    out = call.rollover_ready(53_500)
+    assert of_type(out, SwitchModel) and of_type(out, ModelRolledOver)[0].session_age_ms == 53_500
+    # The new session numbers items afresh: its item_1 is a new item, not the old one's.
+    out = call.model_event(delta(response="resp_9", item="item_1", ms=100), 54_000)
+    assert [m["event"] for m in sends(out, Peer.TWILIO)] == ["media", "mark"]
+
+
+def test_a_rollover_is_abandoned_when_the_caller_speaks_while_it_is_prepared():
+    from gateway.call import PrepareRollover, SwitchModel
+
+    call = rollover_call()
+    assert of_type(call.tick(55_000), PrepareRollover)
+    call.model_event(rt.SpeechStarted("item_u1", 0), 55_200)
+    assert call.rollover_ready(55_400) == []  # the shell drops the prepared session
+    call.model_event(rt.SpeechStopped("item_u1", 0), 56_000)
+    assert not of_type(call.tick(56_500), PrepareRollover)  # not again at once
+    assert of_type(call.tick(57_500), PrepareRollover)
+    call.rollover_failed(57_600)  # could not be prepared: the current session goes on, tried again later
+    assert not of_type(call.tick(58_000), PrepareRollover)
+    assert of_type(call.tick(59_700), PrepareRollover)
+    assert of_type(call.rollover_ready(59_800), SwitchModel)

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from gateway.call import ModelSessionLost
+from gateway.call import ModelRolledOver, ModelSessionLost
 from gateway.local.server import Faults
 from gateway.replay import CallerTurn, load_sample, run_call
 
@@ -96,3 +96,27 @@ async def test_a_session_that_keeps_dying_is_not_reopened_forever() -> None:
         sessions = len(server.sessions)
     assert report.ended_by == "gateway_closed"
     assert sessions <= 8  # bounded: a handful of sessions within the minute, then the call ends with its message
+
+
+async def test_a_session_near_its_limit_is_replaced_at_a_quiet_point_with_no_gap() -> None:
+    # Sessions last 12 s here; the next one is prepared 6 s before the limit, at the first quiet point after 6 s.
+    async with start_gateway(local_session_limit_s=12.0, model_rollover_margin_s=6.0,
+                             transcription_model="gpt-4o-mini-transcribe") as gw:
+        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300, name="first"),
+                 CallerTurn(load_sample("caller_question"), after_silence_ms=2500, name="second"),
+                 CallerTurn(load_sample("caller_hello"), after_silence_ms=2500, name="third")]
+        report = await run_call(gw.ws_url, turns, timeout_s=60, hangup_after_ms=500)
+        sessions = list(gw.local_server.sessions)
+        rolled = gw.of_type(ModelRolledOver)
+        lost = gw.of_type(ModelSessionLost)
+    assert rolled and not lost, (rolled, lost)  # replaced ahead of the limit, never after it struck
+    assert report.ended_by == "hangup" and report.violations == []
+    assert all(t.response_ms is not None and t.response_ms < NORMAL_TURN_MS for t in report.turns), report.turns
+    # Each session was replaced before it expired: the next opened while the previous one still lived.
+    for old, new in zip(sessions, sessions[1:]):
+        assert new.opened_at_ms < old.closed_at_ms, (old.opened_at_ms, old.closed_at_ms, new.opened_at_ms)
+        assert old.closed_at_ms - old.opened_at_ms < 12_000
+    # The new session was told the conversation so far, in order: the caller first, then the agent.
+    carried = sessions[1].client_texts
+    assert [role for role, _ in carried[:2]] == ["user", "assistant"], carried
+    assert all(text for _, text in carried), carried

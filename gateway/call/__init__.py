@@ -16,6 +16,9 @@ from gateway.call.outputs import (
     END_CALL,
     TRANSFER_CALL,
     ConnectModel,
+    PrepareRollover,
+    SwitchModel,
+    ModelRolledOver,
     Peer,
     Send,
     EndCall,
@@ -36,4 +39,4 @@ from gateway.call.outputs import (
     Output,
 )
 
-__all__ = ["END_CALL", "TRANSFER_CALL", "ConnectModel", "BargeIn", "Call", "CallConfig", "CallEvent", "CallStarted", "CallTimeLimitReached", "Dropped", "DtmfReceived", "EndCall", "HangUp", "ModelReportedError", "ModelSessionLost", "Output", "Peer", "ResponseFinished", "RunTool", "Send", "ToolCalled", "TranscriptReceived", "Transfer"]
+__all__ = ["END_CALL", "TRANSFER_CALL", "ConnectModel", "BargeIn", "Call", "CallConfig", "CallEvent", "CallStarted", "CallTimeLimitReached", "Dropped", "DtmfReceived", "EndCall", "HangUp", "ModelReportedError", "ModelRolledOver", "ModelSessionLost", "PrepareRollover", "SwitchModel", "Output", "Peer", "ResponseFinished", "RunTool", "Send", "ToolCalled", "TranscriptReceived", "Transfer"]

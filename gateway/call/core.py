@@ -12,7 +12,8 @@ from gateway.audio import MULAW_BYTES_PER_MS, comfort_noise, converters_for, mod
 from gateway.call.conversation import ConversationLog
 from gateway.call.outputs import (
     END_CALL, BargeIn, ConnectModel, CallStarted, CallTimeLimitReached, Dropped, DtmfReceived, EndCall, HangUp, ModelReportedError,
-    ModelSessionLost, Output, Peer, ResponseFinished, RunTool, Send, ToolCalled, TranscriptReceived, Transfer,
+    ModelRolledOver, ModelSessionLost, Output, Peer, PrepareRollover, ResponseFinished, RunTool, Send, SwitchModel,
+    ToolCalled, TranscriptReceived, Transfer,
 )
 from gateway.playback import PlaybackTracker, parse_mark_name
 from gateway.realtime import events as rt
@@ -42,7 +43,8 @@ MAX_GREETING_ATTEMPTS = 3
 # (a dead line sounds like a dropped call), a second at a time, and none of it once the model is back.
 COMFORT_NOISE_AFTER_MS = 1000
 _COMFORT_NOISE = comfort_noise(1000)
-
+# A rollover abandoned (the caller spoke while the next session was being prepared) is tried again this much later.
+ROLLOVER_RETRY_MS = 2000
 
 
 # Model errors that are races on the wire, not faults: a cancel that crossed the response's end, or a
@@ -74,6 +76,10 @@ class CallConfig:
     media_idle_timeout_ms: int = 0  # no frame from Twilio for this long ends the call
     caller_audio_burst_ms: int = 0  # caller audio may run this far ahead of the wall clock; beyond, it is dropped
     max_tools_per_call: int = 1  # user tools running at once; more wait their turn
+    # Make-before-break: a model session older than session_limit_ms - rollover_margin_ms is replaced at the next
+    # quiet point by one prepared beside it (0: the limit is unknown; a session that expires is replaced after).
+    session_limit_ms: int = 0
+    rollover_margin_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -111,6 +117,9 @@ class Call:
         self._orphaned_tools: dict[str, int] = {}  # call_id -> the lost session that asked for it
         self._caller_speaking = False  # between the model's speech_started and speech_stopped
         self._model_down_since: float | None = None  # when the model session was lost (None: up, or never lost)
+        self._session_started_ms: float | None = None  # when the current model session was connected
+        self._rollover_pending = False  # a next session is being prepared by the shell
+        self._rollover_not_before_ms = 0.0
         self._comfort_noise_sent = False
         self._dtmf_tokens = DTMF_BURST
         self._dtmf_at: float | None = None
@@ -252,22 +261,22 @@ class Call:
 
     # ---- model side -------------------------------------------------------------------------
 
-    def model_connected(self) -> list[Output]:
+    def model_connected(self, now_ms: float | None = None) -> list[Output]:
         """The model socket is open: configure the session, then flush caller audio held meanwhile.
 
         In a replacement session the conversation so far is re-created as text items first (a new session
         starts empty; audio cannot be carried over), so the agent goes on where it was."""
         self._model_ready = True
         self._session += 1
+        self._session_started_ms = now_ms
+        self._rollover_pending = False
         self._model_down_since = None
-        out: list[Output] = [Send(Peer.MODEL, self.config.session_update)]
+        out: list[Output] = [Send(Peer.MODEL, message) for message in self._session_setup(carry=self._session > 1)]
         if self._comfort_noise_sent:
             # What is left of the comfort noise at Twilio goes, so the agent's next words are not queued behind it.
             self._comfort_noise_sent = False
             if not self._playback.playing:
                 out.append(Send(Peer.TWILIO, tw.clear_message(self.stream_sid)))
-        if self._session > 1:
-            out.extend(Send(Peer.MODEL, rt.text_item(role, text)) for role, text in self._conversation.items())
         if self._pending_audio:
             # One message: held audio must reach the model before (and not interleaved with) live frames.
             out.append(Send(Peer.MODEL, rt.input_audio_append(b"".join(self._pending_audio))))
@@ -276,6 +285,60 @@ class Call:
         out.extend(Send(Peer.MODEL, item) for item in self._held_items)
         self._held_items.clear()
         return out + self._request_response_if_ready()
+
+    def _session_setup(self, *, carry: bool) -> list[dict[str, Any]]:
+        """What configures a model session: the session.update, then (for a replacement) the conversation so far,
+        as text, in conversation order, agent answers cut to what the caller heard, tool calls and results."""
+        messages = [self.config.session_update]
+        if carry:
+            messages.extend(rt.text_item(role, text) for role, text in self._conversation.items())
+        return messages
+
+    # ---- make-before-break rollover -----------------------------------------------------------
+
+    def _quiet(self) -> bool:
+        """Nobody is talking and nothing is in flight: a session can be swapped for another unheard."""
+        return (self._model_ready and not self.ended and self._active_response is None and not self._response_requested
+                and not self._want_response and not self._caller_speaking and not self._playback.playing
+                and not self._running_tools and not self._orphaned_tools and self._after_playback is None
+                and (self._greeting_done or not self.config.agent_speaks_first))
+
+    def _rollover_due(self, now_ms: float) -> list[Output]:
+        config = self.config
+        started = self._session_started_ms
+        if not config.session_limit_ms or started is None or self._rollover_pending or now_ms < self._rollover_not_before_ms:
+            return []
+        margin = min(config.rollover_margin_ms, config.session_limit_ms // 2)
+        if now_ms - started < config.session_limit_ms - margin or not self._quiet():
+            return []
+        self._rollover_pending = True
+        return [PrepareRollover(f"session {(now_ms - started) / 1000:.0f} s old, limit {config.session_limit_ms / 1000:g} s")]
+
+    def rollover_setup(self) -> list[dict[str, Any]]:
+        """The messages that configure the session being prepared (sent to it, not to the current one)."""
+        return self._session_setup(carry=True)
+
+    def rollover_ready(self, now_ms: float) -> list[Output]:
+        """The prepared session answered ``session.updated``: switch to it now if the call is still quiet; if not
+        (the caller began to speak), the shell drops it and the rollover is tried again at a later quiet point
+        (the conversation it was given would be stale)."""
+        if not self._rollover_pending:
+            return []
+        self._rollover_pending = False
+        if not self._quiet():
+            self._rollover_not_before_ms = now_ms + ROLLOVER_RETRY_MS
+            return []
+        age_ms = int(now_ms - self._session_started_ms) if self._session_started_ms is not None else 0
+        self._session += 1
+        self._session_started_ms = now_ms
+        self._interrupted_responses.clear()
+        reason = "session limit ahead"
+        return [SwitchModel(reason), ModelRolledOver(reason, age_ms)]
+
+    def rollover_failed(self, now_ms: float) -> None:
+        """The next session could not be prepared: the current one goes on; try again later."""
+        self._rollover_pending = False
+        self._rollover_not_before_ms = now_ms + ROLLOVER_RETRY_MS
 
     def model_lost(self, reason: str, now_ms: float | None = None) -> list[Output]:
         """The model session is gone but the call goes on: the shell is opening a new one.
@@ -290,6 +353,7 @@ class Call:
             # An answer cut by the loss: the new session goes on with it (asked once it is configured).
             self._want_response, self._response_instructions = True, _RESUME_INSTRUCTIONS
         self._model_ready = False
+        self._rollover_pending = False  # a session being prepared is dropped by the shell with the lost one
         self._active_response = None
         self._response_requested = False
         # Tools still running belong to the lost session: their results come back as text to the new one.
@@ -564,7 +628,7 @@ class Call:
         last = self._last_media_ms if self._last_media_ms is not None else self._started_ms
         if config.media_idle_timeout_ms and now_ms - last >= config.media_idle_timeout_ms:
             return self._end(f"no media from Twilio for {config.media_idle_timeout_ms / 1000:g} s")
-        out = self._comfort_noise(now_ms)
+        out = self._comfort_noise(now_ms) + self._rollover_due(now_ms)
         if not config.max_call_duration_ms:
             return out
         elapsed = now_ms - self._started_ms

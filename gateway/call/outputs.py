@@ -39,6 +39,21 @@ class ConnectModel:
 
 
 @dataclass(slots=True)
+class PrepareRollover:
+    """Open the next model session beside the current one (make-before-break, before the session limit): send
+    it :meth:`Call.rollover_setup`, wait for its ``session.updated``, then call :meth:`Call.rollover_ready`."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class SwitchModel:
+    """The prepared session takes over now: everything the core sends from here on goes to it; close the old one."""
+
+    reason: str
+
+
+@dataclass(slots=True)
 class RunTool:
     """Run a user tool off the audio path; hand its result to :meth:`Call.tool_finished`."""
 
@@ -122,6 +137,14 @@ class ModelSessionLost(CallEvent):
 
 
 @dataclass(slots=True)
+class ModelRolledOver(CallEvent):
+    """A prepared model session took over from one near its time limit, at a quiet point, with no gap."""
+
+    reason: str
+    session_age_ms: int
+
+
+@dataclass(slots=True)
 class CallTimeLimitReached(CallEvent):
     """The call reached MAX_CALL_DURATION_S: the agent is saying goodbye, the call ends once it is heard."""
 
@@ -136,7 +159,7 @@ class Dropped(CallEvent):
     reason: str
 
 
-Output = Union[Send, CallEvent, EndCall, ConnectModel, RunTool, HangUp, Transfer]
+Output = Union[Send, CallEvent, EndCall, ConnectModel, PrepareRollover, SwitchModel, RunTool, HangUp, Transfer]
 
 # The built-in tools the core itself carries out (once what the agent said has been heard).
 END_CALL = "end_call"

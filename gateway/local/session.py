@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100
 MAX_BUFFER_SAMPLES = 600 * 8000  # the uncommitted buffer: at most 10 minutes, oldest audio dropped
 SESSION_LIFETIME_S = 3600
+MAX_CLIENT_TEXTS_KEPT = 100  # the texts of client-created items kept per session (a test sees what was carried)
 
 
 class RealtimeSession:
@@ -75,6 +76,7 @@ class RealtimeSession:
         self.opened_at_ms: float | None = None  # set by the shell when the socket is accepted (monotonic ms)
         self.closed_at_ms: float | None = None  # set by the shell when the socket is done (monotonic ms)
         self.client_items_added = 0  # conversation.item.create accepted (kept after release, for tests)
+        self.client_texts: list[tuple[str, str]] = []  # (role, text) of the first client-created message items
         self._handlers: dict[str, Callable[[dict[str, Any], float], None]] = {
             "session.update": self._on_session_update,
             "input_audio_buffer.append": self._on_append,
@@ -336,6 +338,10 @@ class RealtimeSession:
         self._emit("conversation.item.added", previous_item_id=previous, item=copy_json(item.wire))
         self._emit("conversation.item.done", previous_item_id=previous, item=copy_json(item.wire))
         self.client_items_added += 1
+        if len(self.client_texts) < MAX_CLIENT_TEXTS_KEPT:
+            wire = item.wire
+            text = "".join(part.get("text") or "" for part in wire.get("content") or () if isinstance(part, dict))
+            self.client_texts.append((str(wire.get("role", "")), text[:200]))
 
     def _find_item(self, event: dict[str, Any]) -> Item:
         item_id = require(event, "item_id", str, "item_id")
