@@ -72,7 +72,7 @@ REDACTED = "***"
 # Query parameters whose value is shown as *** (api-key=, access_token=, sig=, password=, ...).
 _SECRET_QUERY_NAME = re.compile(r"key|token|secret|pass|pwd|sig|auth|cred|session", re.IGNORECASE)
 # Settings fields shown as *** by ``repr(settings)`` (besides any field declared with ``repr=False``).
-_SECRET_FIELDS = frozenset({"api_key", "twilio_auth_token", "api_keys", "stream_secret"})
+_SECRET_FIELDS = frozenset({"api_key", "twilio_auth_token", "api_keys", "stream_secret", "metrics_api_key"})
 _SECRET_FIELD_NAME = re.compile(r"(?:^|_)(?:key|keys|secret|secrets|token|tokens|password|passwords)$")
 
 
@@ -213,6 +213,15 @@ class Settings:
     record_max_bytes: int = 64 * 1024 * 1024  # a call's recording stops growing past this size
     drain_timeout_s: int = 3600  # on SIGTERM, live calls may run this long before the process exits anyway
     fallback_message: str = DEFAULT_FALLBACK_MESSAGE  # said when a call cannot go on (TwiML after </Connect>)
+    # Observability and cost (gateway.observe)
+    log_format: str = "text"  # "json": one JSON object per line (production); "text": readable lines
+    log_full_numbers: bool = False  # phone numbers in logs and records in full (default: masked)
+    metrics_api_key: str = field(default="", repr=False)  # when set, GET /metrics wants it as a bearer token
+    metrics_port: int = 0  # when set, /metrics is served on this port instead of the gateway's
+    price_table_file: str = ""  # JSON {"model": {"audio_in": 32, ...}} over the built-in price table
+    model_prices: str = ""  # "audio_in=32,audio_out=64,..." for the configured model (USD per million tokens)
+    call_budget_usd: float = 0.0  # a call costing this much is wrapped up (the agent says goodbye); 0: none
+    daily_budget_usd: float = 0.0  # across calls, per UTC day: warned at 80 %, new calls refused at 100 %; 0: none
 
     @property
     def uses_embedded_model(self) -> bool:
@@ -320,6 +329,14 @@ class Settings:
             record_calls_dir=(env.get("RECORD_CALLS_DIR") or "").strip(),
             local_realtime_port=_int(env, "LOCAL_REALTIME_PORT", 0, 0, 65535),
             local_session_limit_s=_float(env, "LOCAL_SESSION_LIMIT_S", 3600.0, 1.0, 86400.0),
+            log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
+            log_full_numbers=_bool(env, "LOG_FULL_NUMBERS", False),
+            metrics_api_key=(env.get("METRICS_API_KEY") or "").strip(),
+            metrics_port=_int(env, "METRICS_PORT", 0, 0, 65535),
+            price_table_file=(env.get("PRICE_TABLE_FILE") or "").strip(),
+            model_prices=(env.get("MODEL_PRICES") or "").strip(),
+            call_budget_usd=_float(env, "CALL_BUDGET_USD", 0.0, 0.0, 1_000_000.0),
+            daily_budget_usd=_float(env, "DAILY_BUDGET_USD", 0.0, 0.0, 100_000_000.0),
             **_outbound_settings(env),
             **_security_settings(env),
         )

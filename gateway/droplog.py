@@ -21,8 +21,10 @@ class DropCounter:
     """Drops of one kind (``what``: "frame from twilio", "media stream") for one scope (a call, or the process)."""
 
     def __init__(self, logger: logging.Logger, what: str, interval_s: float, *, context: str = "",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 counted: Callable[[str, int], None] | None = None) -> None:
         self._log = logger
+        self._counted = counted  # also counts each drop elsewhere (a Prometheus counter), by reason
         self.what = what
         self.context = context  # e.g. "call_sid=CA..." (already safe to log)
         self.interval_s = interval_s
@@ -39,6 +41,8 @@ class DropCounter:
         if reason not in self.totals and len(self.totals) >= MAX_REASONS:
             reason = "other"
         self.totals[reason] += count
+        if self._counted is not None:
+            self._counted(reason, count)
         now = self._clock()
         if self._last_log is None:
             self._last_log = now

@@ -783,7 +783,7 @@ class FuzzResult:
 
 def _clean_env() -> dict[str, str]:
     """The gateway's environment: only what runs Python, and every setting that could change the run pinned."""
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "VIRTUAL_ENV")
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "VIRTUAL_ENV", "MALLOC_ARENA_MAX")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = package_root  # the gateway imports as this process does, installed or not

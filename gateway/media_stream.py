@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from gateway.call import (
     END_CALL,
+    AgentAudioStarted,
     TRANSFER_CALL,
     ConnectModel,
     Call,
@@ -44,6 +45,8 @@ from gateway.call import (
 )
 from gateway.config import Settings
 from gateway.droplog import DropCounter
+from gateway.observe import metrics
+from gateway.observe.ledger import CallLedger
 from gateway.outbox import Outbox
 from gateway.realtime import events as rt
 from gateway.security import StreamGrant
@@ -83,6 +86,7 @@ MODEL_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # A session prepared for a rollover must answer its session.update within this, or it is dropped (and tried later).
 ROLLOVER_READY_TIMEOUT_S = 5.0
 POLICY_VIOLATION = 1008
+RECORD_SAVE_TIMEOUT_S = 5.0  # a call's record is written within this at its end, or logged as lost
 TICK_INTERVAL_S = 1.0  # how often the core's clock checks run (time limit, idle media)
 
 CallObserver = Callable[[Call, CallEvent], None]
@@ -95,6 +99,8 @@ class CallServices:
     tools: ToolRegistry = field(default_factory=lambda: ToolRegistry([]))
     store: Any = None  # gateway.store.CallStore: per-call settings of outbound calls
     twilio: Any = None  # gateway.twilio.rest client: hang up and transfer live calls
+    prices: Any = None  # gateway.observe.cost.Prices of the configured model (None: unknown, cost not counted)
+    budget: Any = None  # gateway.observe.budget.DailyBudget: today's cost, shared by every instance
 
 
 def call_config(settings: Settings, registry: ToolRegistry | None = None) -> CallConfig:
@@ -158,6 +164,17 @@ class _ModelLink:
     writer: asyncio.Task[None]
 
 
+def _drop_counter(source: str) -> Callable[[str, int], None]:
+    def counted(reason: str, count: int) -> None:
+        metrics.DROPPED.labels(source, metrics.label("dropped", "reason", reason)).inc(count)
+    return counted
+
+
+def _written_to_model(kind: str, arrived: float) -> None:
+    if kind == "input_audio_buffer.append":
+        metrics.FRAME_DELAY.labels("to_model").observe(time.monotonic() - arrived)
+
+
 class _UnknownCallSettings(Exception):
     """An outbound call's settings are not in the store (never saved, expired, or already taken)."""
 
@@ -182,14 +199,21 @@ class MediaStreamSession:
         self.services = services or CallServices()
         self.grant = grant  # what the stream's credential allows: one call (None: an unsigned demo stream)
         self.call = Call(call_config(settings, self.services.tools), expected_call_sid=grant.call_sid if grant else "")
-        self._drops = DropCounter(log, "frames from twilio", settings.drop_log_interval_s)
-        self._model_drops = DropCounter(log, "events from the model", settings.drop_log_interval_s)
+        self._drops = DropCounter(log, "frames from twilio", settings.drop_log_interval_s, counted=_drop_counter("twilio"))
+        self._model_drops = DropCounter(log, "events from the model", settings.drop_log_interval_s,
+                                        counted=_drop_counter("model"))
+        self.ledger = CallLedger("outbound" if grant is not None and grant.outbound else "inbound",
+                                 settings.realtime_model, self.services.prices, full_numbers=settings.log_full_numbers)
+        self.record: dict[str, Any] | None = None  # the call's record, once it ended
+        self._budget_reached = False
+        self._arrived = 0.0  # time.monotonic() of the frame being handled (0: none; nothing to measure)
+        self._speech_started_at = 0.0  # when the model said the caller began to speak: barge-in reaction
         self._background: set[asyncio.Task[None]] = set()  # tools, hang-ups, transfers of this call
         self._observer = observer
         self._model_link: _ModelLink | None = None  # the current model session: what the core's messages go to
         self._standby: _ModelLink | None = None  # a session being prepared for a rollover
         self._handover: _ModelLink | None = None  # the session switched to, for the model reader to take over
-        self._twilio_out = Outbox(self._write_twilio, max_bytes=TWILIO_BACKLOG_BYTES)
+        self._twilio_out = Outbox(self._write_twilio, max_bytes=TWILIO_BACKLOG_BYTES, written=self._written_to_twilio)
         self._model_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._end_reason = ""
@@ -227,10 +251,15 @@ class MediaStreamSession:
                 self._recorder.close()
             self._drops.flush()
             self._model_drops.flush()
+            self.record = record = self.ledger.finish(self._end_reason or "-", _now_ms(),
+                                                      refused=self._close_code == POLICY_VIOLATION)
             log.info(
-                "call ended call_sid=%s reason=%s dropped_audio_frames=%d dropped_frames_from_twilio=%d",
-                self.call.call_sid or "-", self._end_reason or "-", self._dropped_audio_frames, self._drops.total,
+                "call ended call_sid=%s reason=%s ended_by=%s duration_s=%.1f turns=%d cost_usd=%.4f "
+                "dropped_audio_frames=%d dropped_frames_from_twilio=%d",
+                self.call.call_sid or "-", self._end_reason or "-", record["ended_by"], record["duration_s"],
+                len(record["turns"]), record["cost_usd"], self._dropped_audio_frames, self._drops.total,
             )
+            await self._save_record(record)
 
     # ---- readers ----------------------------------------------------------------------------
 
@@ -245,7 +274,8 @@ class MediaStreamSession:
                 if text is None:
                     self._drops.drop("binary frame")
                     continue
-                now = _now_ms()
+                self._arrived = time.monotonic()
+                now = self._arrived * 1000.0
                 if len(text) > max_bytes:
                     self._drops.drop(f"frame over MAX_FRAME_BYTES ({max_bytes})")
                     if self._recorder is not None:
@@ -290,7 +320,9 @@ class MediaStreamSession:
         """The core's clock checks (time limit, idle media), about once a second."""
         while not self._done.is_set():
             await asyncio.sleep(TICK_INTERVAL_S)
+            self._arrived = 0.0
             await self._dispatch(self.call.tick(_now_ms()))
+            self.ledger.marks_pending(self.call.marks_pending)
 
     async def _model_loop(self) -> None:
         """Hold a model session for the whole call: a socket that dies (or a session that reaches its time
@@ -379,7 +411,7 @@ class MediaStreamSession:
             ping_timeout=MODEL_PING_TIMEOUT_S,
             close_timeout=MODEL_CLOSE_TIMEOUT_S,
         )
-        outbox = Outbox(self._model_writer(socket), max_bytes=MODEL_BACKLOG_BYTES)
+        outbox = Outbox(self._model_writer(socket), max_bytes=MODEL_BACKLOG_BYTES, written=_written_to_model)
         return _ModelLink(socket, outbox, asyncio.create_task(outbox.run(), name="model-writer"))
 
     @staticmethod
@@ -395,6 +427,7 @@ class MediaStreamSession:
         async for frame in link.socket:
             if self._model_link is not link:
                 return True, "rolled over"  # what the old session still says is not heard
+            self._arrived = time.monotonic()
             try:
                 event = rt.parse_model_event(frame)
             except rt.ModelEventError as error:
@@ -403,7 +436,9 @@ class MediaStreamSession:
             except Exception:  # a parser bug costs one event, never the call
                 log.exception("dropped model event call_sid=%s: the parser failed", self.call.call_sid or "-")
                 continue
-            await self._dispatch(self.call.model_event(event, _now_ms()))
+            if isinstance(event, rt.SpeechStarted):
+                self._speech_started_at = self._arrived
+            await self._dispatch(self.call.model_event(event, self._arrived * 1000.0))
         return True, f"code {link.socket.close_code}"
 
     # ---- make-before-break rollover -----------------------------------------------------------
@@ -490,7 +525,7 @@ class MediaStreamSession:
             elif isinstance(output, (HangUp, Transfer)):
                 self._in_background(self._call_control(output))
             else:
-                self._report(output)
+                await self._dispatch(self._report(output))
 
     def _end(self, reason: str) -> None:
         if not self._done.is_set():
@@ -505,7 +540,12 @@ class MediaStreamSession:
 
     async def _run_tool(self, request: RunTool) -> None:
         context = ToolContext(self.call.call_sid, self.call.stream_sid, dict(self.call.custom_parameters))
+        started = time.monotonic()
         output = await self.services.tools.run(request.name, request.arguments, context)
+        outcome = "error" if output.startswith('{"error"') else "ok"
+        self.ledger.tool_finished(request.name if self.services.tools.has(request.name) else "unknown", outcome,
+                                  time.monotonic() - started)
+        self._arrived = 0.0
         await self._dispatch(self.call.tool_finished(request.call_id, output))
 
     async def _call_control(self, control: HangUp | Transfer) -> None:
@@ -541,9 +581,9 @@ class MediaStreamSession:
         event = message["event"]
         if event == "clear":
             self._twilio_out.discard(_TWILIO_AUDIO)
-            self._twilio_out.put_first(text, event)
+            self._twilio_out.put_first(text, event, arrived=self._speech_started_at)
             return
-        self._twilio_out.put(text, event)
+        self._twilio_out.put(text, event, arrived=self._arrived)
         if self._twilio_out.overflowed:
             log.error("Twilio is not reading its socket (%d bytes queued); ending the call call_sid=%s",
                       self._twilio_out.queued_bytes, self.call.call_sid or "-")
@@ -566,30 +606,63 @@ class MediaStreamSession:
         kind = message["type"]
         if kind in _MODEL_CONTROL:
             outbox.put_first(_encode_json(message), kind)
-        elif not outbox.put(_encode_json(message), kind, droppable=kind == "input_audio_buffer.append"):
+        elif not outbox.put(_encode_json(message), kind, droppable=kind == "input_audio_buffer.append",
+                            arrived=self._arrived):
             if not self._dropped_audio_frames:
                 log.warning("model is not keeping up; dropping caller audio call_sid=%s", self.call.call_sid or "-")
             self._dropped_audio_frames += 1
 
-    def _report(self, event: CallEvent) -> None:
+    def _report(self, event: CallEvent) -> list[Output]:
+        """Log, count and account one core event; what the core wants done about it (a budget reached)."""
         if isinstance(event, CallStarted):
             if self._recorder is not None:
                 self._recorder.call_started(event.call_sid, event.stream_sid)
             self._drops.context = self._model_drops.context = f"call_sid={event.call_sid}"
+        cost = self.ledger.event(event, _now_ms())
         if isinstance(event, Dropped):
             (self._drops if event.source == "twilio" else self._model_drops).drop(event.reason)
+        elif isinstance(event, ModelReportedError):
+            log.warning("model error call_sid=%s code=%s: %s", self.call.call_sid or "-", event.code, event.message)
         elif isinstance(event, ModelRolledOver):
             log.info("model session rolled over call_sid=%s after %.0f s (%s)", self.call.call_sid or "-",
                      event.session_age_ms / 1000, event.reason)
-        elif isinstance(event, ModelReportedError):
-            log.warning("model error call_sid=%s code=%s: %s", self.call.call_sid or "-", event.code, event.message)
-        else:
+        elif not isinstance(event, AgentAudioStarted):
             log.debug("call event call_sid=%s %s", self.call.call_sid or "-", event)
         if self._observer is not None:
             try:
                 self._observer(self.call, event)
             except Exception:
                 log.exception("call observer failed")
+        return self._cost_added(cost) if cost else []
+
+    def _cost_added(self, cost: float) -> list[Output]:
+        if self.services.budget is not None:
+            self._in_background(self.services.budget.add(cost))
+        limit = self.settings.call_budget_usd
+        if not limit or self._budget_reached or self.ledger.cost_usd < limit:
+            return []
+        self._budget_reached = True
+        metrics.BUDGET_STOPS.labels("call").inc()
+        log.warning("call budget reached call_sid=%s: %.4f USD of CALL_BUDGET_USD %.4f; the agent wraps up",
+                    self.call.call_sid or "-", self.ledger.cost_usd, limit)
+        return self.call.budget_reached(_now_ms())
+
+    async def _save_record(self, record: dict[str, Any]) -> None:
+        """Keep the call's record (gateway.store), whatever happened to the call; a store failure is logged."""
+        store = self.services.store
+        save = getattr(store, "finish_call", None)
+        if save is None or not record["call_sid"]:
+            return
+        try:
+            await asyncio.wait_for(save(record), RECORD_SAVE_TIMEOUT_S)
+        except Exception:
+            log.exception("the call record could not be saved call_sid=%s", record["call_sid"])
+
+    def _written_to_twilio(self, kind: str, arrived: float) -> None:
+        if kind == "media":
+            metrics.FRAME_DELAY.labels("to_twilio").observe(time.monotonic() - arrived)
+        elif kind == "clear":
+            metrics.BARGE_IN_REACTION.observe(time.monotonic() - arrived)
 
     # ---- teardown ---------------------------------------------------------------------------
 

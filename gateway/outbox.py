@@ -1,5 +1,8 @@
 """One writer per socket: what the call sends to a peer is queued in order and written by a single task.
 
+``arrived`` (``time.monotonic()`` of the frame that caused a message) lets the shell measure forwarding delay
+as each message is written.
+
 Why: a reader that awaits the other socket stalls its own side. With direct sends, a slow Twilio socket held up
 the model reader (so ``speech_started`` waited, and ``clear`` queued behind audio already being written), and a
 slow model socket held up the Twilio reader (mark echoes, ``stop``). With an :class:`Outbox` per socket, readers
@@ -23,10 +26,12 @@ from typing import Awaitable, Callable
 class Outbox:
     """Messages (text frames) for one socket, written by :meth:`run`. ``write`` sends one frame."""
 
-    def __init__(self, write: Callable[[str], Awaitable[None]], *, max_bytes: int) -> None:
+    def __init__(self, write: Callable[[str], Awaitable[None]], *, max_bytes: int,
+                 written: Callable[[str, float], None] | None = None) -> None:
         self._write = write
+        self._written = written  # told (kind, when its cause arrived) after each write: for delay metrics
         self.max_bytes = max_bytes
-        self._queue: deque[tuple[str, str]] = deque()  # (kind, text)
+        self._queue: deque[tuple[str, str, float]] = deque()  # (kind, text, when what caused it arrived)
         self._bytes = 0
         self._wake = asyncio.Event()
         self.closed = False
@@ -37,7 +42,7 @@ class Outbox:
     def queued_bytes(self) -> int:
         return self._bytes
 
-    def put(self, text: str, kind: str = "", *, droppable: bool = False) -> bool:
+    def put(self, text: str, kind: str = "", *, droppable: bool = False, arrived: float = 0.0) -> bool:
         """Queue ``text`` behind everything queued; False if it was not (closed, or full and ``droppable``)."""
         if self.closed:
             return False
@@ -46,16 +51,16 @@ class Outbox:
             return False
         if self._bytes + len(text) > self.max_bytes and not droppable:
             self.overflowed = True
-        self._queue.append((kind, text))
+        self._queue.append((kind, text, arrived))
         self._bytes += len(text)
         self._wake.set()
         return True
 
-    def put_first(self, text: str, kind: str = "") -> None:
+    def put_first(self, text: str, kind: str = "", *, arrived: float = 0.0) -> None:
         """Queue ``text`` ahead of everything queued (control messages)."""
         if self.closed:
             return
-        self._queue.appendleft((kind, text))
+        self._queue.appendleft((kind, text, arrived))
         self._bytes += len(text)
         self._wake.set()
 
@@ -64,7 +69,7 @@ class Outbox:
         kept = deque(item for item in self._queue if item[0] not in kinds)
         dropped = len(self._queue) - len(kept)
         self._queue = kept
-        self._bytes = sum(len(text) for _, text in kept)
+        self._bytes = sum(len(item[1]) for item in kept)
         return dropped
 
     def close(self) -> None:
@@ -80,6 +85,8 @@ class Outbox:
             await self._wake.wait()
             self._wake.clear()
             while self._queue and not self.closed:
-                _, text = self._queue.popleft()
+                kind, text, arrived = self._queue.popleft()
                 self._bytes -= len(text)
                 await self._write(text)
+                if self._written is not None and arrived:
+                    self._written(kind, arrived)

@@ -69,6 +69,11 @@ class PlaybackTracker:
         """Agent audio is queued or playing at Twilio (a mark sent since the last clear is not echoed yet)."""
         return bool(self._pending)
 
+    @property
+    def marks_pending(self) -> int:
+        """Marks sent to Twilio and not yet echoed (nor dropped by a clear)."""
+        return len(self._pending)
+
     def chunk_sent(self, item: Hashable, start_ms: int, end_ms: int, now_ms: float) -> str:
         """Record a chunk of ``item`` sent to Twilio; returns the name of the mark to send right after it."""
         seq = self._next_seq

@@ -68,26 +68,23 @@ class Tool:
         return {"type": "function", "name": self.name, "description": self.description, "parameters": self.parameters}
 
 
-def _no_parameters() -> dict[str, Any]:
-    return {"type": "object", "properties": {}, "additionalProperties": False}
+def _call_control_tool(name: str, description: str, reason: str) -> Tool:
+    """A built-in the call core carries out: no function, one optional ``reason`` argument."""
+    parameters = {"type": "object", "properties": {"reason": {"type": "string", "description": reason}},
+                  "additionalProperties": False}
+    return Tool(name, description, parameters)
 
 
 def end_call_tool() -> Tool:
-    return Tool(
-        END_CALL,
-        "End the phone call. Say a short goodbye first; the line is hung up once the caller has heard it.",
-        {"type": "object", "properties": {"reason": {"type": "string", "description": "Why the call ends."}},
-         "additionalProperties": False},
-    )
+    return _call_control_tool(
+        END_CALL, "End the phone call. Say a short goodbye first; the line is hung up once the caller has heard it.",
+        "Why the call ends.")
 
 
 def transfer_call_tool() -> Tool:
-    return Tool(
-        TRANSFER_CALL,
-        "Transfer the caller to a human colleague. Tell the caller you are transferring them first.",
-        {"type": "object", "properties": {"reason": {"type": "string", "description": "Why the caller needs a human."}},
-         "additionalProperties": False},
-    )
+    return _call_control_tool(
+        TRANSFER_CALL, "Transfer the caller to a human colleague. Tell the caller you are transferring them first.",
+        "Why the caller needs a human.")
 
 
 def _docstring_parts(doc: str) -> tuple[str, dict[str, str]]:
@@ -180,8 +177,8 @@ class ToolRegistry:
     def definitions(self) -> list[dict[str, Any]]:
         return [tool.definition() for tool in self._tools.values()]
 
-    def names(self) -> list[str]:
-        return list(self._tools)
+    def has(self, name: str) -> bool:
+        return name in self._tools
 
     def is_builtin(self, name: str) -> bool:
         tool = self._tools.get(name)

@@ -28,6 +28,7 @@ from gateway.call.outputs import (
     CallEvent,
     CallStarted,
     BargeIn,
+    AgentAudioStarted,
     DtmfReceived,
     TranscriptReceived,
     ToolCalled,
@@ -39,4 +40,4 @@ from gateway.call.outputs import (
     Output,
 )
 
-__all__ = ["END_CALL", "TRANSFER_CALL", "ConnectModel", "BargeIn", "Call", "CallConfig", "CallEvent", "CallStarted", "CallTimeLimitReached", "Dropped", "DtmfReceived", "EndCall", "HangUp", "ModelReportedError", "ModelRolledOver", "ModelSessionLost", "PrepareRollover", "SwitchModel", "Output", "Peer", "ResponseFinished", "RunTool", "Send", "ToolCalled", "TranscriptReceived", "Transfer"]
+__all__ = ["END_CALL", "TRANSFER_CALL", "AgentAudioStarted", "ConnectModel", "BargeIn", "Call", "CallConfig", "CallEvent", "CallStarted", "CallTimeLimitReached", "Dropped", "DtmfReceived", "EndCall", "HangUp", "ModelReportedError", "ModelRolledOver", "ModelSessionLost", "PrepareRollover", "SwitchModel", "Output", "Peer", "ResponseFinished", "RunTool", "Send", "ToolCalled", "TranscriptReceived", "Transfer"]

@@ -11,7 +11,7 @@ from typing import Any
 from gateway.audio import MULAW_BYTES_PER_MS, comfort_noise, converters_for, model_bytes_per_ms, mulaw_silence
 from gateway.call.conversation import ConversationLog
 from gateway.call.outputs import (
-    END_CALL, BargeIn, ConnectModel, CallStarted, CallTimeLimitReached, Dropped, DtmfReceived, EndCall, HangUp, ModelReportedError,
+    END_CALL, AgentAudioStarted, BargeIn, ConnectModel, CallStarted, CallTimeLimitReached, Dropped, DtmfReceived, EndCall, HangUp, ModelReportedError,
     ModelRolledOver, ModelSessionLost, Output, Peer, PrepareRollover, ResponseFinished, RunTool, Send, SwitchModel,
     ToolCalled, TranscriptReceived, Transfer,
 )
@@ -54,6 +54,8 @@ _GOODBYE_INSTRUCTIONS = "Say a brief, friendly goodbye to the caller now."
 _TRANSFER_INSTRUCTIONS = "Tell the caller, in one short sentence, that you are transferring them to a colleague now."
 _RESUME_INSTRUCTIONS = ("Your previous answer was cut off by a technical problem. Without apologising at length, "
                         "finish what you were saying to the caller.")
+_BUDGET_INSTRUCTIONS = ("This call has used all the time it was allowed. Tell the caller, in one or two short "
+                        "sentences, that you have to end the call now, and say goodbye.")
 _TIME_LIMIT_INSTRUCTIONS = ("This call has reached its time limit. Tell the caller, in one or two short sentences, "
                             "that you have to end the call now, and say goodbye.")
 
@@ -113,9 +115,14 @@ class Call:
         self._caller_audio_ms = 0
         self._started_ms: float | None = None
         self._wrap_up_started = False
+        self._wrap_up_reason = ""
         self._queued_tools: deque[RunTool] = deque()
         self._orphaned_tools: dict[str, int] = {}  # call_id -> the lost session that asked for it
         self._caller_speaking = False  # between the model's speech_started and speech_stopped
+        # For turn measurements: the caller's latest utterance, when it ended, and when the response began.
+        self._caller_item = ""
+        self._caller_stopped_ms: float | None = None
+        self._response_created_ms: tuple[str, float] | None = None
         self._model_down_since: float | None = None  # when the model session was lost (None: up, or never lost)
         self._session_started_ms: float | None = None  # when the current model session was connected
         self._rollover_pending = False  # a next session is being prepared by the shell
@@ -383,11 +390,13 @@ class Call:
             return self._agent_audio(event, now_ms)
         if isinstance(event, rt.SpeechStarted):
             self._caller_speaking = True
+            self._caller_item, self._caller_stopped_ms = event.item_id, None
             self._conversation.begin((self._session, event.item_id), "user")
             return self._caller_started_speaking(now_ms)
         if isinstance(event, rt.SpeechStopped):
             # The caller finished: a response we held back (a tool's result, a key press) may be asked for now.
             self._caller_speaking = False
+            self._caller_stopped_ms = now_ms
             return self._request_response_if_ready()
         if isinstance(event, rt.ResponseCreated):
             if self._response_requested and self._greeting_session == self._session and not self._greeting_done \
@@ -395,6 +404,7 @@ class Call:
                 self._greeting_response = event.response_id
             self._active_response = event.response_id
             self._response_requested = False
+            self._response_created_ms = (event.response_id, now_ms)
             return []
         if isinstance(event, rt.ResponseDone):
             if self._active_response == event.response_id:
@@ -435,11 +445,12 @@ class Call:
             item = self._items[key] = _AgentItem(delta.response_id)
             self._forget_old_items()
             self._conversation.begin(key, "assistant")
+        first = delta.response_id not in self._responses_with_audio
         self._responses_with_audio.add(delta.response_id)
         if delta.response_id in self._interrupted_responses or not self.stream_sid:
             item.received_bytes += len(delta.audio)  # the model's item holds it, though nobody hears it
             return []  # a late delta of an interrupted response, or no stream to play it on
-        out: list[Output] = []
+        out: list[Output] = [self._turn_began(delta, now_ms)] if first else []
         audio = delta.audio
         per_ms = self._model_bytes_per_ms
         for offset in range(0, len(audio), self._chunk_bytes):
@@ -453,6 +464,14 @@ class Call:
             out.append(Send(Peer.TWILIO, tw.media_message(self.stream_sid, mulaw)))
             out.append(Send(Peer.TWILIO, tw.mark_message(self.stream_sid, name)))
         return out
+
+    def _turn_began(self, delta: rt.AudioDelta, now_ms: float) -> AgentAudioStarted:
+        stopped, created = self._caller_stopped_ms, self._response_created_ms
+        self._caller_stopped_ms = None  # one latency per caller turn
+        caller_item = self._caller_item if stopped is not None else ""
+        ttfa = now_ms - created[1] if created is not None and created[0] == delta.response_id else None
+        return AgentAudioStarted(delta.response_id, delta.item_id, caller_item,
+                                 now_ms - stopped if stopped is not None else None, ttfa)
 
     def _mark_echoed(self, name: str, now_ms: float) -> list[Output]:
         parsed = parse_mark_name(name)
@@ -570,6 +589,10 @@ class Call:
         self._control_done = True
         return [control]
 
+    @property
+    def marks_pending(self) -> int:
+        return self._playback.marks_pending
+
     def heard_ms(self, item_id: str) -> int:
         """How much of an item (of the current model session) the caller has heard, as confirmed by Twilio."""
         return self._playback.heard_ms((self._session, item_id))
@@ -633,11 +656,23 @@ class Call:
             return out
         elapsed = now_ms - self._started_ms
         if elapsed >= config.max_call_duration_ms + config.wrap_up_grace_ms:
-            return self._end("the call reached its time limit")
+            return self._end(self._wrap_up_reason or "the call reached its time limit")
         if elapsed >= config.max_call_duration_ms and not self._wrap_up_started:
             self._wrap_up_started = True
-            return [*out, CallTimeLimitReached(config.max_call_duration_ms), *self._wrap_up()]
+            return [*out, CallTimeLimitReached(config.max_call_duration_ms),
+                    *self._wrap_up("the call reached its time limit", _TIME_LIMIT_INSTRUCTIONS)]
         return out
+
+    def budget_reached(self, now_ms: float) -> list[Output]:
+        """The call's cost reached its budget: the agent says goodbye, the call ends once it is heard (or after
+        the wrap-up grace, through the time limit's clock)."""
+        if self.ended or self._wrap_up_started:
+            return []
+        self._wrap_up_started = True
+        if self._started_ms is not None:  # the grace runs from now
+            limit_ms = int(now_ms - self._started_ms)
+            self.config = replace(self.config, max_call_duration_ms=max(1, limit_ms))
+        return self._wrap_up("the call budget was reached", _BUDGET_INSTRUCTIONS)
 
     def _comfort_noise(self, now_ms: float) -> list[Output]:
         down = self._model_down_since
@@ -646,11 +681,12 @@ class Call:
         self._comfort_noise_sent = True
         return [Send(Peer.TWILIO, tw.media_message(self.stream_sid, _COMFORT_NOISE))]
 
-    def _wrap_up(self) -> list[Output]:
+    def _wrap_up(self, reason: str, instructions: str) -> list[Output]:
         """Ask the agent for a goodbye, then hang up once it has been heard (as ``end_call`` does)."""
-        self._after_playback, self._control_done = HangUp("the call reached its time limit"), False
+        self._after_playback, self._control_done = HangUp(reason), False
+        self._wrap_up_reason = reason
         self._want_response = True
-        self._response_instructions = _TIME_LIMIT_INSTRUCTIONS
+        self._response_instructions = instructions
         return self._request_response_if_ready() + self._control_if_heard()
 
     def _end(self, reason: str, *, refused: bool = False) -> list[Output]:

@@ -98,6 +98,19 @@ class BargeIn(CallEvent):
 
 
 @dataclass(slots=True)
+class AgentAudioStarted(CallEvent):
+    """A response's first audio went to Twilio: a turn began. ``turn_latency_ms`` runs from the model's
+    ``speech_stopped`` (the caller finished) to now; ``model_ttfa_ms`` from ``response.created`` to now (None when
+    unknown: a response that answers no caller turn, or was created in an earlier session)."""
+
+    response_id: str
+    item_id: str
+    caller_item_id: str
+    turn_latency_ms: float | None
+    model_ttfa_ms: float | None
+
+
+@dataclass(slots=True)
 class DtmfReceived(CallEvent):
     digit: str
 

@@ -15,4 +15,13 @@ class SharedState(Protocol):
         Raises :class:`StateUnavailable` when it cannot tell."""
         ...
 
+    async def add_to_total(self, key: str, amount: float, ttl_s: float) -> float:
+        """Add ``amount`` to the running total ``key`` (kept ``ttl_s`` from its first addition); the new total.
+        Raises :class:`StateUnavailable` when it cannot tell."""
+        ...
+
+    async def get_total(self, key: str) -> float:
+        """The running total ``key`` (0 when there is none). Raises :class:`StateUnavailable`."""
+        ...
+
     async def aclose(self) -> None: ...

@@ -19,6 +19,7 @@ class MemoryState:
         self._claims: OrderedDict[str, float] = OrderedDict()
         self._max_claims = max_claims
         self._clock = clock
+        self._totals: dict[str, tuple[float, float]] = {}  # key -> (total, expires at); a few keys (one a day)
 
     async def claim_once(self, key: str, ttl_s: float) -> bool:
         now = self._clock()
@@ -38,5 +39,17 @@ class MemoryState:
                 break
             del self._claims[key]
 
+    async def add_to_total(self, key: str, amount: float, ttl_s: float) -> float:
+        now = self._clock()
+        self._totals = {k: v for k, v in self._totals.items() if v[1] > now}
+        total, expires = self._totals.get(key, (0.0, now + ttl_s))
+        self._totals[key] = (total + amount, expires)
+        return total + amount
+
+    async def get_total(self, key: str) -> float:
+        total, expires = self._totals.get(key, (0.0, 0.0))
+        return total if expires > self._clock() else 0.0
+
     async def aclose(self) -> None:
         self._claims.clear()
+        self._totals.clear()

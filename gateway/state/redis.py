@@ -28,5 +28,23 @@ class RedisState:
             raise StateUnavailable(f"{type(error).__name__}: {error}") from error
         return bool(created)
 
+    async def add_to_total(self, key: str, amount: float, ttl_s: float) -> float:
+        name = f"{self.prefix}total:{key}"
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.incrbyfloat(name, amount)
+                pipe.expire(name, max(1, math.ceil(ttl_s)), nx=True)
+                total, _ = await pipe.execute()
+        except (RedisError, OSError) as error:
+            raise StateUnavailable(f"{type(error).__name__}: {error}") from error
+        return float(total)
+
+    async def get_total(self, key: str) -> float:
+        try:
+            value = await self._client.get(f"{self.prefix}total:{key}")
+        except (RedisError, OSError) as error:
+            raise StateUnavailable(f"{type(error).__name__}: {error}") from error
+        return float(value) if value is not None else 0.0
+
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -1,0 +1,109 @@
+"""The gateway's Prometheus metrics (``prometheus-client``) and the ``/metrics`` endpoint.
+
+Every metric is named ``gateway_*``. Label values come from small fixed sets or pass through :func:`label`, which
+caps how many distinct values one label may take (a hostile peer must not grow the metrics without bound).
+
+Several worker processes (``gateway serve --workers N``) share one view when ``PROMETHEUS_MULTIPROC_DIR`` names
+a directory before the gateway starts (``gateway serve`` sets one up for its workers): each process writes its
+samples there and ``/metrics`` adds them up (``prometheus_client.multiprocess``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+MAX_LABEL_VALUES = 40  # distinct values one label of one metric may take; the rest are "other"
+_LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+CALLS_ACTIVE = Gauge("gateway_calls_active", "Calls in progress (media streams open).", multiprocess_mode="livesum")
+CALLS = Counter("gateway_calls_total", "Calls ended, by direction and outcome.", ["direction", "outcome", "ended_by"])
+CALL_DURATION = Histogram("gateway_call_duration_seconds", "Call length, from the stream's start to its end.",
+                          buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
+TURN_LATENCY = Histogram("gateway_turn_latency_seconds",
+                         "From the caller's end of speech (the model's speech_stopped) to the first agent audio "
+                         "sent to Twilio.", buckets=_LATENCY_BUCKETS)
+MODEL_TTFA = Histogram("gateway_model_time_to_first_audio_seconds",
+                       "From response.created to the response's first audio.", buckets=_LATENCY_BUCKETS)
+BARGE_IN_REACTION = Histogram("gateway_barge_in_reaction_seconds",
+                              "From the model's speech_started to the clear written to Twilio.", buckets=_FAST_BUCKETS)
+BARGE_INS = Counter("gateway_barge_ins_total", "Agent audio interrupted by the caller (items cut).")
+BARGE_IN_UNHEARD = Histogram("gateway_barge_in_unheard_seconds",
+                             "Agent audio sent to Twilio but never heard, cut at a barge-in.",
+                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+FRAME_DELAY = Histogram("gateway_frame_forward_delay_seconds",
+                        "From a frame's arrival to the write of what it became, per direction.", ["direction"],
+                        buckets=_FAST_BUCKETS)
+MARKS_PENDING = Gauge("gateway_marks_pending", "Marks sent to Twilio and not yet echoed.", multiprocess_mode="livesum")
+MODEL_RECONNECTS = Counter("gateway_model_reconnects_total", "Model sessions lost and replaced, by cause.", ["cause"])
+MODEL_ROLLOVERS = Counter("gateway_model_rollovers_total", "Model sessions replaced ahead of their limit.", ["cause"])
+DROPPED = Counter("gateway_dropped_frames_total", "Frames dropped at the edge, by source and reason.",
+                  ["source", "reason"])
+REFUSED_STREAMS = Counter("gateway_refused_streams_total", "Media stream upgrades refused, by reason.", ["reason"])
+REFUSED_CALLS = Counter("gateway_refused_calls_total", "Calls answered with a polite refusal, by reason.", ["reason"])
+TOOL_CALLS = Counter("gateway_tool_calls_total", "Tool calls, by tool and outcome.", ["tool", "outcome"])
+TOOL_DURATION = Histogram("gateway_tool_duration_seconds", "Tool run time.", ["tool"],
+                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+TOKENS = Counter("gateway_model_tokens_total", "Model tokens, by model and kind.", ["model", "kind"])
+COST = Counter("gateway_cost_usd_total", "Model cost in USD, by model.", ["model"])
+CALL_COST = Histogram("gateway_call_cost_usd", "Cost of one call in USD.",
+                      buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25))
+DAILY_BUDGET_USED = Gauge("gateway_daily_budget_used_ratio", "Today's cost as a fraction of DAILY_BUDGET_USD.",
+                          multiprocess_mode="max")
+BUDGET_STOPS = Counter("gateway_budget_stops_total", "Calls wrapped up (call) or refused (daily) by a budget.",
+                       ["scope"])
+
+_seen: dict[tuple[str, str], set[str]] = {}
+_seen_lock = threading.Lock()
+
+
+def label(metric: str, name: str, value: str) -> str:
+    """``value`` as a label value, or "other" once this label has taken MAX_LABEL_VALUES distinct values."""
+    value = value[:60] or "none"
+    key = (metric, name)
+    with _seen_lock:
+        seen = _seen.setdefault(key, set())
+        if value in seen:
+            return value
+        if len(seen) >= MAX_LABEL_VALUES:
+            return "other"
+        seen.add(value)
+        return value
+
+
+def cause(reason: str) -> str:
+    """A short cause for a model session's end: ``code 1001``, ``TimeoutError``, ``ConnectionClosedError``..."""
+    return reason.split(":", 1)[0].strip()[:40] or "unknown"
+
+
+def registry() -> CollectorRegistry:
+    """The registry to expose: the process's own, or the sum over worker processes."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return REGISTRY
+    from prometheus_client import multiprocess
+
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined, path=directory)
+    return combined
+
+
+def metrics_endpoint(api_key: str = ""):
+    """``GET /metrics``; with ``api_key`` (``METRICS_API_KEY``) it wants ``Authorization: Bearer <key>``."""
+
+    async def metrics(request: Request) -> Response:
+        if api_key:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return PlainTextResponse("metrics need Authorization: Bearer <METRICS_API_KEY>\n", status_code=401,
+                                         headers={"WWW-Authenticate": "Bearer"})
+        return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics

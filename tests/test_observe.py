@@ -1,0 +1,147 @@
+"""Metrics, cost and budgets, end to end: scripted calls through the replay phone, then /metrics scraped and the
+call's cost checked against a hand computation from the usage the embedded model reported."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from gateway.observe.cost import DEFAULT_PRICES, Usage, load_price_table, prices_for, PriceError
+from gateway.observe.ledger import mask_number
+from gateway.replay import CallerTurn, load_sample, run_call
+
+from .conftest import start_gateway
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    """One sample's value from the Prometheus text format (0 when absent)."""
+    pattern = re.escape(name) + (r"\{" + labels + r"\}" if labels else r"(?:\{\})?") + r" ([0-9.e+-]+)"
+    found = re.search("^" + pattern + "$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def total(text: str, name: str, **labels: str) -> float:
+    """The sum of every sample of ``name`` whose labels include ``labels``."""
+    out = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{key}="{value}"' in line for key, value in labels.items()):
+            out += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+async def scrape(http_url: str, **headers: str) -> str:
+    async with httpx.AsyncClient(base_url=http_url) as http:
+        response = await http.get("/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def test_usage_follows_openais_billing_rule_and_prices_resolve_snapshots():
+    usage = Usage.from_response({
+        "input_token_details": {"text_tokens": 100, "audio_tokens": 1000, "cached_tokens": 300,
+                                "cached_tokens_details": {"text_tokens": 50, "audio_tokens": 250}},
+        "output_token_details": {"text_tokens": 20, "audio_tokens": 400},
+    })
+    assert usage.as_dict() == {"text_in": 50, "text_cached": 50, "text_out": 20, "audio_in": 750,
+                               "audio_cached": 250, "audio_out": 400}
+    prices = prices_for("gpt-realtime-2025-08-28", DEFAULT_PRICES)
+    assert prices is DEFAULT_PRICES["gpt-realtime"]
+    expected = (50 * 4 + 50 * 0.4 + 20 * 16 + 750 * 32 + 250 * 0.4 + 400 * 64) / 1e6
+    assert usage.cost_usd(prices) == pytest.approx(expected)
+    # Malformed usage is the model's word: counted as nothing, never a crash.
+    assert Usage.from_response({"input_token_details": {"text_tokens": -5, "audio_tokens": "x"}}).as_dict() == Usage().as_dict()
+    assert prices_for("unknown-model", DEFAULT_PRICES) is None
+
+
+def test_prices_are_overridable_by_a_file_and_a_setting(tmp_path):
+    table_file = tmp_path / "prices.json"
+    table_file.write_text('{"my-model": {"text_in": 1, "text_cached": 0.1, "text_out": 2, "audio_in": 3, '
+                          '"audio_cached": 0.3, "audio_out": 6}}')
+    table = load_price_table(str(table_file), "audio_out=7", "my-model")
+    assert table["my-model"].audio_out == 7 and table["my-model"].audio_in == 3
+    with pytest.raises(PriceError):
+        load_price_table("", "audio_out=lots", "gpt-realtime")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"m": {"audio_in": -1}}')
+    with pytest.raises(PriceError):
+        load_price_table(str(bad))
+
+
+def test_phone_numbers_are_masked():
+    assert mask_number("+14155550123") == "+1415*****23"
+    assert mask_number("+14155550123", full=True) == "+14155550123"
+
+
+async def test_a_scripted_call_shows_in_the_metrics_and_costs_what_its_usage_says():
+    async with start_gateway(transcription_model="gpt-4o-mini-transcribe") as gw:
+        before = await scrape(gw.http_url)
+        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
+                 CallerTurn(load_sample("caller_question"), after_silence_ms=2500)]
+        report = await run_call(gw.ws_url, turns, timeout_s=40, hangup_after_ms=500)
+        after = await scrape(gw.http_url)
+        sessions = list(gw.local_server.sessions)
+        app_state = gw.app.state.gateway
+    answered = sum(t.response_ms is not None for t in report.turns)
+    assert answered == 2, report.turns
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("gateway_calls_total", direction="inbound", outcome="completed", ended_by="caller") == 1
+    assert sample(after, "gateway_calls_active") == 0
+    assert delta("gateway_turn_latency_seconds_count") == answered
+    assert delta("gateway_model_time_to_first_audio_seconds_count") >= answered
+    assert delta("gateway_call_duration_seconds_count") == 1
+    assert delta("gateway_frame_forward_delay_seconds_count", direction="to_model") > 100  # 20 ms frames
+    assert delta("gateway_frame_forward_delay_seconds_count", direction="to_twilio") > 10
+    # The cost, by hand, from what the embedded model reported in its response.done events.
+    usage = Usage()
+    for session in sessions:
+        for response in session.responses:
+            usage.add(Usage.from_response(response.get("usage")))
+    expected = (usage.text_in * 4 + usage.text_out * 16 + usage.audio_in * 32 + usage.audio_out * 64) / 1e6
+    assert expected > 0
+    assert delta("gateway_cost_usd_total", model="gpt-realtime") == pytest.approx(expected, rel=1e-6)
+    assert delta("gateway_model_tokens_total", kind="audio_out") == usage.audio_out
+    assert app_state.budget is not None
+
+
+async def test_metrics_can_require_a_key():
+    async with start_gateway(metrics_api_key="m-secret") as gw:
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            assert (await http.get("/metrics")).status_code == 401
+            assert (await http.get("/metrics", headers={"Authorization": "Bearer wrong"})).status_code == 401
+        await scrape(gw.http_url, Authorization="Bearer m-secret")
+
+
+async def test_the_call_budget_ends_the_call_after_the_goodbye_is_heard():
+    # A budget far below one answer's cost: reached at the first response.done; the agent says goodbye.
+    async with start_gateway(call_budget_usd=0.0001) as gw:
+        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
+                 CallerTurn(load_sample("caller_question"), after_silence_ms=8000)]
+        report = await run_call(gw.ws_url, turns, timeout_s=40, hangup_after_ms=20_000)
+        sessions = list(gw.local_server.sessions)
+    # The call ended from the gateway's side, before the caller's second turn, after the goodbye played in full.
+    assert report.ended_by in ("gateway_closed", "hangup_by_gateway"), report.ended_by
+    instructions = [text for session in sessions for text in session.response_instructions.values()]
+    assert any("used all the time it was allowed" in text for text in instructions), instructions
+    assert report.violations == []
+    goodbye = report.turns[0]
+    assert goodbye.response_ms is not None
+
+
+async def test_the_daily_budget_refuses_new_calls_politely():
+    async with start_gateway(daily_budget_usd=0.0001) as gw:
+        report = await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
+                                timeout_s=30, hangup_after_ms=500)
+        assert report.turns[0].response_ms is not None  # spends more than the whole day's budget
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            twiml = (await http.post("/incoming-call", data={"CallSid": "CA" + "2" * 32})).text
+        metrics_text = await scrape(gw.http_url)
+    assert "<Say>" in twiml and "tomorrow" in twiml and "<Connect>" not in twiml, twiml
+    assert total(metrics_text, "gateway_refused_calls_total", reason="daily_budget") >= 1
+    assert sample(metrics_text, "gateway_daily_budget_used_ratio") >= 1
