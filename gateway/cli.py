@@ -1,10 +1,9 @@
-"""Command line: ``gateway serve | demo | replay | local-realtime``."""
+"""Command line: ``gateway serve | doctor | call | demo | replay | local-realtime | bench | fuzz | soak``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from dataclasses import replace
 
@@ -12,13 +11,12 @@ from gateway.audio import AUDIO_FORMATS
 from gateway.config import ConfigError, Settings
 
 
-def _configure_logging(level: str) -> None:
-    """Log to stderr through :class:`gateway.logsafe.SafeFormatter`: peer strings cannot forge lines."""
-    from gateway.logsafe import SafeFormatter
+def _configure_logging(level: str, settings: Settings | None = None) -> None:
+    """Log to stderr as ``LOG_FORMAT`` says (gateway.observe.logs): escaped, numbers masked, call SIDs on each line."""
+    from gateway.observe.logs import configure_logging
 
-    handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
+    configure_logging(level, settings.log_format if settings else "text",
+                      full_numbers=settings.log_full_numbers if settings else False)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -81,6 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--insecure-dev", action="store_true",
                        help="development only: take calls with a real model without TWILIO_AUTH_TOKEN / PUBLIC_URL "
                             "(same as INSECURE_DEV_MODE=true; /healthz repeats the warning)")
+    doctor = sub.add_parser("doctor", help="check the configuration before the first real call",
+                            description="Check the settings, PUBLIC_URL, signatures, the model key and session, "
+                                        "Twilio's credentials and numbers, Redis and the store; say what is wrong "
+                                        "and how to fix it. Exit status: 0 when no check fails, 1 otherwise.")
+    from gateway.doctor import add_arguments as add_doctor_arguments, command as doctor_command
+
+    add_doctor_arguments(doctor)
+    call = sub.add_parser("call", help="place an outbound call through a running gateway and follow it",
+                          description="POST /calls on a running gateway (as curl would), then print the call's "
+                                      "status until it ends; Ctrl-C hangs up. Exit status: 0 when the call was "
+                                      "answered and completed, 1 otherwise, 2 for bad options.")
+    from gateway.api.client import add_arguments as add_call_arguments, command as call_command
+
+    add_call_arguments(call)
     local = sub.add_parser("local-realtime", help="run the embedded Realtime-compatible server on its own")
     local.add_argument("--host", default="127.0.0.1")
     local.add_argument("--port", type=int, default=8765)
@@ -116,12 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.soak import add_arguments as add_soak_arguments, command as soak_command
     add_soak_arguments(soak)
     args = parser.parse_args(argv)
+    if args.command in ("doctor", "call"):
+        # Neither runs a gateway here: doctor reads the settings itself (a bad one is what it reports), and call
+        # talks to a gateway elsewhere. Only errors are logged, so the report is all there is on the screen.
+        _configure_logging("error")
+        return (doctor_command if args.command == "doctor" else call_command)(args)
     try:
         settings = Settings.from_env()
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings)
     handlers = {"serve": _serve, "local-realtime": _local_realtime, "demo": _demo, "replay": _replay,
                 "bench": _bench, "fuzz": fuzz_command, "soak": soak_command}
     return handlers[args.command](args, settings)

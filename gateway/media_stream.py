@@ -47,12 +47,13 @@ from gateway.config import Settings
 from gateway.droplog import DropCounter
 from gateway.observe import metrics
 from gateway.observe.ledger import CallLedger
+from gateway.observe.logs import bind_call
 from gateway.outbox import Outbox
 from gateway.realtime import events as rt
 from gateway.security import StreamGrant
 from gateway.recording import CallRecorder
 from gateway.tools import ToolContext, ToolRegistry
-from gateway.twilio.media import MediaStreamError, parse_twilio_message
+from gateway.twilio.media import Media, MediaStreamError, encode_message, parse_twilio_message
 from gateway.twilio.twiml import dial_twiml
 
 log = logging.getLogger("gateway.media_stream")
@@ -151,8 +152,8 @@ def call_config(settings: Settings, registry: ToolRegistry | None = None) -> Cal
     )
 
 
-# One encoder for every message: json.dumps(..., separators=...) would build a new one per 20 ms frame.
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+# One encoder for every message: orjson, compact (gateway.twilio.media.encode_message).
+_encode_json = encode_message
 
 
 @dataclass
@@ -208,6 +209,7 @@ class MediaStreamSession:
         self._budget_reached = False
         self._arrived = 0.0  # time.monotonic() of the frame being handled (0: none; nothing to measure)
         self._speech_started_at = 0.0  # when the model said the caller began to speak: barge-in reaction
+        self._log_context: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()  # tools, hang-ups, transfers of this call
         self._observer = observer
         self._model_link: _ModelLink | None = None  # the current model session: what the core's messages go to
@@ -222,6 +224,7 @@ class MediaStreamSession:
         self._recorder = CallRecorder(settings.record_calls_dir, _now_ms(), settings.record_max_bytes) if settings.record_calls_dir else None
 
     async def run(self) -> None:
+        self._log_context = bind_call()  # every line of this call (its tasks inherit it) carries its SIDs
         twilio_task = asyncio.create_task(self._twilio_loop(), name="twilio-reader")
         self._in_background(self._twilio_out.run())
         self._in_background(self._clock_loop())
@@ -285,6 +288,10 @@ class MediaStreamSession:
                     self._recorder.record("in", text, now)
                 try:
                     event = parse_twilio_message(text)
+                    if type(event) is Media and not getattr(self.call, "_model_ready", False):
+                        # Audio the core holds until the model is up is joined as bytes (b"".join): decode it now.
+                        # Audio to a live model session stays its base64 text (pass-through never decodes it).
+                        event = Media(event.stream_sid, event.timestamp_ms, bytes(event.payload))
                 except MediaStreamError as error:
                     self._drops.drop(str(error))
                     continue
@@ -618,6 +625,7 @@ class MediaStreamSession:
             if self._recorder is not None:
                 self._recorder.call_started(event.call_sid, event.stream_sid)
             self._drops.context = self._model_drops.context = f"call_sid={event.call_sid}"
+            self._log_context.update(call_sid=event.call_sid, stream_sid=event.stream_sid)
         cost = self.ledger.event(event, _now_ms())
         if isinstance(event, Dropped):
             (self._drops if event.source == "twilio" else self._model_drops).drop(event.reason)
@@ -667,10 +675,10 @@ class MediaStreamSession:
     # ---- teardown ---------------------------------------------------------------------------
 
     async def _close_model(self) -> None:
-        link = self._model_link
-        if link is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(link.socket.close(), MODEL_CLOSE_TIMEOUT_S)
+        """Every model session of the call closed with 1000 and its writer stopped: the current one, one switched
+        to that the reader has not taken over yet, one being prepared."""
+        links = {id(link): link for link in (self._model_link, self._handover, self._standby) if link is not None}
+        await asyncio.gather(*(self._close_model_link(link) for link in links.values()), return_exceptions=True)
 
     async def _close_twilio(self) -> None:
         if self.websocket.application_state == WebSocketState.CONNECTED:

@@ -3,13 +3,16 @@ call's cost checked against a hand computation from the usage the embedded model
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import re
 
 import httpx
 import pytest
 
 from gateway.observe.cost import DEFAULT_PRICES, Usage, load_price_table, prices_for, PriceError
-from gateway.observe.ledger import mask_number
+from gateway.observe.logs import CallContextFilter, JsonFormatter, TextFormatter, mask_number
 from gateway.replay import CallerTurn, load_sample, run_call
 
 from .conftest import start_gateway
@@ -31,6 +34,15 @@ def total(text: str, name: str, **labels: str) -> float:
         if all(f'{key}="{value}"' in line for key, value in labels.items()):
             out += float(line.rsplit(" ", 1)[1])
     return out
+
+
+async def calls_over(gw) -> None:
+    """The phone hung up; the gateway ends its side a moment later (its record and metrics then)."""
+    for _ in range(100):
+        if not gw.app.state.gateway.active_calls:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the gateway still holds the call")
 
 
 async def scrape(http_url: str, **headers: str) -> str:
@@ -82,6 +94,7 @@ async def test_a_scripted_call_shows_in_the_metrics_and_costs_what_its_usage_say
         turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
                  CallerTurn(load_sample("caller_question"), after_silence_ms=2500)]
         report = await run_call(gw.ws_url, turns, timeout_s=40, hangup_after_ms=500)
+        await calls_over(gw)
         after = await scrape(gw.http_url)
         sessions = list(gw.local_server.sessions)
         app_state = gw.app.state.gateway
@@ -139,9 +152,52 @@ async def test_the_daily_budget_refuses_new_calls_politely():
         report = await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
                                 timeout_s=30, hangup_after_ms=500)
         assert report.turns[0].response_ms is not None  # spends more than the whole day's budget
+        await calls_over(gw)
         async with httpx.AsyncClient(base_url=gw.http_url) as http:
             twiml = (await http.post("/incoming-call", data={"CallSid": "CA" + "2" * 32})).text
         metrics_text = await scrape(gw.http_url)
     assert "<Say>" in twiml and "tomorrow" in twiml and "<Connect>" not in twiml, twiml
     assert total(metrics_text, "gateway_refused_calls_total", reason="daily_budget") >= 1
     assert sample(metrics_text, "gateway_daily_budget_used_ratio") >= 1
+
+
+class _Lines(logging.Handler):
+    def __init__(self, formatter: logging.Formatter) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(formatter)
+        self.addFilter(CallContextFilter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def test_log_lines_mask_numbers_and_stream_credentials_and_cannot_be_forged():
+    record = logging.LogRecord("gateway.x", logging.INFO, __file__, 1,
+                               "call from %s on %s\nFAKE LINE", ("+14155550123", "/media-stream/v1.i.CAxx.1.n.mac"), None)
+    CallContextFilter().filter(record)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["msg"] == "call from +1415*****23 on /media-stream/<credential>\nFAKE LINE"
+    text = TextFormatter().format(record)
+    assert "\n" not in text and "+14155550123" not in text and "<credential>" in text
+    assert "+14155550123" in JsonFormatter(full_numbers=True).format(record)
+
+
+async def test_every_line_of_a_call_carries_its_sids_as_json():
+    handler = _Lines(JsonFormatter())
+    logger = logging.getLogger("gateway")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        async with start_gateway() as gw:
+            await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
+                           timeout_s=30, hangup_after_ms=500)
+            await calls_over(gw)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = [json.loads(line) for line in handler.lines]
+    ended = [line for line in lines if line["msg"].startswith("call ended")]
+    assert ended and ended[0]["call_sid"].startswith("CA") and ended[0]["stream_sid"].startswith("MZ"), lines
+    assert "cost_usd=" in ended[0]["msg"]

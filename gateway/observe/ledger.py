@@ -20,6 +20,7 @@ from gateway.call import (
 )
 from gateway.observe import metrics
 from gateway.observe.cost import KINDS, Prices, Usage
+from gateway.observe.logs import mask_number
 
 MAX_RECORD_TURNS = 500
 MAX_RECORD_TOOLS = 200
@@ -41,13 +42,6 @@ def ended_by(reason: str, refused: bool = False) -> str:
         return "refused"
     lowered = reason.lower()
     return next((who for text, who in _ENDED_BY if text in lowered), "error")
-
-
-def mask_number(number: str, full: bool = False) -> str:
-    """``+14155550123`` -> ``+1415*****23``: enough to tell calls apart, not enough to dial (``full``: as is)."""
-    if full or len(number) < 7:
-        return number if full else ("*" * len(number))
-    return number[:5] + "*" * (len(number) - 7) + number[-2:]
 
 
 @dataclass
