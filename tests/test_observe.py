@@ -201,3 +201,34 @@ async def test_every_line_of_a_call_carries_its_sids_as_json():
     ended = [line for line in lines if line["msg"].startswith("call ended")]
     assert ended and ended[0]["call_sid"].startswith("CA") and ended[0]["stream_sid"].startswith("MZ"), lines
     assert "cost_usd=" in ended[0]["msg"]
+
+
+async def test_traces_have_a_span_per_call_and_per_turn_when_configured():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gateway.observe import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure_tracing(provider)
+    try:
+        async with start_gateway() as gw:
+            turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
+                     CallerTurn(load_sample("caller_bargein"), after_silence_ms=1200)]
+            report = await run_call(gw.ws_url, turns, timeout_s=30, hangup_after_ms=2500)
+            await calls_over(gw)
+    finally:
+        tracing.configure_tracing(None)  # off again (no OTLP endpoint here)
+    spans = exporter.get_finished_spans()
+    calls = [s for s in spans if s.name == "call"]
+    turn_spans = [s for s in spans if s.name == "turn"]
+    assert len(calls) == 1 and calls[0].attributes["call.outcome"] == "completed"
+    assert len(turn_spans) == sum(t.response_ms is not None for t in report.turns) >= 1
+    assert all(s.parent.span_id == calls[0].context.span_id for s in turn_spans)
+    assert all(s.attributes["turn.latency_ms"] > 0 for s in turn_spans[:1])
+    assert all(calls[0].start_time <= s.start_time and s.end_time <= calls[0].end_time for s in turn_spans)
+    if any(t.barge_in for t in report.turns):
+        assert any(e.name == "barge_in" for e in calls[0].events)

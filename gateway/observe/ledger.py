@@ -21,6 +21,7 @@ from gateway.call import (
 from gateway.observe import metrics
 from gateway.observe.cost import KINDS, Prices, Usage
 from gateway.observe.logs import mask_number
+from gateway.observe.tracing import CallTrace
 
 MAX_RECORD_TURNS = 500
 MAX_RECORD_TOOLS = 200
@@ -98,6 +99,7 @@ class CallLedger:
     _stashed: OrderedDict[str, str] = field(default_factory=OrderedDict)
     _seen_responses: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _marks_pending: int = 0
+    trace: CallTrace = field(default_factory=CallTrace)
 
     def __post_init__(self) -> None:
         metrics.CALLS_ACTIVE.inc()
@@ -111,6 +113,7 @@ class CallLedger:
             self.started_at = time.time()
             self.from_number = event.custom_parameters.get("From", "")[:32]
             self.to_number = event.custom_parameters.get("To", "")[:32]
+            self.trace.started(event.call_sid, event.stream_sid, self.direction, now_ms)
         elif isinstance(event, AgentAudioStarted):
             self._turn_started(event, now_ms)
         elif isinstance(event, TranscriptReceived):
@@ -121,6 +124,7 @@ class CallLedger:
             turn = self._by_item.get(event.item_id)
             if turn is not None:
                 turn.barged_in, turn.heard_ms, turn.sent_ms = True, event.heard_ms, event.sent_ms
+            self.trace.event("barge_in", now_ms, {"item.heard_ms": event.heard_ms, "item.sent_ms": event.sent_ms})
         elif isinstance(event, ResponseFinished):
             return self._usage(event)
         elif isinstance(event, ModelSessionLost):
@@ -128,9 +132,11 @@ class CallLedger:
             metrics.MODEL_RECONNECTS.labels(cause).inc()
             if len(self.reconnects) < 20 or cause in self.reconnects:
                 self.reconnects[cause] = self.reconnects.get(cause, 0) + 1
+            self.trace.event("model_reconnect", now_ms, {"cause": cause})
         elif isinstance(event, ModelRolledOver):
             self.rollovers += 1
             metrics.MODEL_ROLLOVERS.labels("session_limit").inc()
+            self.trace.event("model_rollover", now_ms, {"session_age_ms": event.session_age_ms})
         elif isinstance(event, ToolCalled):
             pass  # counted when it finishes (tool_finished), with its outcome
         return 0.0
@@ -140,6 +146,11 @@ class CallLedger:
             metrics.TURN_LATENCY.observe(event.turn_latency_ms / 1000)
         if event.model_ttfa_ms is not None:
             metrics.MODEL_TTFA.observe(event.model_ttfa_ms / 1000)
+        if self.trace.on:
+            began = now_ms - max(event.turn_latency_ms or 0.0, event.model_ttfa_ms or 0.0)
+            self.trace.turn(began, now_ms, {"turn.latency_ms": event.turn_latency_ms,
+                                            "model.time_to_first_audio_ms": event.model_ttfa_ms,
+                                            "response.id": event.response_id})
         if len(self._turns) >= MAX_RECORD_TURNS:
             self._turns_dropped += 1
             return
@@ -187,6 +198,8 @@ class CallLedger:
         return cost
 
     def tool_finished(self, name: str, outcome: str, seconds: float) -> None:
+        now_ms = time.monotonic() * 1000
+        self.trace.tool(name, now_ms - seconds * 1000, now_ms, outcome)
         tool = metrics.label("tools", "tool", name)
         metrics.TOOL_CALLS.labels(tool, outcome).inc()
         metrics.TOOL_DURATION.labels(tool).observe(seconds)
@@ -212,6 +225,8 @@ class CallLedger:
             metrics.CALL_DURATION.observe(duration_s)
             metrics.CALL_COST.observe(self.cost_usd)
         started = self.started_ms if self.started_ms is not None else now_ms
+        self.trace.finished(now_ms, {"call.outcome": outcome, "call.ended_by": who, "call.cost_usd": self.cost_usd,
+                                     "call.turns": len(self._turns)})
         return {
             "call_sid": self.call_sid,
             "stream_sid": self.stream_sid,
