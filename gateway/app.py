@@ -42,9 +42,14 @@ from gateway.security import (
     INBOUND, PEER_SCOPE_KEY, CredentialRejected, StreamCredentials, StreamGrant, insecure_warnings, startup_problems,
     stream_secret, unsigned_streams_allowed,
 )
+from gateway.api.control import serve_control
+from gateway.observe import metrics
+from gateway.observe.budget import DailyBudget
+from gateway.observe.cost import load_price_table, prices_for
+from gateway.observe.tracing import configure_tracing_once
 from gateway.state import SharedState, StateUnavailable, open_state
 from gateway.tools import ToolRegistry, end_call_tool, load_tools_module, transfer_call_tool
-from gateway.store import CallStore, MemoryCallStore, open_store
+from gateway.store import CallStore, MemoryCallStore, open_store, run_retention
 from gateway.twilio.rest import TwilioRest
 from gateway.twilio.twiml import MEDIA_STREAM_PATH, say_and_hang_up_twiml, stream_url
 from gateway.twilio.webhook import WebhookRejected, read_call_webhook, signed_base, stream_twiml
@@ -53,6 +58,7 @@ log = logging.getLogger("gateway.app")
 
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024
 DRAINING_MESSAGE = "Sorry, we cannot take your call on this line right now. Please call again in a minute."
+BUDGET_MESSAGE = "Sorry, we cannot take more calls today. Please call again tomorrow."
 
 
 class GatewayState:
@@ -69,17 +75,33 @@ class GatewayState:
         self.shared: SharedState = shared if shared is not None else open_state(settings.redis_url)
         self.warnings = insecure_warnings(settings)  # repeated by /healthz while they hold
         self.draining = False  # set on SIGTERM: no new calls, the live ones go on (gateway.runner.DrainingServer)
-        self.refused_streams = DropCounter(log, "media stream upgrades", settings.drop_log_interval_s)
+        self.refused_streams = DropCounter(
+            log, "media stream upgrades", settings.drop_log_interval_s,
+            counted=lambda reason, n: metrics.REFUSED_STREAMS.labels(metrics.label("refused", "reason", reason)).inc(n))
+        self.budget = DailyBudget(self.shared, settings.daily_budget_usd)
         self.store: CallStore = store if store is not None else MemoryCallStore()  # records, per-call settings
         self.twilio = TwilioRest.from_settings(settings)  # Twilio REST: place, hang up, redirect calls
         self.outbound = OutboundApi(settings, self.store, self.twilio, credentials=self.credentials,
                                     at_capacity=self.at_capacity,
-                                    draining=lambda: self.draining)  # what the HTTP API routes share
+                                    draining=lambda: self.draining,
+                                    budget_exhausted=lambda: self.budget.exhausted())  # what the HTTP API routes share
+        prices = prices_for(settings.realtime_model, load_price_table(settings.price_table_file, settings.model_prices,
+                                                                      settings.realtime_model))
+        if prices is None and not settings.uses_embedded_model:
+            log.warning("no price known for model %s: call cost is not counted (set PRICE_TABLE_FILE or MODEL_PRICES)",
+                        settings.realtime_model)
         self.services = CallServices(
             tools=build_tool_registry(settings, can_transfer=self.twilio.configured),
             store=self.store,
             twilio=self.twilio if self.twilio.configured else None,
+            prices=prices,
+            budget=self.budget,
+            shared=self.shared,
         )
+
+    def find_session(self, call_sid: str) -> MediaStreamSession | None:
+        """The live call of this CallSid held by this instance."""
+        return next((session for session in self.active_calls if session.call.call_sid == call_sid), None)
 
     def at_capacity(self) -> bool:
         return len(self.active_calls) >= self.settings.max_calls
@@ -124,7 +146,13 @@ async def incoming_call(request: Request) -> Response:
         return Response(say_and_hang_up_twiml(DRAINING_MESSAGE), media_type="application/xml")
     if state.at_capacity():
         log.warning("at MAX_CALLS (%d): incoming call %s told the lines are busy", state.settings.max_calls, call_sid)
+        metrics.REFUSED_CALLS.labels("at_capacity").inc()
         return Response(say_and_hang_up_twiml(AT_CAPACITY_MESSAGE), media_type="application/xml")
+    if await state.budget.exhausted():
+        log.warning("daily budget reached: incoming call %s told to call later", call_sid)
+        metrics.REFUSED_CALLS.labels("daily_budget").inc()
+        metrics.BUDGET_STOPS.labels("daily").inc()
+        return Response(say_and_hang_up_twiml(BUDGET_MESSAGE), media_type="application/xml")
     stream_parameters = {name: params.get(name, "") for name in ("CallSid", "From", "To")}
     twiml = stream_twiml(request, state.settings, state.credentials, call_sid, INBOUND, stream_parameters)
     return Response(twiml, media_type="application/xml")
@@ -263,10 +291,22 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
             )
         for warning in insecure_warnings(settings):
             log.warning("%s (repeated in /healthz)", warning)
+        configure_tracing_once()
         app.state.gateway = GatewayState(resolved, observer, local_server, open_store(settings.store_url))
+        # RECORD_RETENTION_DAYS: old call records and recordings pruned now (a PostgreSQL store migrates its schema
+        # on this first use), then every hour.
+        retention = asyncio.create_task(run_retention(
+            app.state.gateway.store, retention_days=settings.record_retention_days,
+            recording_dirs=[settings.record_calls_dir]))
+        state = app.state.gateway
+        # Control requests (hang up, transfer, say) for the calls this instance holds, from any instance.
+        control = asyncio.create_task(serve_control(state.shared, settings.instance_id, state.find_session))
         try:
             yield
         finally:
+            for task in (retention, control):
+                task.cancel()
+            await asyncio.gather(retention, control, return_exceptions=True)
             await app.state.gateway.aclose()
             if local_server is not None:
                 await local_server.stop()
@@ -275,6 +315,8 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
         Route("/incoming-call", incoming_call, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *([] if settings.metrics_port else [Route("/metrics", metrics.metrics_endpoint(settings.metrics_api_key),
+                                                  methods=["GET"])]),
         WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
         WebSocketRoute(MEDIA_STREAM_PATH + "/{credential}", media_stream),
         *api_routes,

@@ -7,6 +7,7 @@ Realtime-compatible server (``gateway.local``) instead of OpenAI.
 from __future__ import annotations
 
 import os
+import socket
 import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
@@ -71,6 +72,8 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 REDACTED = "***"
 # Query parameters whose value is shown as *** (api-key=, access_token=, sig=, password=, ...).
 _SECRET_QUERY_NAME = re.compile(r"key|token|secret|pass|pwd|sig|auth|cred|session", re.IGNORECASE)
+DEFAULT_STORE_URL = "sqlite:///gateway-records.db"  # relative to the working directory
+
 # Settings fields shown as *** by ``repr(settings)`` (besides any field declared with ``repr=False``).
 _SECRET_FIELDS = frozenset({"api_key", "twilio_auth_token", "api_keys", "stream_secret", "metrics_api_key"})
 _SECRET_FIELD_NAME = re.compile(r"(?:^|_)(?:key|keys|secret|secrets|token|tokens|password|passwords)$")
@@ -192,7 +195,7 @@ class Settings:
     api_auth_failures_per_minute: int = 10  # failed API authentications per client address before 429s
     transfer_number: str = ""  # E.164 or sip: URI the transfer tool dials
     voicemail_message: str = ""  # said after the beep when machine_detection="voicemail"
-    store_url: str = ""  # "" / "memory://": in-process; "sqlite:///path.db"
+    store_url: str = DEFAULT_STORE_URL  # call records: SQLite by default (they survive a restart); "memory://"; postgresql://
     record_retention_days: int = 30  # call records (and recordings) older than this are pruned; 0: kept forever
     twilio_api_base_url: str = DEFAULT_TWILIO_API_BASE_URL
     outbound_time_limit_s: int = 3600  # Twilio's time_limit on outbound calls: a stolen key cannot hold lines for 4 h
@@ -213,6 +216,10 @@ class Settings:
     record_max_bytes: int = 64 * 1024 * 1024  # a call's recording stops growing past this size
     drain_timeout_s: int = 3600  # on SIGTERM, live calls may run this long before the process exits anyway
     fallback_message: str = DEFAULT_FALLBACK_MESSAGE  # said when a call cannot go on (TwiML after </Connect>)
+    # Scale-out (gateway.state): this instance's name in the live-call registry, and limits across instances
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    max_calls_global: int = 0  # calls at once across every instance sharing REDIS_URL; 0: no limit
+    max_calls_per_number: int = 0  # calls at once to one called number (Twilio's "To"); 0: no limit
     # Observability and cost (gateway.observe)
     log_format: str = "text"  # "json": one JSON object per line (production); "text": readable lines
     log_full_numbers: bool = False  # phone numbers in logs and records in full (default: masked)
@@ -329,6 +336,9 @@ class Settings:
             record_calls_dir=(env.get("RECORD_CALLS_DIR") or "").strip(),
             local_realtime_port=_int(env, "LOCAL_REALTIME_PORT", 0, 0, 65535),
             local_session_limit_s=_float(env, "LOCAL_SESSION_LIMIT_S", 3600.0, 1.0, 86400.0),
+            **({"instance_id": env["INSTANCE_ID"].strip()[:64]} if (env.get("INSTANCE_ID") or "").strip() else {}),
+            max_calls_global=_int(env, "MAX_CALLS_GLOBAL", 0, 0, 10_000_000),
+            max_calls_per_number=_int(env, "MAX_CALLS_PER_NUMBER", 0, 0, 10_000_000),
             log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
             log_full_numbers=_bool(env, "LOG_FULL_NUMBERS", False),
             metrics_api_key=(env.get("METRICS_API_KEY") or "").strip(),
@@ -381,7 +391,7 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
         refusal = destination_refusal(transfer, prefixes)
         if refusal is not None:
             raise ConfigError(f"TRANSFER_NUMBER {transfer} is refused by the toll-fraud guard: {refusal[1]}")
-    store_url = (env.get("STORE_URL") or "").strip()
+    store_url = (env.get("STORE_URL") or DEFAULT_STORE_URL).strip()
     store_scheme = _split_url("STORE_URL", store_url).scheme if store_url else "memory"
     if store_scheme not in ("memory", "sqlite", "postgresql", "postgres"):
         raise ConfigError("STORE_URL must be memory://, sqlite:///path.db or postgresql://user@host:port/db, "

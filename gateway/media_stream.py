@@ -51,6 +51,7 @@ from gateway.observe.logs import bind_call
 from gateway.outbox import Outbox
 from gateway.realtime import events as rt
 from gateway.security import StreamGrant
+from gateway.state.base import StateUnavailable
 from gateway.recording import CallRecorder
 from gateway.tools import ToolContext, ToolRegistry
 from gateway.twilio.media import Media, MediaStreamError, encode_message, parse_twilio_message
@@ -87,6 +88,11 @@ MODEL_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # A session prepared for a rollover must answer its session.update within this, or it is dropped (and tried later).
 ROLLOVER_READY_TIMEOUT_S = 5.0
 POLICY_VIOLATION = 1008
+# A live call holds leases (MAX_CALLS_GLOBAL, MAX_CALLS_PER_NUMBER) and its registry entry (which instance holds
+# it, for control from any instance) for this long, renewed every LEASE_RENEW_S while it lives: a crashed
+# instance's calls free their slots within the TTL.
+LEASE_TTL_S = 30.0
+LEASE_RENEW_S = 10.0
 RECORD_SAVE_TIMEOUT_S = 5.0  # a call's record is written within this at its end, or logged as lost
 TICK_INTERVAL_S = 1.0  # how often the core's clock checks run (time limit, idle media)
 
@@ -102,6 +108,7 @@ class CallServices:
     twilio: Any = None  # gateway.twilio.rest client: hang up and transfer live calls
     prices: Any = None  # gateway.observe.cost.Prices of the configured model (None: unknown, cost not counted)
     budget: Any = None  # gateway.observe.budget.DailyBudget: today's cost, shared by every instance
+    shared: Any = None  # gateway.state.SharedState: leases (concurrency limits) and the live-call registry
 
 
 def call_config(settings: Settings, registry: ToolRegistry | None = None) -> CallConfig:
@@ -210,6 +217,8 @@ class MediaStreamSession:
         self._arrived = 0.0  # time.monotonic() of the frame being handled (0: none; nothing to measure)
         self._speech_started_at = 0.0  # when the model said the caller began to speak: barge-in reaction
         self._log_context: dict[str, str] = {}
+        self._leases: list[str] = []  # lease scopes held in the shared state
+        self._registered = False
         self._background: set[asyncio.Task[None]] = set()  # tools, hang-ups, transfers of this call
         self._observer = observer
         self._model_link: _ModelLink | None = None  # the current model session: what the core's messages go to
@@ -262,6 +271,7 @@ class MediaStreamSession:
                 self.call.call_sid or "-", self._end_reason or "-", record["ended_by"], record["duration_s"],
                 len(record["turns"]), record["cost_usd"], self._dropped_audio_frames, self._drops.total,
             )
+            await self._release_leases()
             await self._save_record(record)
 
     # ---- readers ----------------------------------------------------------------------------
@@ -325,11 +335,15 @@ class MediaStreamSession:
 
     async def _clock_loop(self) -> None:
         """The core's clock checks (time limit, idle media), about once a second."""
+        ticks = 0
         while not self._done.is_set():
             await asyncio.sleep(TICK_INTERVAL_S)
             self._arrived = 0.0
             await self._dispatch(self.call.tick(_now_ms()))
             self.ledger.marks_pending(self.call.marks_pending)
+            ticks += 1
+            if ticks % int(LEASE_RENEW_S / TICK_INTERVAL_S) == 0 and (self._leases or self._registered):
+                self._in_background(self._renew_leases())
 
     async def _model_loop(self) -> None:
         """Hold a model session for the whole call: a socket that dies (or a session that reaches its time
@@ -626,6 +640,8 @@ class MediaStreamSession:
                 self._recorder.call_started(event.call_sid, event.stream_sid)
             self._drops.context = self._model_drops.context = f"call_sid={event.call_sid}"
             self._log_context.update(call_sid=event.call_sid, stream_sid=event.stream_sid)
+            if self.services.shared is not None:
+                self._in_background(self._take_leases(event.custom_parameters.get("To", "")))
         cost = self.ledger.event(event, _now_ms())
         if isinstance(event, Dropped):
             (self._drops if event.source == "twilio" else self._model_drops).drop(event.reason)
@@ -654,6 +670,76 @@ class MediaStreamSession:
         log.warning("call budget reached call_sid=%s: %.4f USD of CALL_BUDGET_USD %.4f; the agent wraps up",
                     self.call.call_sid or "-", self.ledger.cost_usd, limit)
         return self.call.budget_reached(_now_ms())
+
+    # ---- shared state: concurrency leases and the live-call registry -----------------------------------------
+
+    async def _take_leases(self, number: str) -> None:
+        """Hold this call's slots (MAX_CALLS_GLOBAL across instances, MAX_CALLS_PER_NUMBER per called number) and
+        register it (control from any instance). Limits fail closed: a full limit, or a shared state that cannot
+        answer, ends the call with the spoken message. The registry fails open: the call goes on uncontrolled."""
+        shared, settings, call_sid = self.services.shared, self.settings, self.call.call_sid
+        limits = [("global", settings.max_calls_global)]
+        if number:
+            limits.append((f"number:{number[:32]}", settings.max_calls_per_number))
+        for scope, limit in limits:
+            if not limit:
+                continue
+            try:
+                taken = await shared.acquire_lease(scope, call_sid, limit, LEASE_TTL_S)
+            except StateUnavailable as error:
+                log.error("concurrency limit unavailable (%s): ending the call", error)
+                taken = False
+            if not taken:
+                metrics.REFUSED_CALLS.labels("global_limit" if scope == "global" else "number_limit").inc()
+                log.warning("at %s: ending the call", "MAX_CALLS_GLOBAL" if scope == "global" else "MAX_CALLS_PER_NUMBER")
+                self._end("at MAX_CALLS_GLOBAL" if scope == "global" else "at MAX_CALLS_PER_NUMBER")
+                return
+            self._leases.append(scope)
+        try:
+            await shared.register_call(call_sid, settings.instance_id, LEASE_TTL_S)
+            self._registered = True
+        except StateUnavailable as error:
+            log.warning("the call could not be registered (%s): it cannot be controlled from other instances", error)
+
+    async def _renew_leases(self) -> None:
+        shared, call_sid = self.services.shared, self.call.call_sid
+        try:
+            for scope in self._leases:
+                await shared.renew_lease(scope, call_sid, LEASE_TTL_S)
+            if self._registered:
+                await shared.register_call(call_sid, self.settings.instance_id, LEASE_TTL_S)
+        except StateUnavailable as error:
+            log.warning("leases not renewed (%s); retried in %g s", error, LEASE_RENEW_S)
+
+    async def _release_leases(self) -> None:
+        shared, call_sid = self.services.shared, self.call.call_sid
+        try:
+            for scope in self._leases:
+                await shared.release_lease(scope, call_sid)
+            if self._registered:
+                await shared.unregister_call(call_sid, self.settings.instance_id)
+        except StateUnavailable as error:
+            log.warning("leases not released (%s): they expire within %g s", error, LEASE_TTL_S)
+        self._leases, self._registered = [], False
+
+    async def control(self, action: str, text: str = "") -> bool:
+        """An action on this live call from the HTTP API (through any instance): hangup, transfer, say, instruct."""
+        if self._done.is_set() or not self.call.stream_sid:
+            return False
+        if action == "hangup":
+            outputs = self.call.hangup_requested()
+        elif action == "transfer":
+            outputs = self.call.transfer_requested()
+        elif action == "say":
+            outputs = self.call.operator_message(text)
+        elif action == "instruct":
+            outputs = self.call.new_instructions(text)
+        else:
+            return False
+        log.info("call controlled through the API: %s", action)
+        self._arrived = 0.0
+        await self._dispatch(outputs)
+        return True
 
     async def _save_record(self, record: dict[str, Any]) -> None:
         """Keep the call's record (gateway.store), whatever happened to the call; a store failure is logged."""

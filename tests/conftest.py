@@ -39,6 +39,7 @@ class GatewayUnderTest:
 @contextlib.asynccontextmanager
 async def start_gateway(**overrides: Any) -> AsyncIterator[GatewayUnderTest]:
     """The gateway with the embedded model (no API key); ``overrides`` are Settings fields."""
+    overrides.setdefault("store_url", "memory://")  # a test's records stay in the test (SQLite is the default)
     settings = replace(Settings.from_env({}), **overrides)
     holder: list[GatewayUnderTest] = []
 

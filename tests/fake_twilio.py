@@ -1,9 +1,11 @@
 """A stand-in for Twilio's REST API on 127.0.0.1, for the real ``twilio`` library to talk to.
 
 It serves ``POST /2010-04-01/Accounts/{AC}/Calls.json`` (create) and ``POST .../Calls/{CA}.json`` (update:
-``Status=completed`` or ``Twiml``), checks HTTP Basic auth (account SID + auth token), records every request with
-its form fields, answers Twilio-shaped JSON, and can be told to fail with a Twilio error. It can also play Twilio's
-part in the other direction: post signed status callbacks to the URL a call was created with.
+``Status=completed`` or ``Twiml``), and the look-ups ``gateway doctor`` makes: ``GET /2010-04-01/Accounts/{AC}.json``,
+``.../IncomingPhoneNumbers.json`` (``fake.numbers``) and ``.../OutgoingCallerIds.json`` (``fake.verified_caller_ids``).
+It checks HTTP Basic auth (account SID + auth token), records every request with its form fields, answers
+Twilio-shaped JSON, and can be told to fail with a Twilio error. It can also play Twilio's part in the other
+direction: post signed status callbacks to the URL a call was created with.
 
     async with start_fake_twilio() as fake:
         settings: twilio_account_sid=fake.account_sid, twilio_auth_token=fake.auth_token,
@@ -108,9 +110,15 @@ class FakeTwilio:
         # Set to a gateway's URL to post the "initiated" status callback before answering calls.create (Twilio can).
         self.early_callback_to = ""
         self._background: set[asyncio.Task[Any]] = set()
+        self.account_status, self.account_type = "active", "Full"
+        self.numbers: dict[str, str] = {}  # the account's phone numbers -> their voice webhook URL
+        self.verified_caller_ids: list[str] = []
         self.app = Starlette(routes=[
             Route("/2010-04-01/Accounts/{account}/Calls.json", self._create, methods=["POST"]),
             Route("/2010-04-01/Accounts/{account}/Calls/{sid}.json", self._update, methods=["POST"]),
+            Route("/2010-04-01/Accounts/{account}.json", self._account, methods=["GET"]),
+            Route("/2010-04-01/Accounts/{account}/IncomingPhoneNumbers.json", self._numbers, methods=["GET"]),
+            Route("/2010-04-01/Accounts/{account}/OutgoingCallerIds.json", self._caller_ids, methods=["GET"]),
         ])
 
     # ---- controls
@@ -215,6 +223,28 @@ class FakeTwilio:
             self._background.add(task)
             await asyncio.sleep(0.5)  # the callback is in flight before the API client has its answer
         return JSONResponse(self._call_json(call), status_code=201)
+
+    async def _account(self, request: Request) -> JSONResponse:
+        _, failure = await self._record(request)
+        return failure or JSONResponse({"sid": self.account_sid, "friendly_name": "Fake account",
+                                        "status": self.account_status, "type": self.account_type,
+                                        "uri": f"/2010-04-01/Accounts/{self.account_sid}.json"})
+
+    def _page(self, key: str, items: list[dict[str, Any]]) -> JSONResponse:
+        return JSONResponse({key: items, "start": 0, "end": max(0, len(items) - 1), "page": 0, "page_size": 1000,
+                             "first_page_uri": "", "next_page_uri": None, "previous_page_uri": None, "uri": ""})
+
+    async def _numbers(self, request: Request) -> JSONResponse:
+        _, failure = await self._record(request)
+        return failure or self._page("incoming_phone_numbers", [
+            {"sid": "PN" + secrets.token_hex(16), "account_sid": self.account_sid, "phone_number": number,
+             "voice_url": url, "voice_method": "POST"} for number, url in self.numbers.items()])
+
+    async def _caller_ids(self, request: Request) -> JSONResponse:
+        _, failure = await self._record(request)
+        return failure or self._page("outgoing_caller_ids", [
+            {"sid": "PN" + secrets.token_hex(16), "account_sid": self.account_sid, "phone_number": number}
+            for number in self.verified_caller_ids])
 
     async def _update(self, request: Request) -> JSONResponse:
         recorded, failure = await self._record(request)

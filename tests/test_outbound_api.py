@@ -490,7 +490,7 @@ def test_outbound_settings_from_env():
     assert settings.voicemail_message == "Call us back." and settings.twilio_api_base_url == "http://127.0.0.1:9999"
     defaults = Settings.from_env({})
     assert defaults.api_keys == () and defaults.outbound_allowed_prefixes == ("+1",)
-    assert defaults.twilio_api_base_url == "https://api.twilio.com" and defaults.store_url == ""
+    assert defaults.twilio_api_base_url == "https://api.twilio.com" and defaults.store_url == "sqlite:///gateway-records.db"
     for env in ({"API_KEYS": "short"}, {"TWILIO_ACCOUNT_SID": "SK123"}, {"TWILIO_FROM_NUMBER": "4155550100"},
                 {"OUTBOUND_ALLOWED_PREFIXES": "1,+44"}, {"OUTBOUND_RATE_LIMIT_PER_MINUTE": "0"},
                 {"TRANSFER_NUMBER": "desk"}, {"STORE_URL": "redis://db/x"},

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.audio import Base64Audio
 from gateway.call import Call, CallConfig, Dropped, Send
 from gateway.fuzz import Raw, dumps, key_paths  # JSON with verbatim tokens: the fuzzer's own writer
 from gateway.playback import PlaybackTracker, mark_name, parse_mark_name
@@ -250,7 +251,7 @@ def assert_twilio_event_bounded(event: Any, skip: set[tuple[type, str]] = UNBOUN
             for k, v in value.items():
                 assert isinstance(k, str) and isinstance(v, str)
                 assert len(k) <= 500 and len(v) <= 500
-        elif isinstance(value, bytes):
+        elif isinstance(value, (bytes, Base64Audio)):
             pass  # the payload: bounded by the frame size the shell accepts
         else:
             assert isinstance(value, int), (f.name, value)
@@ -369,7 +370,7 @@ def model_contract(frame: str | bytes) -> rt.ModelEvent | None:
         if f.name in ("audio_start_ms", "audio_end_ms"):
             assert isinstance(value, int) and not isinstance(value, bool)
         elif f.name == "audio":
-            assert isinstance(value, bytes)
+            assert isinstance(value, (bytes, Base64Audio))
         elif f.name == "usage":
             assert isinstance(value, dict)
         else:

@@ -1,8 +1,9 @@
 """The gateway's HTTP API: outbound calls, call records, call control, Twilio status callbacks, OpenAPI.
 
-* ``POST /calls`` places an outbound call (``routes.create_call``); ``GET /calls/{sid}``;
-  ``POST /calls/{sid}/hangup``: bearer API keys (``auth``), strict bodies (``requests``), one error shape
-  (``errors``).
+* ``POST /calls`` places an outbound call (``routes.create_call``); ``GET /calls`` lists call records, filtered
+  and paged, ``GET /calls/{sid}`` shows one with its turns and timeline (a key sees the calls it placed, an
+  operator key every call); ``POST /calls/{sid}/hangup``: bearer API keys (``auth``), strict bodies and query
+  strings (``requests``), one error shape (``errors``).
 * ``POST /twilio/answer``: Twilio asks it for the TwiML of an outbound call once the callee answers.
 * ``POST /twilio/call-status``: Twilio's status and answering-machine callbacks.
 * ``GET /openapi.json``: the OpenAPI 3.1 description (``openapi``).

@@ -28,12 +28,21 @@ class ApiKeys:
     time taken says nothing about which key, or how much of one, matched.
     """
 
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._digests = [(hashlib.sha256(key.encode("utf-8")).digest(), key_id(key)) for key in keys]
+    def __init__(self, keys: Iterable[str], operator_keys: Iterable[str] = ()) -> None:
+        operators = list(dict.fromkeys(operator_keys))
+        every = list(dict.fromkeys([*keys, *operators]))
+        self._digests = [(hashlib.sha256(key.encode("utf-8")).digest(), key_id(key)) for key in every]
+        # Operator keys see every call record, inbound ones included; with a single key configured in all, that key
+        # (whoever runs a one-key gateway runs the whole gateway).
+        self._operators = frozenset(key_id(key) for key in (operators or (every if len(every) == 1 else ())))
 
     @property
     def enabled(self) -> bool:
         return bool(self._digests)
+
+    def is_operator(self, identifier: str) -> bool:
+        """True when the key of this id (from :meth:`authenticate`) is an operator key."""
+        return identifier in self._operators
 
     def authenticate(self, authorization: str | None) -> str | None:
         """The key id of a valid bearer header, or None."""

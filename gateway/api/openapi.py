@@ -1,23 +1,34 @@
-"""The OpenAPI 3.1 description served at ``GET /openapi.json``.
+"""The OpenAPI 3.1 description served at ``GET /openapi.json``, generated.
 
-Paths and methods come from the app's route table, so a route cannot be missing from the document; what each
-operation takes and returns is written here, by hand, beside the limits it quotes (``gateway.api.requests``).
-A route without an entry in :data:`OPERATIONS` still appears, with a minimal description.
+* Paths and methods come from the app's route table: a route cannot be missing from the document.
+* Bodies are the pydantic models the API validates requests with (``gateway.api.requests``) and answers with
+  (``gateway.api.responses``): their JSON Schemas become ``components.schemas``, so a field, a type or a bound
+  changes in one place.
+* What each endpoint is, is one entry of :data:`OPERATIONS`: an :class:`Operation` naming its summary, body model,
+  answers and whether it takes an API key or a Twilio signature. Adding an endpoint is adding its route and one
+  entry. Path parameters (``{sid}``) are described from :data:`PATH_PARAMETERS`; a route with no entry still
+  appears, with its path parameters and a minimal description.
+
+An entry may also be a plain OpenAPI operation object (a dict), with schemas by hand in :data:`SCHEMAS`, for
+answers that have no model yet.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Union
 
+import pydantic
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 from starlette.applications import Starlette
 from starlette.routing import Route
 
 from gateway import __version__
-from gateway.api.requests import MAX_BODY_BYTES, MAX_GREETING_CHARS, MAX_INSTRUCTIONS_CHARS, MAX_METADATA_BYTES
+from gateway.api.requests import E164_PATTERN, MAX_BODY_BYTES, CallRequest, TwilioStatusCallback
+from gateway.api.responses import CALL_SID_PATTERN, CallCreated, Error
 from gateway.config import Settings
-from gateway.store import CALL_STATUSES, MACHINE_DETECTION_CHOICES
-
-E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+from gateway.store import CALL_STATUSES, DIRECTION_FILTERS, MACHINE_DETECTION_CHOICES, MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -32,129 +43,272 @@ def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": _json(_ref("Error"))}
 
 
-_SID_PARAMETER = {
-    "name": "sid", "in": "path", "required": True, "description": "The Twilio Call SID.",
-    "schema": {"type": "string", "pattern": "^CA[0-9a-f]{32}$"},
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One response of an operation: a description, and a body (a model, or just a media type)."""
+
+    description: str
+    model: type[pydantic.BaseModel] | None = None
+    media_type: str | None = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)  # header name -> description (a string value)
+
+
+def error(description: str, **headers: str) -> Answer:
+    """An answer with the API's one error body (:class:`gateway.api.responses.Error`)."""
+    return Answer(description, Error, headers=headers)
+
+
+def text(description: str) -> Answer:
+    """A short text/plain answer (what Twilio's webhooks get when they are refused)."""
+    return Answer(description, media_type="text/plain")
+
+
+AUTH_ANSWERS = {
+    401: error("Missing or invalid bearer API key (`unauthorized`)."),
+    429: error("Too many failed authentications from this address (`too_many_auth_failures`).",
+               **{"Retry-After": "Seconds."}),
+    503: error("The API is disabled: no API_KEYS configured (`outbound_disabled`)."),
 }
+WEBHOOK_ANSWERS = {
+    400: text("CallSid missing or malformed."),
+    403: text("Bad X-Twilio-Signature."),
+    408: text("The body did not arrive in time."),
+    413: text("Body too large."),
+}
+PATH_PARAMETERS = {
+    "sid": {"name": "sid", "in": "path", "required": True, "description": "The Twilio Call SID.",
+            "schema": {"type": "string", "pattern": CALL_SID_PATTERN}},
+}
+_SIGNATURE = {"name": "X-Twilio-Signature", "in": "header", "required": False, "schema": {"type": "string"},
+              "description": "Required when TWILIO_AUTH_TOKEN is set."}
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What one route is: its summary, body and answers. ``api_key``: bearer auth, with the answers every keyed
+    endpoint can give (:data:`AUTH_ANSWERS`); ``signed``: Twilio calls it, with ``X-Twilio-Signature``."""
+
+    operation_id: str
+    summary: str
+    answers: Mapping[int, Answer]
+    body: type[pydantic.BaseModel] | None = None
+    body_media_type: str = "application/json"
+    api_key: bool = False
+    signed: bool = False
+
+    def models(self) -> list[type[pydantic.BaseModel]]:
+        return [m for m in (self.body, *(a.model for a in self.answers.values())) if m is not None]
+
+    def render(self, path: str) -> dict[str, Any]:
+        operation: dict[str, Any] = {"operationId": self.operation_id, "summary": self.summary}
+        parameters = path_parameters(path) + ([_SIGNATURE] if self.signed else [])
+        if parameters:
+            operation["parameters"] = parameters
+        if self.api_key:
+            operation["security"] = _BEARER
+        if self.body is not None:
+            operation["requestBody"] = {"required": True,
+                                        "content": {self.body_media_type: {"schema": _ref(self.body.__name__)}}}
+        answers = {**(AUTH_ANSWERS if self.api_key else {}), **(WEBHOOK_ANSWERS if self.signed else {}),
+                   **self.answers}
+        operation["responses"] = {str(status): _render_answer(answers[status]) for status in sorted(answers)}
+        return operation
+
+
+def _render_answer(answer: Answer) -> dict[str, Any]:
+    rendered: dict[str, Any] = {"description": answer.description}
+    if answer.media_type is not None:
+        rendered["content"] = {answer.media_type: {"schema": _ref(answer.model.__name__)} if answer.model else {}}
+    if answer.headers:
+        rendered["headers"] = {name: {"description": about, "schema": {"type": "string"}}
+                               for name, about in answer.headers.items()}
+    return rendered
+
+
+def path_parameters(path: str) -> list[dict[str, Any]]:
+    """The parameters of a path's ``{name}`` segments (a name without an entry: any string)."""
+    return [PATH_PARAMETERS.get(name) or {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"{(\w+)(?::\w+)?}", path)]
+
+
+_SID_PARAMETER = PATH_PARAMETERS["sid"]
 _BEARER = [{"bearerAuth": []}]
-_AUTH_ERRORS = {
-    "401": _error("Missing or invalid bearer API key (`unauthorized`)."),
-    "503": _error("The API is disabled: no API_KEYS configured (`outbound_disabled`)."),
+_AUTH_ERRORS = {str(status): _render_answer(answer) for status, answer in AUTH_ANSWERS.items() if status != 429}
+
+_CALL_SUMMARY_PROPERTIES: dict[str, Any] = {
+    "call_sid": {"type": "string"},
+    "stream_sid": {"type": ["string", "null"]},
+    "status": {"type": "string", "enum": list(CALL_STATUSES)},
+    "direction": {"type": "string", "examples": ["outbound-api", "inbound"]},
+    "to": {"type": "string"},
+    "from": {"type": "string"},
+    "answered_by": {"type": ["string", "null"], "description": "Twilio's AMD result: human, "
+                    "machine_start, machine_end_beep, fax, unknown, ..."},
+    "duration": {"type": ["integer", "null"], "description": "Seconds, once the call has completed."},
+    "machine_detection": {"type": "string", "enum": list(MACHINE_DETECTION_CHOICES)},
+    "machine_action": {"type": ["string", "null"], "enum": ["voicemail", "hangup", None]},
+    "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+    "api_key_id": {"type": ["string", "null"], "description": "Id (a hash prefix) of the key that placed the call."},
+    "created_at": {"type": "string", "format": "date-time",
+                   "description": "When the call was placed (outbound) or its stream started (inbound)."},
+    "updated_at": {"type": "string", "format": "date-time"},
+    "started_at": {"type": ["string", "null"], "format": "date-time", "description": "The media stream's start."},
+    "ended_at": {"type": ["string", "null"], "format": "date-time"},
+    "outcome": {"type": ["string", "null"], "examples": ["completed", "error", "voicemail"]},
+    "ended_by": {"type": ["string", "null"],
+                 "examples": ["caller", "agent", "api", "error", "budget", "drain", "time_limit"]},
+    "end_reason": {"type": ["string", "null"], "description": "The gateway's words for why the call ended."},
+    "model": {"type": ["string", "null"], "description": "The Realtime model that answered."},
+    "turn_count": {"type": "integer", "description": "Turns, including any past the record's bound."},
+    "barge_ins": {"type": "integer"},
+    "tool_call_count": {"type": "integer"},
+    "reconnects": _ref("SessionChanges"),
+    "rollovers": _ref("SessionChanges"),
+    "usage": {"type": "object", "additionalProperties": {"type": "integer"},
+              "description": "Tokens by kind (input_audio, input_text, input_cached_audio, output_audio, ...)."},
+    "cost_usd": {"type": ["number", "null"]},
+    "recording": {"type": "boolean", "description": "The call was recorded."},
 }
 
+_TIME_FORMAT = "ISO 8601 (`2025-01-31T09:00:00Z`; no offset: UTC) or seconds since the epoch"
+_LIST_PARAMETERS = [
+    {"name": "since", "in": "query", "schema": {"type": "string", "maxLength": 256},
+     "description": f"Calls created at or after this time: {_TIME_FORMAT}."},
+    {"name": "until", "in": "query", "schema": {"type": "string", "maxLength": 256},
+     "description": f"Calls created before this time: {_TIME_FORMAT}."},
+    {"name": "direction", "in": "query", "schema": {"type": "string", "enum": list(DIRECTION_FILTERS)}},
+    {"name": "outcome", "in": "query", "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,31}$"}},
+    {"name": "number", "in": "query", "schema": {"type": "string", "pattern": E164_PATTERN},
+     "description": "Calls from or to this number (E.164; `+` written `%2B`)."},
+    {"name": "limit", "in": "query",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 256},
+     "description": "The `next_cursor` of the previous page."},
+]
+
+# Schemas written by hand, for answers that have no model yet (the models' schemas are added to these).
 SCHEMAS: dict[str, Any] = {
-    "Error": {
+    "ControlAccepted": {
         "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {
-                    "code": {"type": "string", "examples": ["invalid_field", "twilio_error"]},
-                    "message": {"type": "string"},
-                    "field": {"type": "string", "description": "The request field at fault, when there is one."},
-                    "fields": {"type": "array", "items": {"type": "string"}},
-                    "twilio_code": {"type": ["integer", "null"], "description": "Twilio's error code (502 only)."},
-                    "twilio_status": {"type": "integer", "description": "Twilio's HTTP status (502 only)."},
-                    "call_status": {"type": "string", "description": "The call's status (409 only)."},
-                },
-            }
-        },
-    },
-    "CallRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["to"],
-        "properties": {
-            "to": {"type": "string", "pattern": E164_PATTERN, "description":
-                   "Destination (E.164). Must start with an OUTBOUND_ALLOWED_PREFIXES entry; premium-rate "
-                   "prefixes are always refused.", "examples": ["+14155550100"]},
-            "from": {"type": "string", "pattern": E164_PATTERN,
-                     "description": "Caller ID (a Twilio number of the account). Default: TWILIO_FROM_NUMBER."},
-            "instructions": {"type": "string", "maxLength": MAX_INSTRUCTIONS_CHARS,
-                             "description": "Model instructions for this call. Default: INSTRUCTIONS."},
-            "voice": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,40}$",
-                      "description": "Model voice for this call. Default: VOICE."},
-            "greeting": {"type": "string", "maxLength": MAX_GREETING_CHARS,
-                         "description": "What the agent says first, once the call is answered."},
-            "metadata": {"type": "object", "additionalProperties": {"type": "string"},
-                         "description": f"Free key/value strings kept with the call (at most {MAX_METADATA_BYTES} "
-                                        "bytes serialized)."},
-            "machine_detection": {"type": "string", "enum": list(MACHINE_DETECTION_CHOICES), "default": "none",
-                                  "description": "If an answering machine picks up: `none` (the agent talks), "
-                                                 "`hangup`, or `voicemail` (after the beep, say VOICEMAIL_MESSAGE "
-                                                 "and hang up)."},
-        },
-    },
-    "CallCreated": {
-        "type": "object",
-        "required": ["call_sid", "status"],
-        "properties": {"call_sid": {"type": "string"}, "status": {"type": "string", "enum": list(CALL_STATUSES)}},
+        "description": "A control request accepted by the instance holding the live call.",
+        "required": ["call_sid", "action", "accepted", "instance"],
+        "properties": {"call_sid": {"type": "string"}, "action": {"type": "string"},
+                       "accepted": {"type": "boolean"}, "instance": {"type": "string"}},
     },
     "Call": {
         "type": "object",
+        "description": "A call record with its turns, tool calls and timeline (`GET /calls/{sid}`).",
         "required": ["call_sid", "status", "direction", "to", "from", "created_at", "updated_at"],
         "properties": {
-            "call_sid": {"type": "string"},
-            "status": {"type": "string", "enum": list(CALL_STATUSES)},
-            "direction": {"type": "string"},
-            "to": {"type": "string"},
-            "from": {"type": "string"},
-            "answered_by": {"type": ["string", "null"], "description": "Twilio's AMD result: human, "
-                            "machine_start, machine_end_beep, fax, unknown, ..."},
-            "duration": {"type": ["integer", "null"], "description": "Seconds, once the call has completed."},
-            "machine_detection": {"type": "string", "enum": list(MACHINE_DETECTION_CHOICES)},
-            "machine_action": {"type": ["string", "null"], "enum": ["voicemail", "hangup", None]},
-            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
-            "created_at": {"type": "string", "format": "date-time"},
-            "updated_at": {"type": "string", "format": "date-time"},
+            **_CALL_SUMMARY_PROPERTIES,
+            "turns": {"type": "array", "items": _ref("Turn")},
+            "tool_calls": {"type": "array", "items": _ref("ToolRun")},
+            "timeline": {"type": "array", "items": _ref("TimelineEntry"),
+                         "description": "Turns, tool calls, reconnects and rollovers, by time since the call "
+                                        "started."},
         },
     },
-    "TwilioStatusCallback": {
+    "CallSummary": {
         "type": "object",
-        "description": "Twilio's status callback / async AMD callback parameters (only those the gateway reads).",
-        "required": ["CallSid"],
+        "description": "A call record as `GET /calls` lists it: no turns, tool calls or timeline.",
+        "required": ["call_sid", "status", "direction", "to", "from", "created_at", "updated_at"],
+        "properties": _CALL_SUMMARY_PROPERTIES,
+    },
+    "CallList": {
+        "type": "object",
+        "required": ["calls", "next_cursor"],
         "properties": {
-            "CallSid": {"type": "string"},
-            "CallStatus": {"type": "string", "enum": list(CALL_STATUSES)},
-            "CallDuration": {"type": "string"},
-            "AnsweredBy": {"type": "string"},
+            "calls": {"type": "array", "items": _ref("CallSummary"), "maxItems": MAX_PAGE_SIZE},
+            "next_cursor": {"type": ["string", "null"],
+                            "description": "Pass as `cursor` for the next page; null on the last page."},
+        },
+    },
+    "Turn": {
+        "type": "object",
+        "properties": {
+            "caller_transcript": {"type": ["string", "null"],
+                                  "description": "What the caller said (null when transcription is off)."},
+            "agent_transcript": {"type": "string",
+                                 "description": "What the agent said, cut to what the caller heard."},
+            "latency_ms": {"type": ["integer", "null"],
+                           "description": "Caller stopped speaking -> first agent audio sent to Twilio."},
+            "model_ttfa_ms": {"type": ["integer", "null"], "description": "The model's time to first audio."},
+            "barged_in": {"type": "boolean", "description": "The caller spoke over the agent, which was cut."},
+            "t_ms": {"type": ["integer", "null"], "description": "When the turn began, ms since the call started."},
+            "heard_ms": {"type": ["integer", "null"], "description": "Agent audio the caller heard, ms."},
+            "response_id": {"type": ["string", "null"]},
+        },
+    },
+    "ToolRun": {
+        "type": "object",
+        "required": ["name", "outcome"],
+        "properties": {
+            "name": {"type": "string"},
+            "outcome": {"type": "string", "examples": ["ok", "error", "timeout", "cancelled"]},
+            "duration_ms": {"type": ["integer", "null"]},
+            "t_ms": {"type": ["integer", "null"]},
+        },
+    },
+    "SessionChanges": {
+        "type": "object",
+        "description": "Model sessions replaced during the call: how many, by cause, and when.",
+        "required": ["count", "causes", "events"],
+        "properties": {
+            "count": {"type": "integer"},
+            "causes": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "events": {"type": "array", "items": {"type": "object", "properties": {
+                "cause": {"type": "string"}, "t_ms": {"type": ["integer", "null"]}}}},
+        },
+    },
+    "TimelineEntry": {
+        "type": "object",
+        "required": ["t_ms", "kind"],
+        "properties": {
+            "t_ms": {"type": "integer"},
+            "kind": {"type": "string", "enum": ["turn", "tool_call", "reconnect", "rollover"]},
         },
     },
 }
 
-OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
-    ("/calls", "post"): {
-        "operationId": "createCall",
-        "summary": "Place an outbound call with an AI agent on it",
+OPERATIONS: dict[tuple[str, str], Union[Operation, dict[str, Any]]] = {
+    ("/calls", "post"): Operation(
+        "createCall", "Place an outbound call with an AI agent on it", body=CallRequest, api_key=True, answers={
+            201: Answer("Twilio accepted the call.", CallCreated, headers={"Location": "The call's record."}),
+            400: error("Not JSON, not an object, or an unknown field (`invalid_json`, `invalid_body`, "
+                       "`unknown_field`)."),
+            403: error("Destination refused (`destination_not_allowed`, `destination_premium_rate`), or `from` is "
+                       "not a configured caller ID (`caller_id_not_allowed`)."),
+            408: error("The body did not arrive in time (`body_timeout`)."),
+            413: error(f"Body over {MAX_BODY_BYTES} bytes (`body_too_large`)."),
+            415: error("Content-Type is not application/json (`unsupported_media_type`)."),
+            422: error("A field is missing or invalid (`missing_field`, `invalid_field`, with `field`)."),
+            429: error("Per-key rate limit (`rate_limited`), too many failed authentications from this address "
+                       "(`too_many_auth_failures`), or the day's budget is spent (`daily_budget_reached`).",
+                       **{"Retry-After": "Seconds."}),
+            502: error("Twilio refused or could not be reached (`twilio_error` with `twilio_code`, "
+                       "`twilio_unreachable`)."),
+            503: error("Disabled or not configured (`outbound_disabled`, `twilio_not_configured`, "
+                       "`public_url_not_configured`), draining (`draining`), at MAX_CALLS (`at_capacity`), or the "
+                       "shared rate limiter (Redis) is unreachable (`rate_limiter_unavailable`: closed, never "
+                       "unlimited)."),
+        }),
+    ("/calls", "get"): {
+        "operationId": "listCalls",
+        "summary": "Call records, newest first: the outbound calls this key placed; every call (inbound included) "
+                   "for an operator key (OPERATOR_API_KEYS, or the only key configured)",
         "security": _BEARER,
-        "requestBody": {"required": True, "content": _json(_ref("CallRequest"))},
+        "parameters": _LIST_PARAMETERS,
         "responses": {
-            "201": {"description": "Twilio accepted the call.", "content": _json(_ref("CallCreated")),
-                    "headers": {"Location": {"schema": {"type": "string"}}}},
-            "400": _error("Not JSON, not an object, or an unknown field (`invalid_json`, `invalid_body`, "
-                          "`unknown_field`)."),
-            "401": _AUTH_ERRORS["401"],
-            "403": _error("Destination refused (`destination_not_allowed`, `destination_premium_rate`), or `from` "
-                          "is not a configured caller ID (`caller_id_not_allowed`)."),
-            "408": _error("The body did not arrive in time (`body_timeout`)."),
-            "413": _error(f"Body over {MAX_BODY_BYTES} bytes (`body_too_large`)."),
-            "415": _error("Content-Type is not application/json (`unsupported_media_type`)."),
-            "422": _error("A field is missing or invalid (`missing_field`, `invalid_field`)."),
-            "429": {**_error("Per-key rate limit (`rate_limited`), or too many failed authentications from this "
-                             "address (`too_many_auth_failures`)."),
-                    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}}},
-            "502": _error("Twilio refused or could not be reached (`twilio_error` with `twilio_code`, "
-                          "`twilio_unreachable`)."),
-            "503": _error("Disabled or not configured (`outbound_disabled`, `twilio_not_configured`, "
-                          "`public_url_not_configured`), at MAX_CALLS (`at_capacity`), or the shared rate limiter "
-                          "(Redis) is unreachable (`rate_limiter_unavailable`: closed, never unlimited)."),
+            "200": {"description": "One page of calls.", "content": _json(_ref("CallList"))},
+            "400": _error("A query parameter is unknown (`unknown_parameter`) or invalid (`invalid_parameter`, "
+                          "with `field`)."),
+            **_AUTH_ERRORS,
         },
     },
     ("/calls/{sid}", "get"): {
         "operationId": "getCall",
-        "summary": "A call's record, kept up to date by Twilio's status callbacks",
+        "summary": "A call's record, with its turns, tool calls and timeline (a key sees the calls it placed, an "
+                   "operator key every call)",
         "security": _BEARER,
         "parameters": [_SID_PARAMETER],
         "responses": {
@@ -163,80 +317,39 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             **_AUTH_ERRORS,
         },
     },
-    ("/calls/{sid}/hangup", "post"): {
-        "operationId": "hangupCall",
-        "summary": "End a call (cancels it if it is still queued or ringing)",
-        "security": _BEARER,
-        "parameters": [_SID_PARAMETER],
-        "responses": {
-            "202": {"description": "Twilio is ending the call.", "content": _json(_ref("CallCreated"))},
-            "404": _error("Unknown call (`call_not_found`)."),
-            "409": _error("The call has already ended (`call_already_ended`)."),
-            "502": _error("Twilio refused (`twilio_error`) or could not be reached (`twilio_unreachable`)."),
-            **_AUTH_ERRORS,
-        },
-    },
-    ("/twilio/call-status", "post"): {
-        "operationId": "twilioCallStatus",
-        "summary": "Twilio status and answering-machine callbacks (signed with X-Twilio-Signature)",
-        "parameters": [{"name": "X-Twilio-Signature", "in": "header", "required": False,
-                        "schema": {"type": "string"}, "description": "Required when TWILIO_AUTH_TOKEN is set."}],
-        "requestBody": {"required": True, "content": {
-            "application/x-www-form-urlencoded": {"schema": _ref("TwilioStatusCallback")}}},
-        "responses": {
-            "204": {"description": "Recorded."},
-            "400": {"description": "CallSid missing or malformed."},
-            "403": {"description": "Bad X-Twilio-Signature."},
-            "413": {"description": "Body too large."},
-        },
-    },
-    ("/twilio/answer", "post"): {
-        "operationId": "twilioAnswer",
-        "summary": "Twilio asks for an answered outbound call's TwiML: <Connect><Stream> with a stream credential "
-                   "bound to the CallSid (signed with X-Twilio-Signature)",
-        "parameters": [{"name": "X-Twilio-Signature", "in": "header", "required": False,
-                        "schema": {"type": "string"}, "description": "Required when TWILIO_AUTH_TOKEN is set."}],
-        "requestBody": {"required": True, "content": {
-            "application/x-www-form-urlencoded": {"schema": _ref("TwilioStatusCallback")}}},
-        "responses": {
-            "200": {"description": "TwiML: the stream, a busy message at MAX_CALLS, or a hang-up for a call this "
-                                   "gateway did not place.", "content": {"application/xml": {}}},
-            "400": {"description": "CallSid missing or malformed."},
-            "403": {"description": "Bad X-Twilio-Signature."},
-            "413": {"description": "Body too large."},
-        },
-    },
-    ("/openapi.json", "get"): {
-        "operationId": "openapi",
-        "summary": "This document",
-        "responses": {"200": {"description": "OpenAPI 3.1 document.", "content": {"application/json": {}}}},
-    },
-    ("/incoming-call", "get"): {
-        "operationId": "incomingCallGet",
-        "summary": "Twilio voice webhook for inbound calls: answers <Connect><Stream> TwiML",
-        "responses": {"200": {"description": "TwiML.", "content": {"application/xml": {}}},
-                      "403": {"description": "Bad X-Twilio-Signature."}},
-    },
-    ("/incoming-call", "post"): {
-        "operationId": "incomingCall",
-        "summary": "Twilio voice webhook for inbound calls: answers <Connect><Stream> TwiML",
-        "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}},
-        "responses": {"200": {"description": "TwiML.", "content": {"application/xml": {}}},
-                      "403": {"description": "Bad X-Twilio-Signature."},
-                      "413": {"description": "Body too large."}},
-    },
-    ("/readyz", "get"): {
-        "operationId": "readyz",
-        "summary": "Readiness for a load balancer: 503 while draining (after SIGTERM) or at MAX_CALLS",
-        "responses": {"200": {"description": "Taking calls.", "content": {"application/json": {}}},
-                      "503": {"description": "Not taking new calls (`reason`: draining, at MAX_CALLS).",
-                              "content": {"application/json": {}}}},
-    },
-    ("/healthz", "get"): {
-        "operationId": "healthz",
-        "summary": "Liveness, with the number of calls in progress",
-        "responses": {"200": {"description": "OK.", "content": {"application/json": {"schema": {"type": "object"}}}}},
-    },
+    ("/calls/{sid}/hangup", "post"): Operation(
+        "hangupCall", "End a call (cancels it if it is still queued or ringing)", api_key=True, answers={
+            202: Answer("Twilio is ending the call.", CallCreated),
+            404: error("Unknown call (`call_not_found`)."),
+            409: error("The call has already ended (`call_already_ended`)."),
+            502: error("Twilio refused (`twilio_error`) or could not be reached (`twilio_unreachable`)."),
+        }),
+    ("/twilio/call-status", "post"): Operation(
+        "twilioCallStatus", "Twilio's status and answering-machine callbacks", signed=True,
+        body=TwilioStatusCallback, body_media_type="application/x-www-form-urlencoded",
+        answers={204: Answer("Recorded.", media_type=None)}),
+    ("/twilio/answer", "post"): Operation(
+        "twilioAnswer", "Twilio asks for an answered outbound call's TwiML: <Connect><Stream> with a stream "
+                        "credential bound to the CallSid", signed=True,
+        body=TwilioStatusCallback, body_media_type="application/x-www-form-urlencoded",
+        answers={200: Answer("TwiML: the stream, a busy message at MAX_CALLS, or a hang-up for a call this gateway "
+                             "did not place.", media_type="application/xml")}),
+    ("/openapi.json", "get"): Operation("openapi", "This document", answers={
+        200: Answer("OpenAPI 3.1 document.")}),
+    ("/incoming-call", "get"): Operation(
+        "incomingCallGet", "Twilio voice webhook for inbound calls: answers <Connect><Stream> TwiML", signed=True,
+        answers={200: Answer("TwiML.", media_type="application/xml")}),
+    ("/incoming-call", "post"): Operation(
+        "incomingCall", "Twilio voice webhook for inbound calls: answers <Connect><Stream> TwiML", signed=True,
+        body=TwilioStatusCallback, body_media_type="application/x-www-form-urlencoded",
+        answers={200: Answer("TwiML.", media_type="application/xml")}),
+    ("/readyz", "get"): Operation(
+        "readyz", "Readiness for a load balancer: 503 while draining (after SIGTERM) or at MAX_CALLS", answers={
+            200: Answer("Taking calls."),
+            503: Answer("Not taking new calls (`reason`: draining, at MAX_CALLS)."),
+        }),
+    ("/healthz", "get"): Operation("healthz", "Liveness, with the number of calls in progress", answers={
+        200: Answer("OK.")}),
 }
 
 
@@ -251,24 +364,46 @@ def http_routes(app: Starlette) -> list[tuple[str, str]]:
     return result
 
 
+class _Schemas(GenerateJsonSchema):
+    """JSON Schema without pydantic's generated titles: a component's name is its title."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def model_schemas(models: list[type[pydantic.BaseModel]]) -> dict[str, Any]:
+    """``components.schemas`` for these models and every model they use, keyed by class name."""
+    _, top = models_json_schema([(model, "validation") for model in dict.fromkeys(models)],
+                                ref_template="#/components/schemas/{model}", schema_generator=_Schemas)
+    schemas = top.get("$defs", {})
+    for schema in schemas.values():
+        schema.pop("title", None)
+    return schemas
+
+
 def openapi_document(app: Starlette, settings: Settings) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
+    models: list[type[pydantic.BaseModel]] = [Error]
     for path, method in http_routes(app):
-        operation = OPERATIONS.get((path, method)) or {
-            "summary": f"{method.upper()} {path}", "responses": {"default": {"description": "See the README."}},
-        }
+        entry = OPERATIONS.get((path, method))
+        if isinstance(entry, Operation):
+            models.extend(entry.models())
+            operation = entry.render(path)
+        else:
+            operation = entry or {"summary": f"{method.upper()} {path}", "parameters": path_parameters(path),
+                                  "responses": {"default": {"description": "See the README."}}}
         paths.setdefault(path, {})[method] = operation
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "gateway",
             "version": __version__,
-            "description": "Twilio Media Streams <-> OpenAI Realtime phone gateway: outbound calls and call "
-                           "control. Errors are `{\"error\": {\"code\", \"message\"}}`.",
+            "description": "Twilio Media Streams <-> OpenAI Realtime phone gateway: outbound calls, call "
+                           "control and call records. Errors are `{\"error\": {\"code\", \"message\"}}`.",
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **model_schemas(models)},
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
                                                "description": "One of API_KEYS."}},
         },

@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import re
-from typing import Any, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,8 +28,10 @@ from gateway.api.auth import (
     ApiKeys, AuthFailureLimiter, RateLimiter, RateLimiterUnavailable, RedisRateLimiter, TokenBucketRateLimiter,
     retry_after_header,
 )
+from gateway.api.control import control_call, control_endpoint
 from gateway.api.errors import ApiError, error_response
-from gateway.api.requests import MAX_BODY_BYTES, parse_call_request
+from gateway.state.base import StateUnavailable
+from gateway.api.requests import MAX_BODY_BYTES, parse_call_query, parse_call_request
 from gateway.config import Settings
 from gateway.store import CALL_STATUSES, FINAL_STATUSES, CallRecord, CallStore
 from gateway.security import OUTBOUND, StreamCredentials
@@ -55,14 +57,16 @@ class OutboundApi:
 
     def __init__(self, settings: Settings, store: CallStore, twilio: TwilioRest,
                  rate_limiter: RateLimiter | None = None, *, credentials: StreamCredentials | None = None,
-                 at_capacity: Callable[[], bool] = lambda: False, draining: Callable[[], bool] = lambda: False) -> None:
+                 at_capacity: Callable[[], bool] = lambda: False, draining: Callable[[], bool] = lambda: False,
+                 budget_exhausted: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.twilio = twilio
         self.credentials = credentials  # issues the stream credential of an answered outbound call
         self.at_capacity = at_capacity  # True when this instance holds MAX_CALLS calls
         self.draining = draining  # True once SIGTERM arrived: no new calls here
-        self.keys = ApiKeys(settings.api_keys)
+        self.budget_exhausted = budget_exhausted  # True once today's cost reached DAILY_BUDGET_USD
+        self.keys = ApiKeys(settings.api_keys, settings.operator_api_keys)
         # Failed authentications per client address: key guessing is throttled before any key is checked.
         self.auth_failures = AuthFailureLimiter(settings.api_auth_failures_per_minute)
         self._owns_rate_limiter = rate_limiter is None
@@ -152,6 +156,9 @@ async def create_call(request: Request) -> Response:
         if api.at_capacity():
             raise ApiError(503, "at_capacity", "this gateway is at MAX_CALLS concurrent calls; retry later",
                            headers={"Retry-After": "10"})
+        if api.budget_exhausted is not None and await api.budget_exhausted():
+            raise ApiError(429, "daily_budget_reached", "today's cost reached DAILY_BUDGET_USD; no new calls today",
+                           headers={"Retry-After": "3600"})
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
@@ -196,28 +203,57 @@ def _record_for(call_sid: str, call_settings: Any, status: str, key: str | None)
     )
 
 
-async def _known_call(request: Request, api: OutboundApi, key_id: str) -> CallRecord:
-    """The call, if the caller's key placed it: one team's key neither reads nor hangs up another's calls."""
+async def _known_call(request: Request, api: OutboundApi, key_id: str, *, operator: bool = False) -> CallRecord:
+    """The call, if the caller's key placed it (or, with ``operator``, any call): one team's key neither reads nor
+    hangs up another's calls."""
     call_sid = request.path_params["sid"]
     record = await api.store.get_call(call_sid) if is_call_sid(call_sid) else None
-    if record is None or record.api_key_id != key_id:
+    if record is None or (record.api_key_id != key_id and not operator):
         raise ApiError(404, "call_not_found", f"no call {call_sid[:40]!r} is known to this gateway")
     return record
 
 
 async def get_call(request: Request) -> Response:
+    """A call's record, with its turns, tool calls and timeline: the calls the key placed; every call (inbound
+    ones included) for an operator key."""
     api = _api(request)
     try:
-        record = await _known_call(request, api, api.authenticate(request))
+        key = api.authenticate(request)
+        record = await _known_call(request, api, key, operator=api.keys.is_operator(key))
         return JSONResponse(record.public_json())
     except ApiError as error:
         return error_response(error)
 
 
-async def hangup_call(request: Request) -> Response:
+async def list_calls(request: Request) -> Response:
+    """``GET /calls``: call records newest first, filtered and paged (``gateway.api.requests.parse_call_query``);
+    a key lists the calls it placed, an operator key every call."""
     api = _api(request)
     try:
-        record = await _known_call(request, api, api.authenticate(request))
+        key = api.authenticate(request)
+        query = parse_call_query(request.query_params.multi_items(),
+                                 api_key_id=None if api.keys.is_operator(key) else key)
+        page = await api.store.list_calls(query)
+        return JSONResponse({"calls": [record.summary_json() for record in page.records],
+                             "next_cursor": page.next_cursor})
+    except ApiError as error:
+        return error_response(error)
+
+
+async def hangup_call(request: Request) -> Response:
+    """A live call (its stream open on any instance) is hung up by the instance holding it
+    (gateway.api.control); one still ringing, through Twilio's REST API."""
+    api = _api(request)
+    try:
+        key = api.authenticate(request)
+        operator = api.keys.is_operator(key)
+        call_sid = request.path_params["sid"]
+        shared = request.app.state.gateway.shared
+        if is_call_sid(call_sid) and await _is_live(shared, call_sid):
+            if not operator:
+                await _known_call(request, api, key)
+            return JSONResponse(await control_call(shared, call_sid, "hangup"), status_code=202)
+        record = await _known_call(request, api, key, operator=operator)
         if record.status in FINAL_STATUSES:
             raise ApiError(409, "call_already_ended", f"the call has already ended ({record.status})",
                            call_status=record.status)
@@ -229,6 +265,14 @@ async def hangup_call(request: Request) -> Response:
         return JSONResponse({"call_sid": record.call_sid, "status": (updated or record).status}, status_code=202)
     except ApiError as error:
         return error_response(error)
+
+
+async def _is_live(shared: Any, call_sid: str) -> bool:
+    try:
+        return await shared.call_holder(call_sid) is not None
+    except StateUnavailable:
+        raise ApiError(503, "state_unavailable", "the shared state is unavailable; retry later",
+                       headers={"Retry-After": "5"}) from None
 
 
 async def call_status(request: Request) -> Response:
@@ -332,8 +376,11 @@ async def openapi_json(request: Request) -> Response:
 
 routes = [
     Route("/calls", create_call, methods=["POST"]),
+    Route("/calls", list_calls, methods=["GET"]),
     Route("/calls/{sid}", get_call, methods=["GET"]),
     Route("/calls/{sid}/hangup", hangup_call, methods=["POST"]),
+    Route("/calls/{sid}/transfer", control_endpoint("transfer"), methods=["POST"]),
+    Route("/calls/{sid}/say", control_endpoint("say"), methods=["POST"]),
     Route(CALL_STATUS_PATH, call_status, methods=["POST"]),
     Route(ANSWER_PATH, answer_outbound, methods=["POST"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),

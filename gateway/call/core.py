@@ -545,6 +545,43 @@ class Call:
             return []
         return [Send(Peer.MODEL, note), *self._request_response_if_ready()]
 
+    # ---- control from the HTTP API (any instance; gateway.api.control) ----------------------------------------
+
+    def operator_message(self, text: str) -> list[Output]:
+        """A word to the agent from the operator (a system message); it answers once the caller is not speaking."""
+        if self.ended:
+            return []
+        item = rt.system_text(text)
+        self._want_response = True
+        if not self._model_ready:
+            if len(self._held_items) < MAX_HELD_ITEMS:
+                self._held_items.append(item)
+            return []
+        return [Send(Peer.MODEL, item), *self._request_response_if_ready()]
+
+    def new_instructions(self, instructions: str) -> list[Output]:
+        """New instructions for the rest of the call, this session and every later one."""
+        if self.ended:
+            return []
+        session = {**self.config.session_update.get("session", {}), "instructions": instructions}
+        self.config = replace(self.config, session_update={**self.config.session_update, "session": session})
+        return [Send(Peer.MODEL, rt.instructions_update(instructions))] if self._model_ready else []
+
+    def transfer_requested(self) -> list[Output]:
+        """Transfer the call (the API asked): the agent announces it, then the transfer once that is heard."""
+        if self.ended or self._after_playback is not None:
+            return []
+        self._after_playback, self._control_done = Transfer("transferred through the API"), False
+        self._want_response, self._response_instructions = True, _TRANSFER_INSTRUCTIONS
+        return self._request_response_if_ready() + self._control_if_heard()
+
+    def hangup_requested(self) -> list[Output]:
+        """Hang up now (the API asked)."""
+        if self.ended or self._control_done:
+            return []
+        self._control_done = True
+        return [HangUp("hung up through the API")]
+
     def transfer_failed(self) -> list[Output]:
         """Twilio refused the transfer: the call goes on, and the agent is told so it can say something."""
         if self.ended:

@@ -8,7 +8,7 @@ Modules: ``server`` (WebSocket listener), ``session`` (per-connection state mach
 config and conversation items), ``schema`` (strict check against the official ``openai`` models).
 """
 
-from .server import LocalRealtimeServer, run_local_realtime
+from .server import LocalRealtimeServer, make_agent, run_local_realtime
 from .session import RealtimeSession
 
-__all__ = ["LocalRealtimeServer", "RealtimeSession", "run_local_realtime"]
+__all__ = ["LocalRealtimeServer", "RealtimeSession", "make_agent", "run_local_realtime"]

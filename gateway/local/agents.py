@@ -4,7 +4,7 @@ An agent maps the conversation so far (a :class:`CallerTurn`: the instructions, 
 response sees) to a :class:`Reply`: audio (8 kHz int16; the session converts it to the output format)
 with a transcript, a function call, or both (audio first, then the call, in one response, as the
 service does). It is quick; the session streams the audio out faster than real time. One agent
-serves one session (:func:`make_agent` makes a fresh one per connection), so it may keep state.
+serves one session (``gateway.local.server.make_agent`` makes a fresh one per connection), so it may keep state.
 
 * ``echo``: says the caller's latest committed utterance back; with nothing from the caller yet it
   says the greeting (the bundled ``greeting`` sample, or a generated speech-like signal). The echo
@@ -78,23 +78,8 @@ class EchoAgent:
         return Reply(load_greeting(), GREETING_TRANSCRIPT)
 
 
+# The agents a name picks (``LOCAL_AGENT``); ``scripted:PATH`` is the other choice (``gateway.local.server.make_agent``).
 AGENTS: dict[str, type] = {"echo": EchoAgent}
-SCRIPTED_PREFIX = "scripted:"
-
-
-def make_agent(name: str) -> Agent:
-    """A fresh agent for one session: ``"echo"`` or ``"scripted:PATH"`` (a bad script raises
-    :class:`~gateway.local.script.ScriptError`, a ``ValueError`` naming the file and the field)."""
-    if name.startswith(SCRIPTED_PREFIX):
-        from .script import ScriptedAgent, load_script  # script imports this module
-
-        return ScriptedAgent(load_script(name[len(SCRIPTED_PREFIX) :]))
-    try:
-        return AGENTS[name]()
-    except KeyError:
-        raise ValueError(
-            f"unknown local agent {name!r}; expected one of {sorted(AGENTS)} or '{SCRIPTED_PREFIX}/path/to/script.toml'"
-        ) from None
 
 
 def load_greeting() -> np.ndarray:

@@ -194,16 +194,21 @@ def apply_update(config: SessionConfig, session: Any, *, voice_locked: bool) -> 
         if tokens != "inf":
             check_type(tokens, int, "session.max_output_tokens")
         changes["max_output_tokens"] = tokens
-    for key, kinds in (("tracing", (str, dict)), ("truncation", (str, dict)), ("prompt", dict), ("include", list)):
-        if key in session:
-            if session[key] is not None:
-                check_type(session[key], kinds, f"session.{key}")
-            changes[key] = session[key]
+    changes.update(_nullable(session, "session", tracing=(str, dict), truncation=(str, dict), prompt=dict,
+                             include=list))
     audio = session.get("audio")
     if audio is not None:
         check_type(audio, dict, "session.audio")
         changes.update(_audio_changes(config, audio, voice_locked))
     return replace(config, **changes)
+
+
+def _nullable(source: dict[str, Any], where: str, **kinds: type | tuple[type, ...]) -> dict[str, Any]:
+    """The fields of ``source`` named in ``kinds`` that it sets, each of its type or null (null clears it)."""
+    for key, kind in kinds.items():
+        if source.get(key) is not None:
+            check_type(source[key], kind, f"{where}.{key}")
+    return {key: source[key] for key in kinds if key in source}
 
 
 def _audio_changes(config: SessionConfig, audio: dict[str, Any], voice_locked: bool) -> dict[str, Any]:
@@ -215,11 +220,7 @@ def _audio_changes(config: SessionConfig, audio: dict[str, Any], voice_locked: b
             changes["input_format"] = parse_format(audio_in["format"], "session.audio.input.format")
         if "turn_detection" in audio_in:
             changes["turn_detection"] = parse_turn_detection(audio_in["turn_detection"])
-        for key in ("transcription", "noise_reduction"):
-            if key in audio_in:
-                if audio_in[key] is not None:
-                    check_type(audio_in[key], dict, f"session.audio.input.{key}")
-                changes[key] = audio_in[key]
+        changes.update(_nullable(audio_in, "session.audio.input", transcription=dict, noise_reduction=dict))
     audio_out = audio.get("output")
     if audio_out is not None:
         check_type(audio_out, dict, "session.audio.output")
@@ -228,6 +229,10 @@ def _audio_changes(config: SessionConfig, audio: dict[str, Any], voice_locked: b
         if audio_out.get("voice") is not None:
             voice = audio_out["voice"]
             check_type(voice, str, "session.audio.output.voice")
+            if voice not in VOICES:
+                raise ClientError(f"Invalid value: '{voice}'. Supported values are: "
+                                  + ", ".join(f"'{v}'" for v in VOICES) + ".", "invalid_value",
+                                  "session.audio.output.voice")
             if voice != config.voice and voice_locked:
                 raise ClientError(
                     "Cannot update a conversation's voice if assistant audio is present.",

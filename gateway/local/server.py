@@ -15,18 +15,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Collection, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from .agents import make_agent
+from gateway.clock import now_ms
+
+from .agents import AGENTS, Agent
+from .errors import ClientError
+from .script import ScriptedAgent, load_script
 from .session import RealtimeSession
 
 log = logging.getLogger(__name__)
@@ -35,10 +38,24 @@ MAX_MESSAGE_BYTES = 1 << 20
 PATHS = ("/v1/realtime", "/openai/v1/realtime")
 SESSION_LIMIT_S = 3600.0
 RECENT_SESSIONS = 100
+REFUSED_CLOSE_CODE = 3000  # a wrong key: the service closes with 3000 "invalid_request_error.invalid_api_key"
 
 
-def _now_ms() -> float:
-    return time.monotonic() * 1000.0
+SCRIPTED_PREFIX = "scripted:"
+
+
+def make_agent(name: str) -> Agent:
+    """A fresh agent for one session: a name of :data:`~gateway.local.agents.AGENTS` (``"echo"``) or
+    ``"scripted:PATH"`` (a bad script raises :class:`~gateway.local.script.ScriptError`, a ``ValueError`` naming
+    the file and the field)."""
+    if name.startswith(SCRIPTED_PREFIX):
+        return ScriptedAgent(load_script(name[len(SCRIPTED_PREFIX) :]))
+    try:
+        return AGENTS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown local agent {name!r}; expected one of {sorted(AGENTS)} or '{SCRIPTED_PREFIX}/path/to/script.toml'"
+        ) from None
 
 
 class AudioProbe(Protocol):
@@ -70,7 +87,10 @@ class LocalRealtimeServer:
     ``speed`` paces response audio at that many times real time. With ``validate_events`` every
     outgoing event is checked against the official ``openai`` models (needs the test extra);
     mismatches are logged at ERROR and collected in :attr:`validation_failures`.
-    ``session_limit_s`` is the session's maximum duration (the service's is 60 minutes).
+    ``session_limit_s`` is the session's maximum duration (the service's is 60 minutes). With ``api_keys``, a
+    connection must carry one of them (``Authorization: Bearer`` or ``api-key``); with ``models``, it must ask for
+    one of them (``?model=``). Otherwise it gets an ``error`` event (``invalid_api_key``, ``model_not_found``) and
+    a close, as the service answers a wrong key: the handshake itself succeeds.
     """
 
     def __init__(
@@ -82,6 +102,8 @@ class LocalRealtimeServer:
         validate_events: bool = False,
         speed: float = 8.0,
         session_limit_s: float = SESSION_LIMIT_S,
+        api_keys: Collection[str] = (),
+        models: Collection[str] = (),
     ) -> None:
         make_agent(agent)  # fail now on an unknown agent name
         if speed <= 0:
@@ -92,6 +114,8 @@ class LocalRealtimeServer:
         self.validate_events = validate_events
         self.speed = speed
         self.session_limit_s = session_limit_s
+        self.api_keys = frozenset(api_keys)  # empty: any key (or none) is accepted
+        self.models = frozenset(models)  # empty: any model is accepted
         # The most recent sessions, for tests and debugging; bounded so a long-running server does not grow.
         self.sessions: deque[RealtimeSession] = deque(maxlen=RECENT_SESSIONS)
         self.validation_failures: list[str] = []
@@ -152,18 +176,41 @@ class LocalRealtimeServer:
             return
         query = parse_qs(urlsplit(ws.request.path).query) if ws.request else {}
         model = query.get("model", ["gpt-realtime"])[0]
+        refusal = self._refusal(ws, model)
+        if refusal is not None:
+            error = {"type": refusal.kind, "code": refusal.code, "message": refusal.message, "param": None,
+                     "event_id": None}
+            event = {"type": "error", "event_id": "event_refused", "error": error}
+            if self.validate_events:
+                self._check(event)
+            await ws.send(json.dumps(event))
+            await ws.close(REFUSED_CLOSE_CODE, f"{refusal.kind}.{refusal.code}")
+            return
         session = RealtimeSession(make_agent(self.agent), speed=self.speed, model=model)
-        session.opened_at_ms = _now_ms()
+        session.opened_at_ms = now_ms()
         self.sessions.append(session)
         faults, self.faults = self.faults, Faults(refuse_connects=self.faults.refuse_connects,
                                                   refuse_status=self.faults.refuse_status)
         try:
             await _Connection(self, ws, session, faults).run()
         finally:
-            session.closed_at_ms = _now_ms()
+            session.closed_at_ms = now_ms()
             session.release()
             if self.probe is not None:
                 self.probe.session_closed(session.id)
+
+    def _refusal(self, ws: ServerConnection, model: str) -> ClientError | None:
+        """Why this connection gets no session (a key or a model the server does not know), or None."""
+        headers = ws.request.headers if ws.request else {}
+        if self.api_keys:
+            bearer = headers.get("Authorization", "")
+            key = bearer[len("Bearer "):] if bearer.startswith("Bearer ") else headers.get("api-key", "")
+            if key not in self.api_keys:
+                return ClientError("Incorrect API key provided.", "invalid_api_key")
+        if self.models and model not in self.models:
+            return ClientError(f"The model '{model}' does not exist or you do not have access to it.",
+                               "model_not_found")
+        return None
 
     def _check(self, event: dict[str, Any]) -> None:
         from .schema import EventSchemaError, validate_server_event
@@ -200,12 +247,12 @@ class _Connection:
                 probe = self.server.probe
                 if probe is None:
                     async with self.lock:
-                        await self._send(self.session.receive(message, _now_ms()))
+                        await self._send(self.session.receive(message, now_ms()))
                 else:
-                    arrived_ms = _now_ms()
+                    arrived_ms = now_ms()
                     before = self.session.input_audio_ms
                     async with self.lock:
-                        await self._send(self.session.receive(message, _now_ms()))
+                        await self._send(self.session.receive(message, now_ms()))
                     if self.session.input_audio_ms != before:
                         probe.audio_appended(self.session.id, arrived_ms, self.session.input_audio_ms)
                 self.wake.set()
@@ -250,7 +297,7 @@ class _Connection:
                 if deadline is None:
                     await self.wake.wait()
                 else:
-                    delay = (deadline - _now_ms()) / 1000.0
+                    delay = (deadline - now_ms()) / 1000.0
                     if delay > 0:
                         async with asyncio.timeout(delay):
                             await self.wake.wait()
@@ -258,7 +305,7 @@ class _Connection:
                 pass
             try:
                 async with self.lock:
-                    await self._send(self.session.tick(_now_ms()))
+                    await self._send(self.session.tick(now_ms()))
             except ConnectionClosed:
                 return
             except Exception:

@@ -32,8 +32,8 @@ MAX_STASHED_TEXTS = 16
 # Who ended a call, from the reason the shell ended it with (gateway.media_stream): the first match wins.
 _ENDED_BY = (
     ("caller hung up", "caller"), ("twilio socket closed", "caller"), ("the agent ended", "agent"),
-    ("the agent transferred", "transfer"), ("time limit", "time_limit"), ("budget", "budget"),
-    ("api", "api"), ("drain", "drain"), ("no start", "refused"), ("credential", "refused"), ("foreign", "refused"),
+    ("transferred", "transfer"), ("time limit", "time_limit"), ("budget", "budget"),
+    ("api", "api"), ("max_calls", "refused"), ("drain", "drain"), ("no start", "refused"), ("credential", "refused"), ("foreign", "refused"),
 )
 _COMPLETED = frozenset({"caller", "agent", "transfer", "time_limit", "budget", "api"})
 

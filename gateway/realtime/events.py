@@ -7,13 +7,12 @@ returned as :class:`OtherEvent` (the core ignores it) and a malformed one raises
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import dataclass
 from typing import Any, Union
 
-from gateway.audio import MODEL_RATE
+import orjson
+
+from gateway.audio import MODEL_RATE, AudioBytes, Base64Audio, audio_base64
 
 
 class ModelEventError(ValueError):
@@ -56,8 +55,9 @@ def session_update(
     return {"type": "session.update", "session": session}
 
 
-def input_audio_append(audio: bytes) -> dict[str, Any]:
-    return {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode("ascii")}
+def input_audio_append(audio: AudioBytes) -> dict[str, Any]:
+    """Caller audio for the model's buffer (a Base64Audio, in pass-through, goes as the text Twilio sent)."""
+    return {"type": "input_audio_buffer.append", "audio": audio_base64(audio)}
 
 
 def item_truncate(item_id: str, audio_end_ms: int) -> dict[str, Any]:
@@ -80,6 +80,19 @@ def user_text(text: str) -> dict[str, Any]:
         "type": "conversation.item.create",
         "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
     }
+
+
+def system_text(text: str) -> dict[str, Any]:
+    """A system message: a word to the agent from the operator, not from the caller."""
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": "system", "content": [{"type": "input_text", "text": text}]},
+    }
+
+
+def instructions_update(instructions: str) -> dict[str, Any]:
+    """A session.update that changes only the instructions."""
+    return {"type": "session.update", "session": {"type": "realtime", "instructions": instructions}}
 
 
 def text_item(role: str, text: str) -> dict[str, Any]:
@@ -124,7 +137,7 @@ class ResponseCreated:
 class AudioDelta:
     response_id: str
     item_id: str
-    audio: bytes
+    audio: AudioBytes  # a Base64Audio as parsed: decoded only where the samples are needed (pcm16), never in pcmu
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,16 +240,16 @@ def _field(event: dict[str, Any], key: str, kind: type = str) -> Any:
 def parse_model_event(text: str | bytes) -> ModelEvent:
     """Parse one frame from the model. Raises :class:`ModelEventError` for garbage or unknown types."""
     try:
-        event = json.loads(text)
-    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, integer digit limit
+        event = orjson.loads(text)
+    except (ValueError, RecursionError):  # JSONDecodeError (invalid UTF-8, NaN, nesting past 1024 included)
         raise ModelEventError("frame is not JSON") from None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         raise ModelEventError("frame is not an event object")
     kind = event["type"]
     if kind == "response.output_audio.delta":
         try:
-            audio = base64.b64decode(_field(event, "delta"), validate=True)
-        except (binascii.Error, ValueError):
+            audio = Base64Audio.parse(_field(event, "delta"))
+        except ValueError:
             raise ModelEventError("response.output_audio.delta: delta is not base64") from None
         return AudioDelta(_field(event, "response_id"), _field(event, "item_id"), audio)
     if kind == "input_audio_buffer.speech_started":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections import OrderedDict
-from typing import Callable
+from collections import OrderedDict, defaultdict
+from typing import Any, Callable
 
 DEFAULT_MAX_CLAIMS = 100_000
 
@@ -20,6 +21,9 @@ class MemoryState:
         self._max_claims = max_claims
         self._clock = clock
         self._totals: dict[str, tuple[float, float]] = {}  # key -> (total, expires at); a few keys (one a day)
+        self._leases: defaultdict[str, dict[str, float]] = defaultdict(dict)  # scope -> holder -> expires at
+        self._calls: dict[str, tuple[str, float]] = {}  # call_sid -> (instance, expires at)
+        self._queues: defaultdict[str, asyncio.Queue[dict[str, Any]]] = defaultdict(asyncio.Queue)
 
     async def claim_once(self, key: str, ttl_s: float) -> bool:
         now = self._clock()
@@ -50,6 +54,61 @@ class MemoryState:
         total, expires = self._totals.get(key, (0.0, 0.0))
         return total if expires > self._clock() else 0.0
 
+    async def acquire_lease(self, scope: str, holder: str, limit: int, ttl_s: float) -> bool:
+        now = self._clock()
+        leases = self._leases[scope]
+        for expired in [h for h, expires in leases.items() if expires <= now]:
+            del leases[expired]
+        if holder not in leases and len(leases) >= limit:
+            return False
+        leases[holder] = now + ttl_s
+        return True
+
+    async def renew_lease(self, scope: str, holder: str, ttl_s: float) -> None:
+        if holder in self._leases.get(scope, {}):
+            self._leases[scope][holder] = self._clock() + ttl_s
+
+    async def release_lease(self, scope: str, holder: str) -> None:
+        leases = self._leases.get(scope)
+        if leases is not None:
+            leases.pop(holder, None)
+            if not leases:
+                del self._leases[scope]
+
+    async def register_call(self, call_sid: str, instance: str, ttl_s: float) -> None:
+        self._calls[call_sid] = (instance, self._clock() + ttl_s)
+
+    async def call_holder(self, call_sid: str) -> str | None:
+        found = self._calls.get(call_sid)
+        return found[0] if found is not None and found[1] > self._clock() else None
+
+    async def unregister_call(self, call_sid: str, instance: str) -> None:
+        if self._calls.get(call_sid, ("",))[0] == instance:
+            del self._calls[call_sid]
+
+    async def send_control(self, instance: str, message: dict[str, Any]) -> None:
+        self._queues[f"control:{instance}"].put_nowait(message)
+
+    async def next_control(self, instance: str, timeout_s: float) -> dict[str, Any] | None:
+        return await self._get(f"control:{instance}", timeout_s)
+
+    async def reply(self, request_id: str, message: dict[str, Any]) -> None:
+        self._queues[f"reply:{request_id}"].put_nowait(message)
+
+    async def wait_reply(self, request_id: str, timeout_s: float) -> dict[str, Any] | None:
+        try:
+            return await self._get(f"reply:{request_id}", timeout_s)
+        finally:
+            self._queues.pop(f"reply:{request_id}", None)
+
+    async def _get(self, name: str, timeout_s: float) -> dict[str, Any] | None:
+        try:
+            return await asyncio.wait_for(self._queues[name].get(), timeout_s)
+        except TimeoutError:
+            return None
+
     async def aclose(self) -> None:
+        self._leases.clear()
+        self._calls.clear()
         self._claims.clear()
         self._totals.clear()

@@ -1,4 +1,5 @@
-"""Twilio's REST API: the only module that talks to it (place a call, hang up, redirect with TwiML).
+"""Twilio's REST API: the only module that talks to it (place a call, hang up, redirect with TwiML, and the
+look-ups ``gateway doctor`` makes: the account, its phone numbers and verified caller IDs).
 
 It uses the official ``twilio`` library's synchronous client, run in a worker thread (:func:`asyncio.to_thread`)
 so the event loop, which carries every call's audio, never waits on Twilio. Every failure comes out as one typed
@@ -51,6 +52,21 @@ class TwilioNotConfigured(TwilioError):
 class PlacedCall:
     call_sid: str
     status: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    status: str  # "active", "suspended" or "closed"
+    type: str  # "Full" or "Trial"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountNumber:
+    """A phone number of the account, and where Twilio sends its incoming calls."""
+
+    phone_number: str
+    voice_url: str
+    voice_method: str
 
 
 class _RebasingHttpClient(TwilioHttpClient):
@@ -158,6 +174,21 @@ class TwilioRest:
             raise TwilioError(f"TwiML is {len(twiml)} characters, Twilio accepts at most {MAX_TWIML_CHARS}")
         call = await self._run("redirect", self._require().calls(call_sid).update, twiml=twiml)
         return call.status or ""
+
+    async def account(self) -> AccountInfo:
+        """The account of TWILIO_ACCOUNT_SID, fetched with the auth token: a TwilioError (20003) if they do not match."""
+        account = await self._run("account lookup", self._require().api.v2010.accounts(self.account_sid).fetch)
+        return AccountInfo(status=account.status or "", type=account.type or "")
+
+    async def phone_numbers(self) -> list[AccountNumber]:
+        """The account's own phone numbers (bought or ported), with their voice webhooks."""
+        numbers = await self._run("phone number lookup", self._require().incoming_phone_numbers.list, limit=1000)
+        return [AccountNumber(n.phone_number or "", n.voice_url or "", n.voice_method or "") for n in numbers]
+
+    async def verified_caller_ids(self) -> list[str]:
+        """Numbers verified on the account: not its own, but usable as the caller ID of its calls."""
+        caller_ids = await self._run("caller ID lookup", self._require().outgoing_caller_ids.list, limit=1000)
+        return [c.phone_number or "" for c in caller_ids]
 
     def close(self) -> None:
         if self._client is not None:

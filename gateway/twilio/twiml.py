@@ -9,6 +9,7 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from gateway.twilio.numbers import is_sip_uri
 
+INCOMING_CALL_PATH = "/incoming-call"  # the voice webhook of a Twilio number ("A call comes in")
 MEDIA_STREAM_PATH = "/media-stream"
 _MAX_PARAMETER_CHARS = 500  # Twilio's limit for a <Parameter> name and value
 

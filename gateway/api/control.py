@@ -1,0 +1,126 @@
+"""Control a live call from any instance: ``POST /calls/{sid}/hangup``, ``/transfer`` and ``/say``.
+
+A call's media stream lives on one instance; the request may land on any. The live-call registry in the shared
+state (:mod:`gateway.state`: in-process, or Redis with ``REDIS_URL``) says which instance holds the call; the
+request is queued for that instance, which acts on the call and replies. Answers: 202 once the holding instance
+accepted, 404 for a call that is not live anywhere, 504 when the holder does not answer within
+``CONTROL_REPLY_TIMEOUT_S`` (it crashed or is cut off), 503 when the shared state cannot be reached.
+
+Who may: an operator key any call; another key only the outbound calls it placed.
+:func:`serve_control` is the loop each instance runs to take the requests addressed to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any, Callable
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.api.errors import ApiError, error_response
+from gateway.state.base import SharedState, StateUnavailable
+from gateway.twilio.sids import is_call_sid
+from gateway.twilio.webhook import bounded_body
+
+log = logging.getLogger("gateway.api.control")
+
+CONTROL_REPLY_TIMEOUT_S = 3.0
+MAX_SAY_CHARS = 2000
+MAX_CONTROL_BODY_BYTES = 8 * 1024
+ACTIONS = ("hangup", "transfer", "say", "instruct")
+
+
+async def _authorised(request: Request, call_sid: str) -> None:
+    from gateway.api.routes import _api, _known_call
+
+    api = _api(request)
+    key = api.authenticate(request)
+    if not is_call_sid(call_sid):
+        raise ApiError(404, "call_not_found", f"no call {call_sid[:40]!r} is known to this gateway")
+    if not api.keys.is_operator(key):
+        await _known_call(request, api, key)  # 404 unless this key placed the call
+
+
+async def _say_body(request: Request) -> tuple[str, str]:
+    """``{"text": "...", "as": "message" | "instructions"}`` -> (action, text)."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
+    try:
+        body = orjson.loads(await bounded_body(request, MAX_CONTROL_BODY_BYTES))
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", "the body did not arrive in time") from None
+    except (ValueError, orjson.JSONDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not JSON (or is too large)") from None
+    if not isinstance(body, dict) or set(body) - {"text", "as"}:
+        raise ApiError(400, "invalid_request", 'expected {"text": "...", "as": "message" | "instructions"}')
+    text, kind = body.get("text"), body.get("as", "message")
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY_CHARS:
+        raise ApiError(400, "invalid_text", f"text must be a non-empty string of at most {MAX_SAY_CHARS} characters")
+    if kind not in ("message", "instructions"):
+        raise ApiError(400, "invalid_as", 'as must be "message" or "instructions"')
+    return ("say" if kind == "message" else "instruct"), text
+
+
+async def control_call(shared: SharedState, call_sid: str, action: str, text: str = "") -> dict[str, Any]:
+    """Ask the instance holding ``call_sid`` to act; its reply, or ApiError 404/503/504."""
+    try:
+        holder = await shared.call_holder(call_sid)
+        if holder is None:
+            raise ApiError(404, "call_not_live", f"call {call_sid} is not in progress on any instance")
+        request_id = secrets.token_hex(16)
+        await shared.send_control(holder, {"id": request_id, "call_sid": call_sid, "action": action, "text": text})
+        reply = await shared.wait_reply(request_id, CONTROL_REPLY_TIMEOUT_S)
+    except StateUnavailable as error:
+        log.error("shared state unavailable for %s on %s: %s", action, call_sid, error)
+        raise ApiError(503, "state_unavailable", "the shared state is unavailable; retry later",
+                       headers={"Retry-After": "5"}) from None
+    if reply is None:
+        raise ApiError(504, "holder_not_answering",
+                       f"the instance holding the call did not answer within {CONTROL_REPLY_TIMEOUT_S:g} s")
+    if not reply.get("ok"):
+        raise ApiError(404, "call_not_live", f"call {call_sid} is no longer in progress")
+    return {"call_sid": call_sid, "action": action, "accepted": True, "instance": holder}
+
+
+def control_endpoint(action: str) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        call_sid = request.path_params["sid"]
+        try:
+            await _authorised(request, call_sid)
+            kind, text = await _say_body(request) if action == "say" else (action, "")
+            result = await control_call(request.app.state.gateway.shared, call_sid, kind, text)
+            return JSONResponse(result, status_code=202)
+        except ApiError as error:
+            return error_response(error)
+
+    endpoint.__name__ = f"{action}_live_call"
+    return endpoint
+
+
+async def serve_control(shared: SharedState, instance: str, find_session: Callable[[str], Any]) -> None:
+    """Take the control requests addressed to this instance, act on the call, reply. Runs for the app's life."""
+    while True:
+        try:
+            message = await shared.next_control(instance, 1.0)
+        except StateUnavailable as error:
+            log.warning("control requests unavailable (%s); retrying", error)
+            await asyncio.sleep(1.0)
+            continue
+        if not message or not isinstance(message.get("id"), str):
+            continue
+        action, text = message.get("action"), message.get("text") or ""
+        session = find_session(str(message.get("call_sid", "")))
+        ok = False
+        if session is not None and action in ACTIONS and isinstance(text, str):
+            try:
+                ok = await session.control(action, text[:MAX_SAY_CHARS])
+            except Exception:
+                log.exception("control %s failed", action)
+        try:
+            await shared.reply(message["id"][:64], {"ok": ok})
+        except StateUnavailable as error:
+            log.warning("control reply not sent (%s)", error)

@@ -1,0 +1,68 @@
+"""Call records and per-call settings, behind one small interface: :class:`CallStore`.
+
+* Per-call settings (:class:`OutboundCallSettings`) are saved by ``POST /calls`` under the CallSid Twilio returned,
+  and taken (read and deleted at once) by the media stream of that very call: single use, bound to the call, never
+  in a URL, a TwiML parameter, a log line or a recording. They expire (TTL) if the call never starts.
+* Call records (:class:`CallRecord`), for every call, inbound and outbound. An outbound call's record is made when
+  it is placed and follows Twilio's status callbacks: a status only moves forward (queued < initiated < ringing <
+  in-progress < a final status), so callbacks that arrive out of order, or late, never undo a later state. When a
+  call ends, the live call writes its final record (:meth:`CallStore.finish_call`): SIDs, start and end, outcome
+  and who ended it, turns, tool calls, reconnects and rollovers, usage and cost. ``GET /calls`` lists them
+  (:meth:`CallStore.list_calls`); :mod:`gateway.store.retention` prunes them (``RECORD_RETENTION_DAYS``).
+
+The package:
+
+* :mod:`~gateway.store.model`: the records and every rule about them (TTL, status order, the final-record merge,
+  filters and paging), pure; :mod:`~gateway.store.base`: the interface, and those rules over each backend's
+  primitives (read-modify-write written once);
+* one module per backend, chosen by ``STORE_URL`` (:func:`open_store`):
+  :mod:`~gateway.store.memory` (``memory://``, the default: one process, bounded),
+  :mod:`~gateway.store.sqlite` (``sqlite:///path.db``: several workers on one host),
+  :mod:`~gateway.store.postgres` (``postgresql://user@host:port/db``: several hosts);
+* :mod:`~gateway.store.migrate`: versioned schema migrations (``sql/<dialect>/NNNN_*.sql``), applied in place when a
+  SQLite or PostgreSQL store opens;
+* :mod:`~gateway.store.retention`: pruning of old records and their recordings.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from gateway.store.base import CallStore, StoreBase
+from gateway.store.memory import MemoryCallStore
+from gateway.store.model import (
+    CALL_STATUSES, DEFAULT_MAX_CALLS, DEFAULT_MAX_SETTINGS, DEFAULT_PAGE_SIZE, DEFAULT_SETTINGS_TTL_S,
+    DIRECTION_FILTERS, ENDED_BY, FINAL_STATUSES, INBOUND, MACHINE_DETECTION_CHOICES, MAX_PAGE_SIZE, OUTBOUND_API,
+    CallPage, CallQuery, CallRecord, OutboundCallSettings, SessionChange, ToolRun, Turn, as_final_record,
+    decode_cursor, encode_cursor, merge_final, next_status, status_rank,
+)
+from gateway.store.postgres import PostgresCallStore
+from gateway.store.retention import prune, run_retention
+from gateway.store.sqlite import SQLiteCallStore
+
+__all__ = [
+    "CALL_STATUSES", "DEFAULT_MAX_CALLS", "DEFAULT_MAX_SETTINGS", "DEFAULT_PAGE_SIZE", "DEFAULT_SETTINGS_TTL_S",
+    "DIRECTION_FILTERS", "ENDED_BY", "FINAL_STATUSES", "INBOUND", "MACHINE_DETECTION_CHOICES", "MAX_PAGE_SIZE",
+    "OUTBOUND_API", "CallPage", "CallQuery", "CallRecord", "CallStore", "MemoryCallStore", "OutboundCallSettings",
+    "PostgresCallStore", "SQLiteCallStore", "SessionChange", "StoreBase", "ToolRun", "Turn", "as_final_record",
+    "decode_cursor",
+    "encode_cursor", "merge_final", "next_status", "open_store", "prune", "run_retention", "status_rank",
+]
+
+
+def open_store(url: str) -> CallStore:
+    """The store ``STORE_URL`` names: ``""``/``memory://`` in-process, ``sqlite:///relative.db``,
+    ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``, ``postgresql://user@host:port/db``
+    (or ``postgres://``). A SQLite database is migrated here; a PostgreSQL one on first use."""
+    scheme = urlsplit(url).scheme if url else "memory"
+    if scheme == "memory":
+        return MemoryCallStore()
+    if scheme == "sqlite":
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        if not path:
+            raise ValueError(f"STORE_URL for SQLite must be sqlite:///path.db, got {url!r}")
+        return SQLiteCallStore(path)
+    if scheme in ("postgresql", "postgres"):
+        return PostgresCallStore(url)
+    raise ValueError(f"unsupported STORE_URL scheme {scheme!r}: use memory://, sqlite:///path.db or "
+                     "postgresql://user@host:port/db")

@@ -1,0 +1,150 @@
+"""Scale-out: a live call controlled from any instance, and concurrency leases shared through Redis.
+
+Two gateways share one Redis (``redis://127.0.0.1:6379/15``); the replay phone calls one, the HTTP API request
+lands on the other. Without Redis the Redis tests skip, saying why; the in-process state is tested on one instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.call import CallStarted
+from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.state import MemoryState, RedisState
+
+from .conftest import start_gateway
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+KEY = "k-operator-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+async def redis_or_skip() -> None:
+    client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        await client.ping()
+    except Exception as error:  # noqa: BLE001
+        pytest.skip(f"Redis not reachable at {REDIS_URL}: {type(error).__name__}: {error}")
+    finally:
+        await client.aclose()
+
+
+async def call_sid_of(gw, timeout_s: float = 10.0) -> str:
+    for _ in range(int(timeout_s / 0.05)):
+        started = gw.of_type(CallStarted)
+        if started:
+            return started[0].call_sid
+        await asyncio.sleep(0.05)
+    raise AssertionError("no call started")
+
+
+def long_call(gw):
+    turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)]
+    return asyncio.create_task(run_call(gw.ws_url, turns, timeout_s=40, hangup_after_ms=20_000))
+
+
+async def test_a_call_on_one_instance_is_hung_up_through_another() -> None:
+    await redis_or_skip()
+    common = dict(redis_url=REDIS_URL, api_keys=(KEY,))
+    async with start_gateway(instance_id="gw-a", **common) as a, start_gateway(instance_id="gw-b", **common) as b:
+        phone = long_call(a)
+        call_sid = await call_sid_of(a)
+        await asyncio.sleep(0.5)  # registered (in the background, once the call started)
+        async with httpx.AsyncClient(base_url=b.http_url) as http:
+            response = await http.post(f"/calls/{call_sid}/hangup", headers=AUTH)
+            assert response.status_code == 202, response.text
+            assert response.json()["instance"] == "gw-a"
+            report = await asyncio.wait_for(phone, 15)
+            assert report.ended_by == "gateway_closed"
+            # Over: not live anywhere, not known as a record either.
+            await asyncio.sleep(0.3)
+            gone = await http.post(f"/calls/{call_sid}/say", headers=AUTH, json={"text": "hello"})
+            assert gone.status_code == 404, gone.text
+
+
+async def test_say_reaches_the_agent_of_a_call_held_elsewhere_and_instructions_change() -> None:
+    await redis_or_skip()
+    common = dict(redis_url=REDIS_URL, api_keys=(KEY,))
+    async with start_gateway(instance_id="gw-c", **common) as a, start_gateway(instance_id="gw-d", **common) as b:
+        phone = long_call(a)
+        call_sid = await call_sid_of(a)
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient(base_url=b.http_url) as http:
+            said = await http.post(f"/calls/{call_sid}/say", headers=AUTH,
+                                   json={"text": "Tell the caller their order shipped."})
+            assert said.status_code == 202, said.text
+            instructed = await http.post(f"/calls/{call_sid}/say", headers=AUTH,
+                                         json={"text": "Speak French from now on.", "as": "instructions"})
+            assert instructed.status_code == 202, instructed.text
+            bad = await http.post(f"/calls/{call_sid}/say", headers=AUTH, json={"text": ""})
+            assert bad.status_code == 400
+            await asyncio.sleep(0.5)
+            session = a.local_server.sessions[-1]
+            assert ("system", "Tell the caller their order shipped.") in session.client_texts
+            assert a.app.state.gateway.find_session(call_sid).call.config.session_update["session"]["instructions"] \
+                == "Speak French from now on."
+            await http.post(f"/calls/{call_sid}/hangup", headers=AUTH)
+        await asyncio.wait_for(phone, 15)
+
+
+async def test_a_holder_that_does_not_answer_is_a_504_and_an_unknown_call_a_404() -> None:
+    await redis_or_skip()
+    async with start_gateway(instance_id="gw-e", redis_url=REDIS_URL, api_keys=(KEY,)) as gw:
+        ghost_call = "CA" + "e" * 32
+        await gw.app.state.gateway.shared.register_call(ghost_call, "an-instance-that-crashed", 10)
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            response = await http.post(f"/calls/{ghost_call}/transfer", headers=AUTH)
+            assert response.status_code == 504, response.text
+            unknown = await http.post(f"/calls/CA{'f' * 32}/transfer", headers=AUTH)
+            assert unknown.status_code == 404
+            assert (await http.post(f"/calls/CA{'f' * 32}/transfer")).status_code == 401
+
+
+async def test_the_global_limit_holds_across_instances_and_a_crashed_instances_slot_frees_itself() -> None:
+    await redis_or_skip()
+    common = dict(redis_url=REDIS_URL, max_calls_global=1)
+    state = RedisState(REDIS_URL)
+    try:
+        await state.release_lease("global", "stale")  # a clean slate for this scope
+        async with start_gateway(instance_id="gw-f", **common) as a, start_gateway(instance_id="gw-g", **common) as b:
+            first = long_call(a)
+            await call_sid_of(a)
+            await asyncio.sleep(0.5)
+            second = await run_call(b.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
+                                    timeout_s=20, hangup_after_ms=5000)
+            assert second.ended_by == "gateway_closed"  # refused: the one slot is taken on the other instance
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+        # A lease whose instance died (never released) stops counting after its TTL.
+        assert await state.acquire_lease("test-crash", "call-1", 1, 0.2)
+        assert not await state.acquire_lease("test-crash", "call-2", 1, 0.2)
+        await asyncio.sleep(0.3)
+        assert await state.acquire_lease("test-crash", "call-2", 1, 0.2)
+    finally:
+        await state.aclose()
+
+
+async def test_without_redis_limits_fail_closed_and_calls_end_with_the_message() -> None:
+    async with start_gateway(max_calls_global=5) as gw:
+        gw.app.state.gateway.shared = RedisState("redis://127.0.0.1:1/0", timeout_s=0.3)
+        gw.app.state.gateway.services.shared = gw.app.state.gateway.shared
+        report = await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
+                                timeout_s=20, hangup_after_ms=5000)
+    assert report.ended_by == "gateway_closed"
+
+
+async def test_memory_state_leases_and_control_queue() -> None:
+    state = MemoryState()
+    assert await state.acquire_lease("s", "a", 2, 10) and await state.acquire_lease("s", "b", 2, 10)
+    assert not await state.acquire_lease("s", "c", 2, 10)
+    await state.release_lease("s", "a")
+    assert await state.acquire_lease("s", "c", 2, 10)
+    await state.register_call("CA1", "me", 10)
+    assert await state.call_holder("CA1") == "me"
+    await state.send_control("me", {"id": "r1"})
+    assert await state.next_control("me", 0.1) == {"id": "r1"}
+    assert await state.wait_reply("r1", 0.05) is None
