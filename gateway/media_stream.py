@@ -109,6 +109,7 @@ class CallServices:
     prices: Any = None  # gateway.observe.cost.Prices of the configured model (None: unknown, cost not counted)
     budget: Any = None  # gateway.observe.budget.DailyBudget: today's cost, shared by every instance
     shared: Any = None  # gateway.state.SharedState: leases (concurrency limits) and the live-call registry
+    feed: Callable[[Call, CallEvent], None] | None = None  # live view of every call's events (the console)
 
 
 def call_config(settings: Settings, registry: ToolRegistry | None = None) -> CallConfig:
@@ -652,9 +653,11 @@ class MediaStreamSession:
                      event.session_age_ms / 1000, event.reason)
         elif not isinstance(event, AgentAudioStarted):
             log.debug("call event call_sid=%s %s", self.call.call_sid or "-", event)
-        if self._observer is not None:
+        for observer in (self._observer, self.services.feed):
+            if observer is None:
+                continue
             try:
-                self._observer(self.call, event)
+                observer(self.call, event)
             except Exception:
                 log.exception("call observer failed")
         return self._cost_added(cost) if cost else []

@@ -114,6 +114,29 @@ class TurnReport:
 
 
 @dataclass(slots=True)
+class Silence:
+    """A stretch in which the caller expected agent audio and heard none (below the heard threshold).
+
+    ``kind``: ``"answer"``: from the end of a caller turn that expects an answer (its speech end) to the first agent
+    audio heard after it; when none came before the caller did something else (spoke, pressed a key) or the call
+    ended, it lasts until then and ``answered`` is False. ``"inside_answer"``: the agent's playback drained (not
+    cleared) and agent audio was heard again with no caller turn or key press between: from the last audio heard
+    before the drain to the first heard after it, a hole in one answer. ``after_turn``: the caller turn it follows
+    ("" before the caller's first turn, e.g. inside a greeting).
+    """
+
+    start_ms: float
+    duration_ms: float
+    kind: str  # "answer" | "inside_answer"
+    after_turn: str = ""
+    answered: bool = True
+
+    @property
+    def end_ms(self) -> float:
+        return self.start_ms + self.duration_ms
+
+
+@dataclass(slots=True)
 class CallReport:
     """The outcome of one replayed call (see the module docstring for the time base)."""
 
@@ -139,6 +162,9 @@ class CallReport:
     agent_heard_ms: float = 0.0  # milliseconds in which agent audio was actually heard (above the heard threshold)
     agent_audio_cleared_ms: float = 0.0
     max_queue_ms: float = 0.0  # the most agent audio queued ahead of playback at once
+    silences: list[Silence] = field(default_factory=list)  # where the caller expected audio and heard none
+    reader_paused_ms: float = 0.0  # the slow reader's pauses: how long the phone left its socket unread
+    max_unread_bytes: int = 0  # the most bytes seen waiting, unread, in the phone's socket buffer (slow reader)
     caller_audio: bytes = field(default=b"", repr=False)  # mu-law 8 kHz, t = 0 at index 0
     heard_audio: bytes = field(default=b"", repr=False)  # mu-law 8 kHz, silence where nothing played
 
@@ -164,6 +190,17 @@ class CallReport:
         """Caller speech start -> agent audio stopped, for every barge-in that found the agent talking."""
         return [t.stop_ms for t in self.turns if t.barge_in and t.stop_ms is not None]
 
+    @property
+    def longest_silence(self) -> Silence | None:
+        """The longest stretch where the caller expected agent audio and heard none (the first, on a tie)."""
+        return max(self.silences, key=lambda s: s.duration_ms, default=None)
+
+    @property
+    def longest_silence_ms(self) -> float:
+        """Its length in ms; 0 when the caller never waited for audio."""
+        longest = self.longest_silence
+        return 0.0 if longest is None else longest.duration_ms
+
     def to_dict(self) -> dict[str, Any]:
         """Everything but the audio, JSON-ready."""
         out = {name: _jsonable(getattr(self, name)) for name in self.__dataclass_fields__}
@@ -172,6 +209,8 @@ class CallReport:
         out["marks_received"] = self.marks_received
         out["marks_echoed"] = self.marks_echoed
         out["violation_counts"] = self.violation_counts
+        out["longest_silence_ms"] = round(self.longest_silence_ms, 3)
+        out["longest_silence"] = _jsonable(self.longest_silence)
         return out
 
     def _tracks(self) -> tuple[bytes, bytes]:

@@ -41,6 +41,21 @@ def _s(ms: float) -> str:
     return f"{ms / 1000.0:.1f} s"
 
 
+def _silence(report: CallReport) -> str:
+    """The longest silence where the caller expected agent audio, and where it was."""
+    silence = report.longest_silence
+    if silence is None:
+        return "longest silence: none (the caller never waited for agent audio)"
+    turn = f"'{silence.after_turn}'" if silence.after_turn else ""
+    if silence.kind == "inside_answer":
+        where = f"a hole inside the answer to {turn}" if turn else "a hole inside the greeting"
+    elif silence.answered:
+        where = f"waiting for the answer to {turn}"
+    else:
+        where = f"after {turn}, no answer came"
+    return f"longest silence: {silence.duration_ms:.0f} ms ({where}, from {_s(silence.start_ms)})"
+
+
 def format_summary(report: CallReport, results: Iterable[ExpectationResult] | None = None,
                    *, color: bool | None = None) -> str:
     """The summary of ``report`` (and of the expectation ``results``, if any) as text, one fact per line."""
@@ -85,6 +100,7 @@ def format_summary(report: CallReport, results: Iterable[ExpectationResult] | No
     else:
         lines.append("  violations: none")
     lines.append(f"  underruns: {report.underruns}" + (f" ({report.underrun_ms:.0f} ms of holes)" if report.underruns else ""))
+    lines.append("  " + _silence(report))
     heard = f"  agent audio heard: {_s(report.agent_audio_played_ms)}"
     if report.agent_audio_cleared_ms:
         heard += f" ({_s(report.agent_audio_received_ms)} received, {_s(report.agent_audio_cleared_ms)} cleared)"
@@ -95,6 +111,8 @@ def format_summary(report: CallReport, results: Iterable[ExpectationResult] | No
     if report.frames_dropped:
         harness += f", {report.frames_dropped} dropped (packet loss)"
     harness += f", max frame lag {report.max_frame_lag_ms:.0f} ms"
+    if report.reader_paused_ms:
+        harness += f", socket left unread {_s(report.reader_paused_ms)} (up to {report.max_unread_bytes} bytes waiting)"
     lines.append(c(harness, _DIM))
 
     # Expectations and the verdict.
