@@ -760,9 +760,9 @@ def test_a_rollover_is_prepared_before_the_session_limit_only_at_a_quiet_point()
 
     call = rollover_call()
     assert not of_type(call.tick(49_000), PrepareRollover)  # not yet within the margin
-    call.model_event(rt.SpeechStarted("item_u1", 0), 50_000)
+    call.model_event(rt.SpeechStarted(audio_start_ms=0, item_id="item_u1"), 50_000)
     assert not of_type(call.tick(50_000), PrepareRollover)  # the caller is speaking
-    call.model_event(rt.SpeechStopped("item_u1", 0), 51_000)
+    call.model_event(rt.SpeechStopped(audio_end_ms=0, item_id="item_u1"), 51_000)
     call.model_event(rt.Transcript("user", "item_u1", "what time is it"), 51_000)
     call.model_event(rt.ResponseCreated("resp_1"), 51_100)
     assert not of_type(call.tick(51_200), PrepareRollover)  # the agent is answering
@@ -789,9 +789,9 @@ def test_a_rollover_is_abandoned_when_the_caller_speaks_while_it_is_prepared():
 
     call = rollover_call()
     assert of_type(call.tick(55_000), PrepareRollover)
-    call.model_event(rt.SpeechStarted("item_u1", 0), 55_200)
+    call.model_event(rt.SpeechStarted(audio_start_ms=0, item_id="item_u1"), 55_200)
     assert call.rollover_ready(55_400) == []  # the shell drops the prepared session
-    call.model_event(rt.SpeechStopped("item_u1", 0), 56_000)
+    call.model_event(rt.SpeechStopped(audio_end_ms=0, item_id="item_u1"), 56_000)
     assert not of_type(call.tick(56_500), PrepareRollover)  # not again at once
     assert of_type(call.tick(57_500), PrepareRollover)
     call.rollover_failed(57_600)  # could not be prepared: the current session goes on, tried again later

@@ -38,6 +38,7 @@ MAX_CARRIED_ITEMS = 60
 MAX_CARRIED_CHARS = 2000
 MAX_HELD_ITEMS = 32
 MAX_TRACKED_ITEMS = 64  # agent items whose audio accounting is kept
+MAX_TRACKED_FRAMES = 1500  # caller frames whose arrival times are kept (30 s of 20 ms frames)
 MAX_GREETING_ATTEMPTS = 3
 # While a replacement model session connects, the caller hears soft comfort noise once it has taken this long
 # (a dead line sounds like a dropped call), a second at a time, and none of it once the model is back.
@@ -107,7 +108,12 @@ class Call:
         self._model_bytes_per_ms = model_bytes_per_ms(config.audio_format)
         self._model_ready = False
         self._pending_audio: deque[bytes] = deque()
+        self._pending_arrivals: deque[tuple[int, float]] = deque()  # (ms, arrival) of each held frame
         self._pending_audio_bytes = 0  # model-format bytes held
+        # The model session's input audio clock (ms appended in this session) against when each frame arrived:
+        # the model's speech_stopped names a position in it, turned here into when the caller really stopped.
+        self._input_ms = 0
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=MAX_TRACKED_FRAMES)
         self._next_timestamp_ms: int | None = None
         # Real-time budget of caller audio: ms accepted since the first media frame, and when that frame came.
         self._first_media_ms: float | None = None
@@ -258,11 +264,15 @@ class Call:
             audio = mulaw_silence(gap_ms) + audio
         converted = self._inbound.convert(audio)
         if self._model_ready:
+            self._input_ms += frame_ms
+            self._arrivals.append((self._input_ms, now_ms))
             return [Send(Peer.MODEL, rt.input_audio_append(converted))]
         self._pending_audio.append(converted)
+        self._pending_arrivals.append((frame_ms, now_ms))
         self._pending_audio_bytes += len(converted)
         while self._pending_audio_bytes > MAX_PENDING_AUDIO_MS * self._model_bytes_per_ms and self._pending_audio:
             dropped = self._pending_audio.popleft()
+            self._pending_arrivals.popleft()
             self._pending_audio_bytes -= len(dropped)
         return []
 
@@ -284,6 +294,11 @@ class Call:
             self._comfort_noise_sent = False
             if not self._playback.playing:
                 out.append(Send(Peer.TWILIO, tw.clear_message(self.stream_sid)))
+        self._restart_input_clock()
+        for frame_ms, arrived in self._pending_arrivals:
+            self._input_ms += frame_ms
+            self._arrivals.append((self._input_ms, arrived))
+        self._pending_arrivals.clear()
         if self._pending_audio:
             # One message: held audio must reach the model before (and not interleaved with) live frames.
             out.append(Send(Peer.MODEL, rt.input_audio_append(b"".join(self._pending_audio))))
@@ -292,6 +307,18 @@ class Call:
         out.extend(Send(Peer.MODEL, item) for item in self._held_items)
         self._held_items.clear()
         return out + self._request_response_if_ready()
+
+    def _restart_input_clock(self) -> None:
+        self._input_ms = 0
+        self._arrivals.clear()
+
+    def _caller_stopped_at(self, audio_end_ms: int, now_ms: float) -> float:
+        """When the frame holding the session's input audio position ``audio_end_ms`` arrived (``now_ms`` when
+        it is no longer known)."""
+        for end_ms, arrived in self._arrivals:
+            if end_ms >= audio_end_ms:
+                return min(arrived, now_ms)
+        return now_ms
 
     def _session_setup(self, *, carry: bool) -> list[dict[str, Any]]:
         """What configures a model session: the session.update, then (for a replacement) the conversation so far,
@@ -338,6 +365,7 @@ class Call:
         age_ms = int(now_ms - self._session_started_ms) if self._session_started_ms is not None else 0
         self._session += 1
         self._session_started_ms = now_ms
+        self._restart_input_clock()
         self._interrupted_responses.clear()
         reason = "session limit ahead"
         return [SwitchModel(reason), ModelRolledOver(reason, age_ms)]
@@ -396,7 +424,7 @@ class Call:
         if isinstance(event, rt.SpeechStopped):
             # The caller finished: a response we held back (a tool's result, a key press) may be asked for now.
             self._caller_speaking = False
-            self._caller_stopped_ms = now_ms
+            self._caller_stopped_ms = self._caller_stopped_at(event.audio_end_ms, now_ms)
             return self._request_response_if_ready()
         if isinstance(event, rt.ResponseCreated):
             if self._response_requested and self._greeting_session == self._session and not self._greeting_done \
@@ -731,6 +759,7 @@ class Call:
             return []
         self.ended = True
         self._pending_audio.clear()
+        self._pending_arrivals.clear()
         self._items.clear()
         self._queued_tools.clear()
         self._playback = PlaybackTracker()

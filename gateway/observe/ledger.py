@@ -28,6 +28,7 @@ MAX_RECORD_TOOLS = 200
 MAX_TEXT_CHARS = 4000
 MAX_SEEN_RESPONSES = 256
 MAX_STASHED_TEXTS = 16
+MAX_SESSION_CHANGES = 100
 
 # Who ended a call, from the reason the shell ended it with (gateway.media_stream): the first match wins.
 _ENDED_BY = (
@@ -90,8 +91,8 @@ class CallLedger:
     started_at: float = field(default_factory=time.time)
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
-    reconnects: dict[str, int] = field(default_factory=dict)
-    rollovers: int = 0
+    reconnects: list[dict[str, Any]] = field(default_factory=list)  # {cause, t_ms}
+    rollovers: list[dict[str, Any]] = field(default_factory=list)
     tools: list[dict[str, Any]] = field(default_factory=list)
     _turns: list[_Turn] = field(default_factory=list)
     _turns_dropped: int = 0
@@ -130,16 +131,20 @@ class CallLedger:
         elif isinstance(event, ModelSessionLost):
             cause = metrics.label("reconnects", "cause", metrics.cause(event.reason))
             metrics.MODEL_RECONNECTS.labels(cause).inc()
-            if len(self.reconnects) < 20 or cause in self.reconnects:
-                self.reconnects[cause] = self.reconnects.get(cause, 0) + 1
+            if len(self.reconnects) < MAX_SESSION_CHANGES:
+                self.reconnects.append({"cause": cause, "t_ms": self._t_ms(now_ms)})
             self.trace.event("model_reconnect", now_ms, {"cause": cause})
         elif isinstance(event, ModelRolledOver):
-            self.rollovers += 1
+            if len(self.rollovers) < MAX_SESSION_CHANGES:
+                self.rollovers.append({"cause": "session limit", "t_ms": self._t_ms(now_ms)})
             metrics.MODEL_ROLLOVERS.labels("session_limit").inc()
             self.trace.event("model_rollover", now_ms, {"session_age_ms": event.session_age_ms})
         elif isinstance(event, ToolCalled):
             pass  # counted when it finishes (tool_finished), with its outcome
         return 0.0
+
+    def _t_ms(self, now_ms: float) -> int | None:
+        return round(now_ms - self.started_ms) if self.started_ms is not None else None
 
     def _turn_started(self, event: AgentAudioStarted, now_ms: float) -> None:
         if event.turn_latency_ms is not None:
@@ -204,7 +209,8 @@ class CallLedger:
         metrics.TOOL_CALLS.labels(tool, outcome).inc()
         metrics.TOOL_DURATION.labels(tool).observe(seconds)
         if len(self.tools) < MAX_RECORD_TOOLS:
-            self.tools.append({"name": name[:64], "outcome": outcome, "duration_ms": round(seconds * 1000)})
+            self.tools.append({"name": name[:64], "outcome": outcome, "duration_ms": round(seconds * 1000),
+                               "t_ms": self._t_ms(now_ms - seconds * 1000)})
 
     def marks_pending(self, count: int) -> None:
         if count != self._marks_pending:
@@ -242,8 +248,8 @@ class CallLedger:
             "turns": [turn.as_dict(started) for turn in self._turns],
             "turns_not_recorded": self._turns_dropped,
             "tools": list(self.tools),
-            "reconnects": dict(self.reconnects),
-            "rollovers": self.rollovers,
+            "reconnects": list(self.reconnects),
+            "rollovers": list(self.rollovers),
             "model": self.model,
             "usage": self.usage.as_dict(),
             "cost_usd": round(self.cost_usd, 6),
