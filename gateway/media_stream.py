@@ -157,6 +157,7 @@ def call_config(settings: Settings, registry: ToolRegistry | None = None) -> Cal
         max_tools_per_call=settings.max_tools_per_call,
         session_limit_ms=int(settings.model_session_limit() * 1000),
         rollover_margin_ms=int(settings.model_rollover_margin_s * 1000),
+        vad_silence_ms=settings.vad_silence_duration_ms if settings.turn_detection == "server_vad" else 0,
     )
 
 
@@ -274,6 +275,12 @@ class MediaStreamSession:
             )
             await self._release_leases()
             await self._save_record(record)
+            # Hook (call recordings): the call's stereo WAV from its frame recording, when it may be recorded
+            # (RECORD_AUDIO, or POST /calls' "record"), named in its record (gateway.recording_wav).
+            if self._recorder is not None:
+                from gateway.recording_wav import save_call_recording
+
+                await save_call_recording(self.services.store, self.settings, self._recorder.path, record["call_sid"])
 
     # ---- readers ----------------------------------------------------------------------------
 

@@ -83,6 +83,9 @@ class CallConfig:
     # quiet point by one prepared beside it (0: the limit is unknown; a session that expires is replaced after).
     session_limit_ms: int = 0
     rollover_margin_ms: int = 0
+    # server_vad's silence_duration_ms: the model's speech_stopped names the end of that silence, not of the
+    # speech (turn latency counts from the speech's end). 0 when unknown (semantic_vad).
+    vad_silence_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -424,7 +427,7 @@ class Call:
         if isinstance(event, rt.SpeechStopped):
             # The caller finished: a response we held back (a tool's result, a key press) may be asked for now.
             self._caller_speaking = False
-            self._caller_stopped_ms = self._caller_stopped_at(event.audio_end_ms, now_ms)
+            self._caller_stopped_ms = self._caller_stopped_at(event.audio_end_ms - self.config.vad_silence_ms, now_ms)
             return self._request_response_if_ready()
         if isinstance(event, rt.ResponseCreated):
             if self._response_requested and self._greeting_session == self._session and not self._greeting_done \
