@@ -6,8 +6,9 @@
   admitted only with a valid credential (and signature, with ``TWILIO_AUTH_TOKEN``), once. ``WS /media-stream``
   without one is for the keyless demo and tests only (see :func:`gateway.security.unsigned_streams_allowed`).
 * ``GET /healthz``: liveness, with the number of calls in progress and any insecure-mode warnings.
-* ``/calls``, ``/calls/{sid}``, ``/calls/{sid}/hangup``, ``/twilio/answer``, ``/twilio/call-status``,
-  ``/openapi.json``: the HTTP API (``gateway.api``).
+* ``/calls``, ``/calls/{sid}``, ``/calls/{sid}/recording``, ``/calls/{sid}/hangup``, ``/twilio/answer``,
+  ``/twilio/call-status``, ``/openapi.json``: the HTTP API (``gateway.api``).
+* ``/console``: the web console (``gateway.console``).
 
 When no API key is configured the app starts the embedded Realtime-compatible server in-process and
 points the model side at it (and says so, loudly, in the log). With a real model, the app refuses to start
@@ -36,6 +37,7 @@ from gateway.api import OutboundApi
 from gateway.api import routes as api_routes
 from gateway.api.routes import AT_CAPACITY_MESSAGE
 from gateway.config import ConfigError, Settings
+from gateway.console import ConsoleSessions, LiveHub, console_routes
 from gateway.droplog import DropCounter
 from gateway.media_stream import POLICY_VIOLATION, CallObserver, CallServices, MediaStreamSession
 from gateway.security import (
@@ -72,7 +74,7 @@ class GatewayState:
         self.active_calls: set[MediaStreamSession] = set()
         self.validator = RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token else None
         self.credentials = StreamCredentials(stream_secret(settings), settings.stream_credential_ttl_s)
-        self.shared: SharedState = shared if shared is not None else open_state(settings.redis_url)
+        self.shared: SharedState = shared if shared is not None else open_state(settings.redis_url, settings.state_sqlite_path)
         self.warnings = insecure_warnings(settings)  # repeated by /healthz while they hold
         self.draining = False  # set on SIGTERM: no new calls, the live ones go on (gateway.runner.DrainingServer)
         self.refused_streams = DropCounter(
@@ -90,6 +92,10 @@ class GatewayState:
         if prices is None and not settings.uses_embedded_model:
             log.warning("no price known for model %s: call cost is not counted (set PRICE_TABLE_FILE or MODEL_PRICES)",
                         settings.realtime_model)
+        # The web console (/console): its logins, and the live view fed every event of every call here.
+        self.console_sessions = ConsoleSessions(settings.console_session_ttl_s)
+        self.console = LiveHub(owner_of=self.store.get_call, session_of=self.find_session,
+                               full_numbers=settings.log_full_numbers)
         self.services = CallServices(
             tools=build_tool_registry(settings, can_transfer=self.twilio.configured),
             store=self.store,
@@ -97,6 +103,7 @@ class GatewayState:
             prices=prices,
             budget=self.budget,
             shared=self.shared,
+            feed=self.console.feed,
         )
 
     def find_session(self, call_sid: str) -> MediaStreamSession | None:
@@ -118,6 +125,7 @@ class GatewayState:
 
     async def aclose(self) -> None:
         self.refused_streams.flush()
+        await self.console.aclose()
         await self.outbound.aclose()
         await self.store.close()
         await self.shared.aclose()
@@ -220,6 +228,7 @@ async def media_stream(websocket: WebSocket) -> None:
         await session.run()
     finally:
         state.active_calls.discard(session)
+        state.console.call_ended(session.call.call_sid)
 
 
 async def healthz(request: Request) -> Response:
@@ -320,6 +329,7 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
         WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
         WebSocketRoute(MEDIA_STREAM_PATH + "/{credential}", media_stream),
         *api_routes,
+        *console_routes,
     ]
     middleware = [Middleware(PeerAddressMiddleware)]
     if settings.trusted_proxy_ips:

@@ -20,26 +20,19 @@ def _configure_logging(level: str, settings: Settings | None = None) -> None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
-    from gateway.app import create_app
-
     settings = replace(settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port,
                        insecure_dev_mode=settings.insecure_dev_mode or args.insecure_dev)
-    from gateway.runner import DrainingServer, uvicorn_options
-
-    try:
-        app = create_app(settings)
-    except ConfigError as error:
-        print(f"gateway serve: {error}", file=sys.stderr)
+    workers = args.workers if args.workers is not None else settings.workers
+    if not 1 <= workers <= 64:
+        print("gateway serve: --workers must be 1 to 64", file=sys.stderr)
         return 2
-    # log_config=None: uvicorn's own lines go through the same safe formatter as ours (_configure_logging).
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            log_config=None, **uvicorn_options(settings))
-    server = DrainingServer(config, start_drain=lambda: app.state.gateway.start_drain(),
-                            drained=lambda: app.state.gateway.drained(), drain_timeout_s=settings.drain_timeout_s)
-    server.run()
-    return 0 if server.started else 1
+    if workers > 1:
+        from gateway.workers import serve_workers
+
+        return serve_workers(settings, workers)
+    from gateway.runner import serve_gateway
+
+    return serve_gateway(settings)
 
 
 def _local_realtime(args: argparse.Namespace, settings: Settings) -> int:
@@ -65,6 +58,18 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.micro:
+        from gateway.bench.micro import main as micro_main
+
+        return micro_main(as_json=args.json)
+    if args.steps:
+        from gateway.bench.steps import StepsConfig
+        from gateway.bench.steps import main as steps_main
+
+        config = StepsConfig(steps=[int(n) for n in args.steps.split(",") if n.strip()], seconds=args.seconds,
+                             ramp=args.ramp, targets=tuple(t for t in args.targets.split(",") if t.strip()),
+                             tls=args.tls, out_dir=args.out, gateway_path=args.gateway_path)
+        return steps_main(config, as_json=args.json)
     from gateway.bench import main as bench_main
 
     return bench_main(args.calls, args.seconds, args.audio_format, args.ramp, args.json)
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--insecure-dev", action="store_true",
                        help="development only: take calls with a real model without TWILIO_AUTH_TOKEN / PUBLIC_URL "
                             "(same as INSECURE_DEV_MODE=true; /healthz repeats the warning)")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="processes on this host sharing the port, the state and the metrics (default: WORKERS, or 1)")
     doctor = sub.add_parser("doctor", help="check the configuration before the first real call",
                             description="Check the settings, PUBLIC_URL, signatures, the model key and session, "
                                         "Twilio's credentials and numbers, Redis and the store; say what is wrong "
@@ -114,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--audio-format", choices=AUDIO_FORMATS, default="pcm16", help="the gateway's AUDIO_FORMAT")
     bench.add_argument("--ramp", type=float, default=5.0, help="start the calls evenly over this many seconds (default 5)")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
+    bench.add_argument("--steps", default="", help="compare with a null relay at these concurrent calls, e.g. 25,50,100")
+    bench.add_argument("--targets", default="relay,pcmu,pcm16", help="with --steps: what to run (default relay,pcmu,pcm16)")
+    bench.add_argument("--tls", action="store_true", help="with --steps: the model socket over TLS (a self-signed wss://)")
+    bench.add_argument("--out", default="", help="with --steps: write bench.json and bench.png into this folder")
+    bench.add_argument("--gateway-path", default="", help=argparse.SUPPRESS)  # another checkout's gateway: before/after
+    bench.add_argument("--micro", action="store_true", help="micro-benchmarks of the hot path (us per operation)")
     fuzz = sub.add_parser("fuzz", help="hostile Twilio-side frames against a gateway process, beside real calls",
                           description="Start the gateway in its own process (127.0.0.1, embedded model), storm it with "
                                       "malformed, hostile and oversized frames while real calls run, and check that the "

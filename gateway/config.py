@@ -180,6 +180,8 @@ class Settings:
     max_frame_bytes: int = 65536
     mark_interval_ms: int = 100
     record_calls_dir: str = ""  # when set, every call's Twilio frames are written there (gateway.recording)
+    record_audio: bool = False  # each call also as a stereo WAV there (gateway.recording_wav); POST /calls' "record" wins
+    console_session_ttl_s: int = 8 * 3600  # a /console login lasts this long (gateway.console)
     # Embedded Realtime-compatible server (used when no api_key is set)
     local_realtime_port: int = 0
     local_session_limit_s: float = 3600.0  # the embedded server's session limit (OpenAI's is 60 minutes)
@@ -218,6 +220,8 @@ class Settings:
     fallback_message: str = DEFAULT_FALLBACK_MESSAGE  # said when a call cannot go on (TwiML after </Connect>)
     # Scale-out (gateway.state): this instance's name in the live-call registry, and limits across instances
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    workers: int = 1  # gateway serve: processes on this host (WORKERS; --workers)
+    state_sqlite_path: str = ""  # shared state in this SQLite file (the workers of one host) when REDIS_URL is unset
     max_calls_global: int = 0  # calls at once across every instance sharing REDIS_URL; 0: no limit
     max_calls_per_number: int = 0  # calls at once to one called number (Twilio's "To"); 0: no limit
     # Observability and cost (gateway.observe)
@@ -334,9 +338,13 @@ class Settings:
             max_frame_bytes=_int(env, "MAX_FRAME_BYTES", 65536, 1024, 1 << 20),
             mark_interval_ms=_int(env, "MARK_INTERVAL_MS", 100, 20, 2000),
             record_calls_dir=(env.get("RECORD_CALLS_DIR") or "").strip(),
+            record_audio=_record_audio(env),
+            console_session_ttl_s=_int(env, "CONSOLE_SESSION_TTL_S", 8 * 3600, 60, 30 * 86400),
             local_realtime_port=_int(env, "LOCAL_REALTIME_PORT", 0, 0, 65535),
             local_session_limit_s=_float(env, "LOCAL_SESSION_LIMIT_S", 3600.0, 1.0, 86400.0),
             **({"instance_id": env["INSTANCE_ID"].strip()[:64]} if (env.get("INSTANCE_ID") or "").strip() else {}),
+            state_sqlite_path=(env.get("STATE_SQLITE_PATH") or "").strip(),
+            workers=_int(env, "WORKERS", 1, 1, 64),
             max_calls_global=_int(env, "MAX_CALLS_GLOBAL", 0, 0, 10_000_000),
             max_calls_per_number=_int(env, "MAX_CALLS_PER_NUMBER", 0, 0, 10_000_000),
             log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
@@ -350,6 +358,14 @@ class Settings:
             **_outbound_settings(env),
             **_security_settings(env),
         )
+
+
+def _record_audio(env: Mapping[str, str]) -> bool:
+    """RECORD_AUDIO: the WAVs are written next to the frame recordings they are made from."""
+    record_audio = _bool(env, "RECORD_AUDIO", False)
+    if record_audio and not (env.get("RECORD_CALLS_DIR") or "").strip():
+        raise ConfigError("RECORD_AUDIO needs RECORD_CALLS_DIR: the directory the recordings are written to")
+    return record_audio
 
 
 def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import socket
 import time
+import sys
 from types import FrameType
 from typing import Any, AsyncIterator, Callable
 
@@ -20,7 +21,7 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 
 log = logging.getLogger("gateway.runner")
 
@@ -176,3 +177,22 @@ async def running_app(app: Starlette, host: str = "127.0.0.1", port: int = 0, lo
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
+
+
+def serve_gateway(settings: Settings, sockets: list[socket.socket] | None = None) -> int:
+    """Run the gateway under uvicorn with the drain (``gateway serve``, and each of its workers); the exit status.
+    ``sockets``: an already listening socket (workers share their parent's)."""
+    from gateway.app import create_app
+
+    try:
+        app = create_app(settings)
+    except ConfigError as error:
+        print(f"gateway serve: {error}", file=sys.stderr)
+        return 2
+    # log_config=None: uvicorn's own lines go through the same formatter as ours (gateway.observe.logs).
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            log_config=None, **uvicorn_options(settings))
+    server = DrainingServer(config, start_drain=lambda: app.state.gateway.start_drain(),
+                            drained=lambda: app.state.gateway.drained(), drain_timeout_s=settings.drain_timeout_s)
+    server.run(sockets=sockets)
+    return 0 if server.started else 1

@@ -148,3 +148,19 @@ async def test_memory_state_leases_and_control_queue() -> None:
     await state.send_control("me", {"id": "r1"})
     assert await state.next_control("me", 0.1) == {"id": "r1"}
     assert await state.wait_reply("r1", 0.05) is None
+
+
+async def test_sqlite_state_is_shared_by_two_handles_of_one_file(tmp_path) -> None:
+    from gateway.state import SQLiteState
+
+    one, two = SQLiteState(str(tmp_path / "state.db")), SQLiteState(str(tmp_path / "state.db"))
+    assert await one.claim_once("nonce", 10) and not await two.claim_once("nonce", 10)
+    assert await one.acquire_lease("global", "CA1", 1, 10) and not await two.acquire_lease("global", "CA2", 1, 10)
+    assert await two.add_to_total("cost:day", 1.5, 100) == 1.5 and await one.add_to_total("cost:day", 1.0, 100) == 2.5
+    await one.register_call("CA1", "w0", 10)
+    assert await two.call_holder("CA1") == "w0"
+    await two.send_control("w0", {"id": "r", "action": "say"})
+    assert await one.next_control("w0", 1.0) == {"id": "r", "action": "say"}
+    await one.reply("r", {"ok": True})
+    assert await two.wait_reply("r", 1.0) == {"ok": True}
+    assert await two.wait_reply("nothing", 0.1) is None

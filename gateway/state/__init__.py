@@ -1,10 +1,14 @@
 """State shared by every instance of the gateway, behind one small interface: :class:`SharedState`.
 
-Today it holds the single-use claims of stream credentials (a credential opens one stream, once, whichever
-instance the stream lands on). Two implementations, chosen by ``REDIS_URL`` (:func:`open_state`):
+Implementations, chosen by ``REDIS_URL`` / ``STATE_SQLITE_PATH`` (:func:`open_state`):
 
 * :class:`MemoryState` (the default): in-process, bounded, nothing to install. One process only.
-* :class:`RedisState`: ``SET key NX PX ttl`` in Redis, shared by every instance behind a load balancer.
+* :class:`RedisState`: Redis, shared by every instance behind a load balancer.
+* :class:`SQLiteState`: one SQLite file, shared by the worker processes of one host (``gateway serve --workers``).
+
+What it holds: single-use claims of stream credentials, the daily cost total, concurrency leases (global and per
+called number, with a TTL renewed while a call lives), the registry of live calls (which instance holds which)
+and the control messages that reach the instance holding a call.
 
 When the shared state cannot be reached, :class:`StateUnavailable` is raised and the caller fails closed: a
 stream whose credential cannot be claimed is refused (Twilio's ``<Connect>`` then goes on to the next verb).
@@ -15,13 +19,17 @@ from __future__ import annotations
 from gateway.state.base import SharedState, StateUnavailable
 from gateway.state.memory import MemoryState
 from gateway.state.redis import RedisState
+from gateway.state.sqlite import SQLiteState
 
 
-def open_state(redis_url: str = "") -> SharedState:
-    """Redis when ``redis_url`` is set, else in-process."""
+def open_state(redis_url: str = "", sqlite_path: str = "") -> SharedState:
+    """Redis when ``redis_url`` is set; else one SQLite file when ``sqlite_path`` is (the workers of one host);
+    else in-process."""
     if redis_url:
         return RedisState(redis_url)
+    if sqlite_path:
+        return SQLiteState(sqlite_path)
     return MemoryState()
 
 
-__all__ = ["MemoryState", "RedisState", "SharedState", "StateUnavailable", "open_state"]
+__all__ = ["MemoryState", "RedisState", "SQLiteState", "SharedState", "StateUnavailable", "open_state"]

@@ -1,0 +1,170 @@
+"""Shared state in one SQLite file: the worker processes of one host (``gateway serve --workers N`` without
+``REDIS_URL``) see the same claims, totals, leases, live calls and control messages.
+
+Each operation is one short transaction (``BEGIN IMMEDIATE``: writers take turns) on a thread, so the event
+loop never waits on the file; a busy database waits up to 2 s, then the operation fails as
+:class:`StateUnavailable` (the caller fails closed). Control messages are polled (every 50 ms) while a reader
+waits: a handful of rows, and only while someone waits for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from typing import Any, Callable
+
+from gateway.state.base import StateUnavailable
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS totals (key TEXT PRIMARY KEY, total REAL NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (scope TEXT NOT NULL, holder TEXT NOT NULL, expires REAL NOT NULL,
+                                   PRIMARY KEY (scope, holder));
+CREATE TABLE IF NOT EXISTS calls (call_sid TEXT PRIMARY KEY, instance TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL,
+                                     body TEXT NOT NULL, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_channel ON messages (channel, id);
+"""
+POLL_S = 0.05
+MESSAGE_TTL_S = 30.0
+
+
+class SQLiteState:
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._local = threading.local()
+        try:
+            self._db().executescript(_SCHEMA)  # it commits itself; idempotent, so workers may race to it
+        except sqlite3.Error as error:
+            raise StateUnavailable(f"{type(error).__name__}: {error}") from error
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=2.0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            self._local.db = db
+        return db
+
+    def _run_sync(self, body: Callable[[sqlite3.Connection], Any]) -> Any:
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+        except sqlite3.Error as error:
+            raise StateUnavailable(f"{type(error).__name__}: {error}") from error
+
+    async def _run(self, body: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await asyncio.to_thread(self._run_sync, body)
+
+    async def claim_once(self, key: str, ttl_s: float) -> bool:
+        now = self._clock()
+
+        def claim(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM claims WHERE expires <= ?", (now,))
+            return db.execute("INSERT OR IGNORE INTO claims VALUES (?, ?)", (key, now + ttl_s)).rowcount == 1
+        return await self._run(claim)
+
+    async def add_to_total(self, key: str, amount: float, ttl_s: float) -> float:
+        now = self._clock()
+
+        def add(db: sqlite3.Connection) -> float:
+            db.execute("DELETE FROM totals WHERE expires <= ?", (now,))
+            db.execute("INSERT INTO totals VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET total = total + ?",
+                       (key, amount, now + ttl_s, amount))
+            return db.execute("SELECT total FROM totals WHERE key = ?", (key,)).fetchone()[0]
+        return await self._run(add)
+
+    async def get_total(self, key: str) -> float:
+        now = self._clock()
+        row = await self._run(lambda db: db.execute("SELECT total FROM totals WHERE key = ? AND expires > ?",
+                                                    (key, now)).fetchone())
+        return row[0] if row else 0.0
+
+    async def acquire_lease(self, scope: str, holder: str, limit: int, ttl_s: float) -> bool:
+        now = self._clock()
+
+        def acquire(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM leases WHERE scope = ? AND expires <= ?", (scope, now))
+            held = db.execute("SELECT 1 FROM leases WHERE scope = ? AND holder = ?", (scope, holder)).fetchone()
+            count = db.execute("SELECT COUNT(*) FROM leases WHERE scope = ?", (scope,)).fetchone()[0]
+            if not held and count >= limit:
+                return False
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (scope, holder, now + ttl_s))
+            return True
+        return await self._run(acquire)
+
+    async def renew_lease(self, scope: str, holder: str, ttl_s: float) -> None:
+        await self._run(lambda db: db.execute("UPDATE leases SET expires = ? WHERE scope = ? AND holder = ?",
+                                              (self._clock() + ttl_s, scope, holder)))
+
+    async def release_lease(self, scope: str, holder: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM leases WHERE scope = ? AND holder = ?", (scope, holder)))
+
+    async def register_call(self, call_sid: str, instance: str, ttl_s: float) -> None:
+        await self._run(lambda db: db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?)",
+                                              (call_sid, instance, self._clock() + ttl_s)))
+
+    async def call_holder(self, call_sid: str) -> str | None:
+        row = await self._run(lambda db: db.execute("SELECT instance FROM calls WHERE call_sid = ? AND expires > ?",
+                                                    (call_sid, self._clock())).fetchone())
+        return row[0] if row else None
+
+    async def unregister_call(self, call_sid: str, instance: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM calls WHERE call_sid = ? AND instance = ?",
+                                              (call_sid, instance)))
+
+    async def _push(self, channel: str, message: dict[str, Any]) -> None:
+        now = self._clock()
+
+        def push(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM messages WHERE expires <= ?", (now,))
+            db.execute("INSERT INTO messages (channel, body, expires) VALUES (?, ?, ?)",
+                       (channel, json.dumps(message), now + MESSAGE_TTL_S))
+        await self._run(push)
+
+    async def _pop(self, channel: str, timeout_s: float) -> dict[str, Any] | None:
+        def pop(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT id, body FROM messages WHERE channel = ? AND expires > ? ORDER BY id LIMIT 1",
+                             (channel, self._clock())).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM messages WHERE id = ?", (row[0],))
+            return row[1]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            body = await self._run(pop)
+            if body is not None:
+                try:
+                    message = json.loads(body)
+                except ValueError:
+                    return None
+                return message if isinstance(message, dict) else None
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(POLL_S)
+
+    async def send_control(self, instance: str, message: dict[str, Any]) -> None:
+        await self._push(f"control:{instance}", message)
+
+    async def next_control(self, instance: str, timeout_s: float) -> dict[str, Any] | None:
+        return await self._pop(f"control:{instance}", timeout_s)
+
+    async def reply(self, request_id: str, message: dict[str, Any]) -> None:
+        await self._push(f"reply:{request_id}", message)
+
+    async def wait_reply(self, request_id: str, timeout_s: float) -> dict[str, Any] | None:
+        return await self._pop(f"reply:{request_id}", timeout_s)
+
+    async def aclose(self) -> None:
+        pass

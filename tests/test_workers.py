@@ -1,0 +1,76 @@
+"""``gateway serve --workers 2``: two processes behind one port share credentials, state and metrics; SIGTERM
+drains both and the parent exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from gateway.fuzz import _clean_env
+from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.runner import free_port
+
+
+async def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            try:
+                if (await http.get(url + "/readyz", timeout=1)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError("the workers did not become ready")
+
+
+def metric_total(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+async def test_two_workers_share_credentials_state_and_metrics(tmp_path) -> None:
+    port = free_port()
+    env = {**_clean_env(), "STORE_URL": f"sqlite:///{tmp_path}/records.db", "LOG_LEVEL": "warning"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--workers", "2", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_healthy(base, proc)
+
+        async def one_call(index: int) -> bool:
+            async with httpx.AsyncClient(base_url=base) as http:
+                twiml = (await http.post("/incoming-call", data={"CallSid": f"CA{index:032x}"})).text
+            path = re.search(r'url="wss?://[^/"]+(/media-stream/[^"]+)"', twiml).group(1)
+            report = await run_call(f"ws://127.0.0.1:{port}{path}",
+                                    [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
+                                    timeout_s=30, hangup_after_ms=500, call_sid=f"CA{index:032x}")
+            assert report.turns, (report.ended_by, report.violations)
+            return report.turns[0].response_ms is not None and report.violations == []
+
+        # Credentials issued by whichever worker answered the webhook open streams on whichever gets the socket.
+        results = await asyncio.gather(*(one_call(i) for i in range(4)))
+        assert all(results), results
+        async with httpx.AsyncClient(base_url=base) as http:
+            for _ in range(50):
+                text = (await http.get("/metrics")).text
+                if metric_total(text, "gateway_calls_active") == 0 and metric_total(text, "gateway_calls_total") >= 4:
+                    break
+                await asyncio.sleep(0.1)
+        # Whichever worker answered /metrics, it counts every worker's calls.
+        assert metric_total(text, "gateway_calls_total") == 4, text
+        assert metric_total(text, "gateway_turn_latency_seconds_count") == 4
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
