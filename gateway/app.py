@@ -117,6 +117,7 @@ class GatewayState:
         """Stop taking new calls (SIGTERM): the calls in progress go on to their end. Safe in a signal handler."""
         if not self.draining:
             self.draining = True
+            metrics.DRAINING.set(1)
             log.warning("draining: no new calls; %d call(s) in progress go on (DRAIN_TIMEOUT_S=%d)",
                         len(self.active_calls), self.settings.drain_timeout_s)
 

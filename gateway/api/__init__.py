@@ -6,7 +6,9 @@
   strings (``requests``), one error shape (``errors``).
 * ``POST /twilio/answer``: Twilio asks it for the TwiML of an outbound call once the callee answers.
 * ``POST /twilio/call-status``: Twilio's status and answering-machine callbacks.
-* ``GET /openapi.json``: the OpenAPI 3.1 description (``openapi``).
+* ``GET /openapi.json``: the OpenAPI 3.1 description (``openapi``), generated from the request and answer models
+  (``requests``, ``responses``).
+* ``client``: the other side, ``gateway call``: places a call through a running gateway and follows it.
 
 Twilio's REST API is reached only through ``gateway.twilio.rest``; records and per-call settings live in
 ``gateway.store``.

@@ -67,6 +67,10 @@ class CallRequest(pydantic.BaseModel):
     machine_detection: Literal[MACHINE_DETECTION_CHOICES] | None = Field(  # type: ignore[valid-type]
         None, description="If an answering machine picks up: `none` (the default: the agent talks), `hangup`, or "
                           "`voicemail` (after the beep, say VOICEMAIL_MESSAGE and hang up).")
+    record: bool | None = Field(None, description="Record the call's audio (a stereo WAV: the callee left, the agent "
+                                                  "right, `GET /calls/{sid}/recording`): the callee's consent. "
+                                                  "Default: RECORD_AUDIO. `false` keeps no audio of the call at all. "
+                                                  "`true` needs RECORD_CALLS_DIR.")
 
 
 class TwilioStatusCallback(pydantic.BaseModel):
@@ -91,6 +95,7 @@ _FIELD_RULES = {
     "metadata": f"must be an object of at most {MAX_METADATA_ENTRIES} entries whose keys are 1 to "
                 f"{MAX_METADATA_KEY_CHARS} characters and whose values are strings",
     "machine_detection": f"must be one of {', '.join(MACHINE_DETECTION_CHOICES)}",
+    "record": "must be true or false",
 }
 
 
@@ -165,7 +170,7 @@ def _field_error(errors: list[Any]) -> ApiError:
 
 
 def parse_call_request(body: bytes, *, caller_ids: Sequence[str], allowed_prefixes: Iterable[str],
-                       voicemail_configured: bool) -> OutboundCallSettings:
+                       voicemail_configured: bool, recording_configured: bool = False) -> OutboundCallSettings:
     """The call ``body`` asks for, or ApiError 400/403/413/422.
 
     ``caller_ids`` are the gateway's own numbers (TWILIO_FROM_NUMBER, first = default): ``from`` must be one of
@@ -197,6 +202,8 @@ def parse_call_request(body: bytes, *, caller_ids: Sequence[str], allowed_prefix
     machine_detection = request.machine_detection or "none"
     if machine_detection == "voicemail" and not voicemail_configured:
         raise _invalid("machine_detection", "voicemail needs VOICEMAIL_MESSAGE to be configured")
+    if request.record and not recording_configured:
+        raise _invalid("record", "recording needs RECORD_CALLS_DIR to be configured")
 
     from_ = request.from_
     if from_ is None:
@@ -219,6 +226,7 @@ def parse_call_request(body: bytes, *, caller_ids: Sequence[str], allowed_prefix
     return OutboundCallSettings(
         to=request.to, from_=from_, instructions=text(request.instructions), voice=request.voice,
         greeting=text(request.greeting), metadata=dict(metadata), machine_detection=machine_detection,
+        record=request.record,
     )
 
 

@@ -21,7 +21,7 @@ import re
 from typing import Any, Awaitable, Callable, Coroutine
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.auth import (
@@ -33,6 +33,7 @@ from gateway.api.errors import ApiError, error_response
 from gateway.state.base import StateUnavailable
 from gateway.api.requests import MAX_BODY_BYTES, parse_call_query, parse_call_request
 from gateway.config import Settings
+from gateway.recording_wav import recording_file
 from gateway.store import CALL_STATUSES, FINAL_STATUSES, CallRecord, CallStore
 from gateway.security import OUTBOUND, StreamCredentials
 from gateway.twilio.rest import TwilioError, TwilioNotConfigured, TwilioRest
@@ -174,6 +175,7 @@ async def create_call(request: Request) -> Response:
             caller_ids=settings.twilio_caller_ids or tuple(filter(None, (settings.twilio_from_number,))),
             allowed_prefixes=settings.outbound_allowed_prefixes,
             voicemail_configured=bool(settings.voicemail_message),
+            recording_configured=bool(settings.record_calls_dir),
         )
         call_settings = dataclasses.replace(call_settings, api_key_id=key)
         base = settings.public_url
@@ -200,6 +202,7 @@ def _record_for(call_sid: str, call_settings: Any, status: str, key: str | None)
         call_sid=call_sid, to=call_settings.to, from_=call_settings.from_,
         status=status if status in CALL_STATUSES else "queued",
         machine_detection=call_settings.machine_detection, metadata=dict(call_settings.metadata), api_key_id=key,
+        record_audio=call_settings.record,
     )
 
 
@@ -221,6 +224,21 @@ async def get_call(request: Request) -> Response:
         key = api.authenticate(request)
         record = await _known_call(request, api, key, operator=api.keys.is_operator(key))
         return JSONResponse(record.public_json())
+    except ApiError as error:
+        return error_response(error)
+
+
+async def get_recording(request: Request) -> Response:
+    """``GET /calls/{sid}/recording``: the call's stereo WAV (``gateway.recording_wav``), scoped as ``GET /calls/{sid}``."""
+    api = _api(request)
+    try:
+        key = api.authenticate(request)
+        record = await _known_call(request, api, key, operator=api.keys.is_operator(key))
+        path = recording_file(api.settings.record_calls_dir, record.recording)
+        if path is None:
+            raise ApiError(404, "recording_not_found", "this call has no recording")
+        return FileResponse(path, media_type="audio/wav", filename=path.name, content_disposition_type="inline",
+                            headers={"Cache-Control": "private, no-store"})
     except ApiError as error:
         return error_response(error)
 
@@ -378,6 +396,7 @@ routes = [
     Route("/calls", create_call, methods=["POST"]),
     Route("/calls", list_calls, methods=["GET"]),
     Route("/calls/{sid}", get_call, methods=["GET"]),
+    Route("/calls/{sid}/recording", get_recording, methods=["GET"]),
     Route("/calls/{sid}/hangup", hangup_call, methods=["POST"]),
     Route("/calls/{sid}/transfer", control_endpoint("transfer"), methods=["POST"]),
     Route("/calls/{sid}/say", control_endpoint("say"), methods=["POST"]),

@@ -30,13 +30,12 @@ from gateway.clock import now_ms
 from .agents import AGENTS, Agent
 from .errors import ClientError
 from .script import ScriptedAgent, load_script
-from .session import RealtimeSession
+from .session import SESSION_LIMIT_S, RealtimeSession
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1 << 20
 PATHS = ("/v1/realtime", "/openai/v1/realtime")
-SESSION_LIMIT_S = 3600.0
 RECENT_SESSIONS = 100
 REFUSED_CLOSE_CODE = 3000  # a wrong key: the service closes with 3000 "invalid_request_error.invalid_api_key"
 
@@ -186,7 +185,8 @@ class LocalRealtimeServer:
             await ws.send(json.dumps(event))
             await ws.close(REFUSED_CLOSE_CODE, f"{refusal.kind}.{refusal.code}")
             return
-        session = RealtimeSession(make_agent(self.agent), speed=self.speed, model=model)
+        session = RealtimeSession(make_agent(self.agent), speed=self.speed, model=model,
+                                  limit_s=self.session_limit_s)
         session.opened_at_ms = now_ms()
         self.sessions.append(session)
         faults, self.faults = self.faults, Faults(refuse_connects=self.faults.refuse_connects,

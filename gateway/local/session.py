@@ -36,14 +36,15 @@ log = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100
 MAX_BUFFER_SAMPLES = 600 * 8000  # the uncommitted buffer: at most 10 minutes, oldest audio dropped
-SESSION_LIFETIME_S = 3600
+SESSION_LIMIT_S = 3600.0  # the service's session limit (60 minutes); the server may set a shorter one
 MAX_CLIENT_TEXTS_KEPT = 100  # the texts of client-created items kept per session (a test sees what was carried)
 
 
 class RealtimeSession:
     """Events in, events out; see the module docstring."""
 
-    def __init__(self, agent: Agent | None = None, *, speed: float = 8.0, model: str = "gpt-realtime") -> None:
+    def __init__(self, agent: Agent | None = None, *, speed: float = 8.0, model: str = "gpt-realtime",
+                 limit_s: float = SESSION_LIMIT_S) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.agent = agent or EchoAgent()
@@ -52,7 +53,7 @@ class RealtimeSession:
         self._counter = 0
         self.id = "sess_" + secrets.token_hex(10)
         self.conversation_id = "conv_" + secrets.token_hex(10)
-        self.expires_at = int(time.time()) + SESSION_LIFETIME_S
+        self.expires_at = int(time.time() + limit_s)  # what session.created says; the server enforces it
         self.config = SessionConfig(model=model)
         self.items: list[Item] = []
         self._by_id: dict[str, Item] = {}

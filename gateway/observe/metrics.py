@@ -57,6 +57,8 @@ CALL_COST = Histogram("gateway_call_cost_usd", "Cost of one call in USD.",
                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25))
 DAILY_BUDGET_USED = Gauge("gateway_daily_budget_used_ratio", "Today's cost as a fraction of DAILY_BUDGET_USD.",
                           multiprocess_mode="max")
+DRAINING = Gauge("gateway_draining", "1 while this process drains (SIGTERM): no new calls, live ones go on.",
+                 multiprocess_mode="max")
 BUDGET_STOPS = Counter("gateway_budget_stops_total", "Calls wrapped up (call) or refused (daily) by a budget.",
                        ["scope"])
 
