@@ -25,8 +25,8 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from gateway import __version__
-from gateway.api.requests import E164_PATTERN, MAX_BODY_BYTES, CallRequest, TwilioStatusCallback
-from gateway.api.responses import CALL_SID_PATTERN, CallCreated, Error
+from gateway.api.requests import E164_PATTERN, MAX_BODY_BYTES, CallRequest, SayRequest, TwilioStatusCallback
+from gateway.api.responses import CALL_SID_PATTERN, CallCreated, ControlAccepted, Error
 from gateway.config import Settings
 from gateway.store import CALL_STATUSES, DIRECTION_FILTERS, MACHINE_DETECTION_CHOICES, MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE
 
@@ -188,13 +188,6 @@ _LIST_PARAMETERS = [
 
 # Schemas written by hand, for answers that have no model yet (the models' schemas are added to these).
 SCHEMAS: dict[str, Any] = {
-    "ControlAccepted": {
-        "type": "object",
-        "description": "A control request accepted by the instance holding the live call.",
-        "required": ["call_sid", "action", "accepted", "instance"],
-        "properties": {"call_sid": {"type": "string"}, "action": {"type": "string"},
-                       "accepted": {"type": "boolean"}, "instance": {"type": "string"}},
-    },
     "Call": {
         "type": "object",
         "description": "A call record with its turns, tool calls and timeline (`GET /calls/{sid}`).",
@@ -270,6 +263,11 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+_CONTROL_FAILURES = {
+    503: error("The shared state is unavailable (`state_unavailable`).", **{"Retry-After": "Seconds to wait."}),
+    504: error("The instance holding the live call did not answer in time (`holder_not_answering`)."),
+}
+
 OPERATIONS: dict[tuple[str, str], Union[Operation, dict[str, Any]]] = {
     ("/calls", "post"): Operation(
         "createCall", "Place an outbound call with an AI agent on it", body=CallRequest, api_key=True, answers={
@@ -318,11 +316,30 @@ OPERATIONS: dict[tuple[str, str], Union[Operation, dict[str, Any]]] = {
         },
     },
     ("/calls/{sid}/hangup", "post"): Operation(
-        "hangupCall", "End a call (cancels it if it is still queued or ringing)", api_key=True, answers={
-            202: Answer("Twilio is ending the call.", CallCreated),
+        "hangupCall", "End a call: a live one through the instance holding it (any instance takes the request); "
+                      "one still queued or ringing, through Twilio", api_key=True, answers={
+            202: Answer("Ending it: a live call is `completed` (its holder hangs up); one still ringing, Twilio's "
+                        "status for it.", CallCreated),
             404: error("Unknown call (`call_not_found`)."),
             409: error("The call has already ended (`call_already_ended`)."),
             502: error("Twilio refused (`twilio_error`) or could not be reached (`twilio_unreachable`)."),
+            **_CONTROL_FAILURES,
+        }),
+    ("/calls/{sid}/transfer", "post"): Operation(
+        "transferCall", "Transfer a live call to TRANSFER_NUMBER (the agent announces it first), from any instance",
+        api_key=True, answers={
+            202: Answer("The instance holding the call accepted.", ControlAccepted),
+            404: error("The call is not in progress on any instance (`call_not_live`, `call_not_found`)."),
+            **_CONTROL_FAILURES,
+        }),
+    ("/calls/{sid}/say", "post"): Operation(
+        "sayToCall", "Give the agent of a live call a message, or new instructions, from any instance",
+        api_key=True, body=SayRequest, answers={
+            202: Answer("The instance holding the call accepted.", ControlAccepted),
+            400: error("Invalid body (`invalid_text`, `invalid_as`, `invalid_request`, `invalid_json`)."),
+            404: error("The call is not in progress on any instance (`call_not_live`, `call_not_found`)."),
+            415: error("The body is not JSON (`unsupported_media_type`)."),
+            **_CONTROL_FAILURES,
         }),
     ("/twilio/call-status", "post"): Operation(
         "twilioCallStatus", "Twilio's status and answering-machine callbacks", signed=True,

@@ -311,3 +311,14 @@ def parse_call_query(items: Iterable[tuple[str, str]], *, api_key_id: str | None
             raise _bad_parameter("cursor", "not a cursor this API returned (next_cursor)") from None
     return CallQuery(since=since, until=until, direction=direction, outcome=outcome, number=number,
                      api_key_id=api_key_id, after=after, limit=limit)
+
+
+class SayRequest(pydantic.BaseModel):
+    """``POST /calls/{sid}/say``: a message for the agent of a live call, or new instructions for the rest of it."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
+
+    text: str = pydantic.Field(min_length=1, max_length=2000, description="What the agent is told.")
+    as_: Literal["message", "instructions"] = pydantic.Field(
+        "message", alias="as", description="`message`: a word from the operator, answered at the next pause; "
+                                            "`instructions`: replaces the session's instructions.")

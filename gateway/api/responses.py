@@ -44,3 +44,14 @@ class CallCreated(pydantic.BaseModel):
 
     call_sid: str = Field(pattern=CALL_SID_PATTERN)
     status: Literal[CALL_STATUSES]  # type: ignore[valid-type]
+
+
+class ControlAccepted(pydantic.BaseModel):
+    """A control request (hang up, transfer, say) accepted by the instance holding the live call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    call_sid: str = Field(pattern=CALL_SID_PATTERN)
+    action: Literal["hangup", "transfer", "say", "instruct"]
+    accepted: bool
+    instance: str = Field(description="The instance (INSTANCE_ID) holding the call.")

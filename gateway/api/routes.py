@@ -270,7 +270,8 @@ async def hangup_call(request: Request) -> Response:
         if is_call_sid(call_sid) and await _is_live(shared, call_sid):
             if not operator:
                 await _known_call(request, api, key)
-            return JSONResponse(await control_call(shared, call_sid, "hangup"), status_code=202)
+            await control_call(shared, call_sid, "hangup")  # the holder hangs up at Twilio and closes the stream
+            return JSONResponse({"call_sid": call_sid, "status": "completed"}, status_code=202)
         record = await _known_call(request, api, key, operator=operator)
         if record.status in FINAL_STATUSES:
             raise ApiError(409, "call_already_ended", f"the call has already ended ({record.status})",
