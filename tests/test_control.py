@@ -165,3 +165,20 @@ async def test_sqlite_state_is_shared_by_two_handles_of_one_file(tmp_path) -> No
     await one.reply("r", {"ok": True})
     assert await two.wait_reply("r", 1.0) == {"ok": True}
     assert await two.wait_reply("nothing", 0.1) is None
+
+
+async def test_say_bodies_are_checked_at_the_edge() -> None:
+    async with start_gateway(api_keys=(KEY,)) as gw:
+        call_sid = "CA" + "a" * 32
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            async def say(content: bytes, content_type: str = "application/json") -> tuple[int, str]:
+                response = await http.post(f"/calls/{call_sid}/say", headers={**AUTH, "Content-Type": content_type},
+                                           content=content)
+                return response.status_code, response.json()["error"]["code"]
+            assert await say(b"{not json") == (400, "invalid_json")
+            assert await say(b'{"text": "   "}') == (400, "invalid_text")
+            assert await say(b'{"text": "hi", "as": "shout"}') == (400, "invalid_as")
+            assert await say(b'{"text": "hi", "extra": 1}') == (400, "invalid_request")
+            assert await say(b'{"text": "' + b"x" * 9000 + b'"}') == (413, "body_too_large")
+            assert await say(b"text=hi", "application/x-www-form-urlencoded") == (415, "unsupported_media_type")
+            assert await say(b'{"text": "hi"}') == (404, "call_not_live")  # well formed: not in progress anywhere

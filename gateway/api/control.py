@@ -17,11 +17,12 @@ import logging
 import secrets
 from typing import Any, Callable
 
-import orjson
+import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api.errors import ApiError, error_response
+from gateway.api.requests import SayRequest
 from gateway.state.base import SharedState, StateUnavailable
 from gateway.twilio.sids import is_call_sid
 from gateway.twilio.webhook import bounded_body
@@ -46,23 +47,30 @@ async def _authorised(request: Request, call_sid: str) -> None:
 
 
 async def _say_body(request: Request) -> tuple[str, str]:
-    """``{"text": "...", "as": "message" | "instructions"}`` -> (action, text)."""
+    """``{"text": "...", "as": "message" | "instructions"}`` (:class:`gateway.api.requests.SayRequest`) ->
+    (action, text)."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
     try:
-        body = orjson.loads(await bounded_body(request, MAX_CONTROL_BODY_BYTES))
+        body = await bounded_body(request, MAX_CONTROL_BODY_BYTES)
     except TimeoutError:
         raise ApiError(408, "request_timeout", "the body did not arrive in time") from None
-    except (ValueError, orjson.JSONDecodeError):
-        raise ApiError(400, "invalid_json", "the body is not JSON (or is too large)") from None
-    if not isinstance(body, dict) or set(body) - {"text", "as"}:
-        raise ApiError(400, "invalid_request", 'expected {"text": "...", "as": "message" | "instructions"}')
-    text, kind = body.get("text"), body.get("as", "message")
-    if not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY_CHARS:
-        raise ApiError(400, "invalid_text", f"text must be a non-empty string of at most {MAX_SAY_CHARS} characters")
-    if kind not in ("message", "instructions"):
-        raise ApiError(400, "invalid_as", 'as must be "message" or "instructions"')
-    return ("say" if kind == "message" else "instruct"), text
+    if body is None:
+        raise ApiError(413, "body_too_large", f"the body is over {MAX_CONTROL_BODY_BYTES} bytes")
+    try:
+        say = SayRequest.model_validate_json(body)
+    except pydantic.ValidationError as error:
+        problem = error.errors(include_url=False)[0]
+        where = str(problem["loc"][0]) if problem.get("loc") else ""
+        if problem["type"] == "json_invalid":
+            raise ApiError(400, "invalid_json", "the body is not JSON") from None
+        code = {"text": "invalid_text", "as": "invalid_as"}.get(where, "invalid_request")
+        raise ApiError(400, code, f'expected {{"text": "1 to {MAX_SAY_CHARS} characters", '
+                                  f'"as": "message" | "instructions"}} ({where or "body"}: {problem["msg"]})',
+                       **({"field": where} if where else {})) from None
+    if not say.text.strip():
+        raise ApiError(400, "invalid_text", "text must not be blank", field="text")
+    return ("say" if say.as_ == "message" else "instruct"), say.text
 
 
 async def control_call(shared: SharedState, call_sid: str, action: str, text: str = "") -> dict[str, Any]:
