@@ -53,7 +53,7 @@ from gateway.state import SharedState, StateUnavailable, open_state
 from gateway.tools import ToolRegistry, end_call_tool, load_tools_module, transfer_call_tool
 from gateway.store import CallStore, MemoryCallStore, open_store, run_retention
 from gateway.twilio.rest import TwilioRest
-from gateway.twilio.twiml import MEDIA_STREAM_PATH, say_and_hang_up_twiml, stream_url
+from gateway.twilio.twiml import INCOMING_CALL_PATH, MEDIA_STREAM_PATH, say_and_hang_up_twiml, stream_url
 from gateway.twilio.webhook import WebhookRejected, read_call_webhook, signed_base, stream_twiml
 
 log = logging.getLogger("gateway.app")
@@ -322,7 +322,7 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
                 await local_server.stop()
 
     routes = [
-        Route("/incoming-call", incoming_call, methods=["GET", "POST"]),
+        Route(INCOMING_CALL_PATH, incoming_call, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *([] if settings.metrics_port else [Route("/metrics", metrics.metrics_endpoint(settings.metrics_api_key),

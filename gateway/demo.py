@@ -63,7 +63,7 @@ def format_report(report: CallReport, gateway_side: GatewaySide) -> str:
         latency = f"{turn.response_ms:.0f} ms" if turn.response_ms is not None else "no answer heard"
         lines.append(f"  turn '{turn.name}': caller stopped -> first agent audio heard: {latency}")
     for barge_in in gateway_side.barge_ins:
-        lines.append(f"  gateway truncated {barge_in.item_id} at {barge_in.heard_ms} ms of {barge_in.sent_ms} ms sent")
+        lines.append(f"  gateway truncated {barge_in.item_id} at {barge_in.heard_ms} ms of {barge_in.received_ms} ms received")
     lines.append(f"  truncate errors: {gateway_side.truncate_errors}")
     lines.append(f"  model errors: {len(gateway_side.model_errors)}")
     lines.append(f"  marks sent {report.marks_received}, echoed {report.marks_echoed}; protocol violations: {len(report.violations)}")

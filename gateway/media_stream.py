@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import time
 from collections import deque
@@ -43,6 +42,7 @@ from gateway.call import (
     SwitchModel,
     Transfer,
 )
+from gateway.clock import now_ms as _now_ms
 from gateway.config import Settings
 from gateway.droplog import DropCounter
 from gateway.observe import metrics
@@ -187,10 +187,6 @@ def _written_to_model(kind: str, arrived: float) -> None:
 
 class _UnknownCallSettings(Exception):
     """An outbound call's settings are not in the store (never saved, expired, or already taken)."""
-
-
-def _now_ms() -> float:
-    return time.monotonic() * 1000.0
 
 
 class MediaStreamSession:

@@ -65,7 +65,7 @@ class PlaybackTracker:
         self.round_trip_ms: float | None = None
 
     @property
-    def playing(self) -> bool:
+    def awaiting_echoes(self) -> bool:
         """Agent audio is queued or playing at Twilio (a mark sent since the last clear is not echoed yet)."""
         return bool(self._pending)
 

@@ -536,7 +536,7 @@ def test_every_mark_name_fits_twilio_and_its_echo_is_accounted(chunks: list[tupl
     assert echo == tw.MarkEcho("MZ1", names[-1])
     assert tracker.mark_echoed(parse_mark_name(echo.name), now_ms=10.0)
     assert all(tracker.heard_ms(item_id) == end for item_id, end in ends.items())
-    assert not tracker.playing
+    assert not tracker.awaiting_echoes
     assert not tracker.mark_echoed(parse_mark_name(names[-1]), now_ms=11.0)  # echoed already
 
 
@@ -559,7 +559,7 @@ def test_the_core_accounts_echoes_of_its_own_marks_for_any_item_id(item_id: str,
         result = call.twilio_event(echo, 100.0 * (i + 1))
         assert not [o for o in result if isinstance(o, Dropped)], result
     assert call.heard_ms(item_id) == ms
-    assert not call._playback.playing
+    assert not call._playback.awaiting_echoes
 
 
 def test_dumps_splices_raw_tokens() -> None:

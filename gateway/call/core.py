@@ -295,7 +295,7 @@ class Call:
         if self._comfort_noise_sent:
             # What is left of the comfort noise at Twilio goes, so the agent's next words are not queued behind it.
             self._comfort_noise_sent = False
-            if not self._playback.playing:
+            if not self._playback.awaiting_echoes:
                 out.append(Send(Peer.TWILIO, tw.clear_message(self.stream_sid)))
         self._restart_input_clock()
         for frame_ms, arrived in self._pending_arrivals:
@@ -336,7 +336,7 @@ class Call:
     def _quiet(self) -> bool:
         """Nobody is talking and nothing is in flight: a session can be swapped for another unheard."""
         return (self._model_ready and not self.ended and self._active_response is None and not self._response_requested
-                and not self._want_response and not self._caller_speaking and not self._playback.playing
+                and not self._want_response and not self._caller_speaking and not self._playback.awaiting_echoes
                 and not self._running_tools and not self._orphaned_tools and self._after_playback is None
                 and (self._greeting_done or not self.config.agent_speaks_first))
 
@@ -650,7 +650,7 @@ class Call:
     def _control_if_heard(self) -> list[Output]:
         """Hang up or transfer once nothing is left to say or to hear."""
         control = self._after_playback
-        if control is None or self._control_done or self._playback.playing:
+        if control is None or self._control_done or self._playback.awaiting_echoes:
             return []
         if self._active_response or self._want_response or self._response_requested or self._running_tools:
             return []
@@ -684,7 +684,7 @@ class Call:
             if not self.config.interrupt_response:
                 out.append(Send(Peer.MODEL, rt.response_cancel(response_id)))
                 cancelled = True
-        if not self._playback.playing:
+        if not self._playback.awaiting_echoes:
             return out  # nothing queued or playing at Twilio: nothing to clear or truncate
         heard = self._playback.heard_at_clear(now_ms)
         out.insert(0, Send(Peer.TWILIO, tw.clear_message(self.stream_sid)))
@@ -744,7 +744,7 @@ class Call:
 
     def _comfort_noise(self, now_ms: float) -> list[Output]:
         down = self._model_down_since
-        if down is None or self._model_ready or now_ms - down < COMFORT_NOISE_AFTER_MS or self._playback.playing:
+        if down is None or self._model_ready or now_ms - down < COMFORT_NOISE_AFTER_MS or self._playback.awaiting_echoes:
             return []
         self._comfort_noise_sent = True
         return [Send(Peer.TWILIO, tw.media_message(self.stream_sid, _COMFORT_NOISE))]

@@ -93,7 +93,7 @@ class CallStarted(CallEvent):
 class BargeIn(CallEvent):
     item_id: str
     heard_ms: int
-    sent_ms: int
+    received_ms: int  # the item's audio received from the model (all of it went to Twilio unless cut)
     cancelled_response: bool
 
 

@@ -58,12 +58,12 @@ class _Turn:
     agent: str = ""
     barged_in: bool = False
     heard_ms: int | None = None
-    sent_ms: int | None = None
+    received_ms: int | None = None
 
     def as_dict(self, started_ms: float) -> dict[str, Any]:
         agent = self.agent
-        if self.barged_in and self.sent_ms:
-            agent = agent[: round(len(agent) * min(1.0, (self.heard_ms or 0) / self.sent_ms))]
+        if self.barged_in and self.received_ms:
+            agent = agent[: round(len(agent) * min(1.0, (self.heard_ms or 0) / self.received_ms))]
         return {
             "at_s": round((self.at_ms - started_ms) / 1000, 3),
             "caller": self.caller,
@@ -121,11 +121,11 @@ class CallLedger:
             self._transcript(event)
         elif isinstance(event, BargeIn):
             metrics.BARGE_INS.inc()
-            metrics.BARGE_IN_UNHEARD.observe(max(0, event.sent_ms - event.heard_ms) / 1000)
+            metrics.BARGE_IN_UNHEARD.observe(max(0, event.received_ms - event.heard_ms) / 1000)
             turn = self._by_item.get(event.item_id)
             if turn is not None:
-                turn.barged_in, turn.heard_ms, turn.sent_ms = True, event.heard_ms, event.sent_ms
-            self.trace.event("barge_in", now_ms, {"item.heard_ms": event.heard_ms, "item.sent_ms": event.sent_ms})
+                turn.barged_in, turn.heard_ms, turn.received_ms = True, event.heard_ms, event.received_ms
+            self.trace.event("barge_in", now_ms, {"item.heard_ms": event.heard_ms, "item.received_ms": event.received_ms})
         elif isinstance(event, ResponseFinished):
             return self._usage(event)
         elif isinstance(event, ModelSessionLost):
