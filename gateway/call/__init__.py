@@ -5,6 +5,12 @@ milliseconds); every method returns a list of outputs: messages to send (:class:
 that happened (:class:`CallEvent` subclasses) and :class:`EndCall`. The I/O shell
 (``gateway.media_stream``) moves bytes between the sockets and this object.
 
+Modules: :mod:`~gateway.call.core` (the :class:`Call`: Twilio's events, the model's events, barge-in, the clock),
+:mod:`~gateway.call.sessions` (model sessions: connect, lose, roll over ahead of the limit),
+:mod:`~gateway.call.control` (tools, turn-taking, hang-up and transfer once heard, wrap-up, API actions),
+:mod:`~gateway.call.conversation` (what a new session is told), :mod:`~gateway.call.outputs` (what the core
+returns) and :mod:`~gateway.call.limits` (every bound and timing).
+
 Playback accounting (what the caller actually heard) lives in :mod:`gateway.playback`: every chunk of
 model audio sent to Twilio is followed by a mark; on a barge-in the gateway clears Twilio's queue and
 truncates every item in flight at what the caller will have heard when the ``clear`` arrives, anchored

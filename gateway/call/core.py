@@ -2,63 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.audio import MULAW_BYTES_PER_MS, comfort_noise, converters_for, model_bytes_per_ms, mulaw_silence
+from gateway.audio import MULAW_BYTES_PER_MS, converters_for, model_bytes_per_ms, mulaw_silence
+from gateway.call.control import CallControl
 from gateway.call.conversation import ConversationLog
-from gateway.call.outputs import (
-    END_CALL, AgentAudioStarted, BargeIn, ConnectModel, CallStarted, CallTimeLimitReached, Dropped, DtmfReceived, EndCall, HangUp, ModelReportedError,
-    ModelRolledOver, ModelSessionLost, Output, Peer, PrepareRollover, ResponseFinished, RunTool, Send, SwitchModel,
-    ToolCalled, TranscriptReceived, Transfer,
+from gateway.call.limits import (  # noqa: F401 - MAX_TRACKED_ITEMS and the rest are read from here by tests
+    BENIGN_MODEL_ERRORS, DTMF_BURST, DTMF_PER_S, GAP_TOLERANCE_MS, MAX_CARRIED_CHARS, MAX_CARRIED_ITEMS,
+    MAX_GAP_FILL_MS, MAX_HELD_ITEMS, MAX_PENDING_AUDIO_MS, MAX_TRACKED_FRAMES, MAX_TRACKED_ITEMS,
+    TIME_LIMIT_INSTRUCTIONS,
 )
+from gateway.call.outputs import (
+    AgentAudioStarted, BargeIn, CallStarted, CallTimeLimitReached, ConnectModel, Dropped, DtmfReceived, EndCall,
+    HangUp, ModelReportedError, Output, Peer, ResponseFinished, RunTool, Send, TranscriptReceived, Transfer,
+)
+from gateway.call.sessions import ModelSessions
 from gateway.playback import PlaybackTracker, parse_mark_name
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 
 log = logging.getLogger("gateway.call")
-
-# A media timestamp further ahead than this is treated as lost packets and filled with silence.
-GAP_TOLERANCE_MS = 10
-# A bound on one gap fill: a hostile timestamp must not make us allocate minutes of silence. A gap is also never
-# filled with more silence than the wall-clock time that passed since the previous frame.
-MAX_GAP_FILL_MS = 2000
-# Tool calls of one call waiting for a free slot (MAX_TOOLS_PER_CALL run at once); past this they fail at once.
-MAX_QUEUED_TOOLS = 8
-# Key presses reach the model as conversation items (billed input): at most a fast human's rate, plus a burst.
-DTMF_PER_S = 10.0
-DTMF_BURST = 20.0
-# Caller audio kept while the model socket is still connecting (or reconnecting).
-MAX_PENDING_AUDIO_MS = 5000
-# The conversation carried into a replacement model session, as text: the latest items, each bounded.
-MAX_CARRIED_ITEMS = 60
-MAX_CARRIED_CHARS = 2000
-MAX_HELD_ITEMS = 32
-MAX_TRACKED_ITEMS = 64  # agent items whose audio accounting is kept
-MAX_TRACKED_FRAMES = 1500  # caller frames whose arrival times are kept (30 s of 20 ms frames)
-MAX_GREETING_ATTEMPTS = 3
-# While a replacement model session connects, the caller hears soft comfort noise once it has taken this long
-# (a dead line sounds like a dropped call), a second at a time, and none of it once the model is back.
-COMFORT_NOISE_AFTER_MS = 1000
-_COMFORT_NOISE = comfort_noise(1000)
-# A rollover abandoned (the caller spoke while the next session was being prepared) is tried again this much later.
-ROLLOVER_RETRY_MS = 2000
-
-
-# Model errors that are races on the wire, not faults: a cancel that crossed the response's end, or a
-# response.create that crossed one the server's turn detection started.
-_BENIGN_MODEL_ERRORS = frozenset({"response_cancel_not_active", "conversation_already_has_active_response"})
-_GOODBYE_INSTRUCTIONS = "Say a brief, friendly goodbye to the caller now."
-_TRANSFER_INSTRUCTIONS = "Tell the caller, in one short sentence, that you are transferring them to a colleague now."
-_RESUME_INSTRUCTIONS = ("Your previous answer was cut off by a technical problem. Without apologising at length, "
-                        "finish what you were saying to the caller.")
-_BUDGET_INSTRUCTIONS = ("This call has used all the time it was allowed. Tell the caller, in one or two short "
-                        "sentences, that you have to end the call now, and say goodbye.")
-_TIME_LIMIT_INSTRUCTIONS = ("This call has reached its time limit. Tell the caller, in one or two short sentences, "
-                            "that you have to end the call now, and say goodbye.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +62,7 @@ class _AgentItem:
     received_bytes: int = 0  # model-format audio bytes received (item positions count from these)
 
 
-class Call:
+class Call(ModelSessions, CallControl):
     """One call. Feed it events with :meth:`twilio_event` / :meth:`model_event`; send what it returns."""
 
     def __init__(self, config: CallConfig, *, expected_call_sid: str = "") -> None:
@@ -281,139 +247,6 @@ class Call:
 
     # ---- model side -------------------------------------------------------------------------
 
-    def model_connected(self, now_ms: float | None = None) -> list[Output]:
-        """The model socket is open: configure the session, then flush caller audio held meanwhile.
-
-        In a replacement session the conversation so far is re-created as text items first (a new session
-        starts empty; audio cannot be carried over), so the agent goes on where it was."""
-        self._model_ready = True
-        self._session += 1
-        self._session_started_ms = now_ms
-        self._rollover_pending = False
-        self._model_down_since = None
-        out: list[Output] = [Send(Peer.MODEL, message) for message in self._session_setup(carry=self._session > 1)]
-        if self._comfort_noise_sent:
-            # What is left of the comfort noise at Twilio goes, so the agent's next words are not queued behind it.
-            self._comfort_noise_sent = False
-            if not self._playback.awaiting_echoes:
-                out.append(Send(Peer.TWILIO, tw.clear_message(self.stream_sid)))
-        self._restart_input_clock()
-        for frame_ms, arrived in self._pending_arrivals:
-            self._input_ms += frame_ms
-            self._arrivals.append((self._input_ms, arrived))
-        self._pending_arrivals.clear()
-        if self._pending_audio:
-            # One message: held audio must reach the model before (and not interleaved with) live frames.
-            out.append(Send(Peer.MODEL, rt.input_audio_append(b"".join(self._pending_audio))))
-        self._pending_audio.clear()
-        self._pending_audio_bytes = 0
-        out.extend(Send(Peer.MODEL, item) for item in self._held_items)
-        self._held_items.clear()
-        return out + self._request_response_if_ready()
-
-    def _restart_input_clock(self) -> None:
-        self._input_ms = 0
-        self._arrivals.clear()
-
-    def _caller_stopped_at(self, audio_end_ms: int, now_ms: float) -> float:
-        """When the frame holding the session's input audio position ``audio_end_ms`` arrived (``now_ms`` when
-        it is no longer known)."""
-        for end_ms, arrived in self._arrivals:
-            if end_ms >= audio_end_ms:
-                return min(arrived, now_ms)
-        return now_ms
-
-    def _session_setup(self, *, carry: bool) -> list[dict[str, Any]]:
-        """What configures a model session: the session.update, then (for a replacement) the conversation so far,
-        as text, in conversation order, agent answers cut to what the caller heard, tool calls and results."""
-        messages = [self.config.session_update]
-        if carry:
-            messages.extend(rt.text_item(role, text) for role, text in self._conversation.items())
-        return messages
-
-    # ---- make-before-break rollover -----------------------------------------------------------
-
-    def _quiet(self) -> bool:
-        """Nobody is talking and nothing is in flight: a session can be swapped for another unheard."""
-        return (self._model_ready and not self.ended and self._active_response is None and not self._response_requested
-                and not self._want_response and not self._caller_speaking and not self._playback.awaiting_echoes
-                and not self._running_tools and not self._orphaned_tools and self._after_playback is None
-                and (self._greeting_done or not self.config.agent_speaks_first))
-
-    def _rollover_due(self, now_ms: float) -> list[Output]:
-        config = self.config
-        started = self._session_started_ms
-        if not config.session_limit_ms or started is None or self._rollover_pending or now_ms < self._rollover_not_before_ms:
-            return []
-        margin = min(config.rollover_margin_ms, config.session_limit_ms // 2)
-        if now_ms - started < config.session_limit_ms - margin or not self._quiet():
-            return []
-        self._rollover_pending = True
-        return [PrepareRollover(f"session {(now_ms - started) / 1000:.0f} s old, limit {config.session_limit_ms / 1000:g} s")]
-
-    def rollover_setup(self) -> list[dict[str, Any]]:
-        """The messages that configure the session being prepared (sent to it, not to the current one)."""
-        return self._session_setup(carry=True)
-
-    def rollover_ready(self, now_ms: float) -> list[Output]:
-        """The prepared session answered ``session.updated``: switch to it now if the call is still quiet; if not
-        (the caller began to speak), the shell drops it and the rollover is tried again at a later quiet point
-        (the conversation it was given would be stale)."""
-        if not self._rollover_pending:
-            return []
-        self._rollover_pending = False
-        if not self._quiet():
-            self._rollover_not_before_ms = now_ms + ROLLOVER_RETRY_MS
-            return []
-        age_ms = int(now_ms - self._session_started_ms) if self._session_started_ms is not None else 0
-        self._session += 1
-        self._session_started_ms = now_ms
-        self._restart_input_clock()
-        self._interrupted_responses.clear()
-        reason = "session limit ahead"
-        return [SwitchModel(reason), ModelRolledOver(reason, age_ms)]
-
-    def rollover_failed(self, now_ms: float) -> None:
-        """The next session could not be prepared: the current one goes on; try again later."""
-        self._rollover_pending = False
-        self._rollover_not_before_ms = now_ms + ROLLOVER_RETRY_MS
-
-    def model_lost(self, reason: str, now_ms: float | None = None) -> list[Output]:
-        """The model session is gone but the call goes on: the shell is opening a new one.
-
-        Caller audio is held (bounded) until then; what the old session was doing is dropped: its response,
-        its pending tool calls (their ids mean nothing to the new session) and any request for a response."""
-        if self.ended:
-            return []
-        lost = self._active_response
-        if lost is not None and lost in self._responses_with_audio and lost not in self._interrupted_responses \
-                and lost != self._greeting_response and self._after_playback is None:
-            # An answer cut by the loss: the new session goes on with it (asked once it is configured).
-            self._want_response, self._response_instructions = True, _RESUME_INSTRUCTIONS
-        self._model_ready = False
-        self._rollover_pending = False  # a session being prepared is dropped by the shell with the lost one
-        self._active_response = None
-        self._response_requested = False
-        # Tools still running belong to the lost session: their results come back as text to the new one.
-        for call_id in self._running_tools:
-            if len(self._orphaned_tools) < MAX_QUEUED_TOOLS:
-                self._orphaned_tools[call_id] = self._session
-        self._running_tools.clear()
-        self._queued_tools.clear()
-        self._interrupted_responses.clear()
-        self._caller_speaking = False  # the new session reports speech afresh
-        self._model_down_since = now_ms
-        if self._greeting_response is not None or (self._greeting_session and not self._greeting_done):
-            # Not all sent: the next session is asked again, once it is configured (not before).
-            self._greeting_response = None
-            self._want_response, self._response_instructions = False, ""
-        # A goodbye (or transfer announcement) heard in full before the loss: act on it now.
-        return [ModelSessionLost(reason), *self._control_if_heard()]
-
-    def model_closed(self, reason: str) -> list[Output]:
-        self._model_ready = False
-        return self._end(f"model socket closed: {reason}")
-
     def model_event(self, event: rt.ModelEvent, now_ms: float) -> list[Output]:
         if self.ended:
             return []
@@ -464,7 +297,7 @@ class Call:
         if isinstance(event, rt.ModelError):
             # Whatever went wrong, a response.create of ours may have been refused: do not wait for it forever.
             self._response_requested = False
-            if event.code in _BENIGN_MODEL_ERRORS:
+            if event.code in BENIGN_MODEL_ERRORS:
                 return self._control_if_heard()
             return [ModelReportedError(event.code, event.message), *self._control_if_heard()]
         return []
@@ -511,151 +344,6 @@ class Call:
         if not self._playback.mark_echoed(parsed, now_ms):
             return [Dropped("twilio", "echo of a mark that is not pending")]
         return self._control_if_heard() if self._after_playback is not None else []
-
-    # ---- tools and call control -------------------------------------------------------------
-
-    def _function_call(self, event: rt.FunctionCallRequested) -> list[Output]:
-        out: list[Output] = [ToolCalled(event.call_id, event.name, event.arguments)]
-        if event.name in self.config.call_control_tools:
-            already_pending = self._after_playback is not None
-            if event.name == END_CALL:
-                self._after_playback, say = HangUp("the agent ended the call"), _GOODBYE_INSTRUCTIONS
-            else:
-                self._after_playback, say = Transfer("the agent transferred the call"), _TRANSFER_INSTRUCTIONS
-            note = "Done: the call will be handed over once the caller has heard you."
-            out.append(Send(Peer.MODEL, rt.function_call_output(event.call_id, json.dumps({"ok": True, "note": note}))))
-            if event.response_id not in self._responses_with_audio and not already_pending:
-                # The agent acted before saying anything: let it say goodbye (or announce the transfer) first.
-                self._want_response, self._response_instructions = True, say
-            return out + self._request_response_if_ready()
-        run = RunTool(event.call_id, event.name, event.arguments)
-        # The new session of a call that loses its model must know what was looked up, and what came back.
-        self._conversation.text(("tool", self._session, event.call_id), "assistant",
-                                f"[I used the tool {event.name} with {event.arguments[:500]}]")
-        if len(self._running_tools) - len(self._queued_tools) < self.config.max_tools_per_call:
-            self._running_tools.add(event.call_id)
-            out.append(run)
-        elif len(self._queued_tools) < MAX_QUEUED_TOOLS:
-            # One call may not hold more than its share of the tool pool: this one runs when a slot frees.
-            self._running_tools.add(event.call_id)
-            self._queued_tools.append(run)
-        else:
-            busy = json.dumps({"error": f"too many tool calls at once; {event.name} was not run"})
-            out.append(Send(Peer.MODEL, rt.function_call_output(event.call_id, busy)))
-            self._want_response = True
-            out.extend(self._request_response_if_ready())
-        return out
-
-    def tool_finished(self, call_id: str, output: str) -> list[Output]:
-        """A tool run by the shell finished (or failed: ``output`` then says so, as JSON)."""
-        if self.ended:
-            return []
-        if call_id in self._orphaned_tools:
-            return self._orphaned_tool_finished(call_id, output)
-        if call_id not in self._running_tools:
-            return []
-        self._running_tools.discard(call_id)
-        self._want_response = True
-        self._conversation.extend(("tool", self._session, call_id), f" [it returned {output[:1000]}]")
-        out: list[Output] = [Send(Peer.MODEL, rt.function_call_output(call_id, output))]
-        if self._queued_tools:
-            out.append(self._queued_tools.popleft())
-        return out + self._request_response_if_ready()
-
-    def _orphaned_tool_finished(self, call_id: str, output: str) -> list[Output]:
-        """A tool called by a session that has since been lost: its call id means nothing to the new session, so
-        the result goes in as a note, and the agent is asked to go on with it."""
-        session = self._orphaned_tools.pop(call_id)
-        self._conversation.extend(("tool", session, call_id), f" [it returned {output[:1000]}]")
-        note = rt.user_text(f"(A note from the system, not the caller: the tool you called before the line "
-                            f"glitched has returned {output[:MAX_CARRIED_CHARS]}. Go on with the caller.)")
-        self._want_response = True
-        if not self._model_ready:
-            if len(self._held_items) < MAX_HELD_ITEMS:
-                self._held_items.append(note)
-            return []
-        return [Send(Peer.MODEL, note), *self._request_response_if_ready()]
-
-    # ---- control from the HTTP API (any instance; gateway.api.control) ----------------------------------------
-
-    def operator_message(self, text: str) -> list[Output]:
-        """A word to the agent from the operator (a system message); it answers once the caller is not speaking."""
-        if self.ended:
-            return []
-        item = rt.system_text(text)
-        self._want_response = True
-        if not self._model_ready:
-            if len(self._held_items) < MAX_HELD_ITEMS:
-                self._held_items.append(item)
-            return []
-        return [Send(Peer.MODEL, item), *self._request_response_if_ready()]
-
-    def new_instructions(self, instructions: str) -> list[Output]:
-        """New instructions for the rest of the call, this session and every later one."""
-        if self.ended:
-            return []
-        session = {**self.config.session_update.get("session", {}), "instructions": instructions}
-        self.config = replace(self.config, session_update={**self.config.session_update, "session": session})
-        return [Send(Peer.MODEL, rt.instructions_update(instructions))] if self._model_ready else []
-
-    def transfer_requested(self) -> list[Output]:
-        """Transfer the call (the API asked): the agent announces it, then the transfer once that is heard."""
-        if self.ended or self._after_playback is not None:
-            return []
-        self._after_playback, self._control_done = Transfer("transferred through the API"), False
-        self._want_response, self._response_instructions = True, _TRANSFER_INSTRUCTIONS
-        return self._request_response_if_ready() + self._control_if_heard()
-
-    def hangup_requested(self) -> list[Output]:
-        """Hang up now (the API asked)."""
-        if self.ended or self._control_done:
-            return []
-        self._control_done = True
-        return [HangUp("hung up through the API")]
-
-    def transfer_failed(self) -> list[Output]:
-        """Twilio refused the transfer: the call goes on, and the agent is told so it can say something."""
-        if self.ended:
-            return []
-        self._after_playback, self._control_done = None, False
-        self._want_response = True
-        self._response_instructions = "The transfer to a colleague failed. Apologise briefly and keep helping the caller."
-        return self._request_response_if_ready()
-
-    def _ask_for_greeting(self) -> list[Output]:
-        if not self.config.agent_speaks_first or self._greeting_done or self._greeting_attempts >= MAX_GREETING_ATTEMPTS:
-            return []
-        self._greeting_attempts += 1
-        self._greeting_session = self._session
-        self._want_response = True
-        self._response_instructions = self.config.greeting_instructions
-        return self._request_response_if_ready()
-
-    def _request_response_if_ready(self) -> list[Output]:
-        if not self._want_response or self._running_tools or self._active_response or self._response_requested:
-            return []
-        if self._caller_speaking:
-            return []  # never talk over a caller mid-sentence: asked for once they stop
-        self._want_response, self._response_requested = False, True
-        instructions, self._response_instructions = self._response_instructions, ""
-        return [Send(Peer.MODEL, rt.response_create(self._instructions_plus(instructions)))]
-
-    def _instructions_plus(self, extra: str) -> str:
-        """Instructions for one response. They replace the session's for that response, so they carry them."""
-        if not extra:
-            return ""
-        session = self.config.session_update.get("session", {}).get("instructions", "")
-        return f"{session}\n\n{extra}" if session else extra
-
-    def _control_if_heard(self) -> list[Output]:
-        """Hang up or transfer once nothing is left to say or to hear."""
-        control = self._after_playback
-        if control is None or self._control_done or self._playback.awaiting_echoes:
-            return []
-        if self._active_response or self._want_response or self._response_requested or self._running_tools:
-            return []
-        self._control_done = True
-        return [control]
 
     @property
     def marks_pending(self) -> int:
@@ -728,34 +416,8 @@ class Call:
         if elapsed >= config.max_call_duration_ms and not self._wrap_up_started:
             self._wrap_up_started = True
             return [*out, CallTimeLimitReached(config.max_call_duration_ms),
-                    *self._wrap_up("the call reached its time limit", _TIME_LIMIT_INSTRUCTIONS)]
+                    *self._wrap_up("the call reached its time limit", TIME_LIMIT_INSTRUCTIONS)]
         return out
-
-    def budget_reached(self, now_ms: float) -> list[Output]:
-        """The call's cost reached its budget: the agent says goodbye, the call ends once it is heard (or after
-        the wrap-up grace, through the time limit's clock)."""
-        if self.ended or self._wrap_up_started:
-            return []
-        self._wrap_up_started = True
-        if self._started_ms is not None:  # the grace runs from now
-            limit_ms = int(now_ms - self._started_ms)
-            self.config = replace(self.config, max_call_duration_ms=max(1, limit_ms))
-        return self._wrap_up("the call budget was reached", _BUDGET_INSTRUCTIONS)
-
-    def _comfort_noise(self, now_ms: float) -> list[Output]:
-        down = self._model_down_since
-        if down is None or self._model_ready or now_ms - down < COMFORT_NOISE_AFTER_MS or self._playback.awaiting_echoes:
-            return []
-        self._comfort_noise_sent = True
-        return [Send(Peer.TWILIO, tw.media_message(self.stream_sid, _COMFORT_NOISE))]
-
-    def _wrap_up(self, reason: str, instructions: str) -> list[Output]:
-        """Ask the agent for a goodbye, then hang up once it has been heard (as ``end_call`` does)."""
-        self._after_playback, self._control_done = HangUp(reason), False
-        self._wrap_up_reason = reason
-        self._want_response = True
-        self._response_instructions = instructions
-        return self._request_response_if_ready() + self._control_if_heard()
 
     def _end(self, reason: str, *, refused: bool = False) -> list[Output]:
         if self.ended:

@@ -1,0 +1,183 @@
+"""Turn-taking around tools and call control: running tools (fairly, boundedly), asking for responses only when
+nobody is talking, ending or transferring a call once what the agent said has been heard, wrapping a call up at a
+limit or a budget, and the actions the HTTP API takes on a live call.
+
+A mixin of :class:`gateway.call.core.Call`: it works on the call's own state (see ``Call.__init__``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from gateway.call.limits import (
+    GOODBYE_INSTRUCTIONS, MAX_CARRIED_CHARS, MAX_GREETING_ATTEMPTS, MAX_HELD_ITEMS, MAX_QUEUED_TOOLS,
+    TRANSFER_INSTRUCTIONS, BUDGET_INSTRUCTIONS,
+)
+from gateway.call.outputs import END_CALL, HangUp, Output, Peer, RunTool, Send, ToolCalled, Transfer
+from gateway.realtime import events as rt
+
+
+class CallControl:
+    def _function_call(self, event: rt.FunctionCallRequested) -> list[Output]:
+        out: list[Output] = [ToolCalled(event.call_id, event.name, event.arguments)]
+        if event.name in self.config.call_control_tools:
+            already_pending = self._after_playback is not None
+            if event.name == END_CALL:
+                self._after_playback, say = HangUp("the agent ended the call"), GOODBYE_INSTRUCTIONS
+            else:
+                self._after_playback, say = Transfer("the agent transferred the call"), TRANSFER_INSTRUCTIONS
+            note = "Done: the call will be handed over once the caller has heard you."
+            out.append(Send(Peer.MODEL, rt.function_call_output(event.call_id, json.dumps({"ok": True, "note": note}))))
+            if event.response_id not in self._responses_with_audio and not already_pending:
+                # The agent acted before saying anything: let it say goodbye (or announce the transfer) first.
+                self._want_response, self._response_instructions = True, say
+            return out + self._request_response_if_ready()
+        run = RunTool(event.call_id, event.name, event.arguments)
+        # The new session of a call that loses its model must know what was looked up, and what came back.
+        self._conversation.text(("tool", self._session, event.call_id), "assistant",
+                                f"[I used the tool {event.name} with {event.arguments[:500]}]")
+        if len(self._running_tools) - len(self._queued_tools) < self.config.max_tools_per_call:
+            self._running_tools.add(event.call_id)
+            out.append(run)
+        elif len(self._queued_tools) < MAX_QUEUED_TOOLS:
+            # One call may not hold more than its share of the tool pool: this one runs when a slot frees.
+            self._running_tools.add(event.call_id)
+            self._queued_tools.append(run)
+        else:
+            busy = json.dumps({"error": f"too many tool calls at once; {event.name} was not run"})
+            out.append(Send(Peer.MODEL, rt.function_call_output(event.call_id, busy)))
+            self._want_response = True
+            out.extend(self._request_response_if_ready())
+        return out
+
+    def tool_finished(self, call_id: str, output: str) -> list[Output]:
+        """A tool run by the shell finished (or failed: ``output`` then says so, as JSON)."""
+        if self.ended:
+            return []
+        if call_id in self._orphaned_tools:
+            return self._orphaned_tool_finished(call_id, output)
+        if call_id not in self._running_tools:
+            return []
+        self._running_tools.discard(call_id)
+        self._want_response = True
+        self._conversation.extend(("tool", self._session, call_id), f" [it returned {output[:1000]}]")
+        out: list[Output] = [Send(Peer.MODEL, rt.function_call_output(call_id, output))]
+        if self._queued_tools:
+            out.append(self._queued_tools.popleft())
+        return out + self._request_response_if_ready()
+
+    def _orphaned_tool_finished(self, call_id: str, output: str) -> list[Output]:
+        """A tool called by a session that has since been lost: its call id means nothing to the new session, so
+        the result goes in as a note, and the agent is asked to go on with it."""
+        session = self._orphaned_tools.pop(call_id)
+        self._conversation.extend(("tool", session, call_id), f" [it returned {output[:1000]}]")
+        note = rt.user_text(f"(A note from the system, not the caller: the tool you called before the line "
+                            f"glitched has returned {output[:MAX_CARRIED_CHARS]}. Go on with the caller.)")
+        self._want_response = True
+        if not self._model_ready:
+            if len(self._held_items) < MAX_HELD_ITEMS:
+                self._held_items.append(note)
+            return []
+        return [Send(Peer.MODEL, note), *self._request_response_if_ready()]
+
+    # ---- control from the HTTP API (any instance; gateway.api.control) ----------------------------------------
+
+    def operator_message(self, text: str) -> list[Output]:
+        """A word to the agent from the operator (a system message); it answers once the caller is not speaking."""
+        if self.ended:
+            return []
+        item = rt.system_text(text)
+        self._want_response = True
+        if not self._model_ready:
+            if len(self._held_items) < MAX_HELD_ITEMS:
+                self._held_items.append(item)
+            return []
+        return [Send(Peer.MODEL, item), *self._request_response_if_ready()]
+
+    def new_instructions(self, instructions: str) -> list[Output]:
+        """New instructions for the rest of the call, this session and every later one."""
+        if self.ended:
+            return []
+        session = {**self.config.session_update.get("session", {}), "instructions": instructions}
+        self.config = replace(self.config, session_update={**self.config.session_update, "session": session})
+        return [Send(Peer.MODEL, rt.instructions_update(instructions))] if self._model_ready else []
+
+    def transfer_requested(self) -> list[Output]:
+        """Transfer the call (the API asked): the agent announces it, then the transfer once that is heard."""
+        if self.ended or self._after_playback is not None:
+            return []
+        self._after_playback, self._control_done = Transfer("transferred through the API"), False
+        self._want_response, self._response_instructions = True, TRANSFER_INSTRUCTIONS
+        return self._request_response_if_ready() + self._control_if_heard()
+
+    def hangup_requested(self) -> list[Output]:
+        """Hang up now (the API asked)."""
+        if self.ended or self._control_done:
+            return []
+        self._control_done = True
+        return [HangUp("hung up through the API")]
+
+    def transfer_failed(self) -> list[Output]:
+        """Twilio refused the transfer: the call goes on, and the agent is told so it can say something."""
+        if self.ended:
+            return []
+        self._after_playback, self._control_done = None, False
+        self._want_response = True
+        self._response_instructions = "The transfer to a colleague failed. Apologise briefly and keep helping the caller."
+        return self._request_response_if_ready()
+
+    def _ask_for_greeting(self) -> list[Output]:
+        if not self.config.agent_speaks_first or self._greeting_done or self._greeting_attempts >= MAX_GREETING_ATTEMPTS:
+            return []
+        self._greeting_attempts += 1
+        self._greeting_session = self._session
+        self._want_response = True
+        self._response_instructions = self.config.greeting_instructions
+        return self._request_response_if_ready()
+
+    def _request_response_if_ready(self) -> list[Output]:
+        if not self._want_response or self._running_tools or self._active_response or self._response_requested:
+            return []
+        if self._caller_speaking:
+            return []  # never talk over a caller mid-sentence: asked for once they stop
+        self._want_response, self._response_requested = False, True
+        instructions, self._response_instructions = self._response_instructions, ""
+        return [Send(Peer.MODEL, rt.response_create(self._instructions_plus(instructions)))]
+
+    def _instructions_plus(self, extra: str) -> str:
+        """Instructions for one response. They replace the session's for that response, so they carry them."""
+        if not extra:
+            return ""
+        session = self.config.session_update.get("session", {}).get("instructions", "")
+        return f"{session}\n\n{extra}" if session else extra
+
+    def _control_if_heard(self) -> list[Output]:
+        """Hang up or transfer once nothing is left to say or to hear."""
+        control = self._after_playback
+        if control is None or self._control_done or self._playback.awaiting_echoes:
+            return []
+        if self._active_response or self._want_response or self._response_requested or self._running_tools:
+            return []
+        self._control_done = True
+        return [control]
+
+    def budget_reached(self, now_ms: float) -> list[Output]:
+        """The call's cost reached its budget: the agent says goodbye, the call ends once it is heard (or after
+        the wrap-up grace, through the time limit's clock)."""
+        if self.ended or self._wrap_up_started:
+            return []
+        self._wrap_up_started = True
+        if self._started_ms is not None:  # the grace runs from now
+            limit_ms = int(now_ms - self._started_ms)
+            self.config = replace(self.config, max_call_duration_ms=max(1, limit_ms))
+        return self._wrap_up("the call budget was reached", BUDGET_INSTRUCTIONS)
+
+    def _wrap_up(self, reason: str, instructions: str) -> list[Output]:
+        """Ask the agent for a goodbye, then hang up once it has been heard (as ``end_call`` does)."""
+        self._after_playback, self._control_done = HangUp(reason), False
+        self._wrap_up_reason = reason
+        self._want_response = True
+        self._response_instructions = instructions
+        return self._request_response_if_ready() + self._control_if_heard()
+

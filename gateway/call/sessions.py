@@ -1,0 +1,157 @@
+"""The model sessions of a call: connecting one (and configuring it), losing one, replacing one ahead of its
+limit (make-before-break rollover), and the caller-audio clock a session's events are measured against.
+
+A mixin of :class:`gateway.call.core.Call`: it works on the call's own state (see ``Call.__init__``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.call.limits import COMFORT_NOISE, COMFORT_NOISE_AFTER_MS, MAX_QUEUED_TOOLS, RESUME_INSTRUCTIONS, ROLLOVER_RETRY_MS
+from gateway.call.outputs import ModelRolledOver, ModelSessionLost, Output, Peer, PrepareRollover, Send, SwitchModel
+from gateway.realtime import events as rt
+from gateway.twilio import media as tw
+
+
+class ModelSessions:
+    def model_connected(self, now_ms: float | None = None) -> list[Output]:
+        """The model socket is open: configure the session, then flush caller audio held meanwhile.
+
+        In a replacement session the conversation so far is re-created as text items first (a new session
+        starts empty; audio cannot be carried over), so the agent goes on where it was."""
+        self._model_ready = True
+        self._session += 1
+        self._session_started_ms = now_ms
+        self._rollover_pending = False
+        self._model_down_since = None
+        out: list[Output] = [Send(Peer.MODEL, message) for message in self._session_setup(carry=self._session > 1)]
+        if self._comfort_noise_sent:
+            # What is left of the comfort noise at Twilio goes, so the agent's next words are not queued behind it.
+            self._comfort_noise_sent = False
+            if not self._playback.awaiting_echoes:
+                out.append(Send(Peer.TWILIO, tw.clear_message(self.stream_sid)))
+        self._restart_input_clock()
+        for frame_ms, arrived in self._pending_arrivals:
+            self._input_ms += frame_ms
+            self._arrivals.append((self._input_ms, arrived))
+        self._pending_arrivals.clear()
+        if self._pending_audio:
+            # One message: held audio must reach the model before (and not interleaved with) live frames.
+            out.append(Send(Peer.MODEL, rt.input_audio_append(b"".join(self._pending_audio))))
+        self._pending_audio.clear()
+        self._pending_audio_bytes = 0
+        out.extend(Send(Peer.MODEL, item) for item in self._held_items)
+        self._held_items.clear()
+        return out + self._request_response_if_ready()
+
+    def _restart_input_clock(self) -> None:
+        self._input_ms = 0
+        self._arrivals.clear()
+
+    def _caller_stopped_at(self, audio_end_ms: int, now_ms: float) -> float:
+        """When the frame holding the session's input audio position ``audio_end_ms`` arrived (``now_ms`` when
+        it is no longer known)."""
+        for end_ms, arrived in self._arrivals:
+            if end_ms >= audio_end_ms:
+                return min(arrived, now_ms)
+        return now_ms
+
+    def _session_setup(self, *, carry: bool) -> list[dict[str, Any]]:
+        """What configures a model session: the session.update, then (for a replacement) the conversation so far,
+        as text, in conversation order, agent answers cut to what the caller heard, tool calls and results."""
+        messages = [self.config.session_update]
+        if carry:
+            messages.extend(rt.text_item(role, text) for role, text in self._conversation.items())
+        return messages
+
+    # ---- make-before-break rollover -----------------------------------------------------------
+
+    def _quiet(self) -> bool:
+        """Nobody is talking and nothing is in flight: a session can be swapped for another unheard."""
+        return (self._model_ready and not self.ended and self._active_response is None and not self._response_requested
+                and not self._want_response and not self._caller_speaking and not self._playback.awaiting_echoes
+                and not self._running_tools and not self._orphaned_tools and self._after_playback is None
+                and (self._greeting_done or not self.config.agent_speaks_first))
+
+    def _rollover_due(self, now_ms: float) -> list[Output]:
+        config = self.config
+        started = self._session_started_ms
+        if not config.session_limit_ms or started is None or self._rollover_pending or now_ms < self._rollover_not_before_ms:
+            return []
+        margin = min(config.rollover_margin_ms, config.session_limit_ms // 2)
+        if now_ms - started < config.session_limit_ms - margin or not self._quiet():
+            return []
+        self._rollover_pending = True
+        return [PrepareRollover(f"session {(now_ms - started) / 1000:.0f} s old, limit {config.session_limit_ms / 1000:g} s")]
+
+    def rollover_setup(self) -> list[dict[str, Any]]:
+        """The messages that configure the session being prepared (sent to it, not to the current one)."""
+        return self._session_setup(carry=True)
+
+    def rollover_ready(self, now_ms: float) -> list[Output]:
+        """The prepared session answered ``session.updated``: switch to it now if the call is still quiet; if not
+        (the caller began to speak), the shell drops it and the rollover is tried again at a later quiet point
+        (the conversation it was given would be stale)."""
+        if not self._rollover_pending:
+            return []
+        self._rollover_pending = False
+        if not self._quiet():
+            self._rollover_not_before_ms = now_ms + ROLLOVER_RETRY_MS
+            return []
+        age_ms = int(now_ms - self._session_started_ms) if self._session_started_ms is not None else 0
+        self._session += 1
+        self._session_started_ms = now_ms
+        self._restart_input_clock()
+        self._interrupted_responses.clear()
+        reason = "session limit ahead"
+        return [SwitchModel(reason), ModelRolledOver(reason, age_ms)]
+
+    def rollover_failed(self, now_ms: float) -> None:
+        """The next session could not be prepared: the current one goes on; try again later."""
+        self._rollover_pending = False
+        self._rollover_not_before_ms = now_ms + ROLLOVER_RETRY_MS
+
+    def model_lost(self, reason: str, now_ms: float | None = None) -> list[Output]:
+        """The model session is gone but the call goes on: the shell is opening a new one.
+
+        Caller audio is held (bounded) until then; what the old session was doing is dropped: its response,
+        its pending tool calls (their ids mean nothing to the new session) and any request for a response."""
+        if self.ended:
+            return []
+        lost = self._active_response
+        if lost is not None and lost in self._responses_with_audio and lost not in self._interrupted_responses \
+                and lost != self._greeting_response and self._after_playback is None:
+            # An answer cut by the loss: the new session goes on with it (asked once it is configured).
+            self._want_response, self._response_instructions = True, RESUME_INSTRUCTIONS
+        self._model_ready = False
+        self._rollover_pending = False  # a session being prepared is dropped by the shell with the lost one
+        self._active_response = None
+        self._response_requested = False
+        # Tools still running belong to the lost session: their results come back as text to the new one.
+        for call_id in self._running_tools:
+            if len(self._orphaned_tools) < MAX_QUEUED_TOOLS:
+                self._orphaned_tools[call_id] = self._session
+        self._running_tools.clear()
+        self._queued_tools.clear()
+        self._interrupted_responses.clear()
+        self._caller_speaking = False  # the new session reports speech afresh
+        self._model_down_since = now_ms
+        if self._greeting_response is not None or (self._greeting_session and not self._greeting_done):
+            # Not all sent: the next session is asked again, once it is configured (not before).
+            self._greeting_response = None
+            self._want_response, self._response_instructions = False, ""
+        # A goodbye (or transfer announcement) heard in full before the loss: act on it now.
+        return [ModelSessionLost(reason), *self._control_if_heard()]
+
+    def model_closed(self, reason: str) -> list[Output]:
+        self._model_ready = False
+        return self._end(f"model socket closed: {reason}")
+
+    def _comfort_noise(self, now_ms: float) -> list[Output]:
+        down = self._model_down_since
+        if down is None or self._model_ready or now_ms - down < COMFORT_NOISE_AFTER_MS or self._playback.awaiting_echoes:
+            return []
+        self._comfort_noise_sent = True
+        return [Send(Peer.TWILIO, tw.media_message(self.stream_sid, COMFORT_NOISE))]
+
