@@ -48,7 +48,7 @@ from gateway.droplog import DropCounter
 from gateway.observe import metrics
 from gateway.observe.ledger import CallLedger
 from gateway.observe.logs import bind_call
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, Pacer
 from gateway.realtime import events as rt
 from gateway.security import StreamGrant
 from gateway.state.base import StateUnavailable
@@ -222,7 +222,8 @@ class MediaStreamSession:
         self._model_link: _ModelLink | None = None  # the current model session: what the core's messages go to
         self._standby: _ModelLink | None = None  # a session being prepared for a rollover
         self._handover: _ModelLink | None = None  # the session switched to, for the model reader to take over
-        self._twilio_out = Outbox(self._write_twilio, max_bytes=TWILIO_BACKLOG_BYTES, written=self._written_to_twilio)
+        self._twilio_out = Outbox(self._write_twilio, max_bytes=TWILIO_BACKLOG_BYTES, written=self._written_to_twilio,
+                                  pacer=Pacer(settings.twilio_audio_lead_ms) if settings.twilio_audio_lead_ms else None)
         self._model_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._end_reason = ""
@@ -608,7 +609,8 @@ class MediaStreamSession:
             self._twilio_out.discard(_TWILIO_AUDIO)
             self._twilio_out.put_first(text, event, arrived=self._speech_started_at)
             return
-        self._twilio_out.put(text, event, arrived=self._arrived)
+        play_ms = len(message["media"]["payload"]) * 3 / 4 / 8 if event == "media" else 0.0  # base64 of 8 kHz mu-law
+        self._twilio_out.put(text, event, arrived=self._arrived, play_ms=play_ms)
         if self._twilio_out.overflowed:
             log.error("Twilio is not reading its socket (%d bytes queued); ending the call call_sid=%s",
                       self._twilio_out.queued_bytes, self.call.call_sid or "-")

@@ -81,6 +81,7 @@ class OutboundCallSettings:
     metadata: dict[str, str] = field(default_factory=dict)
     machine_detection: str = "none"  # "none" | "hangup" | "voicemail"
     api_key_id: str | None = None  # the key that placed the call (its id, never the key): only it may see the call
+    record: bool | None = None  # record the call's audio (gateway.recording_wav); None: RECORD_AUDIO decides
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,6 +175,7 @@ class CallRecord:
     usage: dict[str, int] = field(default_factory=dict)  # tokens by kind: input_audio, output_text, ...
     cost_usd: float | None = None
     recording: str | None = None  # the recording's file name in RECORD_CALLS_DIR, if the call was recorded
+    record_audio: bool | None = None  # POST /calls' "record" (recording consent); None: RECORD_AUDIO decides
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,16 @@
+"""The web console at ``/console``: live calls with their running transcript, past calls, a call's page.
+
+Plain HTML from the server (:mod:`.pages`, templates in ``templates/``), one small script and one style sheet
+(``static/``), no build step. Modules:
+
+* :mod:`.routes`: the routes, login and logout, CSRF and origin checks, the security headers;
+* :mod:`.session`: login sessions (a random id in an HTTP-only cookie, mapped here to the API key's id);
+* :mod:`.hub`: the live view's fan-out of every call's events to the browsers' event streams;
+* :mod:`.timeline`: a call's timeline as an inline SVG.
+"""
+
+from gateway.console.hub import LiveHub
+from gateway.console.routes import console_routes
+from gateway.console.session import ConsoleSessions
+
+__all__ = ["ConsoleSessions", "LiveHub", "console_routes"]

@@ -1,0 +1,266 @@
+"""The console's routes, all under ``/console`` (a Mount: they stay out of the API's OpenAPI description).
+
+* ``GET|POST /console/login``: the login form; a valid API key starts a session (cookie ``gateway_console``:
+  HttpOnly, SameSite=Strict, Path=/console, Max-Age ``CONSOLE_SESSION_TTL_S``, Secure over https or when
+  PUBLIC_URL is https). Failed logins count with the API's (``API_AUTH_FAILURES_PER_MINUTE`` per client address).
+* ``POST /console/logout``: ends the session and its live streams.
+* ``GET /console/live``, ``/console/live/events``: the live calls, and their events as server-sent events.
+* ``GET /console/calls``: past calls, with the filters and paging of ``GET /calls``.
+* ``GET /console/calls/{sid}``, ``/console/calls/{sid}/recording``: a call's page, its recording.
+* ``/console/static/*``: the style sheet and the script (the only script: no inline script anywhere).
+
+CSRF: the cookie is SameSite=Strict, every POST must come from the console's own origin (``Origin``, else
+``Referer``), and a signed-in POST carries the session's CSRF token. Every response has a strict
+Content-Security-Policy and is never cached. Scoping is the API's: an operator key sees every call, another key the
+calls it placed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.staticfiles import StaticFiles
+
+from gateway.api.auth import retry_after_header
+from gateway.api.errors import ApiError
+from gateway.api.requests import parse_call_query
+from gateway.console import pages
+from gateway.console.session import COOKIE_NAME, COOKIE_PATH, ConsoleSession
+from gateway.console.timeline import recording_envelopes, timeline_svg
+from gateway.recording_wav import recording_file
+from gateway.store import CallRecord
+from gateway.twilio.sids import is_call_sid
+from gateway.twilio.webhook import WebhookRejected, bounded_body, parse_webhook_form
+
+log = logging.getLogger("gateway.console")
+
+MAX_FORM_BYTES = 4096
+STREAM_MAX_S = 25.0  # an event stream ends after this and the browser reconnects: the session is checked again, and
+KEEPALIVE_S = 10.0  # a shutdown never waits long for an open console
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                                 b"media-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                                 b"form-action 'self'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),  # no-referrer would make browsers send "Origin: null"
+    (b"cache-control", b"no-store"),
+]
+
+
+class SecurityHeaders:
+    """Adds :data:`SECURITY_HEADERS` to every response of the wrapped app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                names = {name for name, _ in SECURITY_HEADERS}
+                kept = [(n, v) for n, v in message.get("headers", []) if n.lower() not in names]
+                message = {**message, "headers": kept + SECURITY_HEADERS}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.gateway
+
+
+def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status, headers=headers)
+
+
+def _session(request: Request) -> ConsoleSession | None:
+    return _state(request).console_sessions.get(request.cookies.get(COOKIE_NAME))
+
+
+def _to_login() -> Response:
+    return RedirectResponse("/console/login", status_code=303)
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https" or _state(request).settings.public_url.startswith("https://")
+
+
+def _same_origin(request: Request) -> bool:
+    """A POST from a page of this console: its Origin (or, without one, its Referer's) is this server's own, or
+    PUBLIC_URL's."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        referer = urlsplit(request.headers.get("referer", ""))
+        origin = f"{referer.scheme}://{referer.netloc}" if referer.scheme and referer.netloc else ""
+    if not origin or origin == "null":
+        return False
+    allowed = {f"{request.url.scheme}://{request.url.netloc}"}
+    public = urlsplit(_state(request).settings.public_url)
+    if public.scheme and public.netloc:
+        allowed.add(f"{public.scheme}://{public.netloc}")
+    return origin.lower() in {value.lower() for value in allowed}
+
+
+async def _form(request: Request) -> dict[str, str] | None:
+    try:
+        body = await bounded_body(request, MAX_FORM_BYTES)
+        return parse_webhook_form(body) if body is not None else None
+    except (TimeoutError, WebhookRejected):
+        return None
+
+
+async def home(request: Request) -> Response:
+    return RedirectResponse("/console/live" if _session(request) else "/console/login", status_code=303)
+
+
+async def login(request: Request) -> Response:
+    state = _state(request)
+    api = state.outbound
+    if request.method == "GET":
+        return RedirectResponse("/console/live", status_code=303) if _session(request) else _html(pages.login_page())
+    if not api.keys.enabled:
+        return _html(pages.login_page("The console is disabled: set API_KEYS to enable it."), 503)
+    if not _same_origin(request):
+        return _html(pages.login_page("This form must be sent from the console's own page."), 403)
+    client = request.client.host if request.client else None
+    wait = api.auth_failures.retry_after(client)
+    if wait > 0:
+        return _html(pages.login_page("Too many failed logins from this address: try again in a minute."), 429,
+                     {"Retry-After": retry_after_header(wait)})
+    form = await _form(request)
+    if form is None:
+        return _html(pages.login_page("The form could not be read."), 400)
+    key = form.get("api_key", "").strip()
+    key_id = api.keys.authenticate(f"Bearer {key}") if key else None
+    if key_id is None:
+        api.auth_failures.record_failure(client, "console login: " + ("unknown API key" if key else "empty key"))
+        return _html(pages.login_page("That is not a valid API key."), 401)
+    session_id, session = state.console_sessions.create(key_id, api.keys.is_operator(key_id))
+    log.info("console login: key=%s operator=%s", key_id, session.operator)
+    response = RedirectResponse("/console/live", status_code=303)
+    response.set_cookie(COOKIE_NAME, session_id, max_age=int(state.console_sessions.ttl_s), path=COOKIE_PATH,
+                        secure=_secure(request), httponly=True, samesite="strict")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    state = _state(request)
+    session = _session(request)
+    if session is None:
+        return _to_login()
+    form = await _form(request) if _same_origin(request) else None
+    if form is None or not session.csrf_ok(form.get("csrf")):
+        log.warning("console: a logout without this session's CSRF token or from another origin was refused")
+        return _html(pages.message_page("Refused", "This request did not come from the console.", session), 403)
+    state.console_sessions.end(request.cookies.get(COOKIE_NAME))
+    state.console.end_session(session.handle)
+    log.info("console logout: key=%s", session.key_id)
+    response = _to_login()
+    response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH, secure=_secure(request), httponly=True, samesite="strict")
+    return response
+
+
+async def live(request: Request) -> Response:
+    session = _session(request)
+    return _html(pages.live_page(session)) if session else _to_login()
+
+
+async def live_events(request: Request) -> Response:
+    state = _state(request)
+    session = _session(request)
+    if session is None:
+        return Response("not signed in", status_code=401, media_type="text/plain")
+    subscriber = state.console.subscribe(session.key_id, session.operator, session.handle)
+    if subscriber is None:
+        return Response("too many live streams", status_code=503, media_type="text/plain",
+                        headers={"Retry-After": "10"})
+    cookie = request.cookies.get(COOKIE_NAME)
+
+    async def events() -> AsyncIterator[str]:
+        deadline = time.monotonic() + STREAM_MAX_S
+        try:
+            yield "retry: 1000\n\n"
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or state.console_sessions.get(cookie) is None or state.drained():
+                    return
+                message = await subscriber.next(min(KEEPALIVE_S, left))
+                if message is None:
+                    return
+                yield message or ": keep-alive\n\n"
+        finally:
+            state.console.unsubscribe(subscriber)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
+
+
+def _visible(record: CallRecord | None, session: ConsoleSession) -> bool:
+    return record is not None and (session.operator or record.api_key_id == session.key_id)
+
+
+async def _call(request: Request, session: ConsoleSession) -> CallRecord | None:
+    call_sid = request.path_params["sid"]
+    record = await _state(request).store.get_call(call_sid) if is_call_sid(call_sid) else None
+    return record if _visible(record, session) else None
+
+
+async def calls(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _to_login()
+    filters = {name: value.strip() for name, value in request.query_params.multi_items() if value.strip()}
+    try:
+        query = parse_call_query(filters.items(), api_key_id=None if session.operator else session.key_id)
+    except ApiError as error:
+        return _html(pages.calls_page(session, [], filters, None, error.message), 400)
+    page = await _state(request).store.list_calls(query)
+    return _html(pages.calls_page(session, page.records, filters, page.next_cursor))
+
+
+async def call(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _to_login()
+    record = await _call(request, session)
+    if record is None:
+        return _html(pages.message_page("Not found", "No such call is known to this gateway.", session), 404)
+    path = recording_file(_state(request).settings.record_calls_dir, record.recording)
+    try:
+        waves = await asyncio.to_thread(recording_envelopes, path)
+    except (OSError, ValueError) as error:
+        log.warning("console: the recording %s could not be drawn: %s", record.recording, error)
+        waves = None
+    return _html(pages.call_page(session, record, timeline_svg(record, waves), path is not None))
+
+
+async def recording(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return Response("not signed in", status_code=401, media_type="text/plain")
+    record = await _call(request, session)
+    path = recording_file(_state(request).settings.record_calls_dir, record.recording) if record else None
+    if path is None:
+        return Response("no recording", status_code=404, media_type="text/plain")
+    return FileResponse(path, media_type="audio/wav", filename=path.name, content_disposition_type="inline")
+
+
+console_routes: list[BaseRoute] = [
+    Mount("/console", app=SecurityHeaders(Router(routes=[
+        Route("/", home, methods=["GET"]),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/live", live, methods=["GET"]),
+        Route("/live/events", live_events, methods=["GET"]),
+        Route("/calls", calls, methods=["GET"]),
+        Route("/calls/{sid}", call, methods=["GET"]),
+        Route("/calls/{sid}/recording", recording, methods=["GET"]),
+        Mount("/static", app=StaticFiles(packages=[("gateway.console", "static")]), name="static"),
+    ]))),
+]
