@@ -179,7 +179,7 @@ class Settings:
     log_level: str = "info"
     max_frame_bytes: int = 65536
     mark_interval_ms: int = 100
-    twilio_audio_lead_ms: int = 0  # agent audio is sent at most this far ahead of playback (0: as it comes)
+    twilio_audio_lead_ms: int = 500  # agent audio is sent at most this far ahead of playback (0: as it comes)
     record_calls_dir: str = ""  # when set, every call's Twilio frames are written there (gateway.recording)
     record_audio: bool = False  # each call also as a stereo WAV there (gateway.recording_wav); POST /calls' "record" wins
     console_session_ttl_s: int = 8 * 3600  # a /console login lasts this long (gateway.console)
@@ -338,7 +338,7 @@ class Settings:
             log_level=_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             max_frame_bytes=_int(env, "MAX_FRAME_BYTES", 65536, 1024, 1 << 20),
             mark_interval_ms=_int(env, "MARK_INTERVAL_MS", 100, 20, 2000),
-            twilio_audio_lead_ms=_int(env, "TWILIO_AUDIO_LEAD_MS", 0, 0, 60_000),
+            twilio_audio_lead_ms=_int(env, "TWILIO_AUDIO_LEAD_MS", 500, 0, 60_000),
             record_calls_dir=(env.get("RECORD_CALLS_DIR") or "").strip(),
             record_audio=_record_audio(env),
             console_session_ttl_s=_int(env, "CONSOLE_SESSION_TTL_S", 8 * 3600, 60, 30 * 86400),

@@ -19,19 +19,43 @@ only *put* (never await), and:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Awaitable, Callable
+
+
+class Pacer:
+    """Keeps the audio written to a peer at most ``lead_ms`` ahead of its playback: the rest waits in the outbox,
+    where a ``clear`` drops it at once, instead of in TCP buffers and the peer's queue, where it would still be
+    sent (a slow network path) or played (until the clear arrives behind it)."""
+
+    def __init__(self, lead_ms: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.lead_s = lead_ms / 1000
+        self._clock = clock
+        self._play_end = 0.0  # when everything written so far will have played
+
+    def wait_s(self) -> float:
+        """How long to wait before the next chunk of audio may be written."""
+        return max(0.0, self._play_end - self._clock() - self.lead_s)
+
+    def written(self, play_ms: float) -> None:
+        self._play_end = max(self._play_end, self._clock()) + play_ms / 1000
+
+    def reset(self) -> None:
+        """The peer's queue was cleared: nothing of what was written will play."""
+        self._play_end = 0.0
 
 
 class Outbox:
     """Messages (text frames) for one socket, written by :meth:`run`. ``write`` sends one frame."""
 
     def __init__(self, write: Callable[[str], Awaitable[None]], *, max_bytes: int,
-                 written: Callable[[str, float], None] | None = None) -> None:
+                 written: Callable[[str, float], None] | None = None, pacer: Pacer | None = None) -> None:
         self._write = write
+        self.pacer = pacer  # audio (messages put with play_ms) is written at most pacer.lead_ms ahead of playback
         self._written = written  # told (kind, when its cause arrived) after each write: for delay metrics
         self.max_bytes = max_bytes
-        self._queue: deque[tuple[str, str, float]] = deque()  # (kind, text, when what caused it arrived)
+        self._queue: deque[tuple[str, str, float, float]] = deque()  # (kind, text, when its cause arrived, play ms)
         self._bytes = 0
         self._wake = asyncio.Event()
         self.closed = False
@@ -42,7 +66,8 @@ class Outbox:
     def queued_bytes(self) -> int:
         return self._bytes
 
-    def put(self, text: str, kind: str = "", *, droppable: bool = False, arrived: float = 0.0) -> bool:
+    def put(self, text: str, kind: str = "", *, droppable: bool = False, arrived: float = 0.0,
+            play_ms: float = 0.0) -> bool:
         """Queue ``text`` behind everything queued; False if it was not (closed, or full and ``droppable``)."""
         if self.closed:
             return False
@@ -51,7 +76,7 @@ class Outbox:
             return False
         if self._bytes + len(text) > self.max_bytes and not droppable:
             self.overflowed = True
-        self._queue.append((kind, text, arrived))
+        self._queue.append((kind, text, arrived, play_ms))
         self._bytes += len(text)
         self._wake.set()
         return True
@@ -60,7 +85,7 @@ class Outbox:
         """Queue ``text`` ahead of everything queued (control messages)."""
         if self.closed:
             return
-        self._queue.appendleft((kind, text, arrived))
+        self._queue.appendleft((kind, text, arrived, 0.0))
         self._bytes += len(text)
         self._wake.set()
 
@@ -70,6 +95,8 @@ class Outbox:
         dropped = len(self._queue) - len(kept)
         self._queue = kept
         self._bytes = sum(len(item[1]) for item in kept)
+        if self.pacer is not None:
+            self.pacer.reset()
         return dropped
 
     def close(self) -> None:
@@ -85,8 +112,21 @@ class Outbox:
             await self._wake.wait()
             self._wake.clear()
             while self._queue and not self.closed:
-                kind, text, arrived = self._queue.popleft()
+                play_ms = self._queue[0][3]
+                if play_ms and self.pacer is not None:
+                    wait_s = self.pacer.wait_s()
+                    if wait_s > 0:
+                        # Far enough ahead of playback: wait, but wake for a control message put first.
+                        self._wake.clear()
+                        try:
+                            await asyncio.wait_for(self._wake.wait(), wait_s)
+                        except TimeoutError:
+                            pass
+                        continue
+                kind, text, arrived, play_ms = self._queue.popleft()
                 self._bytes -= len(text)
                 await self._write(text)
+                if play_ms and self.pacer is not None:
+                    self.pacer.written(play_ms)
                 if self._written is not None and arrived:
                     self._written(kind, arrived)

@@ -63,3 +63,34 @@ async def test_backpressure_drops_caller_audio_and_flags_the_rest() -> None:
     outbox.close()
     await asyncio.wait_for(writer, 1)
     assert not outbox.put("late")
+
+
+async def test_paced_audio_stays_a_bounded_lead_ahead_and_a_clear_is_not_held_behind_it() -> None:
+    from gateway.outbox import Pacer
+
+    written: list[tuple[float, str]] = []
+    loop = asyncio.get_running_loop()
+
+    async def write(text: str) -> None:
+        written.append((loop.time(), text))
+
+    outbox = Outbox(write, max_bytes=1_000_000, pacer=Pacer(lead_ms=200))
+    writer = asyncio.create_task(outbox.run())
+    started = loop.time()
+    for n in range(10):  # one second of agent audio, put at once
+        outbox.put(f"audio{n}", "media", play_ms=100)
+    await asyncio.sleep(0.05)
+    # Only the lead (and the chunk that crosses it) went at once; the rest waits in the outbox, to be cleared.
+    assert [text for _, text in written] == ["audio0", "audio1", "audio2"]
+    outbox.discard(frozenset({"media", "mark"}))
+    outbox.put_first("clear", "clear")
+    await asyncio.sleep(0.02)
+    assert written[-1][1] == "clear" and written[-1][0] - started < 0.1  # not held behind the paced audio
+    # After a clear nothing is queued at the peer: new audio goes at once, then is paced again.
+    for n in range(4):
+        outbox.put(f"next{n}", "media", play_ms=100)
+    await asyncio.sleep(0.35)
+    times = {text: at for at, text in written}
+    assert times["next0"] - times["clear"] < 0.05 and times["next3"] - times["next0"] >= 0.05
+    outbox.close()
+    await writer

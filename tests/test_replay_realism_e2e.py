@@ -105,3 +105,15 @@ async def test_a_model_slow_to_start_shows_as_the_longest_silence() -> None:
     assert report.longest_silence_ms > NORMAL_SILENCE_MS
     text = format_summary(report, color=False)
     assert f"longest silence: {report.longest_silence_ms:.0f} ms (waiting for the answer to 'bye'" in text
+
+
+async def test_pacing_keeps_a_clear_from_waiting_behind_seconds_of_audio_on_a_slow_path() -> None:
+    # A path to Twilio that moves about real time (12 kB/s): without pacing the clear queued behind ~1.6 s of audio
+    # already in TCP buffers (measured); with TWILIO_AUDIO_LEAD_MS=500 (the default) it waits behind ~0.7 s.
+    async with start_gateway() as gateway:
+        report = await run_call(gateway.ws_url, conversation_with_barge_in(), timeout_s=40, hangup_after_ms=500,
+                                slow_reader=SlowReader(max_bytes_per_s=12_000), seed=3)
+        session = gateway.local_server.sessions[-1]
+    barge_in = report.turns[1]
+    assert barge_in.stopped_by == "cleared" and barge_in.stop_ms is not None and barge_in.stop_ms < 1200, barge_in
+    assert session.errors == [] and report.longest_silence_ms < NORMAL_SILENCE_MS  # paced, yet never starved
