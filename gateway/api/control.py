@@ -21,11 +21,10 @@ import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api.errors import ApiError, error_response
+from gateway.api.errors import ApiError, error_response, json_body
 from gateway.api.requests import SayRequest
 from gateway.state.base import SharedState, StateUnavailable
 from gateway.twilio.sids import is_call_sid
-from gateway.twilio.webhook import bounded_body
 
 log = logging.getLogger("gateway.api.control")
 
@@ -49,14 +48,7 @@ async def _authorised(request: Request, call_sid: str) -> None:
 async def _say_body(request: Request) -> tuple[str, str]:
     """``{"text": "...", "as": "message" | "instructions"}`` (:class:`gateway.api.requests.SayRequest`) ->
     (action, text)."""
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-        raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
-    try:
-        body = await bounded_body(request, MAX_CONTROL_BODY_BYTES)
-    except TimeoutError:
-        raise ApiError(408, "request_timeout", "the body did not arrive in time") from None
-    if body is None:
-        raise ApiError(413, "body_too_large", f"the body is over {MAX_CONTROL_BODY_BYTES} bytes")
+    body = await json_body(request, MAX_CONTROL_BODY_BYTES)
     try:
         say = SayRequest.model_validate_json(body)
     except pydantic.ValidationError as error:

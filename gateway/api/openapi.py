@@ -338,6 +338,8 @@ OPERATIONS: dict[tuple[str, str], Union[Operation, dict[str, Any]]] = {
             202: Answer("The instance holding the call accepted.", ControlAccepted),
             400: error("Invalid body (`invalid_text`, `invalid_as`, `invalid_request`, `invalid_json`)."),
             404: error("The call is not in progress on any instance (`call_not_live`, `call_not_found`)."),
+            408: error("The body did not arrive in time (`body_timeout`)."),
+            413: error("Body over 8192 bytes (`body_too_large`)."),
             415: error("The body is not JSON (`unsupported_media_type`)."),
             **_CONTROL_FAILURES,
         }),

@@ -29,7 +29,7 @@ from gateway.api.auth import (
     retry_after_header,
 )
 from gateway.api.control import control_call, control_endpoint
-from gateway.api.errors import ApiError, error_response
+from gateway.api.errors import ApiError, error_response, json_body
 from gateway.state.base import StateUnavailable
 from gateway.api.requests import MAX_BODY_BYTES, parse_call_query, parse_call_request
 from gateway.config import Settings
@@ -39,7 +39,7 @@ from gateway.security import OUTBOUND, StreamCredentials
 from gateway.twilio.rest import TwilioError, TwilioNotConfigured, TwilioRest
 from gateway.twilio.sids import is_call_sid
 from gateway.twilio.twiml import say_and_hang_up_twiml
-from gateway.twilio.webhook import WebhookRejected, bounded_body, read_call_webhook, stream_twiml
+from gateway.twilio.webhook import WebhookRejected, read_call_webhook, stream_twiml
 
 log = logging.getLogger("gateway.api")
 
@@ -160,15 +160,7 @@ async def create_call(request: Request) -> Response:
         if api.budget_exhausted is not None and await api.budget_exhausted():
             raise ApiError(429, "daily_budget_reached", "today's cost reached DAILY_BUDGET_USD; no new calls today",
                            headers={"Retry-After": "3600"})
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
-        try:
-            body = await bounded_body(request, MAX_BODY_BYTES)
-        except TimeoutError:
-            raise ApiError(408, "body_timeout", "the body did not arrive in time") from None
-        if body is None:
-            raise ApiError(413, "body_too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
+        body = await json_body(request, MAX_BODY_BYTES)
         call_settings = parse_call_request(
             body,
             # TWILIO_FROM_NUMBER's caller IDs; Settings made with replace(twilio_from_number=...) have just that one.
