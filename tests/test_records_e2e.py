@@ -71,3 +71,22 @@ async def test_a_call_leaves_its_record_in_postgresql():
         pytest.skip(reason)
     record, cost, turns = await one_call_record(POSTGRES_URL)
     check(record, cost, turns)
+
+
+async def test_two_instances_write_their_records_to_the_one_postgresql():
+    reason = _postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    common = dict(store_url=POSTGRES_URL, api_keys=(KEY,))
+    async with start_gateway(instance_id="pg-a", **common) as a, start_gateway(instance_id="pg-b", **common) as b:
+        reports = [await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
+                                  timeout_s=30, hangup_after_ms=500) for gw in (a, b)]
+        for gw in (a, b):
+            for _ in range(100):
+                if not gw.app.state.gateway.active_calls:
+                    break
+                await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=a.http_url) as http:  # either instance reads both
+            for report in reports:
+                response = await http.get(f"/calls/{report.call_sid}", headers={"Authorization": f"Bearer {KEY}"})
+                assert response.status_code == 200 and response.json()["turns"], response.text

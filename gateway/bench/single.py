@@ -1,4 +1,4 @@
-"""``gateway bench``: the gateway's own CPU per call-second under a realistic load.
+"""``gateway bench`` (one run): the gateway's own CPU per call-second under a realistic load.
 
 Three processes, so each one's CPU time is its own:
 

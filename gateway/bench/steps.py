@@ -1,0 +1,415 @@
+"""``gateway bench --steps 25,50,...``: the gateway beside a null relay, at rising concurrency, in one run.
+
+For every step (a number of concurrent calls) and every target, in this order:
+
+* ``relay``: the null relay (:mod:`.relay`) in front of the mirror model (:mod:`.models`): the cheapest thing
+  that moves the same messages on the same stack (Starlette + uvicorn, the gateway's server options);
+* ``pcmu``: the gateway, ``AUDIO_FORMAT=pcmu`` (pass-through), in front of the embedded Realtime echo agent;
+* ``pcm16``: the gateway transcoding (mu-law 8 kHz <-> PCM16 24 kHz), same model.
+
+The server under test is pinned to CPU 0; the load generator (this process: the replay phones,
+:mod:`gateway.replay`) and the model process to CPU 1. Every phone says a phrase (about 1.5 s), waits for the
+echo agent's answer, and barges in 600 ms into it with the next one, for the whole call: every cycle is a
+barge-in. The window starts once every call of the step is up.
+
+Per step and target: the server's CPU per call-second (user + system, ``/proc``) and its ratio to the relay's;
+per-frame forwarding delay both ways (p50/p99/max, see below); caller audio lost (frames) and late (frames
+more than 20 ms behind their session's best); turn latency and barge-in stop time as the phones measure them;
+the server's RSS before the first call and per call; and whether the load generator kept its 20 ms schedule
+(p99 of the phones' send lag under 20 ms). A step where it did not is marked ``LOAD BEHIND``: its figures are
+the harness's as much as the server's, and the run stops rising.
+
+Forwarding delay, on the one monotonic clock all the processes share, as delay above the session's best frame:
+
+* phone -> model: the model process notes when each frame of caller audio came off its socket and where the
+  frame ends on the call's audio clock; the phone sends the frame ending at ``p`` at stream time ``p``, so
+  ``arrival - p`` is the one-way delay plus a per-call constant, and ``arrival - p - min(arrival - p)`` is
+  what that frame took beyond the call's fastest (the phone's own send lag included, shown apart);
+* model -> phone: the agent's audio is sent by the model at real time, one 100 ms chunk every 100 ms from the
+  start of its answer; the phone notes when each chunk arrives, and ``arrival - 100 ms * k`` minus its
+  minimum over the answer is the chunk's delay beyond the fastest.
+
+On loopback the fastest frame's own delay is a fraction of a millisecond; it is not in the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from gateway.replay.load import Percentiles, run_load
+from gateway.replay.phone import FRAME_MS, CallerTurn, call_with
+from gateway.replay.report import CallReport
+from gateway.runner import free_port
+from gateway.wavio import load_sample
+
+from .models import inbound_delays
+from .single import (
+    MARGIN_S,
+    SAMPLE,
+    BenchPhone,
+    Child,
+    Counters,
+    _http_get,
+    _port_open,
+    _wait_until,
+    machine,
+    process_cpu_times,
+    process_rss_mb,
+    stop_children,
+)
+
+TARGETS = ("relay", "pcmu", "pcm16")
+BARGE_IN_AFTER_MS = 600.0
+CHUNK_S = 0.1
+NEW_ANSWER_GAP_S = 0.25  # agent audio this long after the previous chunk is the start of another answer
+LATE_MS = 20.0
+SERVER_CPU = 0
+LOAD_CPU = 1
+
+
+@dataclass
+class StepsConfig:
+    steps: list[int] = field(default_factory=lambda: [25, 50, 100])
+    seconds: float = 20.0
+    ramp: float = 5.0
+    targets: tuple[str, ...] = TARGETS
+    tls: bool = False
+    out_dir: str = ""
+    gateway_path: str = ""  # run the gateway from another checkout (PYTHONPATH), for before/after figures
+
+    def command(self) -> str:
+        parts = [f"gateway bench --steps {','.join(map(str, self.steps))} --seconds {self.seconds:g} --ramp {self.ramp:g}"]
+        if tuple(self.targets) != TARGETS:
+            parts.append(f"--targets {','.join(self.targets)}")
+        if self.tls:
+            parts.append("--tls")
+        return " ".join(parts)
+
+
+class StepPhone(BenchPhone):
+    """A bench phone that also notes when each chunk of agent audio arrives (monotonic s) and each clear."""
+
+    def __init__(self, turns: list[CallerTurn], counters: Counters, duration_ms: float) -> None:
+        super().__init__(turns, counters, duration_ms)
+        self.arrivals: list[tuple[float, int]] = []  # (monotonic s, answer number)
+        self._answer = 0
+        self._last = -1.0
+
+    def receive(self, message: str | bytes, now_ms: float) -> list[dict[str, Any]]:
+        arrived = time.monotonic()
+        text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+        if '"event":"media"' in text or '"event": "media"' in text:
+            if arrived - self._last > NEW_ANSWER_GAP_S:
+                self._answer += 1
+            self._last = arrived
+            self.arrivals.append((arrived, self._answer))
+        elif '"clear"' in text:
+            self._answer += 1
+            self._last = -1.0
+        return super().receive(message, now_ms)
+
+
+def outbound_delays(phones: list[StepPhone], window: tuple[float, float]) -> np.ndarray:
+    out: list[np.ndarray] = []
+    for phone in phones:
+        if not phone.arrivals:
+            continue
+        data = np.asarray(phone.arrivals, dtype=np.float64)
+        for answer in np.unique(data[:, 1]):
+            times = data[data[:, 1] == answer, 0]
+            offset = (times - CHUNK_S * np.arange(len(times))) * 1000.0
+            inside = (times >= window[0]) & (times < window[1])
+            if inside.any() and len(times) > 1:
+                out.append(offset[inside] - offset.min())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def barge_in_turns(duration_ms: float, audio: bytes) -> list[CallerTurn]:
+    n = max(2, int(duration_ms / 1500.0) + 2)
+    first = CallerTurn(audio, after_silence_ms=400.0, name="say0")
+    return [first] + [CallerTurn(audio, after_agent_heard_ms=BARGE_IN_AFTER_MS, name=f"barge{i}") for i in range(1, n)]
+
+
+def self_signed(directory: str) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 / localhost made now (cryptography), and its key: (cert path, key path)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway bench")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def _pin(pid: int, cpu: int) -> bool:
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        return False
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(pid, {cpu})
+        return True
+    return False
+
+
+def _p(values: np.ndarray) -> dict[str, float] | None:
+    pct = Percentiles.of(values) if len(values) else None
+    return None if pct is None else {"count": pct.count, "p50": round(pct.p50, 2), "p99": round(pct.p99, 2), "max": round(pct.max, 2)}
+
+
+def _pd(value: Percentiles | None) -> dict[str, float] | None:
+    return None if value is None else {"count": value.count, "p50": round(value.p50, 1), "p99": round(value.p99, 1), "max": round(value.max, 1)}
+
+
+async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
+                     say: Callable[[str], None]) -> dict[str, Any]:
+    host = "127.0.0.1"
+    env = dict(os.environ, LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
+    scheme = "ws"
+    model_args: list[str] = []
+    if config.tls:
+        cert, key = self_signed(workdir)
+        model_args = ["--tls-cert", cert, "--tls-key", key]
+        env["SSL_CERT_FILE"] = cert  # the gateway's (and the relay's) client trusts the run's own certificate
+        scheme = "wss"
+    report = os.path.join(workdir, f"arrivals-{target}-{calls}.json")
+    model_port, server_port = free_port(host), free_port(host)
+    children: list[Child] = []
+    try:
+        kind = "mirror" if target == "relay" else "realtime"
+        model = Child("model", [sys.executable, "-m", "gateway.bench.models", kind, "--port", str(model_port),
+                                "--report", report, *model_args], env)
+        children.append(model)
+        upstream = f"{scheme}://{host}:{model_port}" + ("" if target == "relay" else "/v1/realtime")
+        if target == "relay":
+            server = Child("relay", [sys.executable, "-m", "gateway.bench.relay", "--port", str(server_port),
+                                     "--upstream", upstream], env)
+        else:
+            server_env = dict(env, REALTIME_URL=upstream, REALTIME_API_KEY="bench", AUDIO_FORMAT=target,
+                              TWILIO_AUTH_TOKEN="", INSECURE_DEV_MODE="true", DRAIN_TIMEOUT_S="0",
+                              MAX_CALLS=str(max(100, calls * 2)), RECORD_CALLS_DIR="")
+            server_env.pop("OPENAI_API_KEY", None)
+            server_env.pop("AZURE_OPENAI_API_KEY", None)
+            serve = ["serve", "--host", host, "--port", str(server_port)]
+            if config.gateway_path:
+                # Not `-m`: it puts the current folder (this checkout) first on sys.path, whatever PYTHONPATH says.
+                launch = ["-c", f"import sys; sys.path.insert(0, {config.gateway_path!r}); "
+                                f"from gateway.cli import main; sys.exit(main({serve!r}))"]
+            else:
+                launch = ["-m", "gateway.cli", *serve]
+            server = Child("gateway", [sys.executable, *launch], server_env)
+        children.append(server)
+        _pin(server.pid, SERVER_CPU)
+        _pin(model.pid, LOAD_CPU)
+        await _wait_until(model, lambda: _port_open(host, model_port))
+        if target == "relay":
+            await _wait_until(server, lambda: _port_open(host, server_port))
+        else:
+            async def healthy() -> bool | None:
+                status, _ = await _http_get(host, server_port, "/healthz")
+                return True if status == 200 else None
+
+            await _wait_until(server, healthy)
+        await asyncio.sleep(0.5)
+        base_rss = process_rss_mb(server.pid)
+
+        audio = load_sample(SAMPLE)
+        duration_ms = (config.ramp + config.seconds + 2 * MARGIN_S) * 1000.0
+        counters = Counters()
+        phones: list[StepPhone] = []
+        url = f"ws://{host}:{server_port}/media-stream"
+
+        async def one(i: int) -> CallReport:
+            phone = StepPhone(barge_in_turns(duration_ms, audio), counters, duration_ms)
+            phones.append(phone)
+            return await call_with(phone, url)
+
+        marks: dict[str, Any] = {}
+        loop = asyncio.get_running_loop()
+
+        async def sampler(t0: float) -> None:
+            start_at = t0 + config.ramp + MARGIN_S
+            await asyncio.sleep(max(0.0, start_at - loop.time()))
+            counters.in_window = True
+            marks["start"] = (time.monotonic(), process_cpu_times(server.pid), counters.live, dict(counters.sent))
+            await asyncio.sleep(max(0.0, start_at + config.seconds - loop.time()))
+            marks["end"] = (time.monotonic(), process_cpu_times(server.pid), counters.live, dict(counters.sent))
+            marks["rss"] = process_rss_mb(server.pid)
+            counters.in_window = False
+
+        sampling = asyncio.create_task(sampler(loop.time()))
+        try:
+            load = await run_load(one, calls, ramp_s=config.ramp, progress=False)
+        finally:
+            if not sampling.done():
+                sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampling
+        if "end" not in marks:
+            server.check_running()
+            raise RuntimeError(f"{target}: the calls ended before the window did ({load.failed} of {calls} failed)")
+    finally:
+        stop_children(children)
+    (t0, (u0, s0), live, sent0), (t1, (u1, s1), _, sent1) = marks["start"], marks["end"]
+    window = (t0, t1)
+    call_s = live * (t1 - t0)
+    cpu_s = (u1 - u0) + (s1 - s0)
+    arrivals: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        with open(report) as f:
+            arrivals = json.load(f)["arrivals"]
+    inbound, received_ms = inbound_delays(arrivals, window)
+    outbound = outbound_delays(phones, window)
+    sent_frames = sent1.get("media", 0) - sent0.get("media", 0)
+    lags = np.asarray(counters.lags_ms, dtype=np.float64)
+    lag = Percentiles.of(lags) if lags.size else None
+    rss = marks.get("rss")
+    return {
+        "target": target,
+        "calls": calls,
+        "calls_up": live,
+        "calls_failed": load.failed,
+        "window_s": round(t1 - t0, 3),
+        "cpu_s": round(cpu_s, 3),
+        "cpu_ms_per_call_second": round(cpu_s * 1000.0 / call_s, 3) if call_s else None,
+        "cpu_pct_of_one_core": round(cpu_s / (t1 - t0) * 100.0, 1),
+        "inbound_delay_ms": _p(inbound),
+        "outbound_delay_ms": _p(outbound),
+        "frames_sent": sent_frames,
+        "frames_lost": max(0, round(sent_frames - received_ms / FRAME_MS)),
+        "frames_late": int((inbound > LATE_MS).sum()),
+        "turn_latency_ms": _pd(load.metrics.get("turn_latency_ms")),
+        "barge_in_stop_ms": _pd(load.metrics.get("barge_in_stop_ms")),
+        "base_rss_mb": None if base_rss is None else round(base_rss, 1),
+        "rss_mb": None if rss is None else round(rss, 1),
+        "rss_per_call_mb": None if rss is None or base_rss is None or not live else round((rss - base_rss) / live, 3),
+        "load_send_lag_ms": _pd(lag),
+        "load_behind": bool(lag is not None and lag.p99 >= FRAME_MS),
+    }
+
+
+async def run_steps(config: StepsConfig, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    if not config.steps or min(config.steps) < 1:
+        raise ValueError("--steps needs positive numbers of calls")
+    unknown = set(config.targets) - set(TARGETS)
+    if unknown:
+        raise ValueError(f"unknown targets {sorted(unknown)}; expected some of {TARGETS}")
+    pinned = _pin(0, LOAD_CPU)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as workdir:
+        for calls in config.steps:
+            behind = False
+            for target in config.targets:
+                say(f"bench: {calls} calls, {target} ...")
+                row = await run_target(config, target, calls, workdir, say)
+                results.append(row)
+                behind = behind or row["load_behind"]
+            if behind:
+                say(f"bench: the load generator fell behind at {calls} calls; not rising further")
+                break
+    for row in results:
+        relay = next((r for r in results if r["target"] == "relay" and r["calls"] == row["calls"]), None)
+        mine, theirs = row["cpu_ms_per_call_second"], relay and relay["cpu_ms_per_call_second"]
+        row["cpu_ratio_to_relay"] = round(mine / theirs, 3) if mine and theirs else None
+    return {"command": config.command(), "machine": machine(), "pinned": pinned,
+            "tls": config.tls, "seconds": config.seconds, "ramp_s": config.ramp, "results": results}
+
+
+def format_table(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    lines = [
+        f"command: {data['command']}",
+        f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['implementation']} {m['python']}, loop {m['event_loop']}; "
+        f"server pinned to CPU {SERVER_CPU}, load generator and model to CPU {LOAD_CPU}: {'yes' if data['pinned'] else 'no'}"
+        f"{'; model socket over TLS' if data['tls'] else ''}",
+        "",
+        f"{'calls':>5} {'target':<6} {'CPU ms/call-s':>13} {'x relay':>7} {'in p50/p99/max ms':>19} "
+        f"{'out p50/p99/max ms':>19} {'lost':>5} {'late':>5} {'turn p50':>8} {'barge p50':>9} "
+        f"{'RSS base':>8} {'MB/call':>7}  note",
+        "-" * 130,
+    ]
+
+    def trio(d: dict[str, float] | None) -> str:
+        return "-" if not d else f"{d['p50']:.1f}/{d['p99']:.1f}/{d['max']:.0f}"
+
+    def num(value: Any, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    for r in data["results"]:
+        note = "LOAD BEHIND" if r["load_behind"] else ""
+        if r["calls_failed"]:
+            note += f" {r['calls_failed']} failed"
+        if r["calls_up"] != r["calls"]:
+            note += f" {r['calls_up']} up"
+        lines.append(
+            f"{r['calls']:>5} {r['target']:<6} {num(r['cpu_ms_per_call_second'], '.2f'):>13} "
+            f"{num(r['cpu_ratio_to_relay'], '.2f'):>7} {trio(r['inbound_delay_ms']):>19} {trio(r['outbound_delay_ms']):>19} "
+            f"{r['frames_lost']:>5} {r['frames_late']:>5} "
+            f"{num((r['turn_latency_ms'] or {}).get('p50'), '.0f'):>8} {num((r['barge_in_stop_ms'] or {}).get('p50'), '.0f'):>9} "
+            f"{num(r['base_rss_mb'], '.0f'):>8} {num(r['rss_per_call_mb'], '.3f'):>7}  {note.strip()}"
+        )
+    lines += ["", "in: phone -> model, out: model -> phone; per-frame delay beyond the call's fastest frame (see "
+              "gateway/bench/steps.py). lost/late: caller frames, late = > 20 ms. turn/barge: the phones' p50 turn "
+              "latency and barge-in stop time (ms)."]
+    return "\n".join(lines)
+
+
+def write_outputs(data: dict[str, Any], out_dir: str) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, "bench.json")
+    with open(json_path, "w") as f:
+        json.dump(data, f, indent=2)
+    written = [json_path]
+    with contextlib.suppress(ImportError):
+        from .plot import plot_steps
+
+        written.append(plot_steps(data, os.path.join(out_dir, "bench.png")))
+    return written
+
+
+def main(config: StepsConfig, as_json: bool = False) -> int:
+    try:
+        data = asyncio.run(run_steps(config))
+    except ValueError as error:
+        print(f"gateway bench: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gateway bench: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as error:
+        print(f"gateway bench: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2) if as_json else format_table(data))
+    if config.out_dir:
+        for path in write_outputs(data, config.out_dir):
+            print(f"bench: wrote {path}", file=sys.stderr)
+    return 0 if all(not r["calls_failed"] for r in data["results"]) else 1

@@ -1,0 +1,57 @@
+"""``gateway bench --steps`` (gateway beside a null relay) and ``--micro``: shapes and sanity, never timings."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from gateway.bench import micro
+from gateway.bench.models import inbound_delays
+from gateway.bench.steps import StepPhone, outbound_delays
+from gateway.cli import main
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="the bench reads /proc (Linux)")
+
+
+def test_steps_run_the_relay_and_the_gateway_over_tls(capsys, tmp_path):
+    argv = ["bench", "--steps", "2", "--seconds", "2", "--ramp", "0.5", "--targets", "relay,pcmu", "--tls",
+            "--json", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["command"] == "gateway bench --steps 2 --seconds 2 --ramp 0.5 --targets relay,pcmu --tls"
+    assert data["tls"] is True and data["machine"]["nproc"] >= 1
+    rows = {r["target"]: r for r in data["results"]}
+    assert set(rows) == {"relay", "pcmu"}
+    for row in rows.values():
+        assert row["calls"] == 2 and row["calls_up"] == 2 and row["calls_failed"] == 0
+        assert row["cpu_ms_per_call_second"] > 0 and row["base_rss_mb"] > 0
+        assert row["frames_sent"] > 0 and row["frames_lost"] >= 0 and row["frames_late"] >= 0
+        for key in ("inbound_delay_ms", "outbound_delay_ms"):
+            if row[key] is not None:
+                assert 0 <= row[key]["p50"] <= row[key]["p99"] <= row[key]["max"]
+        assert isinstance(row["load_behind"], bool)
+    assert rows["relay"]["cpu_ratio_to_relay"] == 1.0 and rows["pcmu"]["cpu_ratio_to_relay"] > 0
+    assert rows["relay"]["inbound_delay_ms"] is not None, "the mirror saw no caller frame through the relay"
+    assert rows["pcmu"]["inbound_delay_ms"] is not None, "the model saw no caller frame through the gateway"
+    assert (tmp_path / "bench.json").exists() and (tmp_path / "bench.png").stat().st_size > 1000
+
+
+def test_delays_are_measured_beyond_each_calls_best_frame():
+    # Frames of 20 ms sent on schedule from t = 100 s; the third arrives 7 ms later than the rest.
+    rows = [[100.0 + 0.02 * k + (0.007 if k == 2 else 0.0), 20.0 * (k + 1)] for k in range(5)]
+    delays, audio_ms = inbound_delays({"s": rows}, (0.0, 1e9))
+    assert list(delays.round(3)) == [0.0, 0.0, 7.0, 0.0, 0.0] and audio_ms == 100.0
+    phone = StepPhone.__new__(StepPhone)
+    phone.arrivals = [(10.0, 1), (10.1, 1), (10.205, 1), (11.0, 2)]
+    assert list(outbound_delays([phone], (0.0, 1e9)).round(3)) == [0.0, 0.0, 5.0]
+
+
+def test_micro_prints_every_operation(capsys, monkeypatch):
+    monkeypatch.setattr(micro, "_us", lambda fn, target_s=0.05: (fn(), 1.0)[1])
+    assert main(["bench", "--micro"]) == 0
+    out = capsys.readouterr().out
+    for label in ("upsample 8k->24k, 20 ms frame", "downsample 24k->8k, 100 ms chunk", "parse twilio media",
+                  "parse model audio delta, pcmu 100 ms", "encode twilio media, pcmu pass-through", "encode twilio mark"):
+        assert label in out, label
