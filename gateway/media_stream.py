@@ -54,7 +54,7 @@ from gateway.security import StreamGrant
 from gateway.state.base import StateUnavailable
 from gateway.recording import CallRecorder
 from gateway.tools import ToolContext, ToolRegistry
-from gateway.twilio.media import Media, MediaStreamError, encode_message, parse_twilio_message
+from gateway.twilio.media import MediaStreamError, encode_message, parse_twilio_message
 from gateway.twilio.twiml import dial_twiml
 
 log = logging.getLogger("gateway.media_stream")
@@ -303,10 +303,6 @@ class MediaStreamSession:
                     self._recorder.record("in", text, now)
                 try:
                     event = parse_twilio_message(text)
-                    if type(event) is Media and not getattr(self.call, "_model_ready", False):
-                        # Audio the core holds until the model is up is joined as bytes (b"".join): decode it now.
-                        # Audio to a live model session stays its base64 text (pass-through never decodes it).
-                        event = Media(event.stream_sid, event.timestamp_ms, bytes(event.payload))
                 except MediaStreamError as error:
                     self._drops.drop(str(error))
                     continue

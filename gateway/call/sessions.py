@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.audio import join_audio
 from gateway.call.limits import COMFORT_NOISE, COMFORT_NOISE_AFTER_MS, MAX_QUEUED_TOOLS, RESUME_INSTRUCTIONS, ROLLOVER_RETRY_MS
 from gateway.call.outputs import ModelRolledOver, ModelSessionLost, Output, Peer, PrepareRollover, Send, SwitchModel
 from gateway.realtime import events as rt
@@ -38,7 +39,7 @@ class ModelSessions:
         self._pending_arrivals.clear()
         if self._pending_audio:
             # One message: held audio must reach the model before (and not interleaved with) live frames.
-            out.append(Send(Peer.MODEL, rt.input_audio_append(b"".join(self._pending_audio))))
+            out.append(Send(Peer.MODEL, rt.input_audio_append(join_audio(self._pending_audio))))
         self._pending_audio.clear()
         self._pending_audio_bytes = 0
         out.extend(Send(Peer.MODEL, item) for item in self._held_items)
