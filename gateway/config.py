@@ -179,6 +179,7 @@ class Settings:
     log_level: str = "info"
     max_frame_bytes: int = 65536
     mark_interval_ms: int = 100
+    caller_audio_batch_ms: int = 0  # caller audio to the model in batches of this many ms (0: every 20 ms frame)
     twilio_audio_lead_ms: int = 500  # agent audio is sent at most this far ahead of playback (0: as it comes)
     record_calls_dir: str = ""  # when set, every call's Twilio frames are written there (gateway.recording)
     record_audio: bool = False  # each call also as a stereo WAV there (gateway.recording_wav); POST /calls' "record" wins
@@ -339,6 +340,7 @@ class Settings:
             max_frame_bytes=_int(env, "MAX_FRAME_BYTES", 65536, 1024, 1 << 20),
             mark_interval_ms=_int(env, "MARK_INTERVAL_MS", 100, 20, 2000),
             twilio_audio_lead_ms=_int(env, "TWILIO_AUDIO_LEAD_MS", 500, 0, 60_000),
+            caller_audio_batch_ms=_int(env, "CALLER_AUDIO_BATCH_MS", 0, 0, 200),
             record_calls_dir=(env.get("RECORD_CALLS_DIR") or "").strip(),
             record_audio=_record_audio(env),
             console_session_ttl_s=_int(env, "CONSOLE_SESSION_TTL_S", 8 * 3600, 60, 30 * 86400),

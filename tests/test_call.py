@@ -798,3 +798,15 @@ def test_a_rollover_is_abandoned_when_the_caller_speaks_while_it_is_prepared():
     assert not of_type(call.tick(58_000), PrepareRollover)
     assert of_type(call.tick(59_700), PrepareRollover)
     assert of_type(call.rollover_ready(59_800), SwitchModel)
+
+
+def test_caller_audio_can_be_batched_to_the_model_and_a_partial_batch_survives_a_loss():
+    call = make_call(caller_audio_batch_ms=60)
+    sent = []
+    for n in range(5):
+        sent += sends(call.twilio_event(tw.Media(SID, n * 20, b"\xff" * 160), n * 20), Peer.MODEL)
+    assert len(sent) == 1 and len(base64.b64decode(sent[0]["audio"])) == 60 * PCM_MS  # three frames in one
+    call.model_lost("cut", 100)  # two frames gathered, not sent: held for the next session, not lost
+    out = sends(call.model_connected(200), Peer.MODEL)
+    appended = [m for m in out if m["type"] == "input_audio_buffer.append"]
+    assert len(appended) == 1 and len(base64.b64decode(appended[0]["audio"])) == 40 * PCM_MS

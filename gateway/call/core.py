@@ -7,7 +7,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.audio import MULAW_BYTES_PER_MS, converters_for, model_bytes_per_ms, mulaw_silence
+from gateway.audio import MULAW_BYTES_PER_MS, converters_for, join_audio, model_bytes_per_ms, mulaw_silence
 from gateway.call.control import CallControl
 from gateway.call.conversation import ConversationLog
 from gateway.call.limits import (  # noqa: F401 - MAX_TRACKED_ITEMS and the rest are read from here by tests
@@ -52,6 +52,9 @@ class CallConfig:
     # server_vad's silence_duration_ms: the model's speech_stopped names the end of that silence, not of the
     # speech (turn latency counts from the speech's end). 0 when unknown (semantic_vad).
     vad_silence_ms: int = 0
+    # Caller audio sent to the model in batches of this many ms (0: each 20 ms frame as it comes). Fewer messages,
+    # at the cost of up to this much more delay before the model hears the caller.
+    caller_audio_batch_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -78,6 +81,8 @@ class Call(ModelSessions, CallControl):
         self._model_ready = False
         self._pending_audio: deque[bytes] = deque()
         self._pending_arrivals: deque[tuple[int, float]] = deque()  # (ms, arrival) of each held frame
+        self._batch: list[Any] = []  # caller audio of the batch being gathered (CallConfig.caller_audio_batch_ms)
+        self._batch_ms = 0
         self._pending_audio_bytes = 0  # model-format bytes held
         # The model session's input audio clock (ms appended in this session) against when each frame arrived:
         # the model's speech_stopped names a position in it, turned here into when the caller really stopped.
@@ -235,7 +240,14 @@ class Call(ModelSessions, CallControl):
         if self._model_ready:
             self._input_ms += frame_ms
             self._arrivals.append((self._input_ms, now_ms))
-            return [Send(Peer.MODEL, rt.input_audio_append(converted))]
+            if not self.config.caller_audio_batch_ms:
+                return [Send(Peer.MODEL, rt.input_audio_append(converted))]
+            self._batch.append(converted)
+            self._batch_ms += frame_ms
+            if self._batch_ms < self.config.caller_audio_batch_ms:
+                return []
+            batch, self._batch, self._batch_ms = self._batch, [], 0
+            return [Send(Peer.MODEL, rt.input_audio_append(join_audio(batch)))]
         self._pending_audio.append(converted)
         self._pending_arrivals.append((frame_ms, now_ms))
         self._pending_audio_bytes += len(converted)

@@ -126,6 +126,11 @@ class ModelSessions:
             # An answer cut by the loss: the new session goes on with it (asked once it is configured).
             self._want_response, self._response_instructions = True, RESUME_INSTRUCTIONS
         self._model_ready = False
+        if self._batch:  # a batch not sent yet: held, and sent first to the next session
+            self._pending_audio.append(join_audio(self._batch))
+            self._pending_arrivals.append((self._batch_ms, now_ms or 0.0))
+            self._pending_audio_bytes += len(self._pending_audio[-1])
+            self._batch, self._batch_ms = [], 0
         self._rollover_pending = False  # a session being prepared is dropped by the shell with the lost one
         self._active_response = None
         self._response_requested = False
