@@ -39,7 +39,7 @@ def _local_realtime(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.local import run_local_realtime
 
     try:
-        asyncio.run(run_local_realtime(args.host, args.port))
+        asyncio.run(run_local_realtime(args.host, args.port, args.session_limit_s))
     except KeyboardInterrupt:
         pass
     return 0
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     local = sub.add_parser("local-realtime", help="run the embedded Realtime-compatible server on its own")
     local.add_argument("--host", default="127.0.0.1")
     local.add_argument("--port", type=int, default=8765)
+    local.add_argument("--session-limit-s", type=float, default=3600.0,
+                       help="each session's limit (session_expired, then close 1001), as OpenAI's 60 minutes")
     demo = sub.add_parser("demo", help="play a sample call through the gateway and the embedded model, offline")
     demo.add_argument("--output", default="demo-heard.wav", help="WAV file of what the caller heard")
     demo.add_argument("--audio-format", choices=AUDIO_FORMATS, default=None)

@@ -795,6 +795,7 @@ def _clean_env() -> dict[str, str]:
                  "INSECURE_DEV_MODE", "REALTIME_URL"):
         env[name] = ""
     env["LOCAL_AGENT"] = "echo"
+    env["STORE_URL"] = "memory://"  # records stay in the process (the default is a SQLite file in the working directory)
     env["DRAIN_TIMEOUT_S"] = "0"  # stopped by the fuzzer at the end: no drain to wait for
     return env
 

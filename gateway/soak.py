@@ -22,6 +22,7 @@ import contextlib
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,8 +93,9 @@ async def _one_call(url: str, result: SoakResult) -> None:
     answered = [t for t in report.turns if t.response_ms is not None]
     if report.violations or len(answered) < len(turns) or report.ended_by != "hangup":
         result.calls_failed += 1
-        result.failures.append(f"{len(answered)}/{len(turns)} answered, {len(report.violations)} violations, "
-                               f"ended by {report.ended_by}")
+        unanswered = ", ".join(f"{t.name} at {t.start_ms / 1000:.1f} s" for t in report.turns if t.response_ms is None)
+        result.failures.append(f"{len(answered)}/{len(turns)} answered (not: {unanswered or '-'}), "
+                               f"{len(report.violations)} violations, ended by {report.ended_by}")
         return
     result.calls_ok += 1
     result.turn_latency_ms.extend(t.response_ms for t in report.turns if t.response_ms is not None)
@@ -106,8 +108,16 @@ async def run_soak(calls: int, minutes: float, session_limit_s: float, warmup_s:
     from gateway.runner import free_port
 
     result = SoakResult()
-    port = free_port(HOST)
-    env = {**_clean_env(), "LOCAL_SESSION_LIMIT_S": str(session_limit_s), "MAX_CALLS": str(max(100, calls * 2))}
+    port, model_port = free_port(HOST), free_port(HOST)
+    workdir = tempfile.TemporaryDirectory(prefix="gateway-soak-")
+    # The model runs in its own process (the embedded server, standalone), so the gateway's memory and CPU are
+    # its own: in one process with 50 calls' model sessions, the one core saturates and the model's
+    # per-session bookkeeping shows in the gateway's RSS.
+    model = Child("model", [sys.executable, "-m", "gateway.cli", "local-realtime", "--host", HOST, "--port",
+                            str(model_port), "--session-limit-s", str(session_limit_s)], _clean_env())
+    env = {**_clean_env(), "MAX_CALLS": str(max(100, calls * 2)), "REALTIME_URL": f"ws://{HOST}:{model_port}/v1/realtime",
+           "REALTIME_API_KEY": "soak", "INSECURE_DEV_MODE": "true", "MODEL_SESSION_LIMIT_S": str(session_limit_s),
+           "STORE_URL": f"sqlite:///{workdir.name}/records.db"}
     gateway = Child("gateway", [sys.executable, "-m", "gateway.cli", "serve", "--host", HOST, "--port", str(port)], env)
     t0 = time.monotonic()
     try:
@@ -140,7 +150,8 @@ async def run_soak(calls: int, minutes: float, session_limit_s: float, warmup_s:
         result.rss_mb["rest"] = _rss(gateway.pid)
         result.fds["rest"], result.tasks["rest"] = _fds(gateway.pid), (await healthy() or {}).get("tasks")
     finally:
-        stop_children([gateway], timeout_s=2.0)
+        stop_children([gateway, model], timeout_s=2.0)
+        workdir.cleanup()
         result.seconds = time.monotonic() - t0
     return result
 

@@ -322,8 +322,8 @@ class _Connection:
             pass
 
 
-async def run_local_realtime(host: str, port: int) -> None:
-    """Serve until cancelled (``gateway local-realtime --port N``)."""
-    async with LocalRealtimeServer(host, port) as server:
+async def run_local_realtime(host: str, port: int, session_limit_s: float = SESSION_LIMIT_S) -> None:
+    """Serve until cancelled (``gateway local-realtime --port N [--session-limit-s S]``)."""
+    async with LocalRealtimeServer(host, port, session_limit_s=session_limit_s) as server:
         log.info("local realtime server listening at %s", server.url)
         await asyncio.Future()
