@@ -302,6 +302,9 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
         for warning in insecure_warnings(settings):
             log.warning("%s (repeated in /healthz)", warning)
         configure_tracing_once()
+        if not settings.uses_embedded_model and not settings.metrics_api_key and not settings.metrics_port:
+            log.warning("GET /metrics is open to anyone who reaches this port (call volume, cost): set "
+                        "METRICS_API_KEY, or METRICS_PORT to keep it off the public port")
         app.state.gateway = GatewayState(resolved, observer, local_server, open_store(settings.store_url))
         # RECORD_RETENTION_DAYS: old call records and recordings pruned now (a PostgreSQL store migrates its schema
         # on this first use), then every hour.

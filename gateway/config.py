@@ -7,6 +7,7 @@ Realtime-compatible server (``gateway.local``) instead of OpenAI.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import re
 from dataclasses import dataclass, field, fields, replace
@@ -56,6 +57,13 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     return _number(env, name, default, low, high, int)
+
+
+def _metrics_key(env: Mapping[str, str]) -> str:
+    key = (env.get("METRICS_API_KEY") or "").strip()
+    if key and len(key) < 16:
+        raise ConfigError("METRICS_API_KEY must be at least 16 characters (a short key is guessed)")
+    return key
 
 
 def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
@@ -221,7 +229,8 @@ class Settings:
     drain_timeout_s: int = 3600  # on SIGTERM, live calls may run this long before the process exits anyway
     fallback_message: str = DEFAULT_FALLBACK_MESSAGE  # said when a call cannot go on (TwiML after </Connect>)
     # Scale-out (gateway.state): this instance's name in the live-call registry, and limits across instances
-    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # host-pid-random: containers on one host network share the hostname and all run as pid 1
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
     workers: int = 1  # gateway serve: processes on this host (WORKERS; --workers)
     state_sqlite_path: str = ""  # shared state in this SQLite file (the workers of one host) when REDIS_URL is unset
     max_calls_global: int = 0  # calls at once across every instance sharing REDIS_URL; 0: no limit
@@ -353,7 +362,7 @@ class Settings:
             max_calls_per_number=_int(env, "MAX_CALLS_PER_NUMBER", 0, 0, 10_000_000),
             log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
             log_full_numbers=_bool(env, "LOG_FULL_NUMBERS", False),
-            metrics_api_key=(env.get("METRICS_API_KEY") or "").strip(),
+            metrics_api_key=_metrics_key(env),
             metrics_port=_int(env, "METRICS_PORT", 0, 0, 65535),
             price_table_file=(env.get("PRICE_TABLE_FILE") or "").strip(),
             model_prices=(env.get("MODEL_PRICES") or "").strip(),

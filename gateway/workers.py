@@ -81,6 +81,8 @@ def serve_workers(settings: Settings, workers: int) -> int:
             proc = context.Process(target=_worker, args=(sock, index, instance), name=f"gateway-w{index}")
             proc.start()
             procs[index], started_at[index] = proc, time.monotonic()
+            if stopping[0] and proc.pid:  # a signal came while it started: it drains with the others
+                os.kill(proc.pid, signal.SIGTERM)
 
         def on_signal(signum: int, frame: Any) -> None:
             stopping[0] += 1
@@ -106,7 +108,9 @@ def serve_workers(settings: Settings, workers: int) -> int:
                 if stopping[0]:
                     status = status or proc.exitcode
                     continue
-                if time.monotonic() - started_at[index] < EARLY_EXIT_S:
+                if time.monotonic() - started_at[index] >= EARLY_EXIT_S:
+                    early_exits = 0  # it had started: a crash, not a configuration that cannot start
+                else:
                     early_exits += 1
                     if early_exits >= MAX_EARLY_EXITS:
                         log.error("workers keep failing to start (exit %s); stopping", proc.exitcode)
@@ -116,6 +120,7 @@ def serve_workers(settings: Settings, workers: int) -> int:
                         continue
                 log.error("worker %d exited (%s); starting another", index, proc.exitcode)
                 time.sleep(RESTART_BACKOFF_S)
-                start(index)
+                if not stopping[0]:
+                    start(index)
         sock.close()
         return status

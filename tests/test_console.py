@@ -348,3 +348,19 @@ async def test_the_console_root_leads_to_the_login(path):
     async with console() as gateway, client_for(gateway) as client:
         response = await client.get(path, follow_redirects=True)
     assert response.status_code == 200 and response.url.path == "/console/login"
+
+
+def test_one_key_cannot_push_out_everyone_elses_logins() -> None:
+    sessions = ConsoleSessions(3600, max_sessions=20)
+    operator_cookie, _ = sessions.create("operator", True)
+    for _ in range(50):
+        sessions.create("attacker", False)
+    assert sessions.get(operator_cookie) is not None  # the attacker's own oldest logins went instead
+    assert len(sessions) <= 11
+
+
+async def test_one_session_cannot_hold_every_live_stream() -> None:
+    hub = LiveHub()
+    mine = [hub.subscribe("k1", False, "session-1") for _ in range(5)]
+    assert sum(s is not None for s in mine) == 3
+    assert hub.subscribe("k2", True, "session-2") is not None

@@ -182,3 +182,22 @@ async def test_say_bodies_are_checked_at_the_edge() -> None:
             assert await say(b'{"text": "' + b"x" * 9000 + b'"}') == (413, "body_too_large")
             assert await say(b"text=hi", "application/x-www-form-urlencoded") == (415, "unsupported_media_type")
             assert await say(b'{"text": "hi"}') == (404, "call_not_live")  # well formed: not in progress anywhere
+
+
+async def test_control_requests_are_rate_limited_per_key_and_transfer_needs_a_number() -> None:
+    async with start_gateway(api_keys=(KEY,), outbound_rate_limit_per_minute=3) as gw:
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            codes = [(await http.post(f"/calls/CA{'b' * 32}/say", headers=AUTH, json={"text": "hi"})).status_code
+                     for _ in range(5)]
+            assert codes[:3] == [404, 404, 404] and codes[3:] == [429, 429], codes
+    async with start_gateway(api_keys=(KEY,)) as gw:
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            refused = await http.post(f"/calls/CA{'c' * 32}/transfer", headers=AUTH)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (409, "transfer_not_configured")
+
+
+def test_a_metrics_key_must_be_long() -> None:
+    from gateway.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="METRICS_API_KEY"):
+        Settings.from_env({"METRICS_API_KEY": "short"})

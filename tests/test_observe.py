@@ -124,11 +124,11 @@ async def test_a_scripted_call_shows_in_the_metrics_and_costs_what_its_usage_say
 
 
 async def test_metrics_can_require_a_key():
-    async with start_gateway(metrics_api_key="m-secret") as gw:
+    async with start_gateway(metrics_api_key="metrics-secret-0123456789") as gw:
         async with httpx.AsyncClient(base_url=gw.http_url) as http:
             assert (await http.get("/metrics")).status_code == 401
             assert (await http.get("/metrics", headers={"Authorization": "Bearer wrong"})).status_code == 401
-        await scrape(gw.http_url, Authorization="Bearer m-secret")
+        await scrape(gw.http_url, Authorization="Bearer metrics-secret-0123456789")
 
 
 async def test_the_call_budget_ends_the_call_after_the_goodbye_is_heard():

@@ -39,10 +39,26 @@ async def _authorised(request: Request, call_sid: str) -> None:
 
     api = _api(request)
     key = api.authenticate(request)
+    await limit_control_rate(api, key)
     if not is_call_sid(call_sid):
         raise ApiError(404, "call_not_found", f"no call {call_sid[:40]!r} is known to this gateway")
     if not api.keys.is_operator(key):
         await _known_call(request, api, key)  # 404 unless this key placed the call
+
+
+async def limit_control_rate(api: Any, key: str) -> None:
+    """Every control request costs the holder work, and a say costs a model response: per key, at the rate
+    OUTBOUND_RATE_LIMIT_PER_MINUTE allows, in a bucket of its own. 429 beyond; 503 when the limiter cannot tell."""
+    from gateway.api.auth import RateLimiterUnavailable, retry_after_header
+
+    try:
+        wait = await api.rate_limiter.acquire(f"control:{key}")
+    except RateLimiterUnavailable:
+        raise ApiError(503, "rate_limiter_unavailable", "the rate limiter is unavailable; retry later",
+                       headers={"Retry-After": "5"}) from None
+    if wait > 0:
+        raise ApiError(429, "rate_limited", "too many control requests for this API key; retry later",
+                       headers={"Retry-After": retry_after_header(wait)})
 
 
 async def _say_body(request: Request) -> tuple[str, str]:
@@ -91,6 +107,8 @@ def control_endpoint(action: str) -> Callable[[Request], Any]:
         call_sid = request.path_params["sid"]
         try:
             await _authorised(request, call_sid)
+            if action == "transfer" and not request.app.state.gateway.settings.transfer_number:
+                raise ApiError(409, "transfer_not_configured", "no TRANSFER_NUMBER is configured to transfer to")
             kind, text = await _say_body(request) if action == "say" else (action, "")
             result = await control_call(request.app.state.gateway.shared, call_sid, kind, text)
             return JSONResponse(result, status_code=202)
@@ -110,6 +128,10 @@ async def serve_control(shared: SharedState, instance: str, find_session: Callab
             log.warning("control requests unavailable (%s); retrying", error)
             await asyncio.sleep(1.0)
             continue
+        except Exception:  # never let the loop die: this instance's calls would be uncontrollable until a restart
+            log.exception("control requests: unexpected failure; retrying")
+            await asyncio.sleep(1.0)
+            continue
         if not message or not isinstance(message.get("id"), str):
             continue
         action, text = message.get("action"), message.get("text") or ""
@@ -122,5 +144,5 @@ async def serve_control(shared: SharedState, instance: str, find_session: Callab
                 log.exception("control %s failed", action)
         try:
             await shared.reply(message["id"][:64], {"ok": ok})
-        except StateUnavailable as error:
-            log.warning("control reply not sent (%s)", error)
+        except Exception as error:  # noqa: BLE001 - the asker times out with a 504; the loop goes on
+            log.warning("control reply not sent (%s: %s)", type(error).__name__, error)

@@ -28,7 +28,7 @@ from gateway.api.auth import (
     ApiKeys, AuthFailureLimiter, RateLimiter, RateLimiterUnavailable, RedisRateLimiter, TokenBucketRateLimiter,
     retry_after_header,
 )
-from gateway.api.control import control_call, control_endpoint
+from gateway.api.control import control_call, control_endpoint, limit_control_rate
 from gateway.api.errors import ApiError, error_response, json_body
 from gateway.state.base import StateUnavailable
 from gateway.api.requests import MAX_BODY_BYTES, parse_call_query, parse_call_request
@@ -262,8 +262,20 @@ async def hangup_call(request: Request) -> Response:
         if is_call_sid(call_sid) and await _is_live(shared, call_sid):
             if not operator:
                 await _known_call(request, api, key)
-            await control_call(shared, call_sid, "hangup")  # the holder hangs up at Twilio and closes the stream
-            return JSONResponse({"call_sid": call_sid, "status": "completed"}, status_code=202)
+            await limit_control_rate(api, key)
+            try:
+                await control_call(shared, call_sid, "hangup")  # the holder hangs up at Twilio, closes the stream
+                return JSONResponse({"call_sid": call_sid, "status": "completed"}, status_code=202)
+            except ApiError as error:
+                if error.status != 504 or not api.twilio.configured:
+                    raise
+                # The holder does not answer (crashed, cut off): end the call at Twilio, which ends its stream.
+                log.warning("the instance holding %s did not answer; hanging up through Twilio", call_sid)
+                try:
+                    await api.twilio.hangup(call_sid)
+                except TwilioError as twilio_error:
+                    raise _twilio_failure(twilio_error) from None
+                return JSONResponse({"call_sid": call_sid, "status": "completed"}, status_code=202)
         record = await _known_call(request, api, key, operator=operator)
         if record.status in FINAL_STATUSES:
             raise ApiError(409, "call_already_ended", f"the call has already ended ({record.status})",

@@ -58,6 +58,10 @@ class LiveCall:
                 "barge_ins": self.barge_ins, "latency_ms": self.latency_ms}
 
 
+MAX_STREAMS_PER_SESSION = 3  # live streams one browser session may hold open
+MAX_STREAMS_PER_KEY = 10
+
+
 class Subscriber:
     """One open event stream: its queue of encoded messages, and whose calls it may see."""
 
@@ -221,6 +225,10 @@ class LiveHub:
     def subscribe(self, key_id: str, operator: bool, session: str) -> Subscriber | None:
         """A new stream, its queue primed with the calls it may see (None: too many streams already)."""
         if len(self.subscribers) >= self.max_subscribers:
+            return None
+        # One browser session, or one key, cannot take every stream (the others would get 503s).
+        if sum(s.session == session for s in self.subscribers) >= MAX_STREAMS_PER_SESSION \
+                or sum(s.key_id == key_id for s in self.subscribers) >= MAX_STREAMS_PER_KEY:
             return None
         subscriber = Subscriber(key_id, operator, session, self.queue_size)
         calls = [{**live.summary(), "lines": list(live.lines)} for live in self.calls.values() if subscriber.sees(live)]

@@ -153,8 +153,11 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     state = _state(request)
     session = _session(request)
-    if session is None:
-        return _to_login()
+    if session is None:  # unknown here (another process, or ended): the browser forgets it all the same
+        response = _to_login()
+        response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH, secure=_secure(request), httponly=True,
+                               samesite="strict")
+        return response
     form = await _form(request) if _same_origin(request) else None
     if form is None or not session.csrf_ok(form.get("csrf")):
         log.warning("console: a logout without this session's CSRF token or from another origin was refused")

@@ -19,6 +19,7 @@ from typing import Callable
 COOKIE_NAME = "gateway_console"
 COOKIE_PATH = "/console"
 MAX_SESSIONS = 10_000
+MAX_SESSIONS_PER_KEY = 10  # logins of one API key kept at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,10 @@ class ConsoleSessions:
         session = ConsoleSession(handle, key_id, operator, secrets.token_urlsafe(32), self._clock() + self.ttl_s)
         self._sessions[handle] = session
         self._forget_expired()
+        # One key cannot push everyone else's sessions out: past MAX_SESSIONS_PER_KEY its own oldest go first.
+        mine = [h for h, s in self._sessions.items() if s.key_id == key_id]
+        for old in mine[: max(0, len(mine) - MAX_SESSIONS_PER_KEY)]:
+            del self._sessions[old]
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
         return session_id, session

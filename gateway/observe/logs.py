@@ -19,7 +19,7 @@ import orjson
 
 from gateway.logsafe import MAX_MESSAGE_CHARS, SafeFormatter, escape_controls
 
-_E164 = re.compile(r"\+\d{6,15}")
+_E164 = re.compile(r"(?:\+|%2[Bb])\d{6,15}")  # as written, or URL-encoded in a query string
 _STREAM_CREDENTIAL = re.compile(r"(/media-stream/)[^\s\"']+")
 
 _call: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("gateway_call", default=None)
@@ -39,7 +39,8 @@ def mask_number(number: str, full: bool = False) -> str:
         return number
     if len(number) < 7:
         return "*" * len(number)
-    return number[:5] + "*" * (len(number) - 7) + number[-2:]
+    head = 7 if number[:3].upper() == "%2B" else 5  # keep the country and area code, encoded or not
+    return number[:head] + "*" * (len(number) - head - 2) + number[-2:]
 
 
 def redact(text: str, full_numbers: bool = False) -> str:
@@ -101,4 +102,4 @@ def configure_logging(level: str, log_format: str = "text", *, full_numbers: boo
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter(full_numbers) if log_format == "json" else TextFormatter(full_numbers))
     handler.addFilter(CallContextFilter())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.basicConfig(level=level.upper(), handlers=[handler])  # a no-op where logging is set up (pytest)

@@ -93,7 +93,9 @@ class MemoryState:
         return await self._get(f"control:{instance}", timeout_s)
 
     async def reply(self, request_id: str, message: dict[str, Any]) -> None:
-        self._queues[f"reply:{request_id}"].put_nowait(message)
+        queue = self._queues.get(f"reply:{request_id}")
+        if queue is not None:  # nobody waits any more (timed out): dropped, not kept forever
+            queue.put_nowait(message)
 
     async def wait_reply(self, request_id: str, timeout_s: float) -> dict[str, Any] | None:
         try:

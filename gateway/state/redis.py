@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any
@@ -14,6 +15,7 @@ from redis.exceptions import RedisError
 from gateway.state.base import StateUnavailable
 
 DEFAULT_PREFIX = "gateway:"
+MAX_BLOCKING_CONNECTIONS = 64  # control requests waiting on a reply at once, per instance
 
 
 class RedisState:
@@ -24,7 +26,8 @@ class RedisState:
         self._client = client if client is not None else aioredis.Redis.from_url(
             url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
         # Blocking pops wait longer than a command may: their own pool, with no read timeout of its own.
-        self._blocking = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s) if url else self._client
+        self._blocking = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s,
+                                                 max_connections=MAX_BLOCKING_CONNECTIONS) if url else self._client
 
     async def claim_once(self, key: str, ttl_s: float) -> bool:
         try:
@@ -104,7 +107,11 @@ class RedisState:
             await self._run(pipe.execute())
 
     async def _pop(self, name: str, timeout_s: float) -> dict[str, Any] | None:
-        found = await self._run(self._blocking.blpop([name], timeout=max(0.01, timeout_s)))
+        try:  # a Redis that vanished without a reset must not hold a request (or the control loop) forever
+            found = await asyncio.wait_for(self._run(self._blocking.blpop([name], timeout=max(0.01, timeout_s))),
+                                           timeout_s + 2.0)
+        except TimeoutError as error:
+            raise StateUnavailable("Redis did not answer a blocking read in time") from error
         if found is None:
             return None
         try:
