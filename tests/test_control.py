@@ -98,11 +98,11 @@ async def test_a_holder_that_does_not_answer_is_a_504_and_an_unknown_call_a_404(
         ghost_call = "CA" + "e" * 32
         await gw.app.state.gateway.shared.register_call(ghost_call, "an-instance-that-crashed", 10)
         async with httpx.AsyncClient(base_url=gw.http_url) as http:
-            response = await http.post(f"/calls/{ghost_call}/transfer", headers=AUTH)
+            response = await http.post(f"/calls/{ghost_call}/say", headers=AUTH, json={"text": "hello"})
             assert response.status_code == 504, response.text
-            unknown = await http.post(f"/calls/CA{'f' * 32}/transfer", headers=AUTH)
+            unknown = await http.post(f"/calls/CA{'f' * 32}/say", headers=AUTH, json={"text": "hello"})
             assert unknown.status_code == 404
-            assert (await http.post(f"/calls/CA{'f' * 32}/transfer")).status_code == 401
+            assert (await http.post(f"/calls/CA{'f' * 32}/say", json={"text": "hello"})).status_code == 401
 
 
 async def test_the_global_limit_holds_across_instances_and_a_crashed_instances_slot_frees_itself() -> None:
