@@ -38,6 +38,10 @@ class Pacer:
         """How long to wait before the next chunk of audio may be written."""
         return max(0.0, self._play_end - self._clock() - self.lead_s)
 
+    def released_at(self) -> float:
+        """When the next chunk of audio was allowed to go (``time.monotonic()``)."""
+        return self._play_end - self.lead_s
+
     def written(self, play_ms: float) -> None:
         self._play_end = max(self._play_end, self._clock()) + play_ms / 1000
 
@@ -124,6 +128,9 @@ class Outbox:
                             pass
                         continue
                 kind, text, arrived, play_ms = self._queue.popleft()
+                if play_ms and arrived and self.pacer is not None:
+                    # Held on purpose by the pacer: its forwarding delay counts from when the pacer let it go.
+                    arrived = max(arrived, self.pacer.released_at())
                 self._bytes -= len(text)
                 await self._write(text)
                 if play_ms and self.pacer is not None:

@@ -232,3 +232,18 @@ async def test_traces_have_a_span_per_call_and_per_turn_when_configured():
     assert all(calls[0].start_time <= s.start_time and s.end_time <= calls[0].end_time for s in turn_spans)
     if any(t.barge_in for t in report.turns):
         assert any(e.name == "barge_in" for e in calls[0].events)
+
+
+async def test_audio_held_by_the_pacer_does_not_count_as_forwarding_delay():
+    async with start_gateway() as gw:
+        before = await scrape(gw.http_url)
+        await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
+                       timeout_s=30, hangup_after_ms=500)
+        await calls_over(gw)
+        after = await scrape(gw.http_url)
+    # The echo answer (~3 s of audio) is paced 500 ms ahead of playback: most chunks wait in the gateway on purpose.
+    slow = (total(after, "gateway_frame_forward_delay_seconds_count", direction="to_twilio")
+            - total(after, "gateway_frame_forward_delay_seconds_bucket", direction="to_twilio", le="0.1")) \
+        - (total(before, "gateway_frame_forward_delay_seconds_count", direction="to_twilio")
+           - total(before, "gateway_frame_forward_delay_seconds_bucket", direction="to_twilio", le="0.1"))
+    assert slow == 0
