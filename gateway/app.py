@@ -59,6 +59,7 @@ from gateway.twilio.webhook import WebhookRejected, read_call_webhook, signed_ba
 log = logging.getLogger("gateway.app")
 
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024
+CLOSE_TIMEOUT_S = 3.0
 DRAINING_MESSAGE = "Sorry, we cannot take your call on this line right now. Please call again in a minute."
 BUDGET_MESSAGE = "Sorry, we cannot take more calls today. Please call again tomorrow."
 
@@ -125,11 +126,16 @@ class GatewayState:
         return self.draining and not self.active_calls
 
     async def aclose(self) -> None:
+        """Close what the app holds; each part within CLOSE_TIMEOUT_S (a stuck connection must not hold a
+        shutdown, and with it a deploy)."""
         self.refused_streams.flush()
-        await self.console.aclose()
-        await self.outbound.aclose()
-        await self.store.close()
-        await self.shared.aclose()
+        for name, close in (("console", self.console.aclose), ("outbound API", self.outbound.aclose),
+                            ("store", self.store.close), ("shared state", self.shared.aclose)):
+            try:
+                await asyncio.wait_for(close(), CLOSE_TIMEOUT_S)
+            except Exception as error:  # noqa: BLE001 - shutting down: log and go on
+                log.warning("closing the %s failed or took over %g s: %s: %s", name, CLOSE_TIMEOUT_S,
+                            type(error).__name__, error)
         self.twilio.close()
 
 

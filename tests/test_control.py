@@ -7,6 +7,7 @@ lands on the other. Without Redis the Redis tests skip, saying why; the in-proce
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 import httpx
 import pytest
@@ -19,7 +20,8 @@ from gateway.state import MemoryState, RedisState
 from .conftest import start_gateway
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
-KEY = "k-operator-0123456789"
+# Random per run: with Redis, the per-key control rate limit is shared by every run against the same server.
+KEY = f"k-operator-{secrets.token_hex(8)}"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
@@ -49,7 +51,7 @@ def long_call(gw):
 
 async def test_a_call_on_one_instance_is_hung_up_through_another() -> None:
     await redis_or_skip()
-    common = dict(redis_url=REDIS_URL, api_keys=(KEY,))
+    common = dict(redis_url=REDIS_URL, api_keys=(KEY,), outbound_rate_limit_per_minute=100)
     async with start_gateway(instance_id="gw-a", **common) as a, start_gateway(instance_id="gw-b", **common) as b:
         phone = long_call(a)
         call_sid = await call_sid_of(a)
@@ -68,7 +70,7 @@ async def test_a_call_on_one_instance_is_hung_up_through_another() -> None:
 
 async def test_say_reaches_the_agent_of_a_call_held_elsewhere_and_instructions_change() -> None:
     await redis_or_skip()
-    common = dict(redis_url=REDIS_URL, api_keys=(KEY,))
+    common = dict(redis_url=REDIS_URL, api_keys=(KEY,), outbound_rate_limit_per_minute=100)
     async with start_gateway(instance_id="gw-c", **common) as a, start_gateway(instance_id="gw-d", **common) as b:
         phone = long_call(a)
         call_sid = await call_sid_of(a)
@@ -94,7 +96,8 @@ async def test_say_reaches_the_agent_of_a_call_held_elsewhere_and_instructions_c
 
 async def test_a_holder_that_does_not_answer_is_a_504_and_an_unknown_call_a_404() -> None:
     await redis_or_skip()
-    async with start_gateway(instance_id="gw-e", redis_url=REDIS_URL, api_keys=(KEY,)) as gw:
+    async with start_gateway(instance_id="gw-e", redis_url=REDIS_URL, api_keys=(KEY,),
+                             outbound_rate_limit_per_minute=100) as gw:
         ghost_call = "CA" + "e" * 32
         await gw.app.state.gateway.shared.register_call(ghost_call, "an-instance-that-crashed", 10)
         async with httpx.AsyncClient(base_url=gw.http_url) as http:

@@ -134,5 +134,7 @@ class RedisState:
 
     async def aclose(self) -> None:
         if self._blocking is not self._client:
+            # A blocking read cancelled mid-command leaves its connection busy: drop the pool's connections at once.
+            await self._blocking.connection_pool.disconnect(inuse_connections=True)
             await self._blocking.aclose()
         await self._client.aclose()
