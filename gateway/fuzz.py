@@ -48,6 +48,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gateway.command import Stopped, run_command
+
 HOST = "127.0.0.1"
 RSS_TOLERANCE_MB = 20.0  # RSS after the storm (and the calls after it) minus RSS after the baseline calls
 CALL_TIMEOUT_S = 30.0
@@ -931,13 +933,13 @@ def main(frames: int = 5000, connections: int = 8, calls: int = 4, seed: int | N
     config = FuzzConfig(frames=frames, connections=connections, calls=calls, seed=seed, max_seconds=max_seconds)
     try:
         config.validate()
-        result = asyncio.run(run_fuzz(config, progress=not as_json))
     except ValueError as error:
         print(f"gateway fuzz: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("gateway fuzz: interrupted", file=sys.stderr)
-        return 130
+    try:
+        result = run_command("fuzz", run_fuzz(config, progress=not as_json))
+    except Stopped as stopped:
+        return stopped.status
     print(json.dumps(result.to_dict(), indent=2) if as_json else result.format())
     return result.exit_status
 

@@ -183,7 +183,7 @@ def _drop_counter(source: str) -> Callable[[str, int], None]:
 
 def _written_to_model(kind: str, arrived: float) -> None:
     if kind == "input_audio_buffer.append":
-        metrics.FRAME_DELAY.labels("to_model").observe(time.monotonic() - arrived)
+        metrics.FRAME_DELAY_TO_MODEL.observe(time.monotonic() - arrived)
 
 
 class _UnknownCallSettings(Exception):
@@ -759,7 +759,7 @@ class MediaStreamSession:
 
     def _written_to_twilio(self, kind: str, arrived: float) -> None:
         if kind == "media":
-            metrics.FRAME_DELAY.labels("to_twilio").observe(time.monotonic() - arrived)
+            metrics.FRAME_DELAY_TO_TWILIO.observe(time.monotonic() - arrived)
         elif kind == "clear":
             metrics.BARGE_IN_REACTION.observe(time.monotonic() - arrived)
 

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gateway.command import Stopped, run_command
 from gateway.replay.load import LoadReport, Percentiles, run_load
 from gateway.replay.phone import FRAME_MS, CallerTurn, Phone, call_with
 from gateway.replay.report import CallReport
@@ -688,19 +689,9 @@ def main(calls: int, seconds: float, audio_format: str, ramp: float, as_json: bo
     """``gateway bench``: run, print the table (or JSON); 0 when every call completed, 1 otherwise."""
     config = BenchConfig(calls=calls, seconds=seconds, audio_format=audio_format, ramp=ramp)
     try:
-        result = asyncio.run(run_bench(config))
-    except ValueError as error:
-        print(f"gateway bench: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("gateway bench: interrupted", file=sys.stderr)
-        return 130
-    except asyncio.CancelledError:  # SIGTERM
-        print("gateway bench: terminated", file=sys.stderr)
-        return 143
-    except RuntimeError as error:
-        print(f"gateway bench: {error}", file=sys.stderr)
-        return 1
+        result = run_command("bench", run_bench(config))
+    except Stopped as stopped:
+        return stopped.status
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gateway.command import Stopped, run_command
 from gateway.replay.load import Percentiles, run_load
 from gateway.replay.phone import FRAME_MS, CallerTurn, call_with
 from gateway.replay.report import CallReport
@@ -398,16 +399,9 @@ def write_outputs(data: dict[str, Any], out_dir: str) -> list[str]:
 
 def main(config: StepsConfig, as_json: bool = False) -> int:
     try:
-        data = asyncio.run(run_steps(config))
-    except ValueError as error:
-        print(f"gateway bench: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("gateway bench: interrupted", file=sys.stderr)
-        return 130
-    except RuntimeError as error:
-        print(f"gateway bench: {error}", file=sys.stderr)
-        return 1
+        data = run_command("bench", run_steps(config))
+    except Stopped as stopped:
+        return stopped.status
     print(json.dumps(data, indent=2) if as_json else format_table(data))
     if config.out_dir:
         for path in write_outputs(data, config.out_dir):

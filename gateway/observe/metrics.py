@@ -41,6 +41,8 @@ BARGE_IN_UNHEARD = Histogram("gateway_barge_in_unheard_seconds",
 FRAME_DELAY = Histogram("gateway_frame_forward_delay_seconds",
                         "From a frame's arrival to the write of what it became, per direction.", ["direction"],
                         buckets=_FAST_BUCKETS)
+FRAME_DELAY_TO_MODEL = FRAME_DELAY.labels("to_model")  # resolved once: observed for every frame
+FRAME_DELAY_TO_TWILIO = FRAME_DELAY.labels("to_twilio")
 MARKS_PENDING = Gauge("gateway_marks_pending", "Marks sent to Twilio and not yet echoed.", multiprocess_mode="livesum")
 MODEL_RECONNECTS = Counter("gateway_model_reconnects_total", "Model sessions lost and replaced, by cause.", ["cause"])
 MODEL_ROLLOVERS = Counter("gateway_model_rollovers_total", "Model sessions replaced ahead of their limit.", ["cause"])
