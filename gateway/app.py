@@ -28,6 +28,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from twilio.request_validator import RequestValidator
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -214,7 +215,7 @@ async def admit_stream(websocket: WebSocket, state: GatewayState) -> StreamGrant
     return grant
 
 
-async def media_stream(websocket: WebSocket) -> None:
+async def media_stream(websocket: WebSocket, receive: Receive, send: Send) -> None:
     state: GatewayState = websocket.app.state.gateway
     try:
         grant = await admit_stream(websocket, state)
@@ -228,7 +229,8 @@ async def media_stream(websocket: WebSocket) -> None:
         await websocket.accept()
         await websocket.close(code=POLICY_VIOLATION)
         return
-    session = MediaStreamSession(websocket, state.settings, state.observer, state.services, grant=grant)
+    session = MediaStreamSession(websocket, state.settings, state.observer, state.services, grant=grant,
+                                 receive=receive, send=send)
     state.active_calls.add(session)
     try:
         await websocket.accept()
@@ -236,6 +238,14 @@ async def media_stream(websocket: WebSocket) -> None:
     finally:
         state.active_calls.discard(session)
         state.console.call_ended(session.call.call_sid)
+
+
+class MediaStreamEndpoint:
+    """The media-stream route as a plain ASGI app: Starlette's WebSocket serves the handshake and a refusal, and a
+    call's hot path uses the server's own receive and send (no wrapper per message)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await media_stream(WebSocket(scope, receive, send), receive, send)
 
 
 async def healthz(request: Request) -> Response:
@@ -336,8 +346,8 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
         Route("/readyz", readyz, methods=["GET"]),
         *([] if settings.metrics_port else [Route("/metrics", metrics.metrics_endpoint(settings.metrics_api_key),
                                                   methods=["GET"])]),
-        WebSocketRoute(MEDIA_STREAM_PATH, media_stream),
-        WebSocketRoute(MEDIA_STREAM_PATH + "/{credential}", media_stream),
+        WebSocketRoute(MEDIA_STREAM_PATH, MediaStreamEndpoint()),
+        WebSocketRoute(MEDIA_STREAM_PATH + "/{credential}", MediaStreamEndpoint()),
         *api_routes,
         *console_routes,
     ]

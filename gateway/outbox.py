@@ -14,14 +14,58 @@ only *put* (never await), and:
   (:meth:`Outbox.discard`): Twilio would clear it anyway, and the caller stops hearing the agent sooner;
 * backpressure is a decision, not a hidden await: once over ``max_bytes`` queued, droppable messages (live caller
   audio) are dropped and counted, and anything else marks the outbox ``overflowed`` for the shell to end the call.
+
+A write costs no task switch when it need not wait: a message put into an idle outbox is written at once, in the
+putter's own turn of the event loop, as far as the write goes without waiting (:func:`start_eagerly`; both
+WebSocket libraries write to the transport and return unless its buffer is over its high-water mark). Only a write
+that does wait, or audio the pacer holds back, is finished by the writer task (:meth:`Outbox.run`), so a reader
+still never waits on the other socket, and order is kept: while a write is unfinished, later messages queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import types
 from collections import deque
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine, Generator
+
+log = logging.getLogger("gateway.outbox")
+
+
+def start_eagerly(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
+    """Run ``coroutine`` now, in the caller's turn of the event loop, until it finishes or first waits: None if it
+    finished (no task was made, no loop turn spent), else the task that finishes it. Its exceptions raised before it
+    first waits are the caller's (Python 3.12's eager tasks do this; this works on 3.11 too)."""
+    try:
+        awaited = coroutine.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_finish(coroutine, awaited))
+
+
+async def _finish(coroutine: Coroutine[Any, Any, Any], awaited: Any) -> Any:
+    return await _resume(coroutine, awaited)
+
+
+@types.coroutine
+def _resume(coroutine: Coroutine[Any, Any, Any], awaited: Any) -> Generator[Any, Any, Any]:
+    """Go on with a coroutine that was started elsewhere: hand the task what it waits for, pass back what the task
+    sends or throws in (a result, a cancellation)."""
+    while True:
+        try:
+            received = yield awaited
+        except BaseException as error:  # noqa: B036 - a cancellation is passed on, not swallowed
+            try:
+                awaited = coroutine.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            awaited = coroutine.send(received)
+        except StopIteration as stop:
+            return stop.value
 
 
 class Pacer:
@@ -51,7 +95,8 @@ class Pacer:
 
 
 class Outbox:
-    """Messages (text frames) for one socket, written by :meth:`run`. ``write`` sends one frame."""
+    """Messages (text frames) for one socket, written at once when nothing is ahead of them, else by :meth:`run`.
+    ``write`` sends one frame."""
 
     def __init__(self, write: Callable[[str], Awaitable[None]], *, max_bytes: int,
                  written: Callable[[str, float], None] | None = None, pacer: Pacer | None = None) -> None:
@@ -62,6 +107,8 @@ class Outbox:
         self._queue: deque[tuple[str, str, float, float]] = deque()  # (kind, text, when its cause arrived, play ms)
         self._bytes = 0
         self._wake = asyncio.Event()
+        self._writing = False  # the writer task is writing (or pacing): what is put waits for it
+        self._unfinished: tuple[asyncio.Task[Any], str, float, float] | None = None  # a write that had to wait
         self.closed = False
         self.dropped = 0  # droppable messages refused because the queue was full
         self.overflowed = False  # a message that may not be dropped did not fit: the peer is not reading
@@ -82,7 +129,7 @@ class Outbox:
             self.overflowed = True
         self._queue.append((kind, text, arrived, play_ms))
         self._bytes += len(text)
-        self._wake.set()
+        self._write_now()
         return True
 
     def put_first(self, text: str, kind: str = "", *, arrived: float = 0.0) -> None:
@@ -91,7 +138,7 @@ class Outbox:
             return
         self._queue.appendleft((kind, text, arrived, 0.0))
         self._bytes += len(text)
-        self._wake.set()
+        self._write_now()
 
     def discard(self, kinds: frozenset[str]) -> int:
         """Drop the queued messages of these kinds (not yet written); how many were dropped."""
@@ -108,32 +155,82 @@ class Outbox:
         self.closed = True
         self._queue.clear()
         self._bytes = 0
+        if self._unfinished is not None:
+            self._unfinished[0].cancel()
         self._wake.set()
 
+    def _write_now(self) -> None:
+        """Write what is queued in the caller's turn, while no write is unfinished and the pacer lets it go; leave
+        the rest to the writer task."""
+        while self._queue and not self.closed:
+            if self._writing or self._unfinished is not None or self._held():
+                self._wake.set()
+                return
+            kind, text, arrived, play_ms = self._next()
+            try:
+                unfinished = start_eagerly(self._write(text))
+            except Exception:  # a writer bug: nothing more goes to this peer (the shell's overflow check ends the call)
+                log.exception("writing to a peer failed; its outbox is closed")
+                self.close()
+                return
+            if unfinished is not None:
+                self._unfinished = (unfinished, kind, arrived, play_ms)
+                self._wake.set()
+                return
+            self._after_write(kind, arrived, play_ms)
+
+    def _held(self) -> bool:
+        """The next message is audio the pacer holds back for now."""
+        return bool(self._queue[0][3]) and self.pacer is not None and self.pacer.wait_s() > 0
+
+    def _next(self) -> tuple[str, str, float, float]:
+        kind, text, arrived, play_ms = self._queue.popleft()
+        if play_ms and arrived and self.pacer is not None:
+            # Held on purpose by the pacer: its forwarding delay counts from when the pacer let it go.
+            arrived = max(arrived, self.pacer.released_at())
+        self._bytes -= len(text)
+        return kind, text, arrived, play_ms
+
+    def _after_write(self, kind: str, arrived: float, play_ms: float) -> None:
+        if play_ms and self.pacer is not None:
+            self.pacer.written(play_ms)
+        if self._written is not None and arrived:
+            self._written(kind, arrived)
+
     async def run(self) -> None:
-        """Write queued messages until closed; a failing write ends it (the socket's reader sees the close)."""
+        """Finish what could not be written at once, until closed; a failing write ends it (the socket's reader
+        sees the close)."""
         while not self.closed:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue and not self.closed:
-                play_ms = self._queue[0][3]
-                if play_ms and self.pacer is not None:
-                    wait_s = self.pacer.wait_s()
-                    if wait_s > 0:
-                        # Far enough ahead of playback: wait, but wake for a control message put first.
-                        self._wake.clear()
-                        try:
-                            await asyncio.wait_for(self._wake.wait(), wait_s)
-                        except TimeoutError:
-                            pass
-                        continue
-                kind, text, arrived, play_ms = self._queue.popleft()
-                if play_ms and arrived and self.pacer is not None:
-                    # Held on purpose by the pacer: its forwarding delay counts from when the pacer let it go.
-                    arrived = max(arrived, self.pacer.released_at())
-                self._bytes -= len(text)
-                await self._write(text)
-                if play_ms and self.pacer is not None:
-                    self.pacer.written(play_ms)
-                if self._written is not None and arrived:
-                    self._written(kind, arrived)
+            self._writing = True
+            try:
+                await self._write_queued()
+            finally:
+                self._writing = False
+
+    async def _write_queued(self) -> None:
+        if self._unfinished is not None:
+            unfinished, kind, arrived, play_ms = self._unfinished
+            try:
+                await unfinished
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this writer is being cancelled
+                return  # close() cancelled the write
+            finally:
+                self._unfinished = None
+            self._after_write(kind, arrived, play_ms)
+        while self._queue and not self.closed:
+            if self._held():
+                # Far enough ahead of playback: wait, but wake for a control message put first.
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.pacer.wait_s() if self.pacer else 0.0)
+                except TimeoutError:
+                    pass
+                continue
+            kind, text, arrived, play_ms = self._next()
+            await self._write(text)
+            self._after_write(kind, arrived, play_ms)

@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.config import ConfigError, Settings
+from gateway.direct_ws import DirectWebSocketProtocol
 
 log = logging.getLogger("gateway.runner")
 
@@ -98,7 +99,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
                     {"header_timeout_s": settings.http_header_timeout_s})
     return dict(
         http=protocol,
-        ws="websockets-sansio",
+        # uvicorn's websockets-sansio protocol with a direct path for media streams (gateway.direct_ws): an app that
+        # does not attach a receiver (the bench's null relay) gets plain ASGI.
+        ws=DirectWebSocketProtocol,
         ws_max_size=1 << 20,  # hard cap; frames over MAX_FRAME_BYTES are dropped by the gateway itself
         ws_per_message_deflate=False,  # Twilio does not negotiate it and base64 audio barely compresses
         ws_ping_interval=20.0,

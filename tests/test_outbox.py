@@ -56,7 +56,8 @@ async def test_backpressure_drops_caller_audio_and_flags_the_rest() -> None:
     outbox = Outbox(socket.write, max_bytes=100)
     writer = asyncio.create_task(outbox.run())
     accepted = [outbox.put("a" * 30, "input_audio_buffer.append", droppable=True) for _ in range(10)]
-    assert accepted.count(True) <= 4 and outbox.dropped == accepted.count(False)
+    # The first went to the socket at once (its write waits there); at most 4 more fit in the queue.
+    assert accepted.count(True) <= 5 and outbox.dropped == accepted.count(False)
     assert outbox.queued_bytes <= 130 and not outbox.overflowed
     outbox.put("x" * 200, "media")
     assert outbox.overflowed  # not droppable: the shell ends the call (a peer that does not read)
@@ -94,3 +95,38 @@ async def test_paced_audio_stays_a_bounded_lead_ahead_and_a_clear_is_not_held_be
     assert times["next0"] - times["clear"] < 0.05 and times["next3"] - times["next0"] >= 0.05
     outbox.close()
     await writer
+
+
+async def test_a_write_that_need_not_wait_costs_no_task_switch() -> None:
+    """Into an idle outbox, a message is written in the putter's own turn; a write that waits is finished by the
+    writer task, and what is put meanwhile queues behind it, in order."""
+    socket = SlowSocket()
+    socket.open.set()
+    outbox = Outbox(socket.write, max_bytes=1000)
+    writer = asyncio.create_task(outbox.run())
+    outbox.put("first", "media")
+    assert socket.written == ["first"]  # no await in between: written at once
+    socket.open.clear()
+    outbox.put("waits", "media")
+    outbox.put("after", "media")
+    outbox.put_first("clear", "clear")
+    assert socket.written == ["first"]
+    socket.open.set()
+    await asyncio.sleep(0.02)
+    # "waits" was already being written when the clear came; the clear goes ahead of what is still queued.
+    assert socket.written == ["first", "waits", "clear", "after"]
+    outbox.put("last", "media")
+    assert socket.written[-1] == "last"
+    outbox.close()
+    await asyncio.wait_for(writer, 1)
+
+
+async def test_an_unfinished_write_is_cancelled_by_close() -> None:
+    socket = SlowSocket()  # never reads
+    outbox = Outbox(socket.write, max_bytes=1000)
+    writer = asyncio.create_task(outbox.run())
+    outbox.put("stuck", "media")
+    await asyncio.sleep(0)
+    outbox.close()
+    await asyncio.wait_for(writer, 1)
+    assert socket.written == [] and not outbox.put("late")

@@ -172,6 +172,16 @@ def self_signed(directory: str) -> tuple[str, str]:
     return cert_path, key_path
 
 
+def process_syscalls(pid: int) -> dict[str, int] | None:
+    """Read and write system calls of process ``pid`` so far (Linux ``/proc/PID/io``; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return {"read": int(fields["syscr"]), "write": int(fields["syscw"])}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def _pin(pid: int, cpu: int) -> bool:
     if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
         return False
@@ -261,8 +271,10 @@ async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
             await asyncio.sleep(max(0.0, start_at - loop.time()))
             counters.in_window = True
             marks["start"] = (time.monotonic(), process_cpu_times(server.pid), counters.live, dict(counters.sent))
+            marks["io_start"] = process_syscalls(server.pid)
             await asyncio.sleep(max(0.0, start_at + config.seconds - loop.time()))
             marks["end"] = (time.monotonic(), process_cpu_times(server.pid), counters.live, dict(counters.sent))
+            marks["io_end"] = process_syscalls(server.pid)
             marks["rss"] = process_rss_mb(server.pid)
             counters.in_window = False
 
@@ -293,6 +305,9 @@ async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
     lags = np.asarray(counters.lags_ms, dtype=np.float64)
     lag = Percentiles.of(lags) if lags.size else None
     rss = marks.get("rss")
+    io0, io1 = marks.get("io_start"), marks.get("io_end")
+    syscalls = None if io0 is None or io1 is None or not call_s else {
+        kind: round((io1[kind] - io0[kind]) / call_s, 1) for kind in io1 if kind in io0}
     return {
         "target": target,
         "calls": calls,
@@ -302,6 +317,10 @@ async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
         "cpu_s": round(cpu_s, 3),
         "cpu_ms_per_call_second": round(cpu_s * 1000.0 / call_s, 3) if call_s else None,
         "cpu_pct_of_one_core": round(cpu_s / (t1 - t0) * 100.0, 1),
+        "cpu_user_ms_per_call_second": round((u1 - u0) * 1000.0 / call_s, 3) if call_s else None,
+        "cpu_system_ms_per_call_second": round((s1 - s0) * 1000.0 / call_s, 3) if call_s else None,
+        # read and write system calls per call-second (/proc/PID/io syscr, syscw): what "fewer messages" saves
+        "syscalls_per_call_second": syscalls,
         "inbound_delay_ms": _p(inbound),
         "outbound_delay_ms": _p(outbound),
         "frames_sent": sent_frames,

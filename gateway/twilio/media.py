@@ -84,8 +84,9 @@ def _obj(container: dict, key: str) -> dict:
     return value
 
 
-def parse_twilio_message(text: str) -> TwilioEvent:
-    """Parse one text frame from Twilio. Raises :class:`MediaStreamError` on anything malformed."""
+def parse_twilio_message(text: str | bytes) -> TwilioEvent:
+    """Parse one text frame from Twilio (str, or its UTF-8 bytes). Raises :class:`MediaStreamError` on anything
+    malformed (bytes that are not UTF-8 included)."""
     try:
         message = orjson.loads(text)
     except (ValueError, RecursionError):  # JSONDecodeError (NaN, Infinity and nesting past 1024 included)

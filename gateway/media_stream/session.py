@@ -1,8 +1,10 @@
-"""The I/O shell around the call core: Twilio's WebSocket on one side, the model's on the other.
+"""One call's shell: Twilio's WebSocket on one side, the model's on the other.
 
-One task reads Twilio, one task reads the model; each parses a frame at the edge, hands the typed
-event to :class:`gateway.call.Call` and sends what comes back. The shell owns sockets, timeouts and
-logging; it makes no decisions about the call.
+One task reads Twilio (the server's ASGI receive); the model's messages arrive by callback, in the event loop's
+turn that read them (:mod:`.model_socket`). Each is parsed at the edge, handed as a typed event to
+:class:`gateway.call.Call`, and what comes back is carried out at once: messages go into each peer's outbox
+(:mod:`gateway.outbox`), which writes them in the same turn unless the socket must wait. The shell owns sockets,
+timeouts and logging; it makes no decisions about the call.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import websockets
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
-from websockets.asyncio.client import ClientConnection, connect
+from starlette.types import Receive
+from starlette.types import Send as ASGISend
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.exceptions import WebSocketException
 
 from gateway.call import (
     END_CALL,
@@ -44,11 +47,14 @@ from gateway.call import (
 )
 from gateway.clock import now_ms as _now_ms
 from gateway.config import Settings
+from gateway.direct_ws import direct_receive
 from gateway.droplog import DropCounter
 from gateway.observe import metrics
 from gateway.observe.ledger import CallLedger
 from gateway.observe.logs import bind_call
 from gateway.outbox import Outbox, Pacer
+
+from .model_socket import ModelSocket, ModelSocketClosed
 from gateway.realtime import events as rt
 from gateway.security import StreamGrant
 from gateway.state.base import StateUnavailable
@@ -87,6 +93,9 @@ _TWILIO_AUDIO = frozenset({"media", "mark"})
 MODEL_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # A session prepared for a rollover must answer its session.update within this, or it is dropped (and tried later).
 ROLLOVER_READY_TIMEOUT_S = 5.0
+# Model events a session says before it is current (opening, or prepared and waiting for the switch) are kept, up
+# to this many, and handled in order once it is; past it they are dropped and counted.
+MAX_MODEL_BACKLOG = 256
 POLICY_VIOLATION = 1008
 # A live call holds leases (MAX_CALLS_GLOBAL, MAX_CALLS_PER_NUMBER) and its registry entry (which instance holds
 # it, for control from any instance) for this long, renewed every LEASE_RENEW_S while it lives: a crashed
@@ -166,13 +175,26 @@ def call_config(settings: Settings, registry: ToolRegistry | None = None) -> Cal
 _encode_json = encode_message
 
 
-@dataclass
+@dataclass(eq=False)
 class _ModelLink:
-    """One model session's socket and its writer (the only task that sends on it)."""
+    """One model session: its socket, its outbox and the writer task that finishes writes that must wait.
 
-    socket: ClientConnection
-    outbox: Outbox
-    writer: asyncio.Task[None]
+    Its messages arrive by callback (:meth:`MediaStreamSession._model_message`), in the event loop's own turn. While
+    it is not the call's current session they wait in ``backlog`` (a session opening, or one prepared for a rollover
+    until the switch); once ``retired`` (replaced, or closing) they are dropped. ``ended`` says why the session is
+    over for the call: its socket closed, or it was switched away from."""
+
+    socket: ModelSocket = field(init=False)
+    outbox: Outbox = field(init=False)
+    writer: asyncio.Task[None] = field(init=False)
+    ended: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    ready: asyncio.Future[None] | None = None  # a prepared session: its session.updated (or refusal)
+    backlog: list[bytes] = field(default_factory=list)
+    retired: bool = False
+
+    def end(self, reason: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result(reason)
 
 
 def _drop_counter(source: str) -> Callable[[str, int], None]:
@@ -200,8 +222,16 @@ class MediaStreamSession:
         observer: CallObserver | None = None,
         services: CallServices | None = None,
         grant: StreamGrant | None = None,
+        *,
+        receive: Receive | None = None,
+        send: ASGISend | None = None,
     ) -> None:
         self.websocket = websocket
+        # The call's hot path uses the server's ASGI callables directly (Starlette's wrapper, for the handshake and
+        # the close, adds a state machine per message); the accepted socket is open until it is closed or lost.
+        self._receive: Receive = receive or websocket.receive  # type: ignore[assignment]
+        self._send_asgi: ASGISend | None = send
+        self._twilio_open = True
         self.settings = settings
         self.services = services or CallServices()
         self.grant = grant  # what the stream's credential allows: one call (None: an unsigned demo stream)
@@ -283,39 +313,58 @@ class MediaStreamSession:
     # ---- readers ----------------------------------------------------------------------------
 
     async def _twilio_loop(self) -> None:
-        max_bytes = self.settings.max_frame_bytes
+        """Twilio's messages: by callback where the server offers it (gateway.direct_ws: no task switch per frame),
+        else, and always for what was queued before and for the disconnect, through ASGI receive."""
+        attach = direct_receive(self.websocket.scope) if self._send_asgi is not None else None
+        if attach is not None:
+            attach(self._twilio_frame)
         try:
+            receive = self._receive
             while not self._done.is_set():
-                message = await self.websocket.receive()
+                message = await receive()
                 if message["type"] == "websocket.disconnect":
+                    self._twilio_open = False
                     break
                 text = message.get("text")
                 if text is None:
                     self._drops.drop("binary frame")
                     continue
-                self._arrived = time.monotonic()
-                now = self._arrived * 1000.0
-                if len(text) > max_bytes:
-                    self._drops.drop(f"frame over MAX_FRAME_BYTES ({max_bytes})")
-                    if self._recorder is not None:
-                        self._recorder.record("in", f'{{"gateway":"dropped oversized frame","bytes":{len(text)}}}', now)
-                    continue
-                if self._recorder is not None:
-                    self._recorder.record("in", text, now)
-                try:
-                    event = parse_twilio_message(text)
-                except MediaStreamError as error:
-                    self._drops.drop(str(error))
-                    continue
-                except Exception:  # a parser bug costs one frame, never the call
-                    log.exception("dropped frame from twilio call_sid=%s: the parser failed", self.call.call_sid or "-")
-                    continue
-                await self._dispatch(self.call.twilio_event(event, now))
-        except (WebSocketDisconnect, RuntimeError):
-            pass
+                self._twilio_frame(text)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self._twilio_open = False
         except Exception:
             log.exception("twilio reader failed call_sid=%s", self.call.call_sid or "-")
-        await self._dispatch(self.call.twilio_closed())
+        finally:
+            if attach is not None:
+                attach(None)
+        self._dispatch(self.call.twilio_closed())
+
+    def _twilio_frame(self, text: str | bytes) -> None:
+        """One text message from Twilio (UTF-8 bytes by callback, str through ASGI): bounded, parsed, handled."""
+        if self._done.is_set():
+            return
+        self._arrived = time.monotonic()
+        now = self._arrived * 1000.0
+        max_bytes = self.settings.max_frame_bytes
+        if len(text) > max_bytes:
+            self._drops.drop(f"frame over MAX_FRAME_BYTES ({max_bytes})")
+            if self._recorder is not None:
+                self._recorder.record("in", f'{{"gateway":"dropped oversized frame","bytes":{len(text)}}}', now)
+            return
+        if self._recorder is not None:
+            self._recorder.record("in", text if isinstance(text, str) else text.decode("utf-8", "replace"), now)
+        try:
+            event = parse_twilio_message(text)
+        except MediaStreamError as error:
+            self._drops.drop(str(error))
+            return
+        except Exception:  # a parser bug costs one frame, never the call
+            log.exception("dropped frame from twilio call_sid=%s: the parser failed", self.call.call_sid or "-")
+            return
+        try:
+            self._dispatch(self.call.twilio_event(event, now))
+        except Exception:  # never into the server's protocol (a callback): the frame is lost, the call goes on
+            log.exception("a frame from twilio could not be handled call_sid=%s", self.call.call_sid or "-")
 
     async def _apply_per_call_settings(self) -> None:
         """An outbound call's settings (instructions, voice, greeting) were saved under its CallSid when it was
@@ -341,7 +390,7 @@ class MediaStreamSession:
         while not self._done.is_set():
             await asyncio.sleep(TICK_INTERVAL_S)
             self._arrived = 0.0
-            await self._dispatch(self.call.tick(_now_ms()))
+            self._dispatch(self.call.tick(_now_ms()))
             self.ledger.marks_pending(self.call.marks_pending)
             ticks += 1
             if ticks % int(LEASE_RENEW_S / TICK_INTERVAL_S) == 0 and (self._leases or self._registered):
@@ -388,10 +437,10 @@ class MediaStreamSession:
             if give_up:
                 log.error("model unavailable call_sid=%s (%s; last: %s); ending the call",
                           self.call.call_sid or "-", give_up, reason)
-                await self._dispatch(self.call.model_closed(f"{give_up}; last: {reason}"))
+                self._dispatch(self.call.model_closed(f"{give_up}; last: {reason}"))
                 return
             log.warning("model session lost call_sid=%s (%s); reconnecting", self.call.call_sid or "-", reason)
-            await self._dispatch(self.call.model_lost(reason, _now_ms()))
+            self._dispatch(self.call.model_lost(reason, _now_ms()))
             if backoff:
                 await asyncio.sleep(backoff)
 
@@ -405,11 +454,12 @@ class MediaStreamSession:
                 link = await self._open_model_link()
             self._model_link = link
             if fresh:
-                await self._dispatch(self.call.model_connected(_now_ms()))
-            return await self._read_model(link)
+                self._dispatch(self.call.model_connected(_now_ms()))
+            self._replay_backlog(link)  # what it said before it was current, in order, before anything newer
+            return True, await link.ended
         except asyncio.CancelledError:
             raise
-        except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as error:
+        except (OSError, WebSocketException, TimeoutError) as error:
             reason = f"{type(error).__name__}: {error}"
             log.error("model connection failed call_sid=%s: %s", self.call.call_sid or "-", reason)
             return link is not None, reason
@@ -424,45 +474,87 @@ class MediaStreamSession:
 
     async def _open_model_link(self) -> _ModelLink:
         settings = self.settings
-        socket = await connect(
+        link = _ModelLink()
+        link.socket = await ModelSocket.connect(
             settings.model_connect_url(),
-            additional_headers=settings.model_headers(),
-            compression=None,  # base64 audio barely compresses; deflate costs CPU
+            lambda data: self._model_message(link, data),
+            headers=settings.model_headers(),
             max_size=MODEL_MAX_MESSAGE_BYTES,
-            open_timeout=MODEL_OPEN_TIMEOUT_S,
-            ping_interval=MODEL_PING_INTERVAL_S,
-            ping_timeout=MODEL_PING_TIMEOUT_S,
-            close_timeout=MODEL_CLOSE_TIMEOUT_S,
+            open_timeout_s=MODEL_OPEN_TIMEOUT_S,
+            ping_interval_s=MODEL_PING_INTERVAL_S,
+            ping_timeout_s=MODEL_PING_TIMEOUT_S,
+            close_timeout_s=MODEL_CLOSE_TIMEOUT_S,
         )
-        outbox = Outbox(self._model_writer(socket), max_bytes=MODEL_BACKLOG_BYTES, written=_written_to_model)
-        return _ModelLink(socket, outbox, asyncio.create_task(outbox.run(), name="model-writer"))
+        link.socket.closed.add_done_callback(lambda closed: self._model_socket_closed(link, closed.result()))
+        link.outbox = Outbox(self._model_writer(link.socket), max_bytes=MODEL_BACKLOG_BYTES, written=_written_to_model)
+        link.writer = asyncio.create_task(link.outbox.run(), name="model-writer")
+        return link
+
+    @staticmethod
+    def _model_socket_closed(link: _ModelLink, reason: str) -> None:
+        link.end(reason)
+        if link.ready is not None and not link.ready.done():
+            link.ready.set_exception(ConnectionError(f"closed before it was ready ({reason})"))
+            link.ready.exception()  # retrieved here: a prepare that timed out no longer awaits it
 
     @staticmethod
     async def _close_model_link(link: _ModelLink) -> None:
-        """Close with 1000 (a cancelled reader must never leave it to a 1011), then stop its writer."""
+        """Close with 1000 (within MODEL_CLOSE_TIMEOUT_S, else dropped), then stop its writer."""
+        link.retired = True
+        link.backlog.clear()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(link.socket.close(), MODEL_CLOSE_TIMEOUT_S)
+            await link.socket.close()
         link.outbox.close()
         link.writer.cancel()
         await asyncio.gather(link.writer, return_exceptions=True)
 
-    async def _read_model(self, link: _ModelLink) -> tuple[bool, str]:
-        async for frame in link.socket:
-            if self._model_link is not link:
-                return True, "rolled over"  # what the old session still says is not heard
-            self._arrived = time.monotonic()
-            try:
-                event = rt.parse_model_event(frame)
-            except rt.ModelEventError as error:
-                self._model_drops.drop(str(error))
-                continue
-            except Exception:  # a parser bug costs one event, never the call
-                log.exception("dropped model event call_sid=%s: the parser failed", self.call.call_sid or "-")
-                continue
-            if isinstance(event, rt.SpeechStarted):
-                self._speech_started_at = self._arrived
-            await self._dispatch(self.call.model_event(event, self._arrived * 1000.0))
-        return True, f"code {link.socket.close_code}"
+    def _model_message(self, link: _ModelLink, data: bytes) -> None:
+        """One message from a model session's socket, in the event loop's turn that read it."""
+        if link is self._model_link:
+            if link.backlog:
+                self._replay_backlog(link)
+            self._model_event(data)
+        elif not link.retired:
+            if link.ready is not None and not link.ready.done():
+                self._before_ready(link, data)
+            elif len(link.backlog) < MAX_MODEL_BACKLOG:
+                link.backlog.append(data)
+            else:
+                self._model_drops.drop("event from a session not yet current, past the backlog")
+
+    def _replay_backlog(self, link: _ModelLink) -> None:
+        backlog, link.backlog = link.backlog, []
+        for data in backlog:
+            if link is not self._model_link:
+                return
+            self._model_event(data)
+
+    def _model_event(self, data: bytes) -> None:
+        self._arrived = time.monotonic()
+        try:
+            event = rt.parse_model_event(data)
+        except rt.ModelEventError as error:
+            self._model_drops.drop(str(error))
+            return
+        except Exception:  # a parser bug costs one event, never the call
+            log.exception("dropped model event call_sid=%s: the parser failed", self.call.call_sid or "-")
+            return
+        if isinstance(event, rt.SpeechStarted):
+            self._speech_started_at = self._arrived
+        self._dispatch(self.call.model_event(event, self._arrived * 1000.0))
+
+    @staticmethod
+    def _before_ready(link: _ModelLink, data: bytes) -> None:
+        """A prepared session, configuring: its session.updated makes it ready (what came before is not kept)."""
+        assert link.ready is not None
+        try:
+            event = rt.parse_model_event(data)
+        except rt.ModelEventError:
+            return
+        if isinstance(event, rt.SessionUpdated):
+            link.ready.set_result(None)
+        elif isinstance(event, rt.ModelError):
+            link.ready.set_exception(RuntimeError(f"the model refused the session: {event.code}: {event.message}"))
 
     # ---- make-before-break rollover -----------------------------------------------------------
 
@@ -473,14 +565,15 @@ class MediaStreamSession:
         log.info("preparing the next model session call_sid=%s (%s)", self.call.call_sid or "-", request.reason)
         try:
             link = await self._open_model_link()
+            link.ready = asyncio.get_running_loop().create_future()
             for message in self.call.rollover_setup():
                 link.outbox.put(_encode_json(message), message["type"])
-            await asyncio.wait_for(self._until_session_updated(link.socket), ROLLOVER_READY_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.shield(link.ready), ROLLOVER_READY_TIMEOUT_S)
             if self._done.is_set() or self._model_link is None:
                 self.call.rollover_failed(_now_ms())
                 return
             self._standby = link
-            await self._dispatch(self.call.rollover_ready(_now_ms()))
+            self._dispatch(self.call.rollover_ready(_now_ms()))
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -492,40 +585,33 @@ class MediaStreamSession:
             if link is not None and self._model_link is not link and self._handover is not link:
                 await self._close_model_link(link)
 
-    async def _until_session_updated(self, socket: ClientConnection) -> None:
-        async for frame in socket:
-            try:
-                event = rt.parse_model_event(frame)
-            except rt.ModelEventError:
-                continue
-            if isinstance(event, rt.SessionUpdated):
-                return
-            if isinstance(event, rt.ModelError):
-                raise RuntimeError(f"the model refused the session: {event.code}: {event.message}")
-        raise ConnectionError(f"closed before it was ready (code {socket.close_code})")
-
     def _switch_model(self) -> None:
-        """The prepared session is current from now on; the old one is closed (its reader stops reading it)."""
+        """The prepared session is current from now on; the old one is retired (what it still says is not heard)
+        and its reader moves on to the new one, which first handles what it said while waiting."""
         standby, old = self._standby, self._model_link
         if standby is None:
             return
         self._model_link = self._handover = standby
         self._standby = None
         if old is not None:
-            self._in_background(self._close_model_link(old))
+            old.retired = True
+            old.end("rolled over")
+        asyncio.get_running_loop().call_soon(self._replay_backlog, standby)
 
     @staticmethod
-    def _model_writer(model: ClientConnection) -> Callable[[str], Any]:
+    def _model_writer(socket: ModelSocket) -> Callable[[str], Any]:
         async def write(text: str) -> None:
             try:
-                await model.send(text)
-            except websockets.exceptions.ConnectionClosed:
-                pass  # the model reader sees the close and replaces the session
+                if socket.paused:
+                    await socket.drained()
+                socket.send(text)
+            except ModelSocketClosed:
+                pass  # the socket's close ends the session, and it is replaced
         return write
 
     # ---- outputs ----------------------------------------------------------------------------
 
-    async def _dispatch(self, outputs: list[Output]) -> None:
+    def _dispatch(self, outputs: list[Output]) -> None:
         for output in outputs:
             if isinstance(output, Send):
                 if output.to is Peer.TWILIO:
@@ -548,7 +634,7 @@ class MediaStreamSession:
             elif isinstance(output, (HangUp, Transfer)):
                 self._in_background(self._call_control(output))
             else:
-                await self._dispatch(self._report(output))
+                self._dispatch(self._report(output))
 
     def _end(self, reason: str) -> None:
         if not self._done.is_set():
@@ -569,7 +655,7 @@ class MediaStreamSession:
         self.ledger.tool_finished(request.name if self.services.tools.has(request.name) else "unknown", outcome,
                                   time.monotonic() - started)
         self._arrived = 0.0
-        await self._dispatch(self.call.tool_finished(request.call_id, output))
+        self._dispatch(self.call.tool_finished(request.call_id, output))
 
     async def _call_control(self, control: HangUp | Transfer) -> None:
         twilio, call_sid = self.services.twilio, self.call.call_sid
@@ -591,12 +677,12 @@ class MediaStreamSession:
                 self._end(control.reason)
             else:
                 log.exception("transfer failed at Twilio call_sid=%s; the call goes on", call_sid)
-                await self._dispatch(self.call.transfer_failed())
+                self._dispatch(self.call.transfer_failed())
 
     def _send_twilio(self, message: dict[str, Any]) -> None:
         """Queue a message for Twilio (never waits: gateway.outbox). ``clear`` goes first, and takes the agent
         audio still queued with it."""
-        if self.websocket.application_state != WebSocketState.CONNECTED:
+        if not self._twilio_open:
             return
         text = _encode_json(message)
         if self._recorder is not None:
@@ -615,8 +701,12 @@ class MediaStreamSession:
 
     async def _write_twilio(self, text: str) -> None:
         try:
-            await self.websocket.send_text(text)
+            if self._send_asgi is None:
+                await self.websocket.send_text(text)
+            else:
+                await self._send_asgi({"type": "websocket.send", "text": text})
         except (WebSocketDisconnect, RuntimeError, OSError):
+            self._twilio_open = False
             self._twilio_out.close()
             self._done.set()
 
@@ -743,7 +833,7 @@ class MediaStreamSession:
             return False
         log.info("call controlled through the API: %s", action)
         self._arrived = 0.0
-        await self._dispatch(outputs)
+        self._dispatch(outputs)
         return True
 
     async def _save_record(self, record: dict[str, Any]) -> None:
@@ -772,6 +862,10 @@ class MediaStreamSession:
         await asyncio.gather(*(self._close_model_link(link) for link in links.values()), return_exceptions=True)
 
     async def _close_twilio(self) -> None:
-        if self.websocket.application_state == WebSocketState.CONNECTED:
+        if self._twilio_open:
+            self._twilio_open = False
             with contextlib.suppress(Exception):
-                await self.websocket.close(code=self._close_code)
+                if self._send_asgi is None:
+                    await self.websocket.close(code=self._close_code)
+                else:
+                    await self._send_asgi({"type": "websocket.close", "code": self._close_code, "reason": ""})
