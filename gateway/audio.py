@@ -284,38 +284,115 @@ def _matrices() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return (*_upsampler_matrices(taps), *_downsampler_matrices(taps))
 
 
+@lru_cache(maxsize=1)
+def _up_matrix() -> np.ndarray:
+    """``[P; C]``: (previous block, this block) stacked, times it, gives this block's 120 outputs."""
+    prev, cur, _, _ = _matrices()
+    return np.ascontiguousarray(np.vstack((prev, cur)))
+
+
+@lru_cache(maxsize=1)
+def _down_matrix() -> np.ndarray:
+    """``[T; A]``: (this block, next block) stacked, times it, gives this block's 40 outputs."""
+    _, _, this, after = _matrices()
+    return np.ascontiguousarray(np.vstack((this, after)))
+
+
+class _Frames:
+    """Buffers for one chunk size, made once and reused for every chunk of that size: the extended input (the
+    carried history, then the chunk, then zero padding to whole blocks), a view of it as overlapping rows of two
+    blocks, and the float and int16 outputs. A call's frames are all one size (20 ms from Twilio; the model's
+    chunks mostly are too), so after the first chunk no array is allocated but the bytes handed back: numpy's
+    per-call overhead, not arithmetic, is what a 20 ms frame costs."""
+
+    __slots__ = ("extended", "chunk", "history_from", "rows", "out", "out16", "count")
+
+    def __init__(self, history: int, block: int, chunk: int, count: int, outputs_per_block: int) -> None:
+        blocks = -(-max(count, 1) // outputs_per_block)
+        self.extended = np.zeros((blocks + 1) * block, dtype=np.float32)
+        self.chunk = self.extended[history : history + chunk]  # where a chunk's samples go
+        self.history_from = chunk  # after a chunk, the next history is extended[chunk : chunk + history]
+        # Row b is blocks b and b + 1 (overlapping, no copy): one matrix product gives every block's outputs.
+        self.rows = np.lib.stride_tricks.as_strided(self.extended, shape=(blocks, 2 * block),
+                                                    strides=(block * 4, 4), writeable=False)
+        self.out = np.empty((blocks, outputs_per_block), dtype=np.float32)
+        self.out16 = np.empty(blocks * outputs_per_block, dtype=np.int16)
+        self.count = count  # real outputs (the rest come from the zero padding)
+
+    def to_bytes(self) -> bytes:
+        """Round and saturate the outputs to int16, as little-endian PCM16 bytes."""
+        out = self.out
+        np.minimum(out, 32767.0, out=out)
+        np.maximum(out, -32768.0, out=out)
+        np.rint(out, out=out)
+        np.copyto(self.out16, out.reshape(-1), casting="unsafe")
+        data = self.out16[: self.count] if self.count != len(self.out16) else self.out16
+        return data.tobytes() if _LITTLE_ENDIAN else data.astype("<i2").tobytes()
+
+
+_LITTLE_ENDIAN = np.little_endian
+
+
 class Upsampler:
     """8 kHz -> 24 kHz, streaming, polyphase: the last 40 input samples carried between chunks.
 
     A chunk (after the 40 carried samples) is cut into blocks of 40 samples; each block's 120 outputs are
-    ``previous block @ P + this block @ C``, all blocks at once (two matrix products). A last partial block is
-    zero-padded and only its real outputs kept: any chunk size gives exactly 3x its length, at once."""
+    ``previous block @ P + this block @ C``: one matrix product of the overlapping two-block rows with ``[P; C]``
+    for all blocks at once. A last partial block is zero-padded and only its real outputs kept: any chunk size
+    gives exactly 3x its length, at once."""
 
-    __slots__ = ("_prev", "_cur", "_history")
+    __slots__ = ("_matrix", "_history", "_frames", "_frames_size")
 
     def __init__(self) -> None:
-        self._prev, self._cur, _, _ = _matrices()
+        self._matrix = _up_matrix()
         self._history = np.zeros(_UP_BLOCK, dtype=np.float32)
+        self._frames: _Frames | None = None  # buffers for the last chunk size; they hold the history
+        self._frames_size = -1
+
+    def _buffers(self, n: int) -> _Frames:
+        frames = self._frames
+        if frames is not None and self._frames_size == n:
+            frames.extended[:_UP_BLOCK] = frames.extended[n : n + _UP_BLOCK]  # the history, carried in place
+            return frames
+        history = self._history if frames is None else self._take_history()
+        frames = self._frames = _Frames(_UP_BLOCK, _UP_BLOCK, n, n * RATIO, _UP_BLOCK * RATIO)
+        self._frames_size = n
+        frames.extended[:_UP_BLOCK] = history
+        return frames
+
+    def _take_history(self) -> np.ndarray:
+        frames = self._frames
+        if frames is None:
+            return self._history
+        n = self._frames_size
+        return frames.extended[n : n + _UP_BLOCK].copy()
+
+    def _run(self, frames: _Frames) -> bytes:
+        np.matmul(frames.rows, self._matrix, out=frames.out)
+        return frames.to_bytes()
+
+    def process_mulaw(self, mulaw: bytes | bytearray | memoryview) -> bytes:
+        """mu-law 8 kHz bytes in, little-endian PCM16 24 kHz bytes out (3x as many samples): decoded straight
+        into the filter's input."""
+        n = len(mulaw)
+        if n == 0:
+            return b""
+        frames = self._buffers(n)
+        np.take(_DECODE_TABLE_F32, np.frombuffer(mulaw, dtype=np.uint8), out=frames.chunk)
+        return self._run(frames)
 
     def process(self, samples: np.ndarray) -> np.ndarray:
         """int16 (or float) at 8 kHz in, int16 at 24 kHz out (exactly 3x as many samples)."""
         n = len(samples)
         if n == 0:
             return np.zeros(0, dtype=np.int16)
-        blocks = -(-n // _UP_BLOCK)
-        extended = np.empty((blocks + 1) * _UP_BLOCK, dtype=np.float32)
-        extended[:_UP_BLOCK] = self._history
-        end = _UP_BLOCK + n
-        extended[_UP_BLOCK:end] = samples
-        extended[end:] = 0.0
-        self._history = extended[end - _UP_BLOCK : end].copy()
-        rows = extended.reshape(blocks + 1, _UP_BLOCK)
-        out = rows[:-1] @ self._prev
-        out += rows[1:] @ self._cur
-        return to_int16(out.reshape(-1)[: n * RATIO])
+        frames = self._buffers(n)
+        frames.chunk[:] = samples
+        return np.frombuffer(self._run(frames), dtype="<i2").astype(np.int16, copy=False)
 
     def reset(self) -> None:
         self._history = np.zeros(_UP_BLOCK, dtype=np.float32)
+        self._frames, self._frames_size = None, -1
 
 
 class Downsampler:
@@ -323,38 +400,47 @@ class Downsampler:
 
     Carried between chunks: the 118-120 input samples that come before the next kept output's window. The
     chunk is cut into blocks of 120 samples (40 outputs); a block's outputs are ``this block @ T + next block @
-    A`` (two matrix products for all blocks). A chunk gives every output whose last input sample it brings,
-    at once, so the output is the same whatever the chunk sizes."""
+    A``: one matrix product of the overlapping two-block rows with ``[T; A]``. A chunk gives every output whose
+    last input sample it brings, at once, so the output is the same whatever the chunk sizes."""
 
-    __slots__ = ("_this", "_after", "_history")
+    __slots__ = ("_matrix", "_history", "_frames", "_frames_key")
 
     def __init__(self) -> None:
-        _, _, self._this, self._after = _matrices()
+        self._matrix = _down_matrix()
         self._history = np.zeros(_DOWN_BLOCK, dtype=np.float32)
+        self._frames: _Frames | None = None
+        self._frames_key = (-1, -1)  # (history length, chunk length) the buffers were made for
+
+    def process_bytes(self, pcm16: bytes | bytearray | memoryview) -> np.ndarray:
+        """Little-endian PCM16 24 kHz bytes (an even count) in, int16 8 kHz out."""
+        return self.process(np.frombuffer(pcm16, dtype="<i2"))
 
     def process(self, samples: np.ndarray) -> np.ndarray:
         """int16 (or float) at 24 kHz in, int16 at 8 kHz out (one output chunk per input chunk)."""
         held = len(self._history)
-        total = held + len(samples)
+        n = len(samples)
+        total = held + n
         # Output m needs extended[3 m .. 3 m + 120]: the outputs whose last sample is here.
         count = (total - _DOWN_BLOCK - 1) // RATIO + 1 if total > _DOWN_BLOCK else 0
         if count == 0:
-            if len(samples):
+            if n:
                 self._history = np.concatenate((self._history, np.asarray(samples, dtype=np.float32)))
             return np.zeros(0, dtype=np.int16)
-        blocks = -(-count // _DOWN_OUT)
-        extended = np.empty((blocks + 1) * _DOWN_BLOCK, dtype=np.float32)
+        key = (held, n)
+        frames = self._frames
+        if frames is None or self._frames_key != key:
+            frames = self._frames = _Frames(0, _DOWN_BLOCK, total, count, _DOWN_OUT)
+            self._frames_key = key
+        extended = frames.extended
         extended[:held] = self._history
         extended[held:total] = samples
-        extended[total:] = 0.0
         self._history = extended[RATIO * count : total].copy()
-        rows = extended.reshape(blocks + 1, _DOWN_BLOCK)
-        out = rows[:-1] @ self._this
-        out += rows[1:] @ self._after
-        return to_int16(out.reshape(-1)[:count])
+        np.matmul(frames.rows, self._matrix, out=frames.out)
+        return np.frombuffer(frames.to_bytes(), dtype="<i2").astype(np.int16, copy=False)
 
     def reset(self) -> None:
         self._history = np.zeros(_DOWN_BLOCK, dtype=np.float32)
+        self._frames, self._frames_key = None, (-1, -1)
 
 
 class InboundConverter(Protocol):
@@ -380,8 +466,7 @@ class MulawToPcm24k:
         self._upsampler = Upsampler()
 
     def convert(self, mulaw: AudioBytes) -> bytes:
-        samples = _DECODE_TABLE_F32[np.frombuffer(audio_bytes(mulaw), dtype=np.uint8)]
-        return self._upsampler.process(samples).astype("<i2", copy=False).tobytes()
+        return self._upsampler.process_mulaw(audio_bytes(mulaw))
 
 
 class Pcm24kToMulaw:
@@ -399,8 +484,7 @@ class Pcm24kToMulaw:
             data = self._pending + data
         usable = len(data) - (len(data) % 2)
         self._pending = bytes(data[usable:])
-        samples = np.frombuffer(data, dtype="<i2", count=usable // 2)
-        return mulaw_encode(self._downsampler.process(samples))
+        return mulaw_encode(self._downsampler.process_bytes(memoryview(data)[:usable]))
 
     def reset(self) -> None:
         self._downsampler.reset()

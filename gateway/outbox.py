@@ -98,9 +98,13 @@ class Outbox:
     """Messages (text frames) for one socket, written at once when nothing is ahead of them, else by :meth:`run`.
     ``write`` sends one frame."""
 
-    def __init__(self, write: Callable[[str], Awaitable[None]], *, max_bytes: int,
-                 written: Callable[[str, float], None] | None = None, pacer: Pacer | None = None) -> None:
+    def __init__(self, write: Callable[[Any], Awaitable[None]], *, max_bytes: int,
+                 written: Callable[[str, float], None] | None = None, pacer: Pacer | None = None,
+                 write_now: Callable[[Any], bool] | None = None) -> None:
         self._write = write
+        # A synchronous write, tried first where there is one: True once written, False if the socket must be
+        # waited for (then ``write``, in the writer task, does it). Cheaper than starting ``write`` eagerly.
+        self._write_sync = write_now
         self.pacer = pacer  # audio (messages put with play_ms) is written at most pacer.lead_ms ahead of playback
         self._written = written  # told (kind, when its cause arrived) after each write: for delay metrics
         self.max_bytes = max_bytes
@@ -167,6 +171,14 @@ class Outbox:
                 self._wake.set()
                 return
             kind, text, arrived, play_ms = self._next()
+            if self._write_sync is not None:
+                if self._write_sync(text):
+                    self._after_write(kind, arrived, play_ms)
+                    continue
+                self._queue.appendleft((kind, text, arrived, play_ms))  # the writer task waits for the socket
+                self._bytes += len(text)
+                self._wake.set()
+                return
             try:
                 unfinished = start_eagerly(self._write(text))
             except Exception:  # a writer bug: nothing more goes to this peer (the shell's overflow check ends the call)

@@ -145,3 +145,22 @@ async def test_wss_verifies_the_server_against_ssl_cert_file(tmp_path: Any, monk
             await asyncio.sleep(0.01)
         assert received == [b"over tls"]
         await socket.close()
+
+
+async def test_every_frame_length_encoding_reaches_a_real_server_intact() -> None:
+    """Data frames are framed by the client itself: 7-bit, 16-bit and 64-bit lengths, each masked with its own key."""
+    received: list[bytes] = []
+    sizes = [0, 1, 125, 126, 127, 65535, 65536, 300_000]
+    async with server(echo, max_size=None) as url:
+        socket = await ModelSocket.connect(url, received.append, max_size=1 << 20)
+        for size in sizes:
+            socket.send("é" * (size // 2) + "x" * (size % 2))  # multi-byte UTF-8 too
+        for _ in range(300):
+            if len(received) == len(sizes):
+                break
+            await asyncio.sleep(0.01)
+        assert [len(message) for message in received] == sizes
+        assert all(message.decode() == "é" * (size // 2) + "x" * (size % 2) for message, size in zip(received, sizes))
+        keys = {socket._masks[i : i + 4] for i in range(0, socket._mask_at, 4)}
+        assert len(keys) == len(sizes)  # one key per frame, none reused
+        await socket.close()

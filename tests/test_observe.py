@@ -247,3 +247,28 @@ async def test_audio_held_by_the_pacer_does_not_count_as_forwarding_delay():
         - (total(before, "gateway_frame_forward_delay_seconds_count", direction="to_twilio")
            - total(before, "gateway_frame_forward_delay_seconds_bucket", direction="to_twilio", le="0.1"))
     assert slow == 0
+
+
+def test_a_tallied_histogram_flushes_to_exactly_what_observing_one_by_one_gives() -> None:
+    """The per-frame delay histograms are tallied and flushed (gateway.observe.metrics.TalliedHistogram): the buckets,
+    count and sum Prometheus reads are those of plain observe() calls, bounds included."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from gateway.observe.metrics import TalliedHistogram
+
+    registry = CollectorRegistry()
+    plain = Histogram("plain_seconds", "x", ["d"], buckets=(0.001, 0.01, 0.1), registry=registry).labels("a")
+    tallied_parent = Histogram("tallied_seconds", "x", ["d"], buckets=(0.001, 0.01, 0.1), registry=registry)
+    tallied = TalliedHistogram(tallied_parent.labels("a"))
+    values = [0.0, 0.0005, 0.001, 0.0011, 0.01, 0.05, 0.1, 0.100001, 3.0, 0.002] * 7
+    for value in values:
+        plain.observe(value)
+        tallied.observe(value)
+    assert registry.get_sample_value("tallied_seconds_count", {"d": "a"}) == 0  # nothing until flushed
+    tallied.flush()
+    tallied.flush()  # nothing more to add
+    for suffix, le in [("_bucket", "0.001"), ("_bucket", "0.01"), ("_bucket", "0.1"), ("_bucket", "+Inf"),
+                       ("_count", None), ("_sum", None)]:
+        labels = {"d": "a", **({"le": le} if le else {})}
+        assert registry.get_sample_value("tallied_seconds" + suffix, labels) == pytest.approx(
+            registry.get_sample_value("plain_seconds" + suffix, labels)), (suffix, le)

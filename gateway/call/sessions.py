@@ -6,6 +6,8 @@ A mixin of :class:`gateway.call.core.Call`: it works on the call's own state (se
 
 from __future__ import annotations
 
+import bisect
+import math
 from typing import Any
 
 from gateway.audio import join_audio
@@ -53,10 +55,9 @@ class ModelSessions:
     def _caller_stopped_at(self, audio_end_ms: int, now_ms: float) -> float:
         """When the frame holding the session's input audio position ``audio_end_ms`` arrived (``now_ms`` when
         it is no longer known)."""
-        for end_ms, arrived in self._arrivals:
-            if end_ms >= audio_end_ms:
-                return min(arrived, now_ms)
-        return now_ms
+        arrivals = self._arrivals  # in input-clock order: the first frame ending at or after the position
+        at = bisect.bisect_left(arrivals, (audio_end_ms, -math.inf))
+        return min(arrivals[at][1], now_ms) if at < len(arrivals) else now_ms
 
     def _session_setup(self, *, carry: bool) -> list[dict[str, Any]]:
         """What configures a model session: the session.update, then (for a replacement) the conversation so far,

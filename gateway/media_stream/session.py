@@ -60,7 +60,7 @@ from gateway.security import StreamGrant
 from gateway.state.base import StateUnavailable
 from gateway.recording import CallRecorder
 from gateway.tools import ToolContext, ToolRegistry
-from gateway.twilio.media import MediaStreamError, encode_message, parse_twilio_message
+from gateway.twilio.media import MediaStreamError, encode_json, encode_message, parse_twilio_message
 from gateway.twilio.twiml import dial_twiml
 
 log = logging.getLogger("gateway.media_stream")
@@ -171,8 +171,8 @@ def call_config(settings: Settings, registry: ToolRegistry | None = None) -> Cal
     )
 
 
-# One encoder for every message: orjson, compact (gateway.twilio.media.encode_message).
-_encode_json = encode_message
+# One encoder for every message: orjson, compact (gateway.twilio.media.encode_json): bytes for the model socket,
+# text for Twilio's (an ASGI text frame is a str).
 
 
 @dataclass(eq=False)
@@ -293,6 +293,7 @@ class MediaStreamSession:
                 self._recorder.close()
             self._drops.flush()
             self._model_drops.flush()
+            metrics.flush_tallies()
             self.record = record = self.ledger.finish(self._end_reason or "-", _now_ms(),
                                                       refused=self._close_code == POLICY_VIOLATION)
             log.info(
@@ -392,6 +393,7 @@ class MediaStreamSession:
             self._arrived = 0.0
             self._dispatch(self.call.tick(_now_ms()))
             self.ledger.marks_pending(self.call.marks_pending)
+            metrics.flush_tallies()
             ticks += 1
             if ticks % int(LEASE_RENEW_S / TICK_INTERVAL_S) == 0 and (self._leases or self._registered):
                 self._in_background(self._renew_leases())
@@ -486,7 +488,8 @@ class MediaStreamSession:
             close_timeout_s=MODEL_CLOSE_TIMEOUT_S,
         )
         link.socket.closed.add_done_callback(lambda closed: self._model_socket_closed(link, closed.result()))
-        link.outbox = Outbox(self._model_writer(link.socket), max_bytes=MODEL_BACKLOG_BYTES, written=_written_to_model)
+        link.outbox = Outbox(self._model_writer(link.socket), max_bytes=MODEL_BACKLOG_BYTES, written=_written_to_model,
+                             write_now=self._model_write_now(link.socket))
         link.writer = asyncio.create_task(link.outbox.run(), name="model-writer")
         return link
 
@@ -567,7 +570,7 @@ class MediaStreamSession:
             link = await self._open_model_link()
             link.ready = asyncio.get_running_loop().create_future()
             for message in self.call.rollover_setup():
-                link.outbox.put(_encode_json(message), message["type"])
+                link.outbox.put(encode_json(message), message["type"])
             await asyncio.wait_for(asyncio.shield(link.ready), ROLLOVER_READY_TIMEOUT_S)
             if self._done.is_set() or self._model_link is None:
                 self.call.rollover_failed(_now_ms())
@@ -599,12 +602,24 @@ class MediaStreamSession:
         asyncio.get_running_loop().call_soon(self._replay_backlog, standby)
 
     @staticmethod
-    def _model_writer(socket: ModelSocket) -> Callable[[str], Any]:
-        async def write(text: str) -> None:
+    def _model_write_now(socket: ModelSocket) -> Callable[[bytes], bool]:
+        def write_now(data: bytes) -> bool:
+            if socket.paused:
+                return False  # over the transport's high-water mark: the writer task waits for it to drain
+            try:
+                socket.send(data)
+            except ModelSocketClosed:
+                pass  # the socket's close ends the session, and it is replaced
+            return True
+        return write_now
+
+    @staticmethod
+    def _model_writer(socket: ModelSocket) -> Callable[[bytes], Any]:
+        async def write(data: bytes) -> None:
             try:
                 if socket.paused:
                     await socket.drained()
-                socket.send(text)
+                socket.send(data)
             except ModelSocketClosed:
                 pass  # the socket's close ends the session, and it is replaced
         return write
@@ -684,7 +699,7 @@ class MediaStreamSession:
         audio still queued with it."""
         if not self._twilio_open:
             return
-        text = _encode_json(message)
+        text = encode_message(message)
         if self._recorder is not None:
             self._recorder.record("out", text, _now_ms())
         event = message["event"]
@@ -719,8 +734,8 @@ class MediaStreamSession:
         outbox = link.outbox
         kind = message["type"]
         if kind in _MODEL_CONTROL:
-            outbox.put_first(_encode_json(message), kind)
-        elif not outbox.put(_encode_json(message), kind, droppable=kind == "input_audio_buffer.append",
+            outbox.put_first(encode_json(message), kind)
+        elif not outbox.put(encode_json(message), kind, droppable=kind == "input_audio_buffer.append",
                             arrived=self._arrived):
             if not self._dropped_audio_frames:
                 log.warning("model is not keeping up; dropping caller audio call_sid=%s", self.call.call_sid or "-")
