@@ -176,3 +176,15 @@ async def test_the_embedded_servers_session_limit_is_a_setting():
     assert Settings.from_env({"LOCAL_SESSION_LIMIT_S": "5"}).local_session_limit_s == 5.0
     async with start_gateway(local_session_limit_s=5.0) as gateway:
         assert gateway.local_server.session_limit_s == 5.0
+
+
+def test_a_worker_without_redis_or_twilio_credentials_does_not_load_their_clients():
+    """The Redis client and the twilio REST client (with requests under it) cost a worker about 14 MB: only a
+    deployment that configures them loads them (base RSS per worker)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, gateway.app, gateway.runner, gateway.media_stream; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'redis', 'requests', 'urllib3', 'scipy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "[]"

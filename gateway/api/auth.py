@@ -12,8 +12,6 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Protocol
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 
 def key_id(key: str) -> str:
@@ -272,6 +270,10 @@ class RedisRateLimiter:
         self._clock = clock
         # Time to refill from empty, plus a second: after that an absent key means exactly "full".
         self._ttl_ms = int(math.ceil(self.capacity / self.rate * 1000)) + 1000
+        import redis.asyncio as aioredis  # here: only a deployment with Redis pays for the library (about 8 MB)
+        from redis.exceptions import RedisError
+
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)
         self._client = client if client is not None else aioredis.Redis.from_url(
             url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
         self._script = self._client.register_script(_TOKEN_BUCKET_LUA)
@@ -281,7 +283,7 @@ class RedisRateLimiter:
         try:
             wait = await self._script(keys=[self.prefix + key],
                                       args=[repr(self.capacity), repr(self.rate), self._ttl_ms, now])
-        except (RedisError, OSError) as error:
+        except self._errors as error:
             raise RateLimiterUnavailable(f"{type(error).__name__}: {error}") from error
         return float(wait)
 

@@ -16,16 +16,31 @@ stream whose credential cannot be claimed is refused (Twilio's ``<Connect>`` the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from gateway.state.base import SharedState, StateUnavailable
 from gateway.state.memory import MemoryState
-from gateway.state.redis import RedisState
 from gateway.state.sqlite import SQLiteState
+
+if TYPE_CHECKING:
+    from gateway.state.redis import RedisState
+
+
+def __getattr__(name: str) -> Any:
+    # The Redis client library costs a worker about 8 MB of memory: imported only by a deployment that uses it.
+    if name == "RedisState":
+        from gateway.state.redis import RedisState
+
+        return RedisState
+    raise AttributeError(name)
 
 
 def open_state(redis_url: str = "", sqlite_path: str = "") -> SharedState:
     """Redis when ``redis_url`` is set; else one SQLite file when ``sqlite_path`` is (the workers of one host);
     else in-process."""
     if redis_url:
+        from gateway.state.redis import RedisState
+
         return RedisState(redis_url)
     if sqlite_path:
         return SQLiteState(sqlite_path)

@@ -6,7 +6,7 @@ so the event loop, which carries every call's audio, never waits on Twilio. Ever
 error, :class:`TwilioError`, carrying Twilio's error code, HTTP status and message.
 
 ``TWILIO_API_BASE_URL`` points the client somewhere other than ``https://api.twilio.com`` (the tests' local
-fake): :class:`_RebasingHttpClient` rewrites the scheme and host of every request.
+fake): :func:`_rebasing_http_client`'s client rewrites the scheme and host of every request.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.rest import Client
+if TYPE_CHECKING:  # the twilio client (and requests under it) cost a worker about 6 MB: loaded on first use
+    from twilio.rest import Client
 
 from gateway.config import DEFAULT_TWILIO_API_BASE_URL, Settings
 
@@ -69,22 +69,30 @@ class AccountNumber:
     voice_method: str
 
 
-class _RebasingHttpClient(TwilioHttpClient):
-    """Sends requests meant for ``https://*.twilio.com`` to ``base_url`` instead, path and query unchanged."""
+@lru_cache(maxsize=1)
+def _rebasing_http_client() -> type:
+    from twilio.http.http_client import TwilioHttpClient
 
-    def __init__(self, base_url: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        parts = urlsplit(base_url)
-        self._scheme, self._netloc = parts.scheme, parts.netloc
+    class RebasingHttpClient(TwilioHttpClient):
+        """Sends requests meant for ``https://*.twilio.com`` to ``base_url`` instead, path and query unchanged."""
 
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        parts = urlsplit(url)
-        if (parts.hostname or "").endswith("twilio.com"):
-            url = urlunsplit((self._scheme, self._netloc, parts.path, parts.query, parts.fragment))
-        return super().request(method, url, *args, **kwargs)
+        def __init__(self, base_url: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            parts = urlsplit(base_url)
+            self._scheme, self._netloc = parts.scheme, parts.netloc
+
+        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            parts = urlsplit(url)
+            if (parts.hostname or "").endswith("twilio.com"):
+                url = urlunsplit((self._scheme, self._netloc, parts.path, parts.query, parts.fragment))
+            return super().request(method, url, *args, **kwargs)
+
+    return RebasingHttpClient
 
 
 def _twilio_error(error: Exception) -> TwilioError:
+    from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+
     if isinstance(error, TwilioRestException):
         return TwilioError(str(error.msg), code=error.code, status=error.status)
     if isinstance(error, TwilioServiceException):
@@ -103,10 +111,13 @@ class TwilioRest:
         self.account_sid = account_sid
         self._client: Client | None = None
         if account_sid and auth_token:
+            from twilio.http.http_client import TwilioHttpClient
+            from twilio.rest import Client
+
             if api_base_url.rstrip("/") == DEFAULT_TWILIO_API_BASE_URL:
                 http_client = TwilioHttpClient(timeout=timeout)
             else:
-                http_client = _RebasingHttpClient(api_base_url, timeout=timeout)
+                http_client = _rebasing_http_client()(api_base_url, timeout=timeout)
             # Explicit edge/region would change the host name; the rebasing client ignores it anyway.
             self._client = Client(account_sid, auth_token, account_sid=account_sid, http_client=http_client)
 
