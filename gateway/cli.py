@@ -68,7 +68,7 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 
         config = StepsConfig(steps=[int(n) for n in args.steps.split(",") if n.strip()], seconds=args.seconds,
                              ramp=args.ramp, targets=tuple(t for t in args.targets.split(",") if t.strip()),
-                             tls=args.tls, out_dir=args.out, gateway_path=args.gateway_path)
+                             tls=args.tls, out_dir=args.out, gateway_path=args.gateway_path, repeat=args.repeat)
         return steps_main(config, as_json=args.json)
     from gateway.bench import main as bench_main
 
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--steps", default="", help="compare with a null relay at these concurrent calls, e.g. 25,50,100")
     bench.add_argument("--targets", default="relay,pcmu,pcm16", help="with --steps: what to run (default relay,pcmu,pcm16)")
     bench.add_argument("--tls", action="store_true", help="with --steps: the model socket over TLS (a self-signed wss://)")
+    bench.add_argument("--repeat", type=int, default=1,
+                       help="with --steps: rounds per step, the targets in turn; ratios per round, medians (default 1)")
     bench.add_argument("--out", default="", help="with --steps: write bench.json and bench.png into this folder")
     bench.add_argument("--gateway-path", default="", help=argparse.SUPPRESS)  # another checkout's gateway: before/after
     bench.add_argument("--micro", action="store_true", help="micro-benchmarks of the hot path (us per operation)")

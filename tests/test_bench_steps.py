@@ -38,6 +38,24 @@ def test_steps_run_the_relay_and_the_gateway_over_tls(capsys, tmp_path):
     assert (tmp_path / "bench.json").exists() and (tmp_path / "bench.png").stat().st_size > 1000
 
 
+def test_repeated_rounds_take_each_ratio_against_the_same_rounds_relay(capsys):
+    argv = ["bench", "--steps", "2", "--seconds", "1.5", "--ramp", "0.3", "--targets", "relay,pcmu", "--repeat", "2",
+            "--json"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["command"].endswith("--repeat 2") and data["repeat"] == 2
+    assert [(r["round"], r["target"]) for r in data["results"]] == [(1, "relay"), (1, "pcmu"), (2, "relay"), (2, "pcmu")]
+    for row in data["results"]:
+        relay = next(r for r in data["results"] if r["target"] == "relay" and r["round"] == row["round"])
+        assert row["cpu_ratio_to_relay"] == pytest.approx(row["cpu_ms_per_call_second"] / relay["cpu_ms_per_call_second"],
+                                                          abs=0.002)
+    summary = {s["target"]: s for s in data["summary"]}
+    assert summary["relay"]["rounds"] == 2 and summary["relay"]["cpu_ratio_to_relay"]["median"] == 1.0
+    ratios = sorted(r["cpu_ratio_to_relay"] for r in data["results"] if r["target"] == "pcmu")
+    assert summary["pcmu"]["cpu_ratio_to_relay"] == {"median": pytest.approx(sum(ratios) / 2, abs=0.002),
+                                                     "min": ratios[0], "max": ratios[1]}
+
+
 def test_delays_are_measured_beyond_each_calls_best_frame():
     # Frames of 20 ms sent on schedule from t = 100 s; the third arrives 7 ms later than the rest.
     rows = [[100.0 + 0.02 * k + (0.007 if k == 2 else 0.0), 20.0 * (k + 1)] for k in range(5)]

@@ -11,7 +11,7 @@ def plot_steps(data: dict[str, Any], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = data["results"]
+    results = _median_rounds(data["results"])
     targets = list(dict.fromkeys(r["target"] for r in results))
     fig, (cpu_ax, in_ax, out_ax) = plt.subplots(1, 3, figsize=(15, 4.5))
     for target in targets:
@@ -36,3 +36,13 @@ def plot_steps(data: dict[str, Any], path: str) -> str:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _median_rounds(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """With several rounds per step (``--repeat``), each step and target's round of median CPU; else as is."""
+    chosen = []
+    for calls, target in dict.fromkeys((r["calls"], r["target"]) for r in results):
+        rows = sorted((r for r in results if r["calls"] == calls and r["target"] == target),
+                      key=lambda r: r["cpu_ms_per_call_second"] or 0)
+        chosen.append(rows[(len(rows) - 1) // 2])
+    return chosen

@@ -87,6 +87,10 @@ class StepsConfig:
     tls: bool = False
     out_dir: str = ""
     gateway_path: str = ""  # run the gateway from another checkout (PYTHONPATH), for before/after figures
+    # Rounds per step: the targets run in turn, round after round, and each round's ratios are to that round's
+    # relay; the summary takes the median. A shared machine's speed drifts by tens of percent over minutes, so
+    # one relay run against one gateway run a minute later can say more about the machine than the gateway.
+    repeat: int = 1
 
     def command(self) -> str:
         parts = [f"gateway bench --steps {','.join(map(str, self.steps))} --seconds {self.seconds:g} --ramp {self.ramp:g}"]
@@ -94,6 +98,8 @@ class StepsConfig:
             parts.append(f"--targets {','.join(self.targets)}")
         if self.tls:
             parts.append("--tls")
+        if self.repeat > 1:
+            parts.append(f"--repeat {self.repeat}")
         return " ".join(parts)
 
 
@@ -345,23 +351,60 @@ async def run_steps(config: StepsConfig, say: Callable[[str], None] | None = Non
         raise ValueError(f"unknown targets {sorted(unknown)}; expected some of {TARGETS}")
     pinned = _pin(0, LOAD_CPU)
     results: list[dict[str, Any]] = []
+    rounds = max(1, config.repeat)
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as workdir:
         for calls in config.steps:
             behind = False
-            for target in config.targets:
-                say(f"bench: {calls} calls, {target} ...")
-                row = await run_target(config, target, calls, workdir, say)
-                results.append(row)
-                behind = behind or row["load_behind"]
+            for round_ in range(rounds):
+                for target in config.targets:
+                    say(f"bench: {calls} calls, {target}" + (f", round {round_ + 1} of {rounds}" if rounds > 1 else "")
+                        + " ...")
+                    row = await run_target(config, target, calls, workdir, say)
+                    row["round"] = round_ + 1
+                    results.append(row)
+                    behind = behind or row["load_behind"]
             if behind:
                 say(f"bench: the load generator fell behind at {calls} calls; not rising further")
                 break
     for row in results:
-        relay = next((r for r in results if r["target"] == "relay" and r["calls"] == row["calls"]), None)
+        relay = next((r for r in results if r["target"] == "relay" and r["calls"] == row["calls"]
+                      and r["round"] == row["round"]), None)
         mine, theirs = row["cpu_ms_per_call_second"], relay and relay["cpu_ms_per_call_second"]
         row["cpu_ratio_to_relay"] = round(mine / theirs, 3) if mine and theirs else None
-    return {"command": config.command(), "machine": machine(), "pinned": pinned,
-            "tls": config.tls, "seconds": config.seconds, "ramp_s": config.ramp, "results": results}
+    return {"command": config.command(), "machine": machine(), "pinned": pinned, "tls": config.tls,
+            "seconds": config.seconds, "ramp_s": config.ramp, "repeat": rounds, "results": results,
+            "summary": summarize(results)}
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per step and target, over its rounds: the median CPU per call-second and ratio to the relay (the spread
+    shown as min-max), the worst delays and losses, and whether any round had the load generator behind."""
+    summary: list[dict[str, Any]] = []
+    for calls, target in dict.fromkeys((r["calls"], r["target"]) for r in results):
+        rows = [r for r in results if r["calls"] == calls and r["target"] == target]
+
+        def values(key: str) -> list[float]:
+            return [r[key] for r in rows if r.get(key) is not None]
+
+        def spread(key: str) -> dict[str, float] | None:
+            found = values(key)
+            return None if not found else {"median": round(float(np.median(found)), 3),
+                                           "min": round(min(found), 3), "max": round(max(found), 3)}
+
+        def worst(key: str) -> dict[str, float] | None:
+            found = [r[key] for r in rows if r.get(key)]
+            return None if not found else {pct: max(d[pct] for d in found) for pct in found[0]}
+
+        summary.append({
+            "calls": calls, "target": target, "rounds": len(rows),
+            "cpu_ms_per_call_second": spread("cpu_ms_per_call_second"),
+            "cpu_ratio_to_relay": spread("cpu_ratio_to_relay"),
+            "inbound_delay_ms": worst("inbound_delay_ms"), "outbound_delay_ms": worst("outbound_delay_ms"),
+            "frames_lost": sum(r["frames_lost"] for r in rows), "frames_late": sum(r["frames_late"] for r in rows),
+            "base_rss_mb": spread("base_rss_mb"), "rss_per_call_mb": spread("rss_per_call_mb"),
+            "load_behind_rounds": sum(1 for r in rows if r["load_behind"]),
+        })
+    return summary
 
 
 def format_table(data: dict[str, Any]) -> str:
@@ -397,6 +440,17 @@ def format_table(data: dict[str, Any]) -> str:
             f"{num((r['turn_latency_ms'] or {}).get('p50'), '.0f'):>8} {num((r['barge_in_stop_ms'] or {}).get('p50'), '.0f'):>9} "
             f"{num(r['base_rss_mb'], '.0f'):>8} {num(r['rss_per_call_mb'], '.3f'):>7}  {note.strip()}"
         )
+    if data.get("repeat", 1) > 1:
+        lines += ["", f"over {data['repeat']} rounds (each ratio is to the same round's relay): median [min-max]", ""]
+        for s in data["summary"]:
+            cpu, ratio = s["cpu_ms_per_call_second"], s["cpu_ratio_to_relay"]
+            lines.append(
+                f"{s['calls']:>5} {s['target']:<6} CPU {num(cpu and cpu['median'], '.2f')} ms/call-s "
+                f"[{num(cpu and cpu['min'], '.2f')}-{num(cpu and cpu['max'], '.2f')}]   x relay "
+                f"{num(ratio and ratio['median'], '.2f')} [{num(ratio and ratio['min'], '.2f')}-"
+                f"{num(ratio and ratio['max'], '.2f')}]   worst p99 in/out {num((s['inbound_delay_ms'] or {}).get('p99'), '.1f')}"
+                f"/{num((s['outbound_delay_ms'] or {}).get('p99'), '.1f')} ms   lost {s['frames_lost']}"
+                + (f"   load behind in {s['load_behind_rounds']} of {s['rounds']}" if s["load_behind_rounds"] else ""))
     lines += ["", "in: phone -> model, out: model -> phone; per-frame delay beyond the call's fastest frame (see "
               "gateway/bench/steps.py). lost/late: caller frames, late = > 20 ms. turn/barge: the phones' p50 turn "
               "latency and barge-in stop time (ms)."]
