@@ -35,7 +35,7 @@ import base64
 import re
 import warnings
 from functools import lru_cache
-from typing import Iterable, Protocol, Union
+from typing import Callable, Iterable, Protocol, Union
 
 import numpy as np
 
@@ -301,36 +301,50 @@ def _down_matrix() -> np.ndarray:
 class _Frames:
     """Buffers for one chunk size, made once and reused for every chunk of that size: the extended input (the
     carried history, then the chunk, then zero padding to whole blocks), a view of it as overlapping rows of two
-    blocks, and the float and int16 outputs. A call's frames are all one size (20 ms from Twilio; the model's
+    blocks, and the float outputs. A call's frames are all one size (20 ms from Twilio; the model's
     chunks mostly are too), so after the first chunk no array is allocated but the bytes handed back: numpy's
     per-call overhead, not arithmetic, is what a 20 ms frame costs."""
 
-    __slots__ = ("extended", "chunk", "history_from", "rows", "out", "out16", "count")
+    __slots__ = ("extended", "chunk", "rows", "out", "count")
 
     def __init__(self, history: int, block: int, chunk: int, count: int, outputs_per_block: int) -> None:
         blocks = -(-max(count, 1) // outputs_per_block)
         self.extended = np.zeros((blocks + 1) * block, dtype=np.float32)
         self.chunk = self.extended[history : history + chunk]  # where a chunk's samples go
-        self.history_from = chunk  # after a chunk, the next history is extended[chunk : chunk + history]
         # Row b is blocks b and b + 1 (overlapping, no copy): one matrix product gives every block's outputs.
         self.rows = np.lib.stride_tricks.as_strided(self.extended, shape=(blocks, 2 * block),
                                                     strides=(block * 4, 4), writeable=False)
         self.out = np.empty((blocks, outputs_per_block), dtype=np.float32)
-        self.out16 = np.empty(blocks * outputs_per_block, dtype=np.int16)
         self.count = count  # real outputs (the rest come from the zero padding)
 
     def to_bytes(self) -> bytes:
         """Round and saturate the outputs to int16, as little-endian PCM16 bytes."""
-        out = self.out
-        np.minimum(out, 32767.0, out=out)
-        np.maximum(out, -32768.0, out=out)
+        out = _saturate(self.out)
         np.rint(out, out=out)
-        np.copyto(self.out16, out.reshape(-1), casting="unsafe")
-        data = self.out16[: self.count] if self.count != len(self.out16) else self.out16
-        return data.tobytes() if _LITTLE_ENDIAN else data.astype("<i2").tobytes()
+        flat = out.reshape(-1)
+        if self.count != len(flat):
+            flat = flat[: self.count]
+        return flat.astype(_PCM16).tobytes()
 
 
-_LITTLE_ENDIAN = np.little_endian
+_PCM16 = np.dtype("<i2")
+
+
+def _saturate_two_calls(values: np.ndarray) -> np.ndarray:
+    np.minimum(values, 32767.0, out=values)
+    return np.maximum(values, -32768.0, out=values)
+
+
+def _saturate_ufunc() -> Callable[[np.ndarray], np.ndarray]:
+    """numpy's clip ufunc, called directly (``np.clip`` wraps it in ~2 us of Python); two calls where it is not."""
+    try:
+        from numpy._core.umath import clip
+    except ImportError:  # numpy < 2
+        return _saturate_two_calls
+    return lambda values: clip(values, -32768.0, 32767.0, out=values)
+
+
+_saturate = _saturate_ufunc()
 
 
 class Upsampler:
@@ -378,7 +392,7 @@ class Upsampler:
         if n == 0:
             return b""
         frames = self._buffers(n)
-        np.take(_DECODE_TABLE_F32, np.frombuffer(mulaw, dtype=np.uint8), out=frames.chunk)
+        _DECODE_TABLE_F32.take(np.frombuffer(mulaw, dtype=np.uint8), out=frames.chunk)
         return self._run(frames)
 
     def process(self, samples: np.ndarray) -> np.ndarray:

@@ -35,6 +35,9 @@ def test_steps_run_the_relay_and_the_gateway_over_tls(capsys, tmp_path):
     assert rows["relay"]["cpu_ratio_to_relay"] == 1.0 and rows["pcmu"]["cpu_ratio_to_relay"] > 0
     assert rows["relay"]["inbound_delay_ms"] is not None, "the mirror saw no caller frame through the relay"
     assert rows["pcmu"]["inbound_delay_ms"] is not None, "the model saw no caller frame through the gateway"
+    own = rows["pcmu"]["own_delay"]  # the gateway's own read-to-write delay, from its /metrics, window only
+    assert own["to_model"]["frames"] > 0 and 0 <= own["to_model"]["within_1_ms"] <= own["to_model"]["within_10_ms"] <= 1
+    assert rows["relay"]["own_delay"] is None
     assert (tmp_path / "bench.json").exists() and (tmp_path / "bench.png").stat().st_size > 1000
 
 

@@ -203,6 +203,29 @@ async def test_every_line_of_a_call_carries_its_sids_as_json():
     assert "cost_usd=" in ended[0]["msg"]
 
 
+async def test_lines_logged_while_handling_frames_by_callback_carry_the_calls_sids():
+    """Frames from both sockets are handled in the event loop's callbacks, not the call's tasks: what is logged
+    there (the core's per-event debug lines) still names the call."""
+    handler = _Lines(JsonFormatter())
+    handler.setLevel(logging.DEBUG)
+    logger = logging.getLogger("gateway")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        async with start_gateway() as gw:
+            await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
+                           timeout_s=30, hangup_after_ms=500)
+            await calls_over(gw)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = [json.loads(line) for line in handler.lines]
+    events = [line for line in lines if line["msg"].startswith("call event") and "TranscriptReceived" in line["msg"]]
+    assert events, "no per-event debug line was logged"
+    assert all(line["call_sid"].startswith("CA") and line["stream_sid"].startswith("MZ") for line in events), events
+
+
 async def test_traces_have_a_span_per_call_and_per_turn_when_configured():
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor

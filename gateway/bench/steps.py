@@ -178,6 +178,46 @@ def self_signed(directory: str) -> tuple[str, str]:
     return cert_path, key_path
 
 
+async def own_delay_buckets(host: str, port: int) -> dict[str, dict[float, float]] | None:
+    """The gateway's per-frame forwarding-delay histogram from its /metrics: direction -> {le: cumulative count}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        status, body = await _http_get(host, port, "/metrics")
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    buckets: dict[str, dict[float, float]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        if family.name != "gateway_frame_forward_delay_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(sample.labels["direction"], {})[float(sample.labels["le"])] = sample.value
+    return buckets
+
+
+def own_delay(start: dict[str, dict[float, float]] | None,
+              end: dict[str, dict[float, float]] | None) -> dict[str, dict[str, Any]] | None:
+    """Per direction, over the window: frames counted, the share written within 1, 5 and 10 ms of their arrival,
+    and the bucket bound the 99th percentile falls under."""
+    if not start or not end:
+        return None
+    result: dict[str, dict[str, Any]] = {}
+    for direction, after in end.items():
+        before = start.get(direction, {})
+        counts = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+        total = counts.get(float("inf"), 0.0)
+        if not total:
+            continue
+        p99 = next(le for le, count in counts.items() if count >= 0.99 * total)
+        result[direction] = {"frames": int(total), "p99_under_ms": p99 * 1000.0,
+                             **{f"within_{ms}_ms": round(counts.get(ms / 1000.0, 0.0) / total, 5)
+                                for ms in (1, 5, 10)}}
+    return result
+
+
 def process_syscalls(pid: int) -> dict[str, int] | None:
     """Read and write system calls of process ``pid`` so far (Linux ``/proc/PID/io``; None elsewhere)."""
     try:
@@ -278,9 +318,13 @@ async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
             counters.in_window = True
             marks["start"] = (time.monotonic(), process_cpu_times(server.pid), counters.live, dict(counters.sent))
             marks["io_start"] = process_syscalls(server.pid)
+            if target != "relay":
+                marks["own_start"] = await own_delay_buckets(host, server_port)
             await asyncio.sleep(max(0.0, start_at + config.seconds - loop.time()))
             marks["end"] = (time.monotonic(), process_cpu_times(server.pid), counters.live, dict(counters.sent))
             marks["io_end"] = process_syscalls(server.pid)
+            if target != "relay":
+                marks["own_end"] = await own_delay_buckets(host, server_port)
             marks["rss"] = process_rss_mb(server.pid)
             counters.in_window = False
 
@@ -327,6 +371,9 @@ async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
         "cpu_system_ms_per_call_second": round((s1 - s0) * 1000.0 / call_s, 3) if call_s else None,
         # read and write system calls per call-second (/proc/PID/io syscr, syscw): what "fewer messages" saves
         "syscalls_per_call_second": syscalls,
+        # The gateway's own forwarding delay (its gateway_frame_forward_delay_seconds, read to write, the window's
+        # frames only): what it adds to a frame, apart from the load side's lag in the figures above.
+        "own_delay": own_delay(marks.get("own_start"), marks.get("own_end")),
         "inbound_delay_ms": _p(inbound),
         "outbound_delay_ms": _p(outbound),
         "frames_sent": sent_frames,
@@ -440,6 +487,16 @@ def format_table(data: dict[str, Any]) -> str:
             f"{num((r['turn_latency_ms'] or {}).get('p50'), '.0f'):>8} {num((r['barge_in_stop_ms'] or {}).get('p50'), '.0f'):>9} "
             f"{num(r['base_rss_mb'], '.0f'):>8} {num(r['rss_per_call_mb'], '.3f'):>7}  {note.strip()}"
         )
+    own = [r for r in data["results"] if r.get("own_delay")]
+    if own:
+        lines += ["", "the gateway's own forwarding delay (its gateway_frame_forward_delay_seconds: a frame's read to the "
+                      "write of what it became), window only:"]
+        for r in own:
+            parts = [f"{direction} p99 < {d['p99_under_ms']:g} ms, {d['within_1_ms'] * 100:.2f} % within 1 ms, "
+                     f"{d['within_10_ms'] * 100:.3f} % within 10 ms ({d['frames']} frames)"
+                     for direction, d in sorted(r["own_delay"].items())]
+            lines.append(f"{r['calls']:>5} {r['target']:<6}" + (f" round {r['round']}" if data.get("repeat", 1) > 1 else "")
+                         + ": " + "; ".join(parts))
     if data.get("repeat", 1) > 1:
         lines += ["", f"over {data['repeat']} rounds (each ratio is to the same round's relay): median [min-max]", ""]
         for s in data["summary"]:

@@ -15,6 +15,7 @@ import inspect
 import logging
 import time
 from collections import deque
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -51,7 +52,7 @@ from gateway.direct_ws import direct_receive
 from gateway.droplog import DropCounter
 from gateway.observe import metrics
 from gateway.observe.ledger import CallLedger
-from gateway.observe.logs import bind_call
+from gateway.observe.logs import bind_call, in_call_context
 from gateway.outbox import Outbox, Pacer
 
 from .model_socket import ModelSocket, ModelSocketClosed
@@ -318,7 +319,8 @@ class MediaStreamSession:
         else, and always for what was queued before and for the disconnect, through ASGI receive."""
         attach = direct_receive(self.websocket.scope) if self._send_asgi is not None else None
         if attach is not None:
-            attach(self._twilio_frame)
+            log_context = self._log_context
+            attach(lambda data: in_call_context(log_context, self._twilio_frame, data))
         try:
             receive = self._receive
             while not self._done.is_set():
@@ -479,7 +481,7 @@ class MediaStreamSession:
         link = _ModelLink()
         link.socket = await ModelSocket.connect(
             settings.model_connect_url(),
-            lambda data: self._model_message(link, data),
+            lambda data: in_call_context(self._log_context, partial(self._model_message, link), data),
             headers=settings.model_headers(),
             max_size=MODEL_MAX_MESSAGE_BYTES,
             open_timeout_s=MODEL_OPEN_TIMEOUT_S,

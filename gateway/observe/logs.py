@@ -13,7 +13,7 @@ import contextvars
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import orjson
 
@@ -21,6 +21,8 @@ from gateway.logsafe import MAX_MESSAGE_CHARS, SafeFormatter, escape_controls
 
 _E164 = re.compile(r"(?:\+|%2[Bb])\d{6,15}")  # as written, or URL-encoded in a query string
 _STREAM_CREDENTIAL = re.compile(r"(/media-stream/)[^\s\"']+")
+
+T = TypeVar("T")
 
 _call: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("gateway_call", default=None)
 
@@ -31,6 +33,16 @@ def bind_call() -> dict[str, str]:
     context = {"call_sid": "", "stream_sid": ""}
     _call.set(context)
     return context
+
+
+def in_call_context(context: dict[str, str], handle: Callable[[T], None], item: T) -> None:
+    """``handle(item)`` with the call's log context, for work a call does outside its own tasks: frames handed over
+    by callback run in the event loop's context, where the call's SIDs would be missing from log lines."""
+    token = _call.set(context)
+    try:
+        handle(item)
+    finally:
+        _call.reset(token)
 
 
 def mask_number(number: str, full: bool = False) -> str:
