@@ -155,3 +155,23 @@ def test_converters_match_the_resamplers():
     whole = mulaw_encode(Downsampler().process(np.frombuffer(pcm, dtype="<i2")))
     assert len(out) == len(whole) == len(mulaw)
     assert np.max(np.abs(mulaw_decode(out).astype(int) - mulaw_decode(whole))) <= 1024  # one mu-law step at most
+
+
+def test_mulaw_frames_through_the_ring_match_the_whole_signal_whatever_the_sizes():
+    """The converter's fast path (frames of whole 40-sample blocks, written one after another into a ring, the
+    history never copied until the ring wraps) and its general path (any size) give the samples of one pass over
+    the whole signal, across wraps and size changes."""
+    from gateway.audio import MulawToPcm24k, _Ring, mulaw_decode, mulaw_encode
+
+    rng = np.random.default_rng(5)
+    mulaw = mulaw_encode(noise(8000 * 3, seed=5))
+    whole = Upsampler().process(mulaw_decode(mulaw))
+    sizes = [160] * (_Ring.SLOTS + 5) + [80, 53, 160, 1, 160, 120, 7] + list(rng.integers(1, 400, 40))
+    converter, pieces, at = MulawToPcm24k(), [], 0
+    while at < len(mulaw):
+        size = int(sizes[len(pieces) % len(sizes)])
+        pieces.append(np.frombuffer(converter.convert(mulaw[at : at + size]), dtype="<i2"))
+        at += size
+    streamed = np.concatenate(pieces)
+    assert len(streamed) == len(whole) == 3 * len(mulaw)
+    assert np.max(np.abs(streamed.astype(int) - whole.astype(int))) <= 1

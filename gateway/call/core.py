@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.audio import MULAW_BYTES_PER_MS, converters_for, join_audio, model_bytes_per_ms, mulaw_silence
+from gateway.call.arrivals import FrameArrivals
 from gateway.call.control import CallControl
 from gateway.call.conversation import ConversationLog
 from gateway.call.limits import (  # noqa: F401 - MAX_TRACKED_ITEMS and the rest are read from here by tests
@@ -87,7 +88,7 @@ class Call(ModelSessions, CallControl):
         # The model session's input audio clock (ms appended in this session) against when each frame arrived:
         # the model's speech_stopped names a position in it, turned here into when the caller really stopped.
         self._input_ms = 0
-        self._arrivals: deque[tuple[int, float]] = deque(maxlen=MAX_TRACKED_FRAMES)
+        self._arrivals = FrameArrivals(MAX_TRACKED_FRAMES)
         self._next_timestamp_ms: int | None = None
         # Real-time budget of caller audio: ms accepted since the first media frame, and when that frame came.
         self._first_media_ms: float | None = None
@@ -239,7 +240,7 @@ class Call(ModelSessions, CallControl):
         converted = self._inbound.convert(audio)
         if self._model_ready:
             self._input_ms += frame_ms
-            self._arrivals.append((self._input_ms, now_ms))
+            self._arrivals.append(self._input_ms, now_ms)
             if not self.config.caller_audio_batch_ms:
                 return [Send(Peer.MODEL, rt.input_audio_append(converted))]
             self._batch.append(converted)

@@ -6,8 +6,6 @@ A mixin of :class:`gateway.call.core.Call`: it works on the call's own state (se
 
 from __future__ import annotations
 
-import bisect
-import math
 from typing import Any
 
 from gateway.audio import join_audio
@@ -37,7 +35,7 @@ class ModelSessions:
         self._restart_input_clock()
         for frame_ms, arrived in self._pending_arrivals:
             self._input_ms += frame_ms
-            self._arrivals.append((self._input_ms, arrived))
+            self._arrivals.append(self._input_ms, arrived)
         self._pending_arrivals.clear()
         if self._pending_audio:
             # One message: held audio must reach the model before (and not interleaved with) live frames.
@@ -55,9 +53,7 @@ class ModelSessions:
     def _caller_stopped_at(self, audio_end_ms: int, now_ms: float) -> float:
         """When the frame holding the session's input audio position ``audio_end_ms`` arrived (``now_ms`` when
         it is no longer known)."""
-        arrivals = self._arrivals  # in input-clock order: the first frame ending at or after the position
-        at = bisect.bisect_left(arrivals, (audio_end_ms, -math.inf))
-        return min(arrivals[at][1], now_ms) if at < len(arrivals) else now_ms
+        return min(self._arrivals.arrival_of(audio_end_ms, now_ms), now_ms)
 
     def _session_setup(self, *, carry: bool) -> list[dict[str, Any]]:
         """What configures a model session: the session.update, then (for a replacement) the conversation so far,
