@@ -32,6 +32,7 @@ same text goes out in the message to the other side; only something that needs t
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 import warnings
 from functools import lru_cache
@@ -137,7 +138,7 @@ class Base64Audio:
 
     def __bytes__(self) -> bytes:
         if self._bytes is None:
-            self._bytes = base64.b64decode(self.text)
+            self._bytes = binascii.a2b_base64(self.text)  # checked by parse(); base64.b64decode adds a wrapper
         return self._bytes
 
     def __len__(self) -> int:
@@ -195,7 +196,7 @@ def audio_base64(audio: AudioBytes) -> str:
     """The base64 text of some audio: a :class:`Base64Audio`'s own text, as it arrived; bytes are encoded."""
     if isinstance(audio, Base64Audio):
         return audio.text
-    return base64.b64encode(audio).decode("ascii")
+    return binascii.b2a_base64(audio, newline=False).decode("ascii")
 
 
 def join_audio(pieces: Iterable[AudioBytes]) -> bytes:

@@ -71,8 +71,10 @@ def test_delays_are_measured_beyond_each_calls_best_frame():
 
 def test_micro_prints_every_operation(capsys, monkeypatch):
     monkeypatch.setattr(micro, "_us", lambda fn, target_s=0.05: (fn(), 1.0)[1])
+    monkeypatch.setattr(micro, "_us_after_idle", lambda fn: (fn(), 2.0)[1])
     assert main(["bench", "--micro"]) == 0
     out = capsys.readouterr().out
     for label in ("upsample 8k->24k, 20 ms frame", "downsample 24k->8k, 100 ms chunk", "parse twilio media",
-                  "parse model audio delta, pcmu 100 ms", "encode twilio media, pcmu pass-through", "encode twilio mark"):
+                  "parse model audio delta, pcmu 100 ms", "encode twilio media, pcmu pass-through", "encode twilio mark",
+                  "inbound pcm16 convert, 20 ms frame, after 0.5 ms idle", "parse twilio media, after 0.5 ms idle"):
         assert label in out, label
