@@ -360,7 +360,7 @@ class _Ring:
 
     __slots__ = ("n", "stream", "chunks", "rows", "out", "out16", "slot")
 
-    SLOTS = 32
+    SLOTS = 8  # 8 frames (5 KB); the history moves once every 8 frames
 
     def __init__(self, n: int, history: np.ndarray) -> None:
         self.n = n

@@ -1,11 +1,12 @@
 """The live view's hub: every call's events on this instance, fanned out to the console's event streams.
 
-:meth:`LiveHub.feed` is the calls' feed (``gateway.media_stream.CallServices.feed``): it runs on a call's own task
-for every core event, so it never waits and never fails the call. It keeps a small picture of each live call (who,
-since when, cost, the last turn's latency, the last :data:`MAX_LINES` lines of its running transcript) and puts one
-JSON message per change into the queue of every subscriber allowed to see that call. A queue holds at most
-``queue_size`` messages: a browser that does not keep up is dropped (its stream ends; the browser reconnects and
-starts again from a fresh snapshot), it never slows a call down.
+:meth:`LiveHub.feed` is the calls' feed (``gateway.media_stream.CallServices.feed``): it runs in a call's turn of
+the event loop (one of its tasks, or a socket's callback) for every core event, so it never waits and never fails
+the call. It keeps a small picture of each live call (who, since when, cost, the last turn's latency, the last
+:data:`MAX_LINES` lines of its running transcript) and puts one JSON message per change into the queue of every
+subscriber allowed to see that call. A queue holds at most ``queue_size`` messages: a browser that does not keep up
+is dropped (its stream ends; the browser reconnects and starts again from a fresh snapshot), it never slows a call
+down.
 
 Scoping is the HTTP API's: an operator key sees every call; another key sees the outbound calls it placed (the call's
 record names the key, looked up once when the call starts: until then, only operators see it).

@@ -166,9 +166,15 @@ class ModelSocket(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
-        self.protocol.receive_data(data)
-        events = self.protocol.events_received()
-        self._flush()  # pongs to pings, the answer to a close
+        try:
+            self.protocol.receive_data(data)
+            events = self.protocol.events_received()
+            self._flush()  # pongs to pings, the answer to a close
+        except Exception:  # never expected (the protocol reports errors as state); the connection is dropped
+            log.exception("model socket: the protocol failed on received data; dropping the connection")
+            if self.transport is not None:
+                self.transport.abort()
+            return
         for event in events:
             if isinstance(event, Frame):
                 self._frame(event)
@@ -181,7 +187,10 @@ class ModelSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
-        self.protocol.receive_eof()  # the protocol's state becomes CLOSED (idempotent)
+        try:
+            self.protocol.receive_eof()  # the protocol's state becomes CLOSED (idempotent)
+        except Exception:  # whatever it says, `closed` must resolve: a call waits on it
+            log.debug("model socket: the protocol failed at EOF", exc_info=True)
         received, sent = self.protocol.close_rcvd, self.protocol.close_sent
         self.close_code = received.code if received else sent.code if sent else ABNORMAL_CLOSURE
         if not self.handshake.done():

@@ -1,0 +1,72 @@
+"""A call's place in the shared state: its concurrency leases (MAX_CALLS_GLOBAL, MAX_CALLS_PER_NUMBER) and its
+entry in the live-call registry (which instance holds it, for control from any instance).
+
+A mixin of :class:`gateway.media_stream.session.MediaStreamSession`: it works on the session's own state.
+"""
+
+from __future__ import annotations
+
+import logging
+from gateway.observe import metrics
+from gateway.state.base import StateUnavailable
+
+log = logging.getLogger("gateway.media_stream")
+
+# A live call holds leases (MAX_CALLS_GLOBAL, MAX_CALLS_PER_NUMBER) and its registry entry (which instance holds
+# it, for control from any instance) for this long, renewed every LEASE_RENEW_S while it lives: a crashed
+# instance's calls free their slots within the TTL.
+LEASE_TTL_S = 30.0
+LEASE_RENEW_S = 10.0
+
+
+class CallLeases:
+    """Taking, renewing and releasing the call's leases and registry entry."""
+
+    async def _take_leases(self, number: str) -> None:
+        """Hold this call's slots (MAX_CALLS_GLOBAL across instances, MAX_CALLS_PER_NUMBER per called number) and
+        register it (control from any instance). Limits fail closed: a full limit, or a shared state that cannot
+        answer, ends the call with the spoken message. The registry fails open: the call goes on uncontrolled."""
+        shared, settings, call_sid = self.services.shared, self.settings, self.call.call_sid
+        limits = [("global", settings.max_calls_global)]
+        if number:
+            limits.append((f"number:{number[:32]}", settings.max_calls_per_number))
+        for scope, limit in limits:
+            if not limit:
+                continue
+            try:
+                taken = await shared.acquire_lease(scope, call_sid, limit, LEASE_TTL_S)
+            except StateUnavailable as error:
+                log.error("concurrency limit unavailable (%s): ending the call", error)
+                taken = False
+            if not taken:
+                metrics.REFUSED_CALLS.labels("global_limit" if scope == "global" else "number_limit").inc()
+                log.warning("at %s: ending the call", "MAX_CALLS_GLOBAL" if scope == "global" else "MAX_CALLS_PER_NUMBER")
+                self._end("at MAX_CALLS_GLOBAL" if scope == "global" else "at MAX_CALLS_PER_NUMBER")
+                return
+            self._leases.append(scope)
+        try:
+            await shared.register_call(call_sid, settings.instance_id, LEASE_TTL_S)
+            self._registered = True
+        except StateUnavailable as error:
+            log.warning("the call could not be registered (%s): it cannot be controlled from other instances", error)
+
+    async def _renew_leases(self) -> None:
+        shared, call_sid = self.services.shared, self.call.call_sid
+        try:
+            for scope in self._leases:
+                await shared.renew_lease(scope, call_sid, LEASE_TTL_S)
+            if self._registered:
+                await shared.register_call(call_sid, self.settings.instance_id, LEASE_TTL_S)
+        except StateUnavailable as error:
+            log.warning("leases not renewed (%s); retried in %g s", error, LEASE_RENEW_S)
+
+    async def _release_leases(self) -> None:
+        shared, call_sid = self.services.shared, self.call.call_sid
+        try:
+            for scope in self._leases:
+                await shared.release_lease(scope, call_sid)
+            if self._registered:
+                await shared.unregister_call(call_sid, self.settings.instance_id)
+        except StateUnavailable as error:
+            log.warning("leases not released (%s): they expire within %g s", error, LEASE_TTL_S)
+        self._leases, self._registered = [], False
