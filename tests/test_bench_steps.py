@@ -44,7 +44,9 @@ def test_steps_run_the_relay_and_the_gateway_over_tls(capsys, tmp_path):
 def test_repeated_rounds_take_each_ratio_against_the_same_rounds_relay(capsys):
     argv = ["bench", "--steps", "2", "--seconds", "1.5", "--ramp", "0.3", "--targets", "relay,pcmu", "--repeat", "2",
             "--json"]
+    cores = os.sched_getaffinity(0)
     assert main(argv) == 0
+    assert os.sched_getaffinity(0) == cores  # the load generator's pinning ends with the run
     data = json.loads(capsys.readouterr().out)
     assert data["command"].endswith("--repeat 2") and data["repeat"] == 2
     assert [(r["round"], r["target"]) for r in data["results"]] == [(1, "relay"), (1, "pcmu"), (2, "relay"), (2, "pcmu")]

@@ -396,7 +396,19 @@ async def run_steps(config: StepsConfig, say: Callable[[str], None] | None = Non
     unknown = set(config.targets) - set(TARGETS)
     if unknown:
         raise ValueError(f"unknown targets {sorted(unknown)}; expected some of {TARGETS}")
+    # This process (the load generator) goes to its core for the run, and back to where it was after: a caller
+    # that goes on (the test suite's worker) must not stay on one core.
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     pinned = _pin(0, LOAD_CPU)
+    try:
+        return await _run_rounds(config, say, pinned)
+    finally:
+        if pinned and affinity:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, affinity)
+
+
+async def _run_rounds(config: StepsConfig, say: Callable[[str], None], pinned: bool) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     rounds = max(1, config.repeat)
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as workdir:

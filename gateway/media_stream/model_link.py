@@ -191,9 +191,10 @@ class ModelLinks:
     async def _open_model_link(self) -> _ModelLink:
         settings = self.settings
         link = _ModelLink()
+        handle = partial(self._model_message, link)
         link.socket = await ModelSocket.connect(
             settings.model_connect_url(),
-            lambda data: in_call_context(self._log_context, partial(self._model_message, link), data),
+            partial(in_call_context, self._log_context, handle),
             headers=settings.model_headers(),
             max_size=MODEL_MAX_MESSAGE_BYTES,
             open_timeout_s=MODEL_OPEN_TIMEOUT_S,

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from gateway.sqlite_wal import switch_to_wal
 from gateway.state.base import StateUnavailable
 
 _SCHEMA = """
@@ -46,7 +47,7 @@ class SQLiteState:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=2.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            switch_to_wal(db)
             self._local.db = db
         return db
 

@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from gateway.sqlite_wal import switch_to_wal
 from gateway.store.base import Change, StoreBase
 from gateway.store.migrate import migrate_sqlite
 from gateway.store.model import (
@@ -43,7 +44,7 @@ class SQLiteCallStore(StoreBase):
         with self._lock:
             try:
                 if path != ":memory:":
-                    self._db.execute("PRAGMA journal_mode=WAL")
+                    switch_to_wal(self._db)
                     self._db.execute("PRAGMA synchronous=NORMAL")
                 self.migrated = migrate_sqlite(self._db)  # the versions this start-up applied
             except BaseException:
