@@ -183,12 +183,14 @@ def test_log_lines_mask_numbers_and_stream_credentials_and_cannot_be_forged():
     assert "+14155550123" in JsonFormatter(full_numbers=True).format(record)
 
 
-async def test_every_line_of_a_call_carries_its_sids_as_json():
+async def _json_lines_of_one_call(level: int) -> list[dict]:
+    """The gateway's log lines, as JSON, of one short call through the replay phone."""
     handler = _Lines(JsonFormatter())
+    handler.setLevel(level)
     logger = logging.getLogger("gateway")
     old_level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(level)
     try:
         async with start_gateway() as gw:
             await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
@@ -197,7 +199,11 @@ async def test_every_line_of_a_call_carries_its_sids_as_json():
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-    lines = [json.loads(line) for line in handler.lines]
+    return [json.loads(line) for line in handler.lines]
+
+
+async def test_every_line_of_a_call_carries_its_sids_as_json():
+    lines = await _json_lines_of_one_call(logging.INFO)
     ended = [line for line in lines if line["msg"].startswith("call ended")]
     assert ended and ended[0]["call_sid"].startswith("CA") and ended[0]["stream_sid"].startswith("MZ"), lines
     assert "cost_usd=" in ended[0]["msg"]
@@ -206,21 +212,7 @@ async def test_every_line_of_a_call_carries_its_sids_as_json():
 async def test_lines_logged_while_handling_frames_by_callback_carry_the_calls_sids():
     """Frames from both sockets are handled in the event loop's callbacks, not the call's tasks: what is logged
     there (the core's per-event debug lines) still names the call."""
-    handler = _Lines(JsonFormatter())
-    handler.setLevel(logging.DEBUG)
-    logger = logging.getLogger("gateway")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        async with start_gateway() as gw:
-            await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
-                           timeout_s=30, hangup_after_ms=500)
-            await calls_over(gw)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-    lines = [json.loads(line) for line in handler.lines]
+    lines = await _json_lines_of_one_call(logging.DEBUG)
     events = [line for line in lines if line["msg"].startswith("call event") and "TranscriptReceived" in line["msg"]]
     assert events, "no per-event debug line was logged"
     assert all(line["call_sid"].startswith("CA") and line["stream_sid"].startswith("MZ") for line in events), events
