@@ -5,9 +5,11 @@ can make the gateway call premium-rate or revenue-share numbers and bill the acc
 (1) be E.164, (2) start with an allowed prefix (``OUTBOUND_ALLOWED_PREFIXES``, default ``+1``), and (3) never start
 with a prefix of :data:`PREMIUM_RATE_PREFIXES`, whatever the allow-list says.
 
-NANP (+1) also covers Caribbean countries billed as international calls and known for "one-ring" revenue-share
-fraud: :data:`NANP_HIGH_COST_AREA_CODES` are refused unless the allow-list names them explicitly (``+1876``), so the
-default ``+1`` means the US, Canada and the US territories.
+NANP (+1) also covers places whose area codes look domestic but are billed far above a US/Canada call: the
+Caribbean countries (billed as international, the "one-ring" revenue-share fraud areas), the Pacific US territories
+and Canada's north (867). :data:`NANP_HIGH_COST_AREA_CODES` are refused unless the allow-list names them explicitly
+(``+1876``, ``+1867``), so the default ``+1`` means the contiguous US, Alaska, Hawaii, Puerto Rico, the US Virgin
+Islands and Canada's provinces.
 
 Twilio's own Geo Permissions (console: Voice > Settings > Geo permissions) are the second line of defence: keep
 them as narrow as this list.
@@ -102,15 +104,34 @@ PREMIUM_RATE_PREFIXES: dict[str, str] = {
     "+979": "International Premium Rate Service",
 }
 
-# NANP area codes outside the US/Canada tariff (Caribbean countries), billed as international and abused for
-# revenue-share fraud. Allowed only when OUTBOUND_ALLOWED_PREFIXES names the area code itself (e.g. +1876).
+# NANP area codes billed far above a US/Canada call: refused unless OUTBOUND_ALLOWED_PREFIXES names the area code
+# itself (e.g. +1876). The one list the guard reads (README, "Toll-fraud guard", points here).
+# Sources: NANPA's list of NANP countries and area codes (nationalnanpa.com, "Area codes by location"); the FTC's
+# "one-ring" scam warnings (268, 284, 473, 649, 664, 767, 809/829/849, 876) and the carriers' lists of the
+# Caribbean codes that look domestic but are international; for 867, Wikipedia "Area code 867": "the most expensive
+# geographic calling area in Canada" (carriers add a per-minute premium to call 1-867).
+# Decisions:
+# - Every Caribbean NANP country, including the overlays (658 Jamaica; 829, 849 Dominican Republic): international.
+# - 867 (Yukon, Northwest Territories, Nunavut): surcharged by carriers, a known destination for traffic pumping.
+#   879 is NOT listed: it is the Newfoundland and Labrador overlay of 709, an ordinary Canadian rate area.
+# - The Pacific US territories (670 Northern Mariana Islands, 671 Guam, 684 American Samoa) are listed: retail US
+#   plans bill them as domestic (FCC rate integration), but CPaaS providers such as Twilio price each as its own
+#   destination (its own Geo Permissions entry) at rates many times a US minute, and they are remote islands an
+#   agent of a US/Canadian business rarely calls.
+# - Puerto Rico (787, 939) and the US Virgin Islands (340) are NOT listed: billed at or near US rates, populous,
+#   commonly called by US businesses. Operators who never call them can still narrow OUTBOUND_ALLOWED_PREFIXES.
 NANP_HIGH_COST_AREA_CODES: dict[str, str] = {
+    # Caribbean and Atlantic countries: international calls
     "+1242": "Bahamas", "+1246": "Barbados", "+1264": "Anguilla", "+1268": "Antigua and Barbuda",
     "+1284": "British Virgin Islands", "+1345": "Cayman Islands", "+1441": "Bermuda", "+1473": "Grenada",
     "+1649": "Turks and Caicos", "+1658": "Jamaica", "+1664": "Montserrat", "+1721": "Sint Maarten",
     "+1758": "Saint Lucia", "+1767": "Dominica", "+1784": "Saint Vincent and the Grenadines",
     "+1809": "Dominican Republic", "+1829": "Dominican Republic", "+1849": "Dominican Republic",
     "+1868": "Trinidad and Tobago", "+1869": "Saint Kitts and Nevis", "+1876": "Jamaica",
+    # Pacific US territories: priced as their own destinations by CPaaS providers
+    "+1670": "the Northern Mariana Islands", "+1671": "Guam", "+1684": "American Samoa",
+    # Canada's north: the most expensive geographic area in Canada
+    "+1867": "northern Canada (Yukon, Northwest Territories, Nunavut)",
 }
 
 
@@ -169,7 +190,7 @@ def destination_refusal(number: str, allowed_prefixes: Iterable[str]) -> tuple[s
     for area, country in NANP_HIGH_COST_AREA_CODES.items():
         if number.startswith(area) and not any(prefix.startswith(area) for prefix in matching):
             return "destination_not_allowed", (
-                f"destination is in {country} ({area}), billed as international: add {area} to "
-                "OUTBOUND_ALLOWED_PREFIXES to allow it"
+                f"destination is in {country} ({area}), a high-cost North American area billed far above a "
+                f"US/Canada call: add {area} to OUTBOUND_ALLOWED_PREFIXES to allow it"
             )
     return None
