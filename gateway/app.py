@@ -89,8 +89,9 @@ class GatewayState:
                                     at_capacity=self.at_capacity,
                                     draining=lambda: self.draining,
                                     budget_exhausted=lambda: self.budget.exhausted())  # what the HTTP API routes share
-        prices = prices_for(settings.realtime_model, load_price_table(settings.price_table_file, settings.model_prices,
-                                                                      settings.realtime_model))
+        prices = prices_for(settings.realtime_model, load_price_table(
+            settings.price_table_file, settings.model_prices, settings.realtime_model,
+            embedded=settings.uses_embedded_model))
         if prices is None and not settings.uses_embedded_model:
             log.warning("no price known for model %s: call cost is not counted (set PRICE_TABLE_FILE or MODEL_PRICES)",
                         settings.realtime_model)

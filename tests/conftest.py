@@ -14,6 +14,10 @@ from gateway.config import Settings
 from gateway.runner import running_app
 
 
+# The embedded model costs nothing; tests of cost accounting price it as gpt-realtime (USD per million tokens).
+PRICED_AS_GPT_REALTIME = "text_in=4,text_cached=0.4,text_out=16,audio_in=32,audio_cached=0.4,audio_out=64"
+
+
 @dataclass
 class GatewayUnderTest:
     http_url: str

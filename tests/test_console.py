@@ -22,12 +22,12 @@ from gateway.console.session import ConsoleSessions
 from gateway.replay import CallerTurn, load_sample, run_call
 from gateway.store import CallRecord, SessionChange, ToolRun, Turn
 
-from .conftest import GatewayUnderTest, start_gateway
+from .conftest import PRICED_AS_GPT_REALTIME, GatewayUnderTest, start_gateway
 
 OPERATOR = "operator-key-aaaaaaaaaaaaaaaaaaaa"
 ALICE = "alice-key-bbbbbbbbbbbbbbbbbbbbbbbb"
 BOB = "bob-key-cccccccccccccccccccccccccc"
-KEYS = dict(api_keys=(ALICE, BOB), operator_api_keys=(OPERATOR,))
+KEYS = dict(api_keys=(ALICE, BOB), operator_api_keys=(OPERATOR,), model_prices=PRICED_AS_GPT_REALTIME)
 
 
 def sid(n: int) -> str:

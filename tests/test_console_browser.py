@@ -19,7 +19,7 @@ import pytest
 
 from gateway.replay import CallerTurn, load_sample, run_call
 
-from .conftest import start_gateway
+from .conftest import PRICED_AS_GPT_REALTIME, start_gateway
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
@@ -72,6 +72,7 @@ async def test_the_console_in_a_real_browser(tmp_path):
     started = time.monotonic()
     calls_dir = tmp_path / "calls"
     async with start_gateway(api_keys=(KEY,), transcription_model="gpt-4o-mini-transcribe",
+                             model_prices=PRICED_AS_GPT_REALTIME,
                              store_url=f"sqlite:///{tmp_path / 'records.db'}", record_calls_dir=str(calls_dir),
                              record_audio=True) as gateway:
         driver = await browser(chromium, str(tmp_path / "profile"))

@@ -15,7 +15,7 @@ from gateway.observe.cost import DEFAULT_PRICES, Usage, load_price_table, prices
 from gateway.observe.logs import CallContextFilter, JsonFormatter, TextFormatter, mask_number
 from gateway.replay import CallerTurn, load_sample, run_call
 
-from .conftest import start_gateway
+from .conftest import PRICED_AS_GPT_REALTIME, start_gateway
 
 
 def sample(text: str, name: str, labels: str = "") -> float:
@@ -88,8 +88,30 @@ def test_phone_numbers_are_masked():
     assert mask_number("+14155550123", full=True) == "+14155550123"
 
 
+def test_the_embedded_model_costs_nothing_unless_priced():
+    free = prices_for("gpt-realtime", load_price_table("", "", "gpt-realtime", embedded=True))
+    assert free is not None and Usage(text_in=10, audio_in=1000, audio_out=2000).cost_usd(free) == 0
+    priced = prices_for("gpt-realtime", load_price_table("", "audio_out=64", "gpt-realtime", embedded=True))
+    assert priced is not None and Usage(audio_out=1_000_000).cost_usd(priced) == 64
+
+
+async def test_a_keyless_demo_call_counts_its_tokens_and_costs_nothing():
+    async with start_gateway(store_url="memory://") as gw:  # no API key: the embedded model, default prices
+        assert gw.state.settings.uses_embedded_model
+        before = await scrape(gw.http_url)
+        report = await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
+                                timeout_s=30, hangup_after_ms=500)
+        await calls_over(gw)
+        after = await scrape(gw.http_url)
+        record = await gw.state.store.get_call(report.call_sid)
+    assert total(after, "gateway_model_tokens_total", kind="audio_out") > total(before, "gateway_model_tokens_total",
+                                                                               kind="audio_out")
+    assert total(after, "gateway_cost_usd_total") == total(before, "gateway_cost_usd_total")
+    assert record is not None and record.cost_usd == 0
+
+
 async def test_a_scripted_call_shows_in_the_metrics_and_costs_what_its_usage_says():
-    async with start_gateway(transcription_model="gpt-4o-mini-transcribe") as gw:
+    async with start_gateway(transcription_model="gpt-4o-mini-transcribe", model_prices=PRICED_AS_GPT_REALTIME) as gw:
         before = await scrape(gw.http_url)
         turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
                  CallerTurn(load_sample("caller_question"), after_silence_ms=2500)]
@@ -133,7 +155,7 @@ async def test_metrics_can_require_a_key():
 
 async def test_the_call_budget_ends_the_call_after_the_goodbye_is_heard():
     # A budget far below one answer's cost: reached at the first response.done; the agent says goodbye.
-    async with start_gateway(call_budget_usd=0.0001) as gw:
+    async with start_gateway(call_budget_usd=0.0001, model_prices=PRICED_AS_GPT_REALTIME) as gw:
         turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
                  CallerTurn(load_sample("caller_question"), after_silence_ms=8000)]
         report = await run_call(gw.ws_url, turns, timeout_s=40, hangup_after_ms=20_000)
@@ -148,7 +170,7 @@ async def test_the_call_budget_ends_the_call_after_the_goodbye_is_heard():
 
 
 async def test_the_daily_budget_refuses_new_calls_politely():
-    async with start_gateway(daily_budget_usd=0.0001) as gw:
+    async with start_gateway(daily_budget_usd=0.0001, model_prices=PRICED_AS_GPT_REALTIME) as gw:
         report = await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
                                 timeout_s=30, hangup_after_ms=500)
         assert report.turns[0].response_ms is not None  # spends more than the whole day's budget

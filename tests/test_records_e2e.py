@@ -12,7 +12,7 @@ import pytest
 from gateway.observe.cost import Usage
 from gateway.replay import CallerTurn, load_sample, run_call
 
-from .conftest import start_gateway
+from .conftest import PRICED_AS_GPT_REALTIME, start_gateway
 from .test_store_postgres import _postgres_unavailable
 
 KEY = "k-records-0123456789"
@@ -20,7 +20,8 @@ POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql://postgre
 
 
 async def one_call_record(store_url: str) -> tuple[dict, float, list]:
-    async with start_gateway(store_url=store_url, api_keys=(KEY,), transcription_model="gpt-4o-mini-transcribe") as gw:
+    async with start_gateway(store_url=store_url, api_keys=(KEY,), transcription_model="gpt-4o-mini-transcribe",
+                             model_prices=PRICED_AS_GPT_REALTIME) as gw:
         turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
                  CallerTurn(load_sample("caller_question"), after_silence_ms=2500),
                  CallerTurn(load_sample("caller_bargein"), after_silence_ms=900)]  # talks over the answer

@@ -40,6 +40,8 @@ DEFAULT_PRICES: dict[str, Prices] = {
     "gpt-4o-realtime-preview": Prices(text_in=5.0, text_cached=2.5, text_out=20.0, audio_in=40.0, audio_cached=2.5, audio_out=80.0),
     "gpt-4o-mini-realtime-preview": Prices(text_in=0.6, text_cached=0.3, text_out=2.4, audio_in=10.0, audio_cached=0.3, audio_out=20.0),
 }
+# The embedded server (no API key) runs on this machine: its usage figures are real counts, but nobody bills them.
+EMBEDDED_MODEL_PRICES = Prices(text_in=0.0, text_cached=0.0, text_out=0.0, audio_in=0.0, audio_cached=0.0, audio_out=0.0)
 
 
 class PriceError(ValueError):
@@ -60,10 +62,14 @@ def _prices_from(data: Mapping[str, Any], base: Prices | None, where: str) -> Pr
     return Prices(**values)
 
 
-def load_price_table(path: str = "", overrides: str = "", model: str = "") -> dict[str, Prices]:
+def load_price_table(path: str = "", overrides: str = "", model: str = "", *,
+                     embedded: bool = False) -> dict[str, Prices]:
     """The default table, then a JSON file ``{"model": {"audio_in": 32, ...}}``, then ``kind=price,...`` overrides
-    for ``model`` (``MODEL_PRICES``)."""
+    for ``model`` (``MODEL_PRICES``). ``embedded``: ``model`` is served by the embedded server, which costs
+    nothing unless the file or the overrides price it (to try budgets on a laptop)."""
     table = dict(DEFAULT_PRICES)
+    if embedded:
+        table[model] = EMBEDDED_MODEL_PRICES
     if path:
         try:
             with open(path, encoding="utf-8") as handle:
