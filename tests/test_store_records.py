@@ -28,6 +28,7 @@ from tests.test_store_postgres import postgres_url  # noqa: F401 (a fixture)
 TO, FROM = "+14155550123", "+14155550100"
 CALLER = "+14155550177"
 DAY = 86400.0
+ALL_VERSIONS = list(range(1, latest_version("sqlite") + 1))  # both dialects have the same migrations
 
 # ---- the "v1" fixture: the schema gateway/store.py created before migrations, copied verbatim
 
@@ -182,7 +183,7 @@ async def test_sqlite_database_made_by_the_v1_store_is_upgraded_in_place(tmp_pat
     try:
         assert store.migrated == list(range(2, latest_version("sqlite") + 1))  # recognised as 1, not recreated
         versions = store._db.execute("SELECT version, name FROM schema_version ORDER BY version").fetchall()
-        assert versions[0] == (1, BASELINE_NAME) and [v for v, _ in versions] == [1, 2]
+        assert versions[0] == (1, BASELINE_NAME) and [v for v, _ in versions] == ALL_VERSIONS
         # The old rows are there, whole, and found by the new columns (backfilled from data).
         old = await store.get_call(sid(1))
         assert (old.status, old.answered_by, old.duration_s, old.metadata, old.api_key_id, old.created_at,
@@ -233,7 +234,7 @@ async def test_postgres_database_made_by_the_v1_store_is_upgraded_in_place(postg
         old = await store.get_call(sid(1))
         assert store.migrated == list(range(2, latest_version("postgresql") + 1))
         versions = await _pg_rows(postgres_url, "SELECT version, name FROM schema_version ORDER BY version")
-        assert versions[0] == (1, BASELINE_NAME) and [v for v, _ in versions] == [1, 2]
+        assert versions[0] == (1, BASELINE_NAME) and [v for v, _ in versions] == ALL_VERSIONS
         assert (old.status, old.answered_by, old.metadata, old.api_key_id, old.created_at) == (
             "completed", "human", {"order": "1"}, "key1", created + 1)
         assert [r.call_sid for r in (await store.list_calls(api_key_id="key2")).records] == [sid(2)]
@@ -261,7 +262,7 @@ async def test_postgres_database_made_by_the_v1_store_is_upgraded_in_place(postg
     await _pg_script(postgres_url, "DROP TABLE calls; DROP TABLE call_settings; DROP TABLE schema_version")
     fresh = PostgresCallStore(postgres_url)
     await fresh.get_call(sid(1))
-    assert fresh.migrated == [1, 2]
+    assert fresh.migrated == ALL_VERSIONS
     await fresh.close()
     assert await _pg_shape(postgres_url) == upgraded  # upgraded = made new
 
@@ -277,9 +278,9 @@ async def test_postgres_concurrent_start_ups_migrate_once(postgres_url):  # noqa
         try:
             await asyncio.gather(*(store.get_call(sid(1)) for store in stores))
             applied = sorted(version for store in stores for version in store.migrated)
-            assert applied == ([1, 2] if round_ == "fresh" else [2])
+            assert applied == (ALL_VERSIONS if round_ == "fresh" else ALL_VERSIONS[1:])
             versions = await _pg_rows(postgres_url, "SELECT version FROM schema_version ORDER BY version")
-            assert [v for (v,) in versions] == [1, 2]
+            assert [v for (v,) in versions] == ALL_VERSIONS
             await asyncio.gather(*(store.finish_call(final_record(n)) for n, store in enumerate(stores)))
             assert len((await stores[0].list_calls()).records) == 4
         finally:
@@ -320,14 +321,14 @@ async def test_sqlite_processes_starting_at_once_migrate_once(tmp_path):
     db.executescript(V1_SQLITE_SCHEMA)
     db.close()
     results = await _start_processes(f"sqlite:///{path}", 3)
-    assert sorted(v for applied in results for v in applied) == [2]
+    assert sorted(v for applied in results for v in applied) == ALL_VERSIONS[1:]
     results = await _start_processes(f"sqlite:///{tmp_path / 'fresh.db'}", 3)
-    assert sorted(v for applied in results for v in applied) == [1, 2]
+    assert sorted(v for applied in results for v in applied) == ALL_VERSIONS
 
 
 async def test_postgres_processes_starting_at_once_migrate_once(postgres_url):  # noqa: F811
     results = await _start_processes(postgres_url, 3)
-    assert sorted(v for applied in results for v in applied) == [1, 2]
+    assert sorted(v for applied in results for v in applied) == ALL_VERSIONS
 
 
 def test_a_failed_migration_leaves_the_previous_version(tmp_path, monkeypatch):

@@ -138,7 +138,9 @@ _AUTH_ERRORS = {str(status): _render_answer(answer) for status, answer in AUTH_A
 _CALL_SUMMARY_PROPERTIES: dict[str, Any] = {
     "call_sid": {"type": "string"},
     "stream_sid": {"type": ["string", "null"]},
-    "status": {"type": "string", "enum": list(CALL_STATUSES)},
+    "status": {"type": "string", "enum": list(CALL_STATUSES),
+               "description": "Twilio's status of the call; `lost` when the instance holding it stopped before "
+                              "its end was written (the record keeps what was known)."},
     "direction": {"type": "string", "examples": ["outbound-api", "inbound"]},
     "to": {"type": "string"},
     "from": {"type": "string"},
@@ -168,6 +170,8 @@ _CALL_SUMMARY_PROPERTIES: dict[str, Any] = {
               "description": "Tokens by kind (input_audio, input_text, input_cached_audio, output_audio, ...)."},
     "cost_usd": {"type": ["number", "null"]},
     "recording": {"type": "boolean", "description": "The call was recorded."},
+    "holder": {"type": ["string", "null"],
+               "description": "The instance (INSTANCE_ID) that held the live call, once its stream started."},
 }
 
 _TIME_FORMAT = "ISO 8601 (`2025-01-31T09:00:00Z`; no offset: UTC) or seconds since the epoch"

@@ -14,8 +14,8 @@ import time
 from typing import Any, Callable, Mapping, Protocol
 
 from gateway.store.model import (
-    DEFAULT_SETTINGS_TTL_S, UPDATABLE, CallPage, CallQuery, CallRecord, OutboundCallSettings, apply_status,
-    as_final_record, claim_action, merge_final, settings_expiry,
+    DEFAULT_SETTINGS_TTL_S, MAX_PAGE_SIZE, UPDATABLE, CallPage, CallQuery, CallRecord, OutboundCallSettings,
+    apply_status, as_final_record, claim_action, merge_final, merge_lost, merge_start, settings_expiry,
 )
 
 Change = Callable[[CallRecord | None], CallRecord | None]
@@ -58,6 +58,19 @@ class CallStore(Protocol):
         """Write a call's final record (at its end, inbound or outbound) over what is stored, in one atomic step
         (:func:`merge_final`); returns the stored record. ``record`` may also be the live call's own summary
         (:func:`gateway.store.model.as_final_record` says which keys are read)."""
+        ...
+
+    async def start_call(self, record: CallRecord) -> CallRecord:
+        """Write what is known when a call's stream starts (:func:`merge_start`: status in-progress, the holder),
+        in one atomic step; idempotent, and never reopens a record that has ended. Returns the stored record."""
+        ...
+
+    async def mark_lost(self, call_sid: str, reason: str) -> CallRecord | None:
+        """Mark an open record lost (:func:`merge_lost`); the new record, None if it was not open (or unknown)."""
+        ...
+
+    async def open_calls(self, limit: int = MAX_PAGE_SIZE) -> list[CallRecord]:
+        """Up to ``limit`` open records (a holder, no end yet: live calls, or lost ones), newest first."""
         ...
 
     async def list_calls(self, query: CallQuery | None = None, **filters: Any) -> CallPage:
@@ -141,6 +154,19 @@ class StoreBase:
         _, after = await self._modify(final.call_sid, lambda existing: merge_final(existing, final, time.time()))
         assert after is not None
         return after
+
+    async def start_call(self, record: CallRecord) -> CallRecord:
+        _, after = await self._modify(record.call_sid, lambda existing: merge_start(existing, record, time.time()))
+        assert after is not None
+        return after
+
+    async def mark_lost(self, call_sid: str, reason: str) -> CallRecord | None:
+        before, after = await self._modify(call_sid, lambda existing: merge_lost(existing, reason, time.time()))
+        return after if after is not before else None
+
+    async def open_calls(self, limit: int = MAX_PAGE_SIZE) -> list[CallRecord]:
+        # The partial index calls_open (migration 3) serves it: a few rows, however many records the table holds.
+        return (await self.list_calls(CallQuery(open_only=True, limit=limit))).records
 
     async def list_calls(self, query: CallQuery | None = None, **filters: Any) -> CallPage:
         if query is None:

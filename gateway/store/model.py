@@ -32,7 +32,11 @@ MAX_PAGE_SIZE = 200
 
 MACHINE_DETECTION_CHOICES = ("none", "hangup", "voicemail")
 FINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
-_STATUS_RANK = {"queued": 0, "initiated": 1, "ringing": 2, "in-progress": 3}
+# "lost": the instance holding the call stopped (killed, crashed) before its end was written (see merge_lost). It
+# ranks after in-progress and before the final statuses: Twilio's own final status of the call (an outbound call's
+# status callback) still wins, and so does the live call's final record (merge_final) if it was not lost after all.
+LOST = "lost"
+_STATUS_RANK = {"queued": 0, "initiated": 1, "ringing": 2, "in-progress": 3, LOST: 3.5}
 CALL_STATUSES = tuple(_STATUS_RANK) + tuple(sorted(FINAL_STATUSES))
 # Twilio's own words: "inbound" for a call to one of our numbers, "outbound-api" for one POST /calls placed.
 INBOUND = "inbound"
@@ -42,7 +46,7 @@ DIRECTION_FILTERS = ("inbound", "outbound")
 ENDED_BY = ("caller", "agent", "api", "error", "budget", "drain", "time_limit", "machine", "twilio")
 
 
-def status_rank(status: str) -> int:
+def status_rank(status: str) -> float:
     return 4 if status in FINAL_STATUSES else _STATUS_RANK.get(status, -1)
 
 
@@ -117,10 +121,24 @@ class ToolRun:
     outcome: str = "ok"  # "ok" | "error" | "timeout" | "cancelled" ...
     duration_ms: int | None = None
     t_ms: int | None = None  # when it was called, in ms since the call started
+    arguments: str | None = None  # the model's arguments (JSON text), cut to MAX_TOOL_TEXT characters
+    result: str | None = None  # what the tool returned to the model, cut the same way
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ToolRun":
         return cls(**_known(cls, data))
+
+
+MAX_TOOL_TEXT = 2000  # characters of a tool run's arguments and of its result kept in the record
+
+
+def tool_text(value: Any) -> str | None:
+    """A tool run's arguments or result as the record keeps it: text, at most MAX_TOOL_TEXT characters (a cut one
+    ends with "…")."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= MAX_TOOL_TEXT else text[:MAX_TOOL_TEXT - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +194,7 @@ class CallRecord:
     cost_usd: float | None = None
     recording: str | None = None  # the recording's file name in RECORD_CALLS_DIR, if the call was recorded
     record_audio: bool | None = None  # POST /calls' "record" (recording consent); None: RECORD_AUDIO decides
+    holder: str | None = None  # the instance (INSTANCE_ID) whose live call wrote the record at its start
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -225,6 +244,7 @@ class CallRecord:
             "usage": dict(self.usage),
             "cost_usd": self.cost_usd,
             "recording": self.recording is not None,
+            "holder": self.holder,
         }
 
     def public_json(self) -> dict[str, Any]:
@@ -340,7 +360,8 @@ def as_final_record(final: CallRecord | Mapping[str, Any]) -> CallRecord:
         ))
     tools = [item if isinstance(item, ToolRun) else ToolRun(
         name=str(item.get("name", "")), outcome=str(item.get("outcome", "ok")),
-        duration_ms=_int_or_none(item.get("duration_ms")), t_ms=_int_or_none(item.get("t_ms")))
+        duration_ms=_int_or_none(item.get("duration_ms")), t_ms=_int_or_none(item.get("t_ms")),
+        arguments=tool_text(item.get("arguments")), result=tool_text(item.get("result")))
         for item in data.get("tools", data.get("tool_calls")) or ()]
     started_at = data.get("started_at")
     now = time.time()
@@ -360,7 +381,7 @@ def as_final_record(final: CallRecord | Mapping[str, Any]) -> CallRecord:
         rollovers=_changes(data.get("rollovers"), "session limit"),
         usage={str(kind): int(count) for kind, count in (data.get("usage") or {}).items()},
         cost_usd=data.get("cost_usd"), recording=data.get("recording"),
-        metadata=dict(data.get("metadata") or {}), api_key_id=data.get("api_key_id"),
+        metadata=dict(data.get("metadata") or {}), api_key_id=data.get("api_key_id"), holder=data.get("holder"),
     )
 
 
@@ -377,10 +398,14 @@ def merge_final(existing: CallRecord | None, final: CallRecord, now: float) -> C
         created = min(final.created_at, final.started_at) if final.started_at is not None else final.created_at
         return replace(final, created_at=created, updated_at=now)
     changes: dict[str, Any] = {name: getattr(final, name) for name in CALL_OWNED}
+    # A record marked lost while its call was alive (its holder looked gone: see merge_lost) is the live call's
+    # to correct: "lost" gives way to whatever the call's own end says.
+    stored_status = "in-progress" if existing.status == LOST else existing.status
     return replace(
         existing, **changes,
         to=existing.to or final.to, from_=existing.from_ or final.from_,
-        status=next_status(existing.status, final.status),
+        holder=existing.holder or final.holder,
+        status=next_status(stored_status, final.status),
         metadata={**final.metadata, **existing.metadata},
         answered_by=existing.answered_by or final.answered_by,
         duration_s=existing.duration_s if existing.duration_s is not None else final.duration_s,
@@ -390,6 +415,37 @@ def merge_final(existing: CallRecord | None, final: CallRecord, now: float) -> C
     )
 
 
+def is_open(record: CallRecord) -> bool:
+    """A call whose stream started on an instance (``holder``) and whose end is not written yet: live, or lost."""
+    return record.holder is not None and record.ended_at is None and record.outcome is None
+
+
+def merge_start(existing: CallRecord | None, start: CallRecord, now: float) -> CallRecord | None:
+    """The record to store when a call's stream starts, from ``start`` (what is known then: the SIDs, direction,
+    numbers, the start, the holder, the model). A record placement or Twilio's callbacks wrote keeps what they
+    wrote; a record already ended (its final record or a lost mark came first: a spooled start replayed late)
+    is left alone. Returns ``existing`` itself when there is nothing to write (:meth:`StoreBase._modify`)."""
+    if existing is None:
+        return replace(start, updated_at=now)
+    if existing.ended_at is not None or existing.outcome is not None:
+        return existing
+    return replace(
+        existing, stream_sid=existing.stream_sid or start.stream_sid, holder=start.holder,
+        started_at=existing.started_at if existing.started_at is not None else start.started_at,
+        model=existing.model or start.model, to=existing.to or start.to, from_=existing.from_ or start.from_,
+        status=next_status(existing.status, start.status), updated_at=now,
+    )
+
+
+def merge_lost(existing: CallRecord | None, reason: str, now: float) -> CallRecord | None:
+    """``existing`` marked lost (its holder is gone, the end never written), keeping everything known; itself
+    (nothing to write) unless it is still open. Twilio's final status of the call, if it came first, stays."""
+    if existing is None or not is_open(existing):
+        return existing
+    return replace(existing, status=next_status(existing.status, LOST), outcome=LOST, end_reason=reason[:200],
+                   updated_at=now)
+
+
 # ---- a record as table columns (SQLite and PostgreSQL share the layout; migrations 1 and 2)
 
 JSON_COLUMNS = ("data", *STRUCTURED)
@@ -397,8 +453,29 @@ JSON_COLUMNS = ("data", *STRUCTURED)
 PROJECTED = {"status": "status", "updated_at": "updated_at", "stream_sid": "stream_sid", "direction": "direction",
              "from_number": "from_", "to_number": "to", "api_key_id": "api_key_id", "outcome": "outcome",
              "ended_by": "ended_by", "created_at": "created_at", "started_at": "started_at",
-             "ended_at": "ended_at", "cost_usd": "cost_usd", "recording": "recording"}
-CALL_COLUMNS = ("call_sid", *PROJECTED, *JSON_COLUMNS)
+             "ended_at": "ended_at", "cost_usd": "cost_usd", "recording": "recording", "holder": "holder"}
+
+
+def nearest_rank(values: list[float] | tuple[float, ...], percent: int) -> float | None:
+    """The ``percent``-th percentile by nearest rank (the value of rank ceil(percent * n / 100), counting from 1, in
+    ascending order); None for no value. The SQL backends compute it the same way (gateway.store.figures)."""
+    if not values:
+        return None
+    return sorted(values)[(percent * len(values) + 99) // 100 - 1]
+
+
+def call_latency_ms(record: CallRecord) -> float | None:
+    """A call's turn latency: the median (nearest rank) of its turns' latencies."""
+    return nearest_rank([turn.latency_ms for turn in record.turns if turn.latency_ms is not None], 50)
+
+
+def call_barge_ins(record: CallRecord) -> int:
+    return sum(1 for turn in record.turns if turn.barged_in)
+
+
+# Figures computed from the turns, in plain columns (migration 4) for sorting the listing and for the overview.
+FIGURES = {"latency_ms": call_latency_ms, "barge_ins": call_barge_ins}
+CALL_COLUMNS = ("call_sid", *PROJECTED, *FIGURES, *JSON_COLUMNS)
 # SELECT this, in this order, and hand the row to record_from_columns.
 RECORD_SELECT = ", ".join(JSON_COLUMNS)
 
@@ -409,6 +486,7 @@ def record_columns(record: CallRecord) -> dict[str, Any]:
     structured = {name: data.pop(name) for name in STRUCTURED}
     columns: dict[str, Any] = {"call_sid": record.call_sid}
     columns.update({column: getattr(record, name) for column, name in PROJECTED.items()})
+    columns.update({column: figure(record) for column, figure in FIGURES.items()})
     columns["data"] = data
     columns.update(structured)
     return columns
@@ -461,6 +539,7 @@ class CallQuery:
     api_key_id: str | None = None  # only the calls this key placed; None: every call
     after: tuple[float, str] | None = None  # the decoded cursor: records after this (created_at, call_sid)
     limit: int = DEFAULT_PAGE_SIZE
+    open_only: bool = False  # only open records (is_open): the lost-call sweeper's query, not an API filter
 
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_PAGE_SIZE:
@@ -486,7 +565,7 @@ class CallQuery:
             return False
         if self.after is not None and not (record.created_at, record.call_sid) < self.after:
             return False
-        return True
+        return not self.open_only or is_open(record)
 
     def where(self, placeholder: str) -> tuple[str, list[Any]]:
         """``WHERE ...`` (or "") and its parameters, for SQLite (``?``) and psycopg (``%s``) alike."""
@@ -517,6 +596,8 @@ class CallQuery:
         if self.after is not None:
             clauses.append(f"(created_at, call_sid) < ({p}, {p})")
             params.extend(self.after)
+        if self.open_only:  # the predicate of the partial index calls_open (migration 3)
+            clauses.append("holder IS NOT NULL AND ended_at IS NULL AND outcome IS NULL")
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
     def page(self, records: list[CallRecord]) -> "CallPage":

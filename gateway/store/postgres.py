@@ -1,13 +1,22 @@
 """``postgresql://user@host:port/db`` (or ``postgres://``): ``psycopg`` 3's async API behind a small connection pool,
 for several hosts behind a load balancer (the host that placed a call finds its settings wherever Twilio streams
 it). The schema is brought up to date on first use (:func:`gateway.store.migrate.migrate_postgres`), in the first
-schema of the connection's ``search_path`` (choose one with ``?options=-csearch_path%3Dmyschema``)."""
+schema of the connection's ``search_path`` (choose one with ``?options=-csearch_path%3Dmyschema``).
+
+Connections die under a store: a server restart or failover, an idle-connection reaper, ``pg_terminate_backend``.
+So the pool checks each connection before lending it (``psycopg_pool``'s ``check``: a broken one is replaced),
+and an operation whose connection breaks while it runs is run again on a fresh one, a bounded number of times
+within a bounded time (every operation here is a merge or a single statement, so running it again is safe:
+:mod:`gateway.store.model`). The connections carry an ``application_name`` (``gateway`` unless ``STORE_URL``
+sets one), so an operator can see and kill them by name. A pool that could not open (the server down at start)
+is made anew at the next use: the store comes back with its server."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from gateway.store.base import Change, StoreBase
 from gateway.store.migrate import migrate_postgres
@@ -22,7 +31,13 @@ _UPDATE = ", ".join(f"{name} = EXCLUDED.{name}" for name in CALL_COLUMNS if name
 _UPSERT = f"INSERT INTO calls ({_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT (call_sid) DO UPDATE SET {_UPDATE}"
 _INSERT_IF_ABSENT = f"INSERT INTO calls ({_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT (call_sid) DO NOTHING RETURNING 1"
 _MODIFY_ATTEMPTS = 3
+# An operation whose connection broke under it: run again on a fresh connection, at most this many times in all,
+# pausing a little longer each time, and never past the pool's connect timeout from the first attempt.
+BROKEN_CONNECTION_ATTEMPTS = 3
+_RETRY_PAUSE_S = 0.05
+APPLICATION_NAME = "gateway"
 assert "call_sid" not in PROJECTED
+log = logging.getLogger("gateway.store")
 
 
 def _row_values(record: CallRecord) -> list[Any]:
@@ -46,10 +61,17 @@ class PostgresCallStore(StoreBase):
             from psycopg_pool import AsyncConnectionPool
         except ImportError as error:  # pragma: no cover - both are dependencies of the package
             raise RuntimeError("STORE_URL=postgresql:// needs psycopg[binary] and psycopg-pool") from error
+        from psycopg.conninfo import conninfo_to_dict
+
         self.url = url
         self._connect_timeout_s = connect_timeout_s
-        self._pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
-                                         kwargs={"autocommit": True}, timeout=connect_timeout_s)
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if "application_name" not in conninfo_to_dict(url):
+            kwargs["application_name"] = APPLICATION_NAME
+        self._make_pool: Callable[[], Any] = lambda: AsyncConnectionPool(
+            url, min_size=min_size, max_size=max_size, open=False, kwargs=kwargs, timeout=connect_timeout_s,
+            check=AsyncConnectionPool.check_connection)
+        self._pool = self._make_pool()
         self._opened = False
         self._open_lock = asyncio.Lock()
         self.migrated: list[int] = []  # the versions this store's start-up applied
@@ -63,36 +85,67 @@ class PostgresCallStore(StoreBase):
                         async with self._pool.connection() as conn:
                             self.migrated = await migrate_postgres(conn)
                     except BaseException:
-                        await self._pool.close()  # no reconnecting in the background; the next call tries again
+                        # No reconnecting in the background; the next call tries again, with a new pool (a closed
+                        # one cannot be reopened).
+                        await self._pool.close()
+                        self._pool = self._make_pool()
                         raise
                     self._opened = True
         return self._pool
 
+    async def _run(self, work: Callable[[Any], Awaitable[Any]]) -> Any:
+        """``work(conn)`` on a pooled connection; again on a fresh one if that connection broke under it (see the
+        module docstring). Any other error, or a pool that cannot lend a connection in time, is raised."""
+        from psycopg import OperationalError
+        from psycopg_pool import PoolTimeout
+
+        pool = await self._ready()
+        deadline = time.monotonic() + self._connect_timeout_s
+        for attempt in range(1, BROKEN_CONNECTION_ATTEMPTS + 1):
+            conn = None
+            try:
+                async with pool.connection() as conn:
+                    return await work(conn)
+            except OperationalError as error:
+                broken = conn is not None and (conn.closed or conn.broken)
+                if (isinstance(error, PoolTimeout) or not broken or attempt == BROKEN_CONNECTION_ATTEMPTS
+                        or time.monotonic() >= deadline):
+                    raise
+                log.warning("PostgreSQL connection lost during an operation (%s: %s); retrying on a fresh one "
+                            "(attempt %d of %d)", type(error).__name__, str(error).strip()[:200], attempt + 1,
+                            BROKEN_CONNECTION_ATTEMPTS)
+                await asyncio.sleep(_RETRY_PAUSE_S * attempt)
+        raise AssertionError("unreachable")
+
     async def _put_settings(self, key: str, data: dict[str, Any], expires_at: float, now: float) -> None:
         from psycopg.types.json import Jsonb
 
-        pool = await self._ready()
-        async with pool.connection() as conn, conn.transaction():
-            await conn.execute("DELETE FROM call_settings WHERE expires_at <= %s", (now,))
-            await conn.execute(
-                "INSERT INTO call_settings (key, data, expires_at) VALUES (%s, %s, %s) "
-                "ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, expires_at = EXCLUDED.expires_at",
-                (key, Jsonb(data), expires_at))
+        async def put(conn: Any) -> None:
+            async with conn.transaction():
+                await conn.execute("DELETE FROM call_settings WHERE expires_at <= %s", (now,))
+                await conn.execute(
+                    "INSERT INTO call_settings (key, data, expires_at) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, expires_at = EXCLUDED.expires_at",
+                    (key, Jsonb(data), expires_at))
+
+        await self._run(put)
 
     async def _get_settings(self, key: str, now: float) -> dict[str, Any] | None:
-        pool = await self._ready()
-        async with pool.connection() as conn:
+        async def get(conn: Any) -> Any:
             cursor = await conn.execute("SELECT data FROM call_settings WHERE key = %s AND expires_at > %s",
                                         (key, now))
-            row = await cursor.fetchone()
+            return await cursor.fetchone()
+
+        row = await self._run(get)
         return row[0] if row else None
 
     async def _take_settings(self, key: str, now: float) -> dict[str, Any] | None:
-        pool = await self._ready()
-        async with pool.connection() as conn:
+        async def take(conn: Any) -> Any:
             # One statement: of two hosts taking at once, exactly one gets the row.
             cursor = await conn.execute("DELETE FROM call_settings WHERE key = %s RETURNING data, expires_at", (key,))
-            row = await cursor.fetchone()
+            return await cursor.fetchone()
+
+        row = await self._run(take)
         return row[0] if row and settings_alive(row[1], now) else None
 
     @staticmethod
@@ -102,8 +155,7 @@ class PostgresCallStore(StoreBase):
         return record_from_columns(row) if row else None
 
     async def _modify(self, call_sid: str, change: Change) -> tuple[CallRecord | None, CallRecord | None]:
-        pool = await self._ready()
-        async with pool.connection() as conn:
+        async def modify(conn: Any) -> tuple[CallRecord | None, CallRecord | None]:
             for _ in range(_MODIFY_ATTEMPTS):
                 async with conn.transaction():
                     existing = await self._get(conn, call_sid, for_update=True)
@@ -117,36 +169,39 @@ class PostgresCallStore(StoreBase):
                     # do it again on its row.
                     if await (await conn.execute(_INSERT_IF_ABSENT, _row_values(new))).fetchone():
                         return existing, new
-        raise RuntimeError(f"call record {call_sid[:40]!r} kept appearing and disappearing; gave up")
+            raise RuntimeError(f"call record {call_sid[:40]!r} kept appearing and disappearing; gave up")
+
+        return await self._run(modify)
 
     async def _query(self, query: CallQuery) -> list[CallRecord]:
         where, params = query.where("%s")
-        pool = await self._ready()
-        async with pool.connection() as conn:
+
+        async def select(conn: Any) -> list[Any]:
             cursor = await conn.execute(f"SELECT {RECORD_SELECT} FROM calls{where}{ORDER_BY} LIMIT %s",
                                         (*params, query.limit + 1))
-            rows = await cursor.fetchall()
-        return [record_from_columns(row) for row in rows]
+            return await cursor.fetchall()
+
+        return [record_from_columns(row) for row in await self._run(select)]
 
     async def upsert_call(self, record: CallRecord) -> None:
-        pool = await self._ready()
-        async with pool.connection() as conn:
+        async def upsert(conn: Any) -> None:
             await conn.execute(_UPSERT, _row_values(record))
 
+        await self._run(upsert)
+
     async def get_call(self, call_sid: str) -> CallRecord | None:
-        pool = await self._ready()
-        async with pool.connection() as conn:
-            return await self._get(conn, call_sid)
+        return await self._run(lambda conn: self._get(conn, call_sid))
 
     async def delete_calls_before(self, cutoff: float, limit: int = 1000) -> list[tuple[str, str | None]]:
-        pool = await self._ready()
-        async with pool.connection() as conn:
+        async def delete(conn: Any) -> list[tuple[str, str | None]]:
             # created_at is NULL only on rows an older gateway wrote during a rolling deploy: their last update.
             cursor = await conn.execute(
                 "DELETE FROM calls WHERE call_sid IN (SELECT call_sid FROM calls WHERE created_at < %s "
                 "OR (created_at IS NULL AND updated_at < %s) LIMIT %s) RETURNING call_sid, recording",
                 (cutoff, cutoff, limit))
             return [(row[0], row[1]) for row in await cursor.fetchall()]
+
+        return await self._run(delete)
 
     async def close(self) -> None:
         self._opened = False
