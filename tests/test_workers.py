@@ -68,6 +68,10 @@ async def test_two_workers_share_credentials_state_and_metrics(tmp_path) -> None
         # Whichever worker answered /metrics, it counts every worker's calls.
         assert metric_total(text, "gateway_calls_total") == 4, text
         assert metric_total(text, "gateway_turn_latency_seconds_count") == 4
+        # Memory and CPU of each process of the group (the supervisor and both workers), for the alerts.
+        pids = set(re.findall(r'^process_resident_memory_bytes\{pid="(\d+)"\} [0-9.e+]+$', text, re.M))
+        assert str(proc.pid) in pids and len(pids) == 3, pids
+        assert metric_total(text, "process_cpu_seconds_total") > 0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

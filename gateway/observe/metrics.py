@@ -107,6 +107,11 @@ DRAINING = Gauge("gateway_draining", "1 while this process drains (SIGTERM): no 
                  multiprocess_mode="max")
 BUDGET_STOPS = Counter("gateway_budget_stops_total", "Calls wrapped up (call) or refused (daily) by a budget.",
                        ["scope"])
+SHARED_STATE_UP = Gauge("gateway_shared_state_up", "1 while the shared state (REDIS_URL, STATE_SQLITE_PATH) answers "
+                        "reads and writes of the daily cost total, 0 while it does not.", multiprocess_mode="livemin")
+DAILY_COST_UNWRITTEN = Gauge("gateway_daily_cost_unwritten_usd", "Cost counted by this process and not yet written to "
+                             "the shared daily total (the state did not answer); written when it does.",
+                             multiprocess_mode="livesum")
 
 _seen: dict[tuple[str, str], set[str]] = {}
 _seen_lock = threading.Lock()
@@ -138,8 +143,11 @@ def registry() -> CollectorRegistry:
         return REGISTRY
     from prometheus_client import multiprocess
 
+    from gateway.observe.process_metrics import WorkerProcessCollector
+
     combined = CollectorRegistry()
     multiprocess.MultiProcessCollector(combined, path=directory)
+    combined.register(WorkerProcessCollector(directory))  # process_* per worker, which the directory does not hold
     return combined
 
 
