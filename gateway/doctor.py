@@ -19,7 +19,9 @@ failure, the fix:
 * ``webhook``: a number of the account sends its incoming calls to ``PUBLIC_URL/incoming-call``.
 * ``redis``, ``store``: ``REDIS_URL`` and ``STORE_URL`` (SQLite, PostgreSQL) can be used, when set.
 
-Exit status: 0 when no check failed, 1 otherwise. Every network check is bounded by ``--timeout`` seconds.
+Exit status: 0 when no check failed, 1 otherwise. Every check is bounded by ``--timeout`` seconds (each network
+wait within it, the whole check within a second more): one that stalls or breaks FAILs with the reason and a fix,
+never a traceback or a hang.
 """
 
 from __future__ import annotations
@@ -140,11 +142,23 @@ def check_signatures(settings: Settings) -> Check:
                        + verified)
 
 
+def check_tools_module(settings: Settings) -> Check | None:
+    """A failed check when ``TOOLS_MODULE`` cannot be imported as ``gateway serve`` imports it (the import path, then
+    the working directory), saying why and the fix; None when it loads or is unset."""
+    from gateway.tools import tools_module_problem
+
+    problem = tools_module_problem(settings.tools_module)
+    return None if problem is None else _fail("tools", problem.reason, problem.fix)
+
+
 def check_tools(settings: Settings) -> tuple[Check, Any]:
     """The check, and the tool registry calls would use (None when it cannot be built)."""
     from gateway.app import build_tool_registry
     from gateway.twilio.rest import TwilioRest
 
+    module_failed = check_tools_module(settings)
+    if module_failed is not None:
+        return module_failed, None
     rest = TwilioRest.from_settings(settings)
     try:
         registry = build_tool_registry(settings, can_transfer=rest.configured)
@@ -203,7 +217,7 @@ async def check_reach(settings: Settings, timeout_s: float) -> Check:
                      "let the proxy forward the Upgrade and Connection headers (nginx: proxy_http_version 1.1; "
                      "proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\")")
     except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as error:
-        return _fail(name, f"the WebSocket upgrade to {upgrade} failed: {type(error).__name__}: {error}",
+        return _fail(name, f"the WebSocket upgrade to {upgrade} failed: {describe(error)}",
                      "let the proxy or tunnel pass WebSocket upgrades to the gateway, keeping the path")
     signatures = "on" if health_body.get("signatures") else "off"
     return _pass(name, f"a gateway answers at {settings.public_url} (model {health_body.get('model')}, signatures "
@@ -268,7 +282,7 @@ async def check_model(settings: Settings, session_update: dict[str, Any] | None,
     except ssl.SSLError as error:
         return _fail(name, f"TLS failed with {url}: {error}", _tls_fix("The model endpoint"))
     except (OSError, websockets.exceptions.WebSocketException) as error:
-        return _fail(name, f"cannot open {url}: {type(error).__name__}: {error}",
+        return _fail(name, f"cannot open {url}: {describe(error)}",
                      "check REALTIME_URL (host name, port) and this machine's network")
 
 
@@ -376,43 +390,100 @@ def check_webhook(settings: Settings, numbers: list[Any]) -> Check:
                  f"'A call comes in' = Webhook, {expected}, HTTP POST; save")
 
 
-async def check_redis(settings: Settings) -> Check:
+async def check_redis(settings: Settings, timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:
     name = "redis"
     if not settings.redis_url:
         return _skip(name, "REDIS_URL is not set: the rate limit and stream claims are kept in this process (one "
                            "instance only)")
     from gateway.state import StateUnavailable, open_state
 
+    fix = ("start Redis or fix REDIS_URL (redis://[:password@]host:6379/0, rediss:// for TLS): while Redis is down "
+           "the gateway refuses media streams and outbound calls")
+    where = redact_url(settings.redis_url)
     state = open_state(settings.redis_url)
     try:
         # The gateway's own operation: a stream credential claim (SET NX PX), on a key nothing else uses.
-        await state.claim_once(f"doctor:{secrets.token_hex(8)}", 1.0)
+        async with asyncio.timeout(timeout_s):
+            await state.claim_once(f"doctor:{secrets.token_hex(8)}", 1.0)
+    except TimeoutError:
+        return _fail(name, f"no answer from Redis at {where} within {timeout_s:g} s (a server that accepts the "
+                           "connection but does not answer, or a firewall dropping packets)", fix)
     except StateUnavailable as error:
-        return _fail(name, f"Redis at {redact_url(settings.redis_url)} cannot be used: {error}",
-                     "start Redis or fix REDIS_URL (redis://[:password@]host:6379/0, rediss:// for TLS): while "
-                     "Redis is down the gateway refuses media streams and outbound calls")
+        return _fail(name, f"Redis at {where} cannot be used: {describe(error)}", fix)
     finally:
-        await state.aclose()
-    return _pass(name, f"Redis at {redact_url(settings.redis_url)} answers")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(state.aclose(), 2.0)
+    return _pass(name, f"Redis at {where} answers")
+
+
+_STORE_FIX = ("check STORE_URL (postgresql://user:password@host:5432/db), that the server runs and that the user "
+              "may create tables")
+
+
+def _postgres_problem(error: Exception, host: str) -> tuple[str, str]:
+    """What a failed PostgreSQL connect means, and its fix, from the driver's message."""
+    text = describe(error)
+    lowered = text.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        return text, "check the user name and password in STORE_URL (postgresql://USER:PASSWORD@host:5432/db)"
+    if "database" in lowered and "does not exist" in lowered:
+        return text, "create the database (createdb NAME, or CREATE DATABASE) or fix its name at the end of STORE_URL"
+    if "connection refused" in lowered:
+        return (f"nothing accepts connections at {host}: {text}",
+                "start PostgreSQL there, or fix the host and port in STORE_URL")
+    if "timeout" in lowered:
+        return (f"no answer from {host}: {text}",
+                "check the host and port in STORE_URL, and that no firewall drops this machine's packets")
+    return text, _STORE_FIX
+
+
+async def _postgres_connects(url: str, timeout_s: float) -> tuple[str, str] | None:
+    """None when a plain connection opens within ``timeout_s``; else what went wrong and its fix."""
+    import psycopg
+
+    parts = urlsplit(url)
+    host = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    try:
+        async with asyncio.timeout(timeout_s):
+            connection = await psycopg.AsyncConnection.connect(url, connect_timeout=max(1, round(timeout_s)))
+            await connection.close()
+    except TimeoutError:
+        return (f"no answer from {host} within {timeout_s:g} s (a firewall dropping packets, a wrong host, or a "
+                "server too busy to accept)", "check the host and port in STORE_URL and that this machine can "
+                                             "reach them")
+    except Exception as error:  # psycopg.OperationalError and friends: the message says which
+        return _postgres_problem(error, host)
+    return None
 
 
 async def check_store(settings: Settings, timeout_s: float) -> Check:
     name = "store"
-    if urlsplit(settings.store_url).scheme in ("", "memory"):
+    scheme = urlsplit(settings.store_url).scheme
+    if scheme in ("", "memory"):
         return _skip(name, "STORE_URL is memory://: call records live in this process only")
     from gateway.store import open_store
 
     where = redact_url(settings.store_url)
-    store = open_store(settings.store_url)
+    if scheme in ("postgresql", "postgres"):
+        problem = await _postgres_connects(settings.store_url, timeout_s)
+        if problem is not None:
+            return _fail(name, f"the call store at {where} cannot be used: {problem[0]}", problem[1])
+    try:
+        store = open_store(settings.store_url)
+    except Exception as error:  # a SQLite file that cannot be created or opened
+        return _fail(name, f"the call store at {where} cannot be opened: {describe(error)}",
+                     "make the file's directory writable by the gateway's user, or point STORE_URL elsewhere")
     try:
         # A look-up the gateway makes on every status callback; the first one creates the tables if absent.
-        await asyncio.wait_for(store.get_call("CA" + "0" * 32), timeout_s * 2)
-    except Exception as error:  # a driver's connection, authentication or permission error, or the timeout
-        return _fail(name, f"the call store at {where} cannot be used: {type(error).__name__}: {error}",
-                     "check STORE_URL (postgresql://user:password@host:5432/db), that the server runs and that "
-                     "the user may create tables")
+        async with asyncio.timeout(timeout_s):
+            await store.get_call("CA" + "0" * 32)
+    except TimeoutError:
+        return _fail(name, f"the call store at {where} did not answer within {timeout_s:g} s", _STORE_FIX)
+    except Exception as error:  # a driver's connection, authentication or permission error
+        return _fail(name, f"the call store at {where} cannot be used: {describe(error)}", _STORE_FIX)
     finally:
-        await store.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(store.close(), 2.0)
     return _pass(name, f"the call store at {where} answers")
 
 
@@ -432,11 +503,7 @@ async def run_checks(env: Mapping[str, str] | None = None, *, skip: tuple[str, .
     results = [_pass("settings", f"the settings parse: {model}, voice {settings.voice}, audio {settings.audio_format}")]
 
     async def run(name: str, check: Callable[[], Awaitable[Check] | Check]) -> Check:
-        if name in skip:
-            result = _skip(name, "left out (--skip)")
-        else:
-            outcome = check()
-            result = await outcome if isinstance(outcome, Awaitable) else outcome
+        result = _skip(name, "left out (--skip)") if name in skip else await bounded(name, check, timeout_s)
         results.append(result)
         return result
 
@@ -477,9 +544,41 @@ async def run_checks(env: Mapping[str, str] | None = None, *, skip: tuple[str, .
             await run(name, (lambda name=name: replace(instead, name=name)) if instead else check)
     finally:
         rest.close()
-    await run("redis", lambda: check_redis(settings))
+    await run("redis", lambda: check_redis(settings, timeout_s))
     await run("store", lambda: check_store(settings, timeout_s))
     return results
+
+
+def describe(error: BaseException) -> str:
+    """An exception in one line: its type and message (some, such as a bare TimeoutError, have none)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# What to look at when a check stalls past its bound or breaks in a way it does not know.
+_CHECK_FIXES = {
+    "reach": "check that PUBLIC_URL's host resolves and answers from this machine",
+    "model": "check REALTIME_URL and that this machine can reach it (a firewall, an HTTPS proxy)",
+    "twilio-account": "check this machine's network and TWILIO_API_BASE_URL",
+    "caller-ids": "check this machine's network and TWILIO_API_BASE_URL",
+    "redis": "check REDIS_URL and that Redis runs and answers there",
+    "store": _STORE_FIX,
+}
+_BOUND_MARGIN_S = 1.0  # a check bounds its own waits by the timeout; this one catches what it does not
+
+
+async def bounded(name: str, check: Callable[[], Awaitable[Check] | Check], timeout_s: float) -> Check:
+    """Run one check within ``timeout_s`` (plus a margin): never a hang, never a traceback, always a fix."""
+    limit = timeout_s + _BOUND_MARGIN_S
+    fix = _CHECK_FIXES.get(name, "run gateway doctor again; if it persists, report it with this line")
+    try:
+        async with asyncio.timeout(limit):
+            outcome = check()
+            return await outcome if isinstance(outcome, Awaitable) else outcome
+    except TimeoutError:
+        return _fail(name, f"no answer within {limit:g} s", fix)
+    except Exception as error:  # a check must report, never crash the others
+        return _fail(name, f"the check failed: {describe(error)}", fix)
 
 
 def format_report(results: list[Check]) -> str:

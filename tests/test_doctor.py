@@ -5,14 +5,16 @@ reason and its fix."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import time
 from typing import AsyncIterator
 
 import pytest
 
 from gateway.cli import main
-from gateway.doctor import FAIL, PASS, SKIP, Check, format_report, run_checks
+from gateway.doctor import FAIL, PASS, SKIP, Check, bounded, describe, format_report, run_checks
 from gateway.local import LocalRealtimeServer
 from gateway.local.server import Faults
 from gateway.runner import free_port
@@ -205,3 +207,61 @@ def test_the_command_exits_1_on_a_failure_and_0_when_nothing_fails(monkeypatch, 
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "token-0123456789abcdef0123456789")
     monkeypatch.setenv("TRUSTED_PROXY_IPS", "10.0.0.1")
     assert main(["doctor"]) == 0, capsys.readouterr().out
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP server on 127.0.0.1 that accepts connections and never says a word (a hung database or Redis)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+async def test_a_refused_postgresql_fails_at_once_with_the_fix():
+    started = time.monotonic()
+    results = await run_checks({"STORE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/db"},
+                               skip=("reach", "model"), timeout_s=TIMEOUT_S)
+    store = {check.name: check for check in results}["store"]
+    assert store.status == FAIL and "nothing accepts connections at 127.0.0.1:" in store.reason, store
+    assert "start PostgreSQL" in store.fix and "STORE_URL" in store.fix
+    assert time.monotonic() - started < TIMEOUT_S  # refused is known at once: no waiting out a pool's timeout
+
+
+async def test_a_hung_postgresql_or_redis_fails_within_the_timeout_with_a_message_and_a_fix():
+    async with silent_server() as pg_port, silent_server() as redis_port:
+        started = time.monotonic()
+        results = await run_checks({"STORE_URL": f"postgresql://nobody@127.0.0.1:{pg_port}/db",
+                                    "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"},
+                                   skip=("reach", "model"), timeout_s=TIMEOUT_S)
+        elapsed = time.monotonic() - started
+    by_name = {check.name: check for check in results}
+    for name in ("store", "redis"):
+        check = by_name[name]
+        assert check.status == FAIL and ("no answer" in check.reason or "Timeout reading" in check.reason), check
+        assert not check.reason.rstrip().endswith(":"), check  # never "TimeoutError: " with nothing after it
+    assert "STORE_URL" in by_name["store"].fix and "REDIS_URL" in by_name["redis"].fix
+    assert elapsed < 2 * (TIMEOUT_S + 1) + 2, elapsed  # each check within its bound, not a driver's 10 s default
+
+
+async def test_a_check_that_stalls_or_breaks_fails_with_its_reason():
+    async def stalls() -> Check:
+        await asyncio.sleep(60)
+        raise AssertionError("not reached")
+
+    def breaks() -> Check:
+        raise TimeoutError()  # no message at all
+
+    stalled = await bounded("model", stalls, 0.2)
+    broken = await bounded("store", breaks, 0.2)
+    assert stalled.status == FAIL and "no answer within 1.2 s" in stalled.reason and "REALTIME_URL" in stalled.fix
+    assert broken.status == FAIL and broken.reason == "no answer within 1.2 s" and "STORE_URL" in broken.fix
+    assert describe(TimeoutError()) == "TimeoutError" and describe(OSError("a\nb")) == "OSError: a b"

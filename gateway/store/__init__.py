@@ -16,8 +16,8 @@ The package:
   filters and paging), pure; :mod:`~gateway.store.base`: the interface, and those rules over each backend's
   primitives (read-modify-write written once);
 * one module per backend, chosen by ``STORE_URL`` (:func:`open_store`):
-  :mod:`~gateway.store.memory` (``memory://``, the default: one process, bounded),
-  :mod:`~gateway.store.sqlite` (``sqlite:///path.db``: several workers on one host),
+  :mod:`~gateway.store.memory` (``memory://``: one process, bounded),
+  :mod:`~gateway.store.sqlite` (``sqlite:///path.db``, the default: several workers on one host),
   :mod:`~gateway.store.postgres` (``postgresql://user@host:port/db``: several hosts);
 * :mod:`~gateway.store.migrate`: versioned schema migrations (``sql/<dialect>/NNNN_*.sql``), applied in place when a
   SQLite or PostgreSQL store opens;
@@ -26,6 +26,8 @@ The package:
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from urllib.parse import urlsplit
 
 from gateway.store.base import CallStore, StoreBase
@@ -47,7 +49,31 @@ __all__ = [
     "PostgresCallStore", "SQLiteCallStore", "SessionChange", "StoreBase", "ToolRun", "Turn", "as_final_record",
     "decode_cursor",
     "encode_cursor", "merge_final", "next_status", "open_store", "prune", "run_retention", "status_rank",
+    "StoreOpenError",
 ]
+
+
+class StoreOpenError(RuntimeError):
+    """The store ``STORE_URL`` names cannot be opened (a SQLite file in a directory this user cannot write, say):
+    ``str()`` names ``STORE_URL``, the path and the fix, on one line (``gateway serve`` prints it and exits)."""
+
+
+def _sqlite_open_error(url: str, path: str, error: Exception) -> StoreOpenError:
+    from gateway.config import redact_url
+
+    folder = os.path.dirname(os.path.abspath(path))
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    user = f"this user (uid {uid})" if uid is not None else "this user"
+    if not os.path.isdir(folder):
+        why = f"its directory {folder} does not exist"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        why = f"its directory {folder} is not writable by {user}"
+    else:
+        why = f"{type(error).__name__}: {error}"
+    return StoreOpenError(
+        f"STORE_URL={redact_url(url)}: cannot open the SQLite file {os.path.abspath(path)} ({why}); fix: set "
+        f"DATA_DIR to a directory {user} can write (the container image's /data volume), or STORE_URL to a "
+        "writable sqlite:////path.db or postgresql://...")
 
 
 def open_store(url: str) -> CallStore:
@@ -61,7 +87,10 @@ def open_store(url: str) -> CallStore:
         path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
         if not path:
             raise ValueError(f"STORE_URL for SQLite must be sqlite:///path.db, got {url!r}")
-        return SQLiteCallStore(path)
+        try:
+            return SQLiteCallStore(path)
+        except (sqlite3.Error, OSError) as error:
+            raise _sqlite_open_error(url, path, error) from error
     if scheme in ("postgresql", "postgres"):
         return PostgresCallStore(url)
     raise ValueError(f"unsupported STORE_URL scheme {scheme!r}: use memory://, sqlite:///path.db or "

@@ -1,4 +1,4 @@
-"""``memory://`` (the default): in-process, bounded (oldest evicted first), TTL on settings. One process only: with
+"""``memory://``: in-process, bounded (oldest evicted first), TTL on settings. One process only: with
 several workers or instances, the worker that placed a call may not be the one Twilio streams it to."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from gateway.store.base import Change, StoreBase
+from gateway.store.figures import Overview, overview_of_records, overview_query, sort_records
 from gateway.store.model import (
     DEFAULT_MAX_CALLS, DEFAULT_MAX_SETTINGS, DEFAULT_SETTINGS_TTL_S, CallQuery, CallRecord, settings_alive,
 )
@@ -68,9 +69,13 @@ class MemoryCallStore(StoreBase):
         return existing, new
 
     async def _query(self, query: CallQuery) -> list[CallRecord]:
-        found = sorted((record for record in self._calls.values() if query.matches(record)),
-                       key=lambda record: (record.created_at, record.call_sid), reverse=True)
-        return found[:query.limit + 1]
+        found = sort_records((record for record in self._calls.values() if query.matches(record)), query)
+        return found[query.offset:query.offset + query.limit + 1]
+
+    async def overview(self, since: float, until: float, api_key_id: str | None, bucket_s: int) -> Overview:
+        """The console's overview (gateway.store.figures), from the records in memory."""
+        query = overview_query(since, until, api_key_id, bucket_s)
+        return overview_of_records([r for r in self._calls.values() if query.matches(r)], since, until, bucket_s)
 
     async def upsert_call(self, record: CallRecord) -> None:
         self._insert(record)
