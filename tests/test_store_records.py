@@ -356,7 +356,7 @@ def test_a_failed_migration_leaves_the_previous_version(tmp_path, monkeypatch):
     db.close()
     monkeypatch.setattr(migrate, "load_migrations", real)
     store = SQLiteCallStore(path)
-    assert store.migrated == [2]
+    assert store.migrated == list(range(2, latest_version("sqlite") + 1))
     store._db.close()
 
 

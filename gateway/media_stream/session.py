@@ -38,6 +38,7 @@ from gateway.call import (
     Send,
     SwitchModel,
     Transfer,
+    WakeAt,
 )
 from gateway.clock import now_ms as _now_ms
 from gateway.config import Settings
@@ -263,9 +264,8 @@ class MediaStreamSession(ModelLinks, CallLeases):
                 self._in_background(self._prepare_rollover(output))
             elif isinstance(output, SwitchModel):
                 self._switch_model()
-            elif isinstance(output, ConnectModel):
-                if self._model_task is None:
-                    self._model_task = asyncio.create_task(self._model_loop(), name="model-reader")
+            elif isinstance(output, (ConnectModel, WakeAt)):
+                self._model_output(output)  # the core's model-session schedule (model_link)
             elif isinstance(output, RunTool):
                 self._in_background(self._run_tool(output))
             elif isinstance(output, (HangUp, Transfer)):
@@ -290,7 +290,7 @@ class MediaStreamSession(ModelLinks, CallLeases):
         output = await self.services.tools.run(request.name, request.arguments, context)
         outcome = "error" if output.startswith('{"error"') else "ok"
         self.ledger.tool_finished(request.name if self.services.tools.has(request.name) else "unknown", outcome,
-                                  time.monotonic() - started)
+                                  time.monotonic() - started, request.arguments, output)
         self._arrived = 0.0
         self._dispatch(self.call.tool_finished(request.call_id, output))
 

@@ -22,6 +22,7 @@ from gateway.observe import metrics
 from gateway.observe.cost import KINDS, Prices, Usage
 from gateway.observe.logs import mask_number
 from gateway.observe.tracing import CallTrace
+from gateway.store.model import tool_text
 
 MAX_RECORD_TURNS = 500
 MAX_RECORD_TOOLS = 200
@@ -35,6 +36,7 @@ _ENDED_BY = (
     ("caller hung up", "caller"), ("twilio socket closed", "caller"), ("the agent ended", "agent"),
     ("transferred", "transfer"), ("time limit", "time_limit"), ("budget", "budget"),
     ("api", "api"), ("max_calls", "refused"), ("drain", "drain"), ("no start", "refused"), ("credential", "refused"), ("foreign", "refused"),
+    ("state unavailable", "refused"),
 )
 _COMPLETED = frozenset({"caller", "agent", "transfer", "time_limit", "budget", "api"})
 
@@ -202,7 +204,9 @@ class CallLedger:
             metrics.COST.labels(model).inc(cost)
         return cost
 
-    def tool_finished(self, name: str, outcome: str, seconds: float) -> None:
+    def tool_finished(self, name: str, outcome: str, seconds: float, arguments: str | None = None,
+                      result: str | None = None) -> None:
+        """A tool run ended; its arguments and result are kept (cut, see :func:`tool_text`) for the call's page."""
         now_ms = time.monotonic() * 1000
         self.trace.tool(name, now_ms - seconds * 1000, now_ms, outcome)
         tool = metrics.label("tools", "tool", name)
@@ -210,7 +214,8 @@ class CallLedger:
         metrics.TOOL_DURATION.labels(tool).observe(seconds)
         if len(self.tools) < MAX_RECORD_TOOLS:
             self.tools.append({"name": name[:64], "outcome": outcome, "duration_ms": round(seconds * 1000),
-                               "t_ms": self._t_ms(now_ms - seconds * 1000)})
+                               "t_ms": self._t_ms(now_ms - seconds * 1000),
+                               "arguments": tool_text(arguments), "result": tool_text(result)})
 
     def marks_pending(self, count: int) -> None:
         if count != self._marks_pending:

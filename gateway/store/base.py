@@ -77,6 +77,11 @@ class CallStore(Protocol):
         """Records matching ``query`` (or a CallQuery made of ``filters``), newest first, one page."""
         ...
 
+    async def overview(self, since: float, until: float, api_key_id: str | None, bucket_s: int) -> Any:
+        """The console's overview of the calls created in [since, until) (those ``api_key_id`` placed; None: all):
+        a :class:`gateway.store.figures.Overview`, its latency series per ``bucket_s`` (3600 or 86400)."""
+        ...
+
     async def delete_calls_before(self, cutoff: float, limit: int = 1000) -> list[tuple[str, str | None]]:
         """Delete at most ``limit`` records created before ``cutoff`` (epoch s); their (call_sid, recording)."""
         ...

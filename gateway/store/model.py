@@ -29,6 +29,8 @@ DEFAULT_MAX_SETTINGS = 10_000
 DEFAULT_MAX_CALLS = 10_000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
+SORT_NAMES = ("started", "duration", "cost", "latency", "outcome")  # the SQL of each: gateway.store.figures.SORTS
+MAX_OFFSET = 10_000  # a sorted listing's deepest page starts here (narrow the filter to see further)
 
 MACHINE_DETECTION_CHOICES = ("none", "hangup", "voicemail")
 FINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
@@ -540,8 +542,21 @@ class CallQuery:
     after: tuple[float, str] | None = None  # the decoded cursor: records after this (created_at, call_sid)
     limit: int = DEFAULT_PAGE_SIZE
     open_only: bool = False  # only open records (is_open): the lost-call sweeper's query, not an API filter
+    # Another order than the newest first (the console's sortable columns): a name of gateway.store.figures.SORTS,
+    # paged by offset instead of the cursor.
+    sort: str = "started"
+    descending: bool = True
+    offset: int = 0
+
+    @property
+    def by_offset(self) -> bool:
+        return self.sort != "started" or not self.descending or self.offset > 0
 
     def __post_init__(self) -> None:
+        if self.sort not in SORT_NAMES:
+            raise ValueError(f"sort must be one of {', '.join(SORT_NAMES)}, got {str(self.sort)[:40]!r}")
+        if not 0 <= self.offset <= MAX_OFFSET:
+            raise ValueError(f"offset must be between 0 and {MAX_OFFSET}, got {self.offset}")
         if not 1 <= self.limit <= MAX_PAGE_SIZE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {self.limit}")
         if self.direction is not None and self.direction not in DIRECTION_FILTERS:
@@ -602,6 +617,9 @@ class CallQuery:
 
     def page(self, records: list[CallRecord]) -> "CallPage":
         """The page from up to ``limit + 1`` matching records, newest first (one more tells a next page exists)."""
+        if len(records) > self.limit and self.by_offset:
+            following = self.offset + self.limit
+            return CallPage(records[:self.limit], None, following if following <= MAX_OFFSET else None)
         if len(records) > self.limit:
             records = records[:self.limit]
             return CallPage(records, encode_cursor(records[-1]))
@@ -615,3 +633,4 @@ ORDER_BY = " ORDER BY created_at DESC, call_sid DESC"
 class CallPage:
     records: list[CallRecord]
     next_cursor: str | None  # pass as ``cursor`` for the next page; None: this was the last
+    next_offset: int | None = None  # a sorted listing's next page (CallQuery.offset); None: this was the last

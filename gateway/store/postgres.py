@@ -19,6 +19,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from gateway.store.base import Change, StoreBase
+from gateway.store.figures import Overview, order_by, overview_from_rows, overview_query, overview_sql
 from gateway.store.migrate import migrate_postgres
 from gateway.store.model import (
     CALL_COLUMNS, DEFAULT_SETTINGS_TTL_S, JSON_COLUMNS, ORDER_BY, PROJECTED, RECORD_SELECT, CallQuery, CallRecord,
@@ -177,11 +178,21 @@ class PostgresCallStore(StoreBase):
         where, params = query.where("%s")
 
         async def select(conn: Any) -> list[Any]:
-            cursor = await conn.execute(f"SELECT {RECORD_SELECT} FROM calls{where}{ORDER_BY} LIMIT %s",
-                                        (*params, query.limit + 1))
+            order = order_by(query, "postgresql") if query.by_offset else ORDER_BY
+            cursor = await conn.execute(f"SELECT {RECORD_SELECT} FROM calls{where}{order} LIMIT %s OFFSET %s",
+                                        (*params, query.limit + 1, query.offset))
             return await cursor.fetchall()
 
         return [record_from_columns(row) for row in await self._run(select)]
+
+    async def overview(self, since: float, until: float, api_key_id: str | None, bucket_s: int) -> Overview:
+        """The console's overview (gateway.store.figures), computed by the database."""
+        statements = overview_sql("postgresql", overview_query(since, until, api_key_id, bucket_s), bucket_s)
+
+        async def run(conn: Any) -> list[list[Any]]:
+            return [await (await conn.execute(sql, params)).fetchall() for sql, params in statements]
+
+        return overview_from_rows(since, until, bucket_s, await self._run(run))
 
     async def upsert_call(self, record: CallRecord) -> None:
         async def upsert(conn: Any) -> None:

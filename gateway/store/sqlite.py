@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from gateway.sqlite_wal import switch_to_wal
 from gateway.store.base import Change, StoreBase
+from gateway.store.figures import Overview, order_by, overview_from_rows, overview_query, overview_sql
 from gateway.store.migrate import migrate_sqlite
 from gateway.store.model import (
     CALL_COLUMNS, DEFAULT_SETTINGS_TTL_S, JSON_COLUMNS, ORDER_BY, RECORD_SELECT, CallQuery, CallRecord,
@@ -117,10 +118,20 @@ class SQLiteCallStore(StoreBase):
         where, params = query.where("?")
 
         def select() -> list[Any]:
-            return self._db.execute(f"SELECT {RECORD_SELECT} FROM calls{where}{ORDER_BY} LIMIT ?",
-                                    (*params, query.limit + 1)).fetchall()
+            order = order_by(query, "sqlite") if query.by_offset else ORDER_BY
+            return self._db.execute(f"SELECT {RECORD_SELECT} FROM calls{where}{order} LIMIT ? OFFSET ?",
+                                    (*params, query.limit + 1, query.offset)).fetchall()
 
         return [_record(row) for row in await self._call(select)]
+
+    async def overview(self, since: float, until: float, api_key_id: str | None, bucket_s: int) -> Overview:
+        """The console's overview (gateway.store.figures), computed by the database."""
+        statements = overview_sql("sqlite", overview_query(since, until, api_key_id, bucket_s), bucket_s)
+
+        def run() -> list[list[Any]]:
+            return [self._db.execute(sql, params).fetchall() for sql, params in statements]
+
+        return overview_from_rows(since, until, bucket_s, await self._call(run))
 
     async def upsert_call(self, record: CallRecord) -> None:
         await self._call(self._put, record)
