@@ -46,11 +46,13 @@ from gateway.security import (
     stream_secret, unsigned_streams_allowed,
 )
 from gateway.api.control import serve_control
+from gateway import metrics_listener
+from gateway.connection_caps import ClientRequestCap
 from gateway.observe import metrics
-from gateway.observe.budget import DailyBudget
+from gateway.observe.budget import REACHED, UNAVAILABLE, DailyBudget
 from gateway.observe.cost import load_price_table, prices_for
 from gateway.observe.tracing import configure_tracing_once
-from gateway.state import SharedState, StateUnavailable, open_state
+from gateway.state import SharedState, StateDeadline, StateUnavailable, open_state
 from gateway.tools import ToolRegistry, end_call_tool, load_tools_module, transfer_call_tool
 from gateway.store import CallStore, MemoryCallStore, open_store, run_retention
 from gateway.twilio.rest import TwilioRest
@@ -63,6 +65,8 @@ MAX_WEBHOOK_BODY_BYTES = 64 * 1024
 CLOSE_TIMEOUT_S = 3.0
 DRAINING_MESSAGE = "Sorry, we cannot take your call on this line right now. Please call again in a minute."
 BUDGET_MESSAGE = "Sorry, we cannot take more calls today. Please call again tomorrow."
+# The daily total cannot be read (the shared state does not answer): refused, but not for a budget it may not reach.
+STATE_UNAVAILABLE_MESSAGE = "Sorry, we can't take your call right now. Please try again later."
 
 
 class GatewayState:
@@ -96,7 +100,7 @@ class GatewayState:
             log.warning("no price known for model %s: call cost is not counted (set PRICE_TABLE_FILE or MODEL_PRICES)",
                         settings.realtime_model)
         # The web console (/console): its logins, and the live view fed every event of every call here.
-        self.console_sessions = ConsoleSessions(settings.console_session_ttl_s)
+        self.console_sessions = ConsoleSessions(settings.console_session_ttl_s, shared=self.shared)
         self.console = LiveHub(owner_of=self.store.get_call, session_of=self.find_session,
                                full_numbers=settings.log_full_numbers)
         self.services = CallServices(
@@ -132,7 +136,8 @@ class GatewayState:
         shutdown, and with it a deploy)."""
         self.refused_streams.flush()
         for name, close in (("console", self.console.aclose), ("outbound API", self.outbound.aclose),
-                            ("store", self.store.close), ("shared state", self.shared.aclose)):
+                            ("store", self.store.close), ("daily budget", self.budget.aclose),
+                            ("shared state", self.shared.aclose)):
             try:
                 await asyncio.wait_for(close(), CLOSE_TIMEOUT_S)
             except Exception as error:  # noqa: BLE001 - shutting down: log and go on
@@ -165,7 +170,13 @@ async def incoming_call(request: Request) -> Response:
         log.warning("at MAX_CALLS (%d): incoming call %s told the lines are busy", state.settings.max_calls, call_sid)
         metrics.REFUSED_CALLS.labels("at_capacity").inc()
         return Response(say_and_hang_up_twiml(AT_CAPACITY_MESSAGE), media_type="application/xml")
-    if await state.budget.exhausted():
+    budget = await state.budget.check()  # within 300 ms: a hung Redis never holds Twilio's webhook
+    if budget == UNAVAILABLE:
+        log.error("daily cost total unreadable (the shared state does not answer): incoming call %s refused, told "
+                  "to try again later", call_sid)
+        metrics.REFUSED_CALLS.labels("budget_unavailable").inc()
+        return Response(say_and_hang_up_twiml(STATE_UNAVAILABLE_MESSAGE), media_type="application/xml")
+    if budget == REACHED:
         log.warning("daily budget reached: incoming call %s told to call later", call_sid)
         metrics.REFUSED_CALLS.labels("daily_budget").inc()
         metrics.BUDGET_STOPS.labels("daily").inc()
@@ -207,7 +218,7 @@ async def admit_stream(websocket: WebSocket, state: GatewayState) -> StreamGrant
     try:
         # Remembered a whole TTL past the credential's expiry: clocks of instances (and Redis) may disagree.
         remember_s = grant.expires_at - time.time() + settings.stream_credential_ttl_s
-        first = await state.shared.claim_once(f"stream:{grant.nonce}", remember_s)
+        first = await StateDeadline().run(state.shared.claim_once(f"stream:{grant.nonce}", remember_s))
     except StateUnavailable as error:
         log.error("shared state unavailable, refusing a media stream: %s", error)
         raise StreamRefused("shared state unavailable") from None
@@ -249,8 +260,17 @@ class MediaStreamEndpoint:
         await media_stream(WebSocket(scope, receive, send), receive, send)
 
 
+async def shared_state_health(state: GatewayState) -> dict[str, Any]:
+    """The shared state as the webhook path sees it (read within 300 ms, at most once a second): for both probes."""
+    settings = state.settings
+    backend = "redis" if settings.redis_url else "sqlite" if settings.state_sqlite_path else "memory"
+    return {"backend": backend, **await state.budget.health()}
+
+
 async def healthz(request: Request) -> Response:
+    """Liveness: 200 while the process serves, whatever the shared state says (it is reported, not judged)."""
     state: GatewayState = request.app.state.gateway
+    shared = await shared_state_health(state)
     return JSONResponse(
         {
             "status": "ok",
@@ -261,16 +281,21 @@ async def healthz(request: Request) -> Response:
             "signatures": state.validator is not None,
             "warnings": state.warnings,
             "draining": state.draining,
+            "shared_state": shared,
             "tasks": len(asyncio.all_tasks()),  # for soaks: back to its resting number once calls are over
         }
     )
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness for a load balancer: 503 while draining (SIGTERM) or at MAX_CALLS, so new calls go elsewhere."""
+    """Readiness for a load balancer: 503 while draining (SIGTERM), at MAX_CALLS, or while the shared state the
+    webhook path needs (the daily cost total, stream credentials) does not answer, so new calls go elsewhere."""
     state: GatewayState = request.app.state.gateway
-    reason = "draining" if state.draining else "at MAX_CALLS" if state.at_capacity() else ""
-    body = {"ready": not reason, "active_calls": len(state.active_calls), **({"reason": reason} if reason else {})}
+    shared = await shared_state_health(state)
+    reason = ("draining" if state.draining else "at MAX_CALLS" if state.at_capacity()
+              else "shared state unavailable" if not shared["available"] else "")
+    body = {"ready": not reason, "active_calls": len(state.active_calls), **({"reason": reason} if reason else {}),
+            "shared_state": shared}
     return JSONResponse(body, status_code=503 if reason else 200)
 
 
@@ -288,8 +313,11 @@ class PeerAddressMiddleware:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, *, observer: CallObserver | None = None) -> Starlette:
-    """Build the app. With no API key, the lifespan starts the embedded Realtime server first.
+def create_app(settings: Settings | None = None, *, observer: CallObserver | None = None,
+               metrics_port: bool = True) -> Starlette:
+    """Build the app. With no API key, the lifespan starts the embedded Realtime server first. With
+    ``METRICS_PORT``, the lifespan also serves ``/metrics`` there (unless ``metrics_port`` is False: a worker,
+    whose parent serves it; gateway.metrics_listener).
 
     Raises ConfigError when a real model is configured without what secures it (see ``startup_problems``)."""
     settings = settings or Settings.from_env()
@@ -302,6 +330,9 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        metrics_server = contextlib.AsyncExitStack()
+        if metrics_port:  # first: a port in use stops the start before anything else is opened
+            await metrics_server.enter_async_context(metrics_listener.serving(settings))
         local_server = None
         resolved = settings
         if settings.uses_embedded_model:
@@ -319,9 +350,9 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
         for warning in insecure_warnings(settings):
             log.warning("%s (repeated in /healthz)", warning)
         configure_tracing_once()
-        if not settings.uses_embedded_model and not settings.metrics_api_key and not settings.metrics_port:
-            log.warning("GET /metrics is open to anyone who reaches this port (call volume, cost): set "
-                        "METRICS_API_KEY, or METRICS_PORT to keep it off the public port")
+        notice = metrics_listener.startup_notice(settings)
+        if notice:
+            log.warning("%s", notice)
         app.state.gateway = GatewayState(resolved, observer, local_server, open_store(settings.store_url))
         # RECORD_RETENTION_DAYS: old call records and recordings pruned now (a PostgreSQL store migrates its schema
         # on this first use), then every hour.
@@ -340,13 +371,15 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
             await app.state.gateway.aclose()
             if local_server is not None:
                 await local_server.stop()
+            await metrics_server.aclose()
 
     routes = [
         Route(INCOMING_CALL_PATH, incoming_call, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        *([] if settings.metrics_port else [Route("/metrics", metrics.metrics_endpoint(settings.metrics_api_key),
-                                                  methods=["GET"])]),
+        # /metrics on this port only for the keyless demo or behind METRICS_API_KEY (gateway.metrics_listener)
+        *([Route("/metrics", metrics.metrics_endpoint(settings.metrics_api_key), methods=["GET"])]
+          if metrics_listener.public_metrics(settings) else []),
         WebSocketRoute(MEDIA_STREAM_PATH, MediaStreamEndpoint()),
         WebSocketRoute(MEDIA_STREAM_PATH + "/{credential}", MediaStreamEndpoint()),
         *api_routes,
@@ -356,6 +389,8 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
     if settings.trusted_proxy_ips:
         # X-Forwarded-For/Proto from a trusted proxy give the client's address and scheme (rate limits, logs).
         middleware.append(Middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxy_ips)))
+        # The proxy's sockets are exempt from the per-address caps: the client it names is capped per request.
+        middleware.append(Middleware(ClientRequestCap, settings=settings))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings  # the server limits gateway.runner gives uvicorn
     return app

@@ -20,6 +20,7 @@ from gateway.call import BargeIn, CallStarted, TranscriptReceived
 from gateway.console.hub import LiveHub
 from gateway.console.session import ConsoleSessions
 from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.state import MemoryState
 from gateway.store import CallRecord, SessionChange, ToolRun, Turn
 
 from .conftest import PRICED_AS_GPT_REALTIME, GatewayUnderTest, start_gateway
@@ -287,16 +288,18 @@ async def test_the_live_stream_shows_a_running_calls_transcript_and_its_page_fol
     assert audio.content == (tmp_path / record.recording).read_bytes()
 
 
-def test_sessions_expire_and_are_bounded():
+async def test_sessions_expire_and_are_bounded():
     now = [1000.0]
-    sessions = ConsoleSessions(60, max_sessions=3, clock=lambda: now[0])
-    first, session = sessions.create("k1", False)
-    assert sessions.get(first) == session and session.csrf_ok(session.csrf) and not session.csrf_ok("")
-    assert sessions.get("nope") is None and sessions.get(None) is None and sessions.get("x" * 500) is None
+    shared = MemoryState(clock=lambda: now[0])
+    sessions = ConsoleSessions(60, max_sessions=3, clock=lambda: now[0], shared=shared)
+    first, session = await sessions.create("k1", False)
+    assert await sessions.get(first) == session and session.csrf_ok(session.csrf) and not session.csrf_ok("")
+    assert await sessions.get("nope") is None and await sessions.get(None) is None
+    assert await sessions.get("x" * 500) is None
     now[0] += 61
-    assert sessions.get(first) is None and len(sessions) == 0
-    ids = [sessions.create(f"k{n}", False)[0] for n in range(5)]
-    assert len(sessions) == 3 and sessions.get(ids[0]) is None and sessions.get(ids[-1]) is not None
+    assert await sessions.get(first) is None
+    ids = [(await sessions.create(f"k{n}", False))[0] for n in range(5)]
+    assert [await sessions.get(i) is not None for i in ids] == [False, False, True, True, True]
 
 
 async def test_the_hub_scopes_calls_and_drops_a_slow_browser_without_waiting():
@@ -350,13 +353,12 @@ async def test_the_console_root_leads_to_the_login(path):
     assert response.status_code == 200 and response.url.path == "/console/login"
 
 
-def test_one_key_cannot_push_out_everyone_elses_logins() -> None:
+async def test_one_key_cannot_push_out_everyone_elses_logins() -> None:
     sessions = ConsoleSessions(3600, max_sessions=20)
-    operator_cookie, _ = sessions.create("operator", True)
-    for _ in range(50):
-        sessions.create("attacker", False)
-    assert sessions.get(operator_cookie) is not None  # the attacker's own oldest logins went instead
-    assert len(sessions) <= 11
+    operator_cookie, _ = await sessions.create("operator", True)
+    attacker = [(await sessions.create("attacker", False))[0] for _ in range(50)]
+    assert await sessions.get(operator_cookie) is not None  # the attacker's own oldest logins went instead
+    assert sum([await sessions.get(cookie) is not None for cookie in attacker]) == 10
 
 
 async def test_one_session_cannot_hold_every_live_stream() -> None:

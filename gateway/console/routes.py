@@ -4,7 +4,10 @@
   HttpOnly, SameSite=Strict, Path=/console, Max-Age ``CONSOLE_SESSION_TTL_S``, Secure over https or when
   PUBLIC_URL is https). Failed logins count with the API's (``API_AUTH_FAILURES_PER_MINUTE`` per client address).
 * ``POST /console/logout``: ends the session and its live streams.
-* ``GET /console/live``, ``/console/live/events``: the live calls, and their events as server-sent events.
+* ``GET /console/live``, ``/console/live/events``: the live calls of every instance, and their events as server-sent
+  events (:mod:`.hub`).
+* ``POST /console/live/calls/{sid}/hangup|transfer|say``: the live page's buttons; the API's control path
+  (:mod:`gateway.api.control`), its scoping, and JSON answers (202, 400, 401, 403, 404, 409, 429, 503, 504).
 * ``GET /console/calls``: past calls, with the filters and paging of ``GET /calls``.
 * ``GET /console/calls/{sid}``, ``/console/calls/{sid}/recording``: a call's page, its recording.
 * ``/console/static/*``: the style sheet and the script (the only script: no inline script anywhere).
@@ -24,17 +27,19 @@ from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
 from gateway.api.auth import retry_after_header
-from gateway.api.errors import ApiError
+from gateway.api.control import authorise_control, control_live_call, say_text
+from gateway.api.errors import ApiError, error_response
 from gateway.api.requests import parse_call_query
 from gateway.console import pages
 from gateway.console.session import COOKIE_NAME, COOKIE_PATH, ConsoleSession
 from gateway.console.timeline import recording_envelopes, timeline_svg
 from gateway.recording_wav import recording_file
+from gateway.state.base import StateUnavailable
 from gateway.store import CallRecord
 from gateway.twilio.sids import is_call_sid
 from gateway.twilio.webhook import WebhookRejected, bounded_body, parse_webhook_form
@@ -72,6 +77,39 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+SESSION_SCOPE_KEY = "gateway.console_session"
+STATE_DOWN = "The console cannot reach the gateway's shared state (its logins live there): try again shortly."
+
+
+class SessionLookup:
+    """Looks the request's console session up in the shared state once, before its route runs (:func:`_session`
+    reads it): any worker of any instance knows every login. 503 when the shared state cannot be reached."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and "/static/" not in scope["path"]:
+            session = None
+            cookie = Request(scope).cookies.get(COOKIE_NAME)
+            if cookie:
+                try:
+                    session = await scope["app"].state.gateway.console_sessions.get(cookie)
+                except StateUnavailable as error:
+                    log.error("console: the shared state is unavailable, a request is refused: %s", error)
+                    await _state_down(scope["path"])(scope, receive, send)
+                    return
+            scope[SESSION_SCOPE_KEY] = session
+        await self.app(scope, receive, send)
+
+
+def _state_down(path: str) -> Response:
+    if "/live/calls/" in path:  # the live page's buttons read JSON
+        return error_response(ApiError(503, "state_unavailable", "the shared state is unavailable; retry later",
+                                       headers={"Retry-After": "5"}))
+    return _html(pages.message_page("Unavailable", STATE_DOWN), 503, {"Retry-After": "5"})
+
+
 def _state(request: Request) -> Any:
     return request.app.state.gateway
 
@@ -81,7 +119,7 @@ def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _session(request: Request) -> ConsoleSession | None:
-    return _state(request).console_sessions.get(request.cookies.get(COOKIE_NAME))
+    return request.scope.get(SESSION_SCOPE_KEY)  # looked up by SessionLookup
 
 
 def _to_login() -> Response:
@@ -142,7 +180,11 @@ async def login(request: Request) -> Response:
     if key_id is None:
         api.auth_failures.record_failure(client, "console login: " + ("unknown API key" if key else "empty key"))
         return _html(pages.login_page("That is not a valid API key."), 401)
-    session_id, session = state.console_sessions.create(key_id, api.keys.is_operator(key_id))
+    try:
+        session_id, session = await state.console_sessions.create(key_id, api.keys.is_operator(key_id))
+    except StateUnavailable as error:
+        log.error("console login refused: the shared state is unavailable: %s", error)
+        return _html(pages.login_page(STATE_DOWN), 503, {"Retry-After": "5"})
     log.info("console login: key=%s operator=%s", key_id, session.operator)
     response = RedirectResponse("/console/live", status_code=303)
     response.set_cookie(COOKIE_NAME, session_id, max_age=int(state.console_sessions.ttl_s), path=COOKIE_PATH,
@@ -162,7 +204,11 @@ async def logout(request: Request) -> Response:
     if form is None or not session.csrf_ok(form.get("csrf")):
         log.warning("console: a logout without this session's CSRF token or from another origin was refused")
         return _html(pages.message_page("Refused", "This request did not come from the console.", session), 403)
-    state.console_sessions.end(request.cookies.get(COOKIE_NAME))
+    try:
+        await state.console_sessions.end(request.cookies.get(COOKIE_NAME))
+    except StateUnavailable as error:
+        log.error("console logout failed: the shared state is unavailable: %s", error)
+        return _state_down(request.url.path)
     state.console.end_session(session.handle)
     log.info("console logout: key=%s", session.key_id)
     response = _to_login()
@@ -186,13 +232,19 @@ async def live_events(request: Request) -> Response:
                         headers={"Retry-After": "10"})
     cookie = request.cookies.get(COOKIE_NAME)
 
+    async def signed_in() -> bool:  # logged out on any instance, or expired: the stream ends
+        try:
+            return await state.console_sessions.get(cookie) is not None
+        except StateUnavailable:
+            return False
+
     async def events() -> AsyncIterator[str]:
         deadline = time.monotonic() + STREAM_MAX_S
         try:
             yield "retry: 1000\n\n"
             while True:
                 left = deadline - time.monotonic()
-                if left <= 0 or state.console_sessions.get(cookie) is None or state.drained():
+                if left <= 0 or state.drained() or not await signed_in():
                     return
                 message = await subscriber.next(min(KEEPALIVE_S, left))
                 if message is None:
@@ -202,6 +254,39 @@ async def live_events(request: Request) -> Response:
             state.console.unsubscribe(subscriber)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
+
+
+LIVE_ACTIONS = ("hangup", "transfer", "say")
+
+
+async def live_action(request: Request) -> Response:
+    """A live page's button: hang up, transfer, or say (form field ``text``) on a live call of any instance. The
+    same checks as a logout (origin, the session's CSRF token in the form's ``csrf``), then the API's own control
+    path and scoping (:func:`gateway.api.control.authorise_control`, :func:`~gateway.api.control.control_live_call`):
+    JSON answers, 202 once the holding instance accepted."""
+    session = _session(request)
+    call_sid, action = request.path_params["sid"], request.path_params["action"]
+    try:
+        if session is None:
+            raise ApiError(401, "not_signed_in", "not signed in to the console")
+        if action not in LIVE_ACTIONS:
+            raise ApiError(404, "unknown_action", f"the actions are {', '.join(LIVE_ACTIONS)}")
+        if not _same_origin(request):
+            raise ApiError(403, "foreign_origin", "this request did not come from the console's own page")
+        form = await _form(request)
+        if form is None:
+            raise ApiError(400, "invalid_form", f"the form could not be read (at most {MAX_FORM_BYTES} bytes)")
+        if not session.csrf_ok(form.get("csrf")):
+            raise ApiError(403, "csrf_token_mismatch", "this request did not carry the session's CSRF token")
+        text = say_text(form.get("text", "")) if action == "say" else ""
+        await authorise_control(request, session.key_id, session.operator, call_sid)
+        result = await control_live_call(request, call_sid, action, text)
+    except ApiError as error:
+        if error.status == 403:
+            log.warning("console: a %s refused (%s)", action if action in LIVE_ACTIONS else "live action", error.code)
+        return error_response(error)
+    log.info("console: %s on %s by key=%s", action, call_sid, session.key_id)
+    return JSONResponse(result, status_code=202)
 
 
 def _visible(record: CallRecord | None, session: ConsoleSession) -> bool:
@@ -255,15 +340,16 @@ async def recording(request: Request) -> Response:
 
 
 console_routes: list[BaseRoute] = [
-    Mount("/console", app=SecurityHeaders(Router(routes=[
+    Mount("/console", app=SecurityHeaders(SessionLookup(Router(routes=[
         Route("/", home, methods=["GET"]),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/live", live, methods=["GET"]),
         Route("/live/events", live_events, methods=["GET"]),
+        Route("/live/calls/{sid}/{action}", live_action, methods=["POST"]),
         Route("/calls", calls, methods=["GET"]),
         Route("/calls/{sid}", call, methods=["GET"]),
         Route("/calls/{sid}/recording", recording, methods=["GET"]),
         Mount("/static", app=StaticFiles(packages=[("gateway.console", "static")]), name="static"),
-    ]))),
+    ])))),
 ]

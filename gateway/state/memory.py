@@ -20,10 +20,12 @@ class MemoryState:
         self._claims: OrderedDict[str, float] = OrderedDict()
         self._max_claims = max_claims
         self._clock = clock
-        self._totals: dict[str, tuple[float, float]] = {}  # key -> (total, expires at); a few keys (one a day)
+        # key -> ({contributor: share}, expires at): a few keys (one a day), a share per process that added to it
+        self._totals: dict[str, tuple[dict[str, float], float]] = {}
         self._leases: defaultdict[str, dict[str, float]] = defaultdict(dict)  # scope -> holder -> expires at
         self._calls: dict[str, tuple[str, float]] = {}  # call_sid -> (instance, expires at)
         self._queues: defaultdict[str, asyncio.Queue[dict[str, Any]]] = defaultdict(asyncio.Queue)
+        self._sessions: OrderedDict[str, tuple[str, dict[str, Any], float]] = OrderedDict()  # handle -> (key, body, exp)
 
     async def claim_once(self, key: str, ttl_s: float) -> bool:
         now = self._clock()
@@ -43,16 +45,16 @@ class MemoryState:
                 break
             del self._claims[key]
 
-    async def add_to_total(self, key: str, amount: float, ttl_s: float) -> float:
+    async def set_share(self, key: str, contributor: str, amount: float, ttl_s: float) -> float:
         now = self._clock()
         self._totals = {k: v for k, v in self._totals.items() if v[1] > now}
-        total, expires = self._totals.get(key, (0.0, now + ttl_s))
-        self._totals[key] = (total + amount, expires)
-        return total + amount
+        shares, expires = self._totals.setdefault(key, ({}, now + ttl_s))
+        shares[contributor] = max(amount, shares.get(contributor, 0.0))
+        return sum(shares.values())
 
     async def get_total(self, key: str) -> float:
-        total, expires = self._totals.get(key, (0.0, 0.0))
-        return total if expires > self._clock() else 0.0
+        shares, expires = self._totals.get(key, ({}, 0.0))
+        return sum(shares.values()) if expires > self._clock() else 0.0
 
     async def acquire_lease(self, scope: str, holder: str, limit: int, ttl_s: float) -> bool:
         now = self._clock()
@@ -108,6 +110,29 @@ class MemoryState:
             return await asyncio.wait_for(self._queues[name].get(), timeout_s)
         except TimeoutError:
             return None
+
+    async def put_session(self, handle: str, key_id: str, body: dict[str, Any], ttl_s: float, *,
+                          per_key: int, limit: int) -> None:
+        now = self._clock()
+        # Sessions all last as long and come in creation order: the expired ones are the first.
+        while self._sessions and next(iter(self._sessions.values()))[2] <= now:
+            self._sessions.popitem(last=False)
+        self._sessions[handle] = (key_id, body, now + ttl_s)
+        mine = [h for h, (owner, _, _) in self._sessions.items() if owner == key_id]
+        for old in mine[: max(0, len(mine) - per_key)]:
+            del self._sessions[old]
+        while len(self._sessions) > limit:
+            self._sessions.popitem(last=False)
+
+    async def get_session(self, handle: str) -> dict[str, Any] | None:
+        found = self._sessions.get(handle)
+        if found is None or found[2] <= self._clock():
+            self._sessions.pop(handle, None)
+            return None
+        return found[1]
+
+    async def drop_session(self, handle: str, key_id: str) -> None:
+        self._sessions.pop(handle, None)
 
     async def aclose(self) -> None:
         self._leases.clear()

@@ -36,23 +36,32 @@ class RedisState:
             raise StateUnavailable(f"{type(error).__name__}: {error}") from error
         return bool(created)
 
-    async def add_to_total(self, key: str, amount: float, ttl_s: float) -> float:
-        name = f"{self.prefix}total:{key}"
-        try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.incrbyfloat(name, amount)
-                pipe.expire(name, max(1, math.ceil(ttl_s)), nx=True)
-                total, _ = await pipe.execute()
-        except (RedisError, OSError) as error:
-            raise StateUnavailable(f"{type(error).__name__}: {error}") from error
-        return float(total)
+    # A running total is a hash of shares, one per contributing process (its own running sum, which only grows):
+    # a write repeated after a timeout or an outage sets the same share again and counts nothing twice. A total
+    # kept by a version before shares (a string, the day of an upgrade) is added in.
+    _SET_SHARE = """
+    if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') then
+      redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+    end
+    if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+    return {redis.call('HVALS', KEYS[1]), redis.call('GET', KEYS[2])}
+    """
+
+    def _total_keys(self, key: str) -> tuple[str, str]:
+        return f"{self.prefix}shares:{key}", f"{self.prefix}total:{key}"
+
+    async def set_share(self, key: str, contributor: str, amount: float, ttl_s: float) -> float:
+        shares, legacy = await self._run(self._client.eval(self._SET_SHARE, 2, *self._total_keys(key), contributor,
+                                                           repr(float(amount)), max(1, math.ceil(ttl_s))))
+        return _sum(shares, legacy)
 
     async def get_total(self, key: str) -> float:
-        try:
-            value = await self._client.get(f"{self.prefix}total:{key}")
-        except (RedisError, OSError) as error:
-            raise StateUnavailable(f"{type(error).__name__}: {error}") from error
-        return float(value) if value is not None else 0.0
+        shares_key, legacy_key = self._total_keys(key)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hvals(shares_key)
+            pipe.get(legacy_key)
+            shares, legacy = await self._run(pipe.execute())
+        return _sum(shares, legacy)
 
     # Leases: a sorted set per scope, holder -> expiry (ms); expired members are removed before counting, so a
     # crashed instance's slots free themselves. One Lua script: check and take atomically.
@@ -132,9 +141,59 @@ class RedisState:
     async def wait_reply(self, request_id: str, timeout_s: float) -> dict[str, Any] | None:
         return await self._pop(f"{self.prefix}reply:{request_id}", timeout_s)
 
+    # Console sessions: one key each (its TTL is the session's), indexed by expiry in a sorted set per API key and
+    # one for all, so one script can drop a key's oldest past its share, and the oldest of all past the limit.
+    _PUT_SESSION = """
+    local now, expires = tonumber(ARGV[3]), tonumber(ARGV[3]) + tonumber(ARGV[2])
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    for i, limit in ipairs({tonumber(ARGV[5]), tonumber(ARGV[6])}) do
+      local index = KEYS[i + 1]
+      redis.call('ZADD', index, expires, ARGV[4])
+      redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+      local extra = redis.call('ZCARD', index) - limit
+      if extra > 0 then
+        for _, old in ipairs(redis.call('ZRANGE', index, 0, extra - 1)) do
+          redis.call('DEL', ARGV[7] .. old)
+          redis.call('ZREM', index, old)
+        end
+      end
+      redis.call('PEXPIRE', index, ARGV[2])
+    end
+    return 1
+    """
+
+    async def put_session(self, handle: str, key_id: str, body: dict[str, Any], ttl_s: float, *,
+                          per_key: int, limit: int) -> None:
+        ttl_ms = max(1, math.ceil(ttl_s * 1000))
+        await self._run(self._client.eval(
+            self._PUT_SESSION, 3, f"{self.prefix}session:{handle}", f"{self.prefix}sessions:key:{key_id}",
+            f"{self.prefix}sessions:all", orjson.dumps(body), ttl_ms, int(time.time() * 1000), handle, per_key,
+            limit, f"{self.prefix}session:"))
+
+    async def get_session(self, handle: str) -> dict[str, Any] | None:
+        value = await self._run(self._client.get(f"{self.prefix}session:{handle}"))
+        if value is None:
+            return None
+        try:
+            body = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    async def drop_session(self, handle: str, key_id: str) -> None:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{self.prefix}session:{handle}")
+            pipe.zrem(f"{self.prefix}sessions:key:{key_id}", handle)
+            pipe.zrem(f"{self.prefix}sessions:all", handle)
+            await self._run(pipe.execute())
+
     async def aclose(self) -> None:
         if self._blocking is not self._client:
             # A blocking read cancelled mid-command leaves its connection busy: drop the pool's connections at once.
             await self._blocking.connection_pool.disconnect(inuse_connections=True)
             await self._blocking.aclose()
         await self._client.aclose()
+
+
+def _sum(shares: list[bytes], legacy: bytes | None) -> float:
+    return sum(float(share) for share in shares) + (float(legacy) if legacy else 0.0)

@@ -22,15 +22,28 @@ from gateway.state.base import StateUnavailable
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS totals (key TEXT PRIMARY KEY, total REAL NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS shares (key TEXT NOT NULL, contributor TEXT NOT NULL, amount REAL NOT NULL,
+                                   expires REAL NOT NULL, PRIMARY KEY (key, contributor));
 CREATE TABLE IF NOT EXISTS leases (scope TEXT NOT NULL, holder TEXT NOT NULL, expires REAL NOT NULL,
                                    PRIMARY KEY (scope, holder));
 CREATE TABLE IF NOT EXISTS calls (call_sid TEXT PRIMARY KEY, instance TEXT NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL,
                                      body TEXT NOT NULL, expires REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS messages_channel ON messages (channel, id);
+CREATE TABLE IF NOT EXISTS console_sessions (handle TEXT PRIMARY KEY, key_id TEXT NOT NULL, body TEXT NOT NULL,
+                                             expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS console_sessions_key ON console_sessions (key_id, expires);
+CREATE INDEX IF NOT EXISTS console_sessions_expires ON console_sessions (expires);
 """
 POLL_S = 0.05
 MESSAGE_TTL_S = 30.0
+
+
+def _total(db: sqlite3.Connection, key: str, now: float) -> float:
+    # Every share, plus a total kept by a version before shares (the day of an upgrade).
+    shares = db.execute("SELECT SUM(amount) FROM shares WHERE key = ? AND expires > ?", (key, now)).fetchone()[0]
+    legacy = db.execute("SELECT total FROM totals WHERE key = ? AND expires > ?", (key, now)).fetchone()
+    return (shares or 0.0) + (legacy[0] if legacy else 0.0)
 
 
 class SQLiteState:
@@ -76,21 +89,22 @@ class SQLiteState:
             return db.execute("INSERT OR IGNORE INTO claims VALUES (?, ?)", (key, now + ttl_s)).rowcount == 1
         return await self._run(claim)
 
-    async def add_to_total(self, key: str, amount: float, ttl_s: float) -> float:
+    async def set_share(self, key: str, contributor: str, amount: float, ttl_s: float) -> float:
         now = self._clock()
 
-        def add(db: sqlite3.Connection) -> float:
+        def set_share(db: sqlite3.Connection) -> float:
+            db.execute("DELETE FROM shares WHERE expires <= ?", (now,))
             db.execute("DELETE FROM totals WHERE expires <= ?", (now,))
-            db.execute("INSERT INTO totals VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET total = total + ?",
-                       (key, amount, now + ttl_s, amount))
-            return db.execute("SELECT total FROM totals WHERE key = ?", (key,)).fetchone()[0]
-        return await self._run(add)
+            expires = db.execute("SELECT MIN(expires) FROM shares WHERE key = ?", (key,)).fetchone()[0]
+            db.execute("INSERT INTO shares VALUES (?, ?, ?, ?) ON CONFLICT (key, contributor) "
+                       "DO UPDATE SET amount = MAX(amount, excluded.amount)", (key, contributor, amount,
+                                                                               expires or now + ttl_s))
+            return _total(db, key, now)
+        return await self._run(set_share)
 
     async def get_total(self, key: str) -> float:
         now = self._clock()
-        row = await self._run(lambda db: db.execute("SELECT total FROM totals WHERE key = ? AND expires > ?",
-                                                    (key, now)).fetchone())
-        return row[0] if row else 0.0
+        return await self._run(lambda db: _total(db, key, now))
 
     async def acquire_lease(self, scope: str, holder: str, limit: int, ttl_s: float) -> bool:
         now = self._clock()
@@ -167,5 +181,36 @@ class SQLiteState:
     async def wait_reply(self, request_id: str, timeout_s: float) -> dict[str, Any] | None:
         return await self._pop(f"reply:{request_id}", timeout_s)
 
+    async def put_session(self, handle: str, key_id: str, body: dict[str, Any], ttl_s: float, *,
+                          per_key: int, limit: int) -> None:
+        now = self._clock()
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM console_sessions WHERE expires <= ?", (now,))
+            db.execute("INSERT OR REPLACE INTO console_sessions VALUES (?, ?, ?, ?)",
+                       (handle, key_id, json.dumps(body), now + ttl_s))
+            # All last as long: the soonest to expire are the oldest, and go first.
+            db.execute("DELETE FROM console_sessions WHERE key_id = ? AND handle NOT IN (SELECT handle FROM "
+                       "console_sessions WHERE key_id = ? ORDER BY expires DESC LIMIT ?)", (key_id, key_id, per_key))
+            db.execute("DELETE FROM console_sessions WHERE handle NOT IN (SELECT handle FROM console_sessions "
+                       "ORDER BY expires DESC LIMIT ?)", (limit,))
+        await self._run(put)
+
+    async def get_session(self, handle: str) -> dict[str, Any] | None:
+        row = await self._run(lambda db: db.execute("SELECT body FROM console_sessions WHERE handle = ? AND expires > ?",
+                                                    (handle, self._clock())).fetchone())
+        return _json_object(row[0]) if row else None
+
+    async def drop_session(self, handle: str, key_id: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM console_sessions WHERE handle = ?", (handle,)))
+
     async def aclose(self) -> None:
         pass
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

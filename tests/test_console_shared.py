@@ -1,0 +1,109 @@
+"""The console across workers and instances (issue 17): logins in the shared state, so any worker (``gateway serve
+--workers 2``, real processes sharing one SQLite state file) or instance (two gateways sharing one Redis) accepts
+them, and a logout ends them everywhere; the live page shows the calls of every instance, their transcript relayed
+from the instance that holds them.
+
+Redis tests use ``redis://127.0.0.1:6379/15`` with a key prefix of their own and skip, saying why, without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import subprocess
+import sys
+from typing import Any, AsyncIterator
+
+import httpx
+import pytest
+
+from gateway.fuzz import _clean_env
+from gateway.runner import free_port
+from gateway.state import RedisState
+
+from .conftest import GatewayUnderTest, start_gateway
+from .test_console import OPERATOR, client_for, csrf_of, login
+from .test_control import REDIS_URL, redis_or_skip
+from .test_workers import wait_healthy
+
+ALICE = "alice-key-bbbbbbbbbbbbbbbbbbbbbbbb"
+KEYS = dict(api_keys=(ALICE,), operator_api_keys=(OPERATOR,))
+
+
+async def one_request(base: str, cookie: str, path: str = "/console/live") -> httpx.Response:
+    """A request on a connection of its own: the kernel may hand it to any worker."""
+    async with httpx.AsyncClient(base_url=base, cookies={"gateway_console": cookie}, timeout=10,
+                                 headers={"Connection": "close"}) as http:
+        return await http.get(path)
+
+
+async def test_one_login_holds_on_every_worker_and_a_logout_ends_it_on_all(tmp_path) -> None:
+    port = free_port()
+    env = {**_clean_env(), "STORE_URL": f"sqlite:///{tmp_path}/records.db", "API_KEYS": ALICE,
+           "OPERATOR_API_KEYS": OPERATOR}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--workers", "2", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_healthy(base, proc)
+        async with httpx.AsyncClient(base_url=base, headers={"Origin": base, "Connection": "close"}) as http:
+            await login(http, OPERATOR)
+            cookie = http.cookies["gateway_console"]
+        pages = [await one_request(base, cookie) for _ in range(24)]
+        assert [page.status_code for page in pages] == [200] * 24, [page.headers.get("location") for page in pages]
+        token = csrf_of(pages[-1].text)
+        async with httpx.AsyncClient(base_url=base, headers={"Origin": base, "Connection": "close"},
+                                     cookies={"gateway_console": cookie}) as http:
+            assert (await http.post("/console/logout", data={"csrf": token})).status_code == 303
+        after = [await one_request(base, cookie) for _ in range(12)]
+        assert [page.headers.get("location") for page in after] == ["/console/login"] * 12
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def redis_instances(monkeypatch: Any, count: int = 2, **overrides: Any) -> AsyncIterator[list[GatewayUnderTest]]:
+    """``count`` gateways sharing one Redis under a key prefix of this test's own."""
+    await redis_or_skip()
+    prefix = f"test-console-{secrets.token_hex(6)}:"
+    monkeypatch.setattr("gateway.app.open_state", lambda url, *args, **kwargs: RedisState(url, prefix=prefix))
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(start_gateway(
+            redis_url=REDIS_URL, instance_id=f"console-{n}-{secrets.token_hex(4)}", outbound_rate_limit_per_minute=100,
+            **{**KEYS, **overrides})) for n in range(count)]
+
+
+async def test_a_login_on_one_instance_holds_on_another_and_a_logout_on_either_ends_it(monkeypatch) -> None:
+    async with redis_instances(monkeypatch) as (a, b):
+        async with client_for(a) as http:
+            await login(http, ALICE)
+            cookie = http.cookies["gateway_console"]
+        for gateway in (a, b) * 6:
+            page = await one_request(gateway.http_url, cookie)
+            assert page.status_code == 200 and "key " in page.text, page.headers.get("location")
+        token = csrf_of(page.text)
+        async with httpx.AsyncClient(base_url=b.http_url, headers={"Origin": b.http_url},
+                                     cookies={"gateway_console": cookie}) as http:
+            assert (await http.post("/console/logout", data={"csrf": token})).status_code == 303
+        for gateway in (a, b):
+            assert (await one_request(gateway.http_url, cookie)).headers.get("location") == "/console/login"
+            assert (await one_request(gateway.http_url, cookie, "/console/live/events")).status_code == 401
+
+
+async def test_without_the_shared_state_the_console_answers_503_never_lets_a_request_through() -> None:
+    async with start_gateway(**KEYS) as gateway, client_for(gateway) as http:
+        await login(http, OPERATOR)
+        gateway.state.console_sessions.shared = RedisState("redis://127.0.0.1:1/0", timeout_s=0.3)
+        page = await http.get("/console/live")
+        assert page.status_code == 503 and "shared state" in page.text
+        action = await http.post(f"/console/live/calls/CA{'a' * 32}/hangup", data={"csrf": "x"})
+        assert action.status_code == 503 and action.json()["error"]["code"] == "state_unavailable"
+        async with client_for(gateway) as other:
+            refused = await other.post("/console/login", data={"api_key": ALICE})
+        assert refused.status_code == 503 and "set-cookie" not in refused.headers
