@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from dataclasses import replace
 
@@ -19,12 +20,45 @@ def _configure_logging(level: str, settings: Settings | None = None) -> None:
                       full_numbers=settings.log_full_numbers if settings else False)
 
 
+def startup_problem(settings: Settings) -> str | None:
+    """What would stop the gateway during its start-up, found before the server runs: one line naming the setting
+    and the fix (a traceback from inside the server's start-up tells an operator neither). None: go ahead."""
+    import os
+    from urllib.parse import urlsplit
+
+    if settings.data_dir and not os.path.isdir(settings.data_dir):
+        try:
+            os.makedirs(settings.data_dir, mode=0o750, exist_ok=True)
+        except OSError as error:
+            return (f"DATA_DIR={settings.data_dir}: the directory cannot be created ({error.strerror}); fix: create "
+                    "it, writable by the gateway's user, or set DATA_DIR to one that is")
+    from gateway.tools import tools_module_problem
+
+    problem = tools_module_problem(settings.tools_module)
+    if problem is not None:
+        return problem.one_line()
+    if urlsplit(settings.store_url).scheme == "sqlite":  # opened (and migrated) here; a server is only tried later
+        from gateway.store import StoreOpenError, open_store
+
+        try:
+            store = open_store(settings.store_url)
+        except StoreOpenError as error:
+            return str(error)
+        asyncio.run(store.close())
+    return None
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = replace(settings, host=args.host or settings.host, port=args.port if args.port is not None else settings.port,
                        insecure_dev_mode=settings.insecure_dev_mode or args.insecure_dev)
     workers = args.workers if args.workers is not None else settings.workers
     if not 1 <= workers <= 64:
         print("gateway serve: --workers must be 1 to 64", file=sys.stderr)
+        return 2
+    problem = startup_problem(settings)
+    if problem is not None:
+        # Logged (LOG_FORMAT: a JSON object in production), one line, no traceback; exit 2 as for a bad setting.
+        logging.getLogger("gateway.cli").error("gateway serve cannot start: %s", problem)
         return 2
     if workers > 1:
         from gateway.workers import serve_workers

@@ -66,6 +66,23 @@ def _metrics_key(env: Mapping[str, str]) -> str:
     return key
 
 
+def _metrics_listener(env: Mapping[str, str]) -> dict[str, Any]:
+    """METRICS_PORT (0: none) and METRICS_HOST: where /metrics is served when not on the public port."""
+    import ipaddress
+
+    port = _int(env, "METRICS_PORT", 0, 0, 65535)
+    if port and port == _int(env, "PORT", 8080, 0, 65535):
+        raise ConfigError(f"METRICS_PORT must differ from PORT ({port}): /metrics gets a listener of its own")
+    host = (env.get("METRICS_HOST") or "127.0.0.1").strip()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError("METRICS_HOST must be an IP address to listen on (127.0.0.1, or 0.0.0.0 in a "
+                              f"container), got {host!r}") from None
+    return dict(metrics_port=port, metrics_host=host)
+
+
 def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
     return _number(env, name, default, low, high, float)
 
@@ -80,7 +97,7 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 REDACTED = "***"
 # Query parameters whose value is shown as *** (api-key=, access_token=, sig=, password=, ...).
 _SECRET_QUERY_NAME = re.compile(r"key|token|secret|pass|pwd|sig|auth|cred|session", re.IGNORECASE)
-DEFAULT_STORE_URL = "sqlite:///gateway-records.db"  # relative to the working directory
+DEFAULT_STORE_URL = "sqlite:///gateway-records.db"  # relative to DATA_DIR (by default the working directory)
 
 # Settings fields shown as *** by ``repr(settings)`` (besides any field declared with ``repr=False``).
 _SECRET_FIELDS = frozenset({"api_key", "twilio_auth_token", "api_keys", "stream_secret", "metrics_api_key"})
@@ -208,7 +225,12 @@ class Settings:
     transfer_number: str = ""  # E.164 or sip: URI the transfer tool dials
     voicemail_message: str = ""  # said after the beep when machine_detection="voicemail"
     store_url: str = DEFAULT_STORE_URL  # call records: SQLite by default (they survive a restart); "memory://"; postgresql://
+    data_dir: str = ""  # where relative files go (records, recordings, state): DATA_DIR; "": the working directory
     record_retention_days: int = 30  # call records (and recordings) older than this are pruned; 0: kept forever
+    # Call records the store could not take (it was down) wait here, one JSON line each, until it is back
+    # (gateway.store.spool): RECORD_SPOOL_DIR, relative to DATA_DIR; at most RECORD_SPOOL_MAX_MB (0: no spool).
+    record_spool_dir: str = "record-spool"
+    record_spool_max_bytes: int = 64 << 20
     twilio_api_base_url: str = DEFAULT_TWILIO_API_BASE_URL
     outbound_time_limit_s: int = 3600  # Twilio's time_limit on outbound calls: a stolen key cannot hold lines for 4 h
     redis_url: str = field(default="", repr=False)  # redis[s]://...: the rate limit is shared by every instance
@@ -224,6 +246,9 @@ class Settings:
     max_tools_per_call: int = 1  # user tools running at once for one call (more are queued)
     max_connections: int = 1000  # open HTTP/WebSocket connections per process (uvicorn limit_concurrency)
     http_header_timeout_s: float = 10.0  # a connection must send its request headers within this time
+    # One address's share of MAX_CONNECTIONS (gateway.connection_caps; 0: derived from max_connections)
+    max_connections_per_address: int = 0  # open connections from one address (0: a quarter of max_connections)
+    max_unfinished_heads_per_address: int = 0  # its connections waiting for a request head (0: a fifth of that)
     drop_log_interval_s: float = 10.0  # dropped frames are logged as one summary line per stream per interval
     record_max_bytes: int = 64 * 1024 * 1024  # a call's recording stops growing past this size
     drain_timeout_s: int = 3600  # on SIGTERM, live calls may run this long before the process exits anyway
@@ -239,7 +264,8 @@ class Settings:
     log_format: str = "text"  # "json": one JSON object per line (production); "text": readable lines
     log_full_numbers: bool = False  # phone numbers in logs and records in full (default: masked)
     metrics_api_key: str = field(default="", repr=False)  # when set, GET /metrics wants it as a bearer token
-    metrics_port: int = 0  # when set, /metrics is served on this port instead of the gateway's
+    metrics_port: int = 0  # when set, /metrics is served on a listener of its own on this port, not the gateway's
+    metrics_host: str = "127.0.0.1"  # the address that listener binds (0.0.0.0 in a container Prometheus scrapes)
     price_table_file: str = ""  # JSON {"model": {"audio_in": 32, ...}} over the built-in price table
     model_prices: str = ""  # "audio_in=32,audio_out=64,..." for the configured model (USD per million tokens)
     call_budget_usd: float = 0.0  # a call costing this much is wrapped up (the agent says goodbye); 0: none
@@ -297,9 +323,7 @@ class Settings:
         """Read settings from ``env`` (default: ``os.environ``, after loading ``.env`` if present)."""
         if env is None:
             if dotenv:
-                from dotenv import load_dotenv
-
-                load_dotenv(override=False)
+                load_dotenv_from_working_directory()
             env = os.environ
         azure_key = env.get("AZURE_OPENAI_API_KEY", "")
         api_key = env.get("REALTIME_API_KEY") or env.get("OPENAI_API_KEY") or azure_key
@@ -350,20 +374,20 @@ class Settings:
             mark_interval_ms=_int(env, "MARK_INTERVAL_MS", 100, 20, 2000),
             twilio_audio_lead_ms=_int(env, "TWILIO_AUDIO_LEAD_MS", 500, 0, 60_000),
             caller_audio_batch_ms=_int(env, "CALLER_AUDIO_BATCH_MS", 0, 0, 200),
-            record_calls_dir=(env.get("RECORD_CALLS_DIR") or "").strip(),
+            record_calls_dir=in_data_dir(env, (env.get("RECORD_CALLS_DIR") or "").strip()),
             record_audio=_record_audio(env),
             console_session_ttl_s=_int(env, "CONSOLE_SESSION_TTL_S", 8 * 3600, 60, 30 * 86400),
             local_realtime_port=_int(env, "LOCAL_REALTIME_PORT", 0, 0, 65535),
             local_session_limit_s=_float(env, "LOCAL_SESSION_LIMIT_S", 3600.0, 1.0, 86400.0),
             **({"instance_id": env["INSTANCE_ID"].strip()[:64]} if (env.get("INSTANCE_ID") or "").strip() else {}),
-            state_sqlite_path=(env.get("STATE_SQLITE_PATH") or "").strip(),
+            state_sqlite_path=in_data_dir(env, (env.get("STATE_SQLITE_PATH") or "").strip()),
             workers=_int(env, "WORKERS", 1, 1, 64),
             max_calls_global=_int(env, "MAX_CALLS_GLOBAL", 0, 0, 10_000_000),
             max_calls_per_number=_int(env, "MAX_CALLS_PER_NUMBER", 0, 0, 10_000_000),
             log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
             log_full_numbers=_bool(env, "LOG_FULL_NUMBERS", False),
             metrics_api_key=_metrics_key(env),
-            metrics_port=_int(env, "METRICS_PORT", 0, 0, 65535),
+            **_metrics_listener(env),
             price_table_file=(env.get("PRICE_TABLE_FILE") or "").strip(),
             model_prices=(env.get("MODEL_PRICES") or "").strip(),
             call_budget_usd=_float(env, "CALL_BUDGET_USD", 0.0, 0.0, 1_000_000.0),
@@ -371,6 +395,48 @@ class Settings:
             **_outbound_settings(env),
             **_security_settings(env),
         )
+
+
+def load_dotenv_from_working_directory() -> None:
+    """``.env`` in the working directory into ``os.environ``, where the operator runs the gateway (docs/first-call.md).
+
+    Only that file: python-dotenv's own search starts from the calling module's folder, which is the package's in
+    site-packages, so a ``.env`` beside the operator was never found. Variables already set in the environment win.
+    """
+    from dotenv import load_dotenv
+
+    try:
+        path = os.path.join(os.getcwd(), ".env")
+    except OSError:  # the working directory was removed: there is no .env to read
+        return
+    if os.path.isfile(path):
+        load_dotenv(path, override=False)
+
+
+def data_dir(env: Mapping[str, str]) -> str:
+    """DATA_DIR: the directory of the gateway's files (the SQLite records, recordings, the workers' state);
+    ``""``, the default, is the working directory. The container image sets ``/data``, a volume its user owns."""
+    path = (env.get("DATA_DIR") or "").strip()
+    if "\x00" in path:
+        raise ConfigError("DATA_DIR must be a directory path, got a NUL character")
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"DATA_DIR must be a directory, got {path!r} (a file)")
+    return path
+
+
+def _spool_dir(env: Mapping[str, str]) -> str:
+    """RECORD_SPOOL_DIR (default ``record-spool``), under DATA_DIR when relative."""
+    path = (env.get("RECORD_SPOOL_DIR") or "").strip() or "record-spool"
+    if "\x00" in path:
+        raise ConfigError("RECORD_SPOOL_DIR must be a directory path, got a NUL character")
+    if os.path.isfile(in_data_dir(env, path)):
+        raise ConfigError(f"RECORD_SPOOL_DIR must be a directory, got {path!r} (a file)")
+    return in_data_dir(env, path)
+
+
+def in_data_dir(env: Mapping[str, str], path: str) -> str:
+    """``path`` under DATA_DIR when it is relative (an absolute path, or no DATA_DIR: as given)."""
+    return os.path.join(data_dir(env), path) if path and not os.path.isabs(path) else path
 
 
 def _record_audio(env: Mapping[str, str]) -> bool:
@@ -425,6 +491,8 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
     if store_scheme not in ("memory", "sqlite", "postgresql", "postgres"):
         raise ConfigError("STORE_URL must be memory://, sqlite:///path.db or postgresql://user@host:port/db, "
                           f"got {redact_url(store_url)!r}")
+    if store_scheme == "sqlite" and store_url.startswith("sqlite:///") and store_url != "sqlite:///:memory:":
+        store_url = "sqlite:///" + in_data_dir(env, store_url[len("sqlite:///"):])
     redis_url = (env.get("REDIS_URL") or "").strip()
     redis_parts = _split_url("REDIS_URL", redis_url)
     if redis_url and not (redis_parts.scheme in ("redis", "rediss") and redis_parts.netloc):
@@ -449,7 +517,10 @@ def _outbound_settings(env: Mapping[str, str]) -> dict[str, Any]:
         transfer_number=transfer,
         voicemail_message=(env.get("VOICEMAIL_MESSAGE") or "").strip(),
         store_url=store_url,
+        data_dir=data_dir(env),
         record_retention_days=_int(env, "RECORD_RETENTION_DAYS", 30, 0, 36500),
+        record_spool_dir=_spool_dir(env),
+        record_spool_max_bytes=_int(env, "RECORD_SPOOL_MAX_MB", 64, 0, 100_000) << 20,
         twilio_api_base_url=base_url,
         outbound_time_limit_s=_int(env, "OUTBOUND_TIME_LIMIT_S", 3600, 60, 86400),
         redis_url=redis_url,
@@ -481,6 +552,9 @@ def _security_settings(env: Mapping[str, str]) -> dict[str, Any]:
         max_tools_per_call=_int(env, "MAX_TOOLS_PER_CALL", 1, 1, 16),
         max_connections=_int(env, "MAX_CONNECTIONS", 1000, 10, 1_000_000),
         http_header_timeout_s=_float(env, "HTTP_HEADER_TIMEOUT_S", 10.0, 1.0, 300.0),
+        # 0: derived; any value is lowered to at most half of MAX_CONNECTIONS (gateway.connection_caps)
+        max_connections_per_address=_int(env, "MAX_CONNECTIONS_PER_ADDRESS", 0, 0, 1_000_000),
+        max_unfinished_heads_per_address=_int(env, "MAX_UNFINISHED_HEADS_PER_ADDRESS", 0, 0, 1_000_000),
         drop_log_interval_s=_float(env, "DROP_LOG_INTERVAL_S", 10.0, 0.1, 3600.0),
         record_max_bytes=_int(env, "RECORD_MAX_BYTES", 64 * 1024 * 1024, 4096, 1 << 40),
         drain_timeout_s=_int(env, "DRAIN_TIMEOUT_S", 3600, 0, 86400),

@@ -10,6 +10,11 @@ HTTP headers). A CallSid holding ``"\\n2025-01-01 12:00:00 ERROR ..."`` would fo
   message keeps its line breaks (its other control characters are escaped all the same).
 * :func:`safe` renders one untrusted value for a log call, ``log.info("call %s", safe(call_sid))``:
   quoted and escaped like :func:`repr`, and short, so the line is readable even before the formatter.
+
+One message is a traceback in disguise: uvicorn logs a failed application start-up (or shutdown) with the text
+Starlette's lifespan made of it (``traceback.format_exc()``) as the message itself, not as ``exc_info``.
+:func:`lifespan_traceback` recognises it (uvicorn's own logger, no arguments, a message that starts as Python's
+tracebacks do: nothing a peer sends can be that), and both formatters show it as a traceback, on real lines.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["MAX_MESSAGE_CHARS", "SafeFormatter", "escape_controls", "safe"]
+__all__ = ["LIFESPAN_FAILED", "MAX_MESSAGE_CHARS", "SafeFormatter", "escape_controls", "lifespan_traceback", "safe"]
 
 MAX_MESSAGE_CHARS = 4096
+LIFESPAN_FAILED = "the application's start-up (or shutdown) failed:"
+_TRACEBACK_HEAD = re.compile(r"(?:  \+ )?(?:Exception Group )?Traceback \(most recent call last\):\n")
 # C0 controls, DEL, C1 controls (NEL included), line/paragraph separators, bidirectional controls.
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -61,6 +68,16 @@ def safe(value: object, limit: int = 64) -> str:
     return escape_controls(shown)
 
 
+def lifespan_traceback(record: logging.LogRecord) -> str | None:
+    """The traceback text of a failed start-up that uvicorn logs as a plain message (see the module docstring),
+    escaped but for its line breaks; None for any other record."""
+    message = record.msg
+    if (record.name != "uvicorn.error" or record.args or not isinstance(message, str)
+            or not _TRACEBACK_HEAD.match(message)):
+        return None
+    return escape_controls(message.rstrip("\n"), keep_newlines=True)
+
+
 class SafeFormatter(logging.Formatter):
     """A :class:`logging.Formatter` whose message part (``fmt`` applied) cannot forge a line or run long.
 
@@ -73,6 +90,15 @@ class SafeFormatter(logging.Formatter):
                  validate: bool = True, *, max_message_chars: int = MAX_MESSAGE_CHARS, **kwargs: object) -> None:
         super().__init__(fmt, datefmt, style, validate, **kwargs)  # type: ignore[arg-type]
         self.max_message_chars = max_message_chars
+
+    def format(self, record: logging.LogRecord) -> str:
+        trace = lifespan_traceback(record)
+        if trace is None:
+            return super().format(record)
+        # A copy: the record itself goes on to other handlers unchanged.
+        shown = logging.makeLogRecord(record.__dict__)
+        shown.msg, shown.args, shown.exc_info, shown.exc_text = LIFESPAN_FAILED, (), None, trace
+        return super().format(shown)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         text = super().formatMessage(record)

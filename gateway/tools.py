@@ -3,7 +3,9 @@
 * Built-ins are call control, carried out by the call core once what the agent said has been heard:
   ``end_call`` (hang up after the goodbye) and ``transfer_call`` (to the configured number).
 * User tools are plain Python functions in a module named by ``TOOLS_MODULE``: every public function
-  defined in it (or the functions listed in its ``TOOLS``). The JSON schema of the parameters comes from
+  defined in it (or the functions listed in its ``TOOLS``). The module is looked up on the import path, then in
+  the working directory (``TOOLS_MODULE=my_tools`` beside the operator, as the README shows: see
+  :func:`import_tools_module`); when it cannot be imported, :class:`ToolsModuleError` says why and how to fix it. The JSON schema of the parameters comes from
   the type hints (through pydantic, which also validates the model's arguments), the description from
   the docstring's first paragraph, and each parameter's description from its ``Args:`` section::
 
@@ -24,12 +26,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import json
 import logging
+import os
 import re
+import sys
 import threading
+import traceback
 import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -136,9 +142,100 @@ def tool_from_function(function: Callable[..., Any], name: str | None = None) ->
     return Tool(name or function.__name__, summary or function.__name__, schema, function, model, wants_context)
 
 
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+class ToolsModuleError(ImportError):
+    """``TOOLS_MODULE`` cannot be imported (or its tools cannot be described): ``str()`` says why on one line,
+    :attr:`fix` what to do."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fix = fix
+
+    def one_line(self) -> str:
+        return f"{self.reason}; fix: {self.fix}"
+
+
+def _working_directory() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # removed under us: nothing to find there
+        return ""
+
+
+def _import_error(module_name: str, error: BaseException, where: str) -> ToolsModuleError:
+    """Why importing ``module_name`` failed, in one line a peer-less operator can act on."""
+    from gateway.logsafe import escape_controls
+
+    message = escape_controls(str(error))[:300]
+    if isinstance(error, ModuleNotFoundError):
+        parts = module_name.split(".")
+        own = {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
+        if error.name in own:
+            if module_name.endswith(".py"):
+                fix = f"name the module, not its file: TOOLS_MODULE={module_name[:-3]}"
+            elif error.name != parts[0]:
+                fix = f"check the name: the package {error.name.rpartition('.')[0]} has no module {parts[-1]!r}"
+            else:
+                fix = (f"put {parts[0]}.py (or the package {parts[0]}/) in the directory the gateway runs from, or "
+                       "add its folder to PYTHONPATH")
+            return ToolsModuleError(
+                f"TOOLS_MODULE={module_name} cannot be imported: no module named {error.name!r} on the import path "
+                f"or in the working directory {where}", fix)
+        return ToolsModuleError(
+            f"TOOLS_MODULE={module_name} cannot be imported: it imports {error.name!r}, which is not installed",
+            "install the package that provides it in the gateway's Python environment")
+    if isinstance(error, SyntaxError):  # its str() carries the location already
+        message = escape_controls(str(error.msg))[:300]
+        location = f"{os.path.basename(error.filename or '?')}, line {error.lineno}"
+    else:
+        frames = traceback.extract_tb(error.__traceback__)
+        location = f"{os.path.basename(frames[-1].filename)}, line {frames[-1].lineno}" if frames else "?"
+    return ToolsModuleError(
+        f"TOOLS_MODULE={module_name} cannot be imported: {type(error).__name__}: {message} ({location})",
+        f"fix the module (`python -c 'import {module_name}'` in {where or 'its directory'} shows the traceback)")
+
+
+def import_tools_module(module_name: str) -> Any:
+    """``importlib.import_module(module_name)``, with the working directory as a last resort.
+
+    The ``gateway`` command does not put the working directory on the import path (``python -m`` does), so a
+    ``my_tools.py`` beside the operator was not found. It is added for this one import only and at the end of the
+    path: a file there never shadows an installed module (a stray ``logging.py`` stays harmless), and modules
+    imported later do not see it. Raises :class:`ToolsModuleError`.
+    """
+    if not _MODULE_NAME.fullmatch(module_name):
+        raise ToolsModuleError(f"TOOLS_MODULE must be a module name such as my_tools or package.tools, got "
+                               f"{module_name[:100]!r}", "write the module's name, not a file path (no .py)")
+    where = _working_directory()
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        parts = module_name.split(".")
+        if not where or error.name not in {".".join(parts[:n]) for n in range(1, len(parts) + 1)}:
+            raise _import_error(module_name, error, where) from error
+    except Exception as error:  # the module's own error (SyntaxError included): anything it raises
+        raise _import_error(module_name, error, where) from error
+    added = where not in sys.path
+    if added:
+        sys.path.append(where)
+    importlib.invalidate_caches()  # a file created since the last look-up in that directory
+    try:
+        return importlib.import_module(module_name)
+    except Exception as error:
+        raise _import_error(module_name, error, where) from error
+    finally:
+        if added:
+            # The last entry equal to it: ours, even if the module put its own copy in front.
+            with contextlib.suppress(ValueError):
+                del sys.path[len(sys.path) - 1 - sys.path[::-1].index(where)]
+
+
 def load_tools_module(module_name: str) -> list[Tool]:
     """The tools of a user module: its ``TOOLS`` list if it has one, else its public functions."""
-    module = importlib.import_module(module_name)
+    module = import_tools_module(module_name)
     functions = getattr(module, "TOOLS", None)
     if functions is None:
         functions = [
@@ -147,6 +244,24 @@ def load_tools_module(module_name: str) -> list[Tool]:
             if inspect.isfunction(value) and not key.startswith("_") and value.__module__ == module.__name__
         ]
     return [tool_from_function(f) for f in functions]
+
+
+def tools_module_problem(module_name: str) -> ToolsModuleError | None:
+    """None when ``TOOLS_MODULE`` loads (or is unset); else what is wrong and the fix (``gateway serve`` refuses to
+    start with it, ``gateway doctor`` reports it)."""
+    if not module_name:
+        return None
+    try:
+        load_tools_module(module_name)
+    except ToolsModuleError as error:
+        return error
+    except Exception as error:  # a function whose parameters cannot be described to the model
+        from gateway.logsafe import escape_controls
+
+        return ToolsModuleError(f"TOOLS_MODULE={module_name}: its tools cannot be described to the model: "
+                                f"{type(error).__name__}: {escape_controls(str(error))[:300]}",
+                                "give every tool function typed parameters (no *args/**kwargs)")
+    return None
 
 
 class ToolRegistry:

@@ -6,9 +6,11 @@ of them. What the workers share, set up here before they start:
 
 * the stream secret (``STREAM_SECRET``; a random one when none is configured), so a credential issued by one worker
   opens a stream on another;
-* the shared state (``REDIS_URL``, else one SQLite file, ``STATE_SQLITE_PATH``): single-use claims, leases, the
-  live-call registry and control messages, the daily cost total;
-* the metrics (``PROMETHEUS_MULTIPROC_DIR``): ``/metrics`` on any worker adds up every worker's samples;
+* the shared state (``REDIS_URL``, else one SQLite file, ``STATE_SQLITE_PATH``, by default ``gateway-state.db`` in
+  ``DATA_DIR``): single-use claims, leases, the live-call registry and control messages, the daily cost total;
+* the metrics (``PROMETHEUS_MULTIPROC_DIR``): ``/metrics`` adds up every worker's samples, on any worker's public
+  port (when it is served there) and on ``METRICS_PORT``, which this parent process serves for all of them
+  (:mod:`gateway.metrics_listener`; it binds the port before any worker starts, so one in use stops the start);
 * the call store: ``STORE_URL`` (SQLite, the default, or PostgreSQL) is one database for all.
 
 SIGTERM (or Ctrl-C) is passed to every worker: each drains its calls and exits 0; a second one stops them at
@@ -43,7 +45,7 @@ def _worker(sock: socket.socket, index: int, instance: str) -> None:
     os.environ["INSTANCE_ID"] = f"{instance}-w{index}"
     settings = Settings.from_env()
     _configure_logging(settings.log_level, settings)
-    raise SystemExit(serve_gateway(settings, sockets=[sock]))
+    raise SystemExit(serve_gateway(settings, sockets=[sock], metrics_port=False))  # the parent serves it
 
 
 def shared_environment(settings: Settings, workdir: str) -> dict[str, str]:
@@ -52,7 +54,9 @@ def shared_environment(settings: Settings, workdir: str) -> dict[str, str]:
     if not settings.stream_secret and not settings.twilio_auth_token:
         env["STREAM_SECRET"] = secrets.token_hex(32)
     if not settings.redis_url and not settings.state_sqlite_path:
-        env["STATE_SQLITE_PATH"] = os.path.join(workdir, "state.db")
+        # Beside the records in DATA_DIR (the image's volume), not in the temporary directory: the daily cost total
+        # and the console's logins outlive a restart.
+        env["STATE_SQLITE_PATH"] = os.path.abspath(os.path.join(settings.data_dir, "gateway-state.db"))
     return env
 
 
@@ -67,6 +71,16 @@ def serve_workers(settings: Settings, workers: int) -> int:
         env = shared_environment(settings, workdir)
         os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"])
         os.environ.update(env)  # spawned workers start with it, before they import anything
+        metrics_thread = None
+        if settings.metrics_port:
+            from gateway.metrics_listener import MetricsThread
+
+            try:
+                metrics_thread = MetricsThread(settings).start()
+            except OSError as error:
+                log.error("%s", error)
+                sock.close()
+                return 1
         os.environ.update({"HOST": settings.host, "PORT": str(sock.getsockname()[1])})
         if settings.insecure_dev_mode:
             os.environ["INSECURE_DEV_MODE"] = "true"
@@ -123,4 +137,6 @@ def serve_workers(settings: Settings, workers: int) -> int:
                 if not stopping[0]:
                     start(index)
         sock.close()
+        if metrics_thread is not None:
+            metrics_thread.stop()
         return status

@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 
 import orjson
 
-from gateway.logsafe import MAX_MESSAGE_CHARS, SafeFormatter, escape_controls
+from gateway.logsafe import LIFESPAN_FAILED, MAX_MESSAGE_CHARS, SafeFormatter, escape_controls, lifespan_traceback
 
 _E164 = re.compile(r"(?:\+|%2[Bb])\d{6,15}")  # as written, or URL-encoded in a query string
 _STREAM_CREDENTIAL = re.compile(r"(/media-stream/)[^\s\"']+")
@@ -93,7 +93,8 @@ class JsonFormatter(logging.Formatter):
         self.full_numbers = full_numbers
 
     def format(self, record: logging.LogRecord) -> str:
-        message = redact(record.getMessage()[:MAX_MESSAGE_CHARS], self.full_numbers)
+        trace = lifespan_traceback(record)  # a failed start-up's traceback, as uvicorn logs it: shown as "exc"
+        message = LIFESPAN_FAILED if trace else redact(record.getMessage()[:MAX_MESSAGE_CHARS], self.full_numbers)
         line: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
@@ -106,6 +107,8 @@ class JsonFormatter(logging.Formatter):
             line["stream_sid"] = getattr(record, "stream_sid", "")
         if record.exc_info:
             line["exc"] = escape_controls(self.formatException(record.exc_info), keep_newlines=True)
+        elif trace:
+            line["exc"] = trace
         return orjson.dumps(line).decode()  # JSON escapes every control character: no line can be forged
 
 
