@@ -1,6 +1,6 @@
 """Turn-taking around tools and call control: running tools (fairly, boundedly), asking for responses only when
-nobody is talking, ending or transferring a call once what the agent said has been heard, wrapping a call up at a
-limit or a budget, and the actions the HTTP API takes on a live call.
+nobody is talking, ending or transferring a call once what the agent said has been heard (one transfer per call),
+wrapping a call up at a limit or a budget, and the actions the HTTP API takes on a live call.
 
 A mixin of :class:`gateway.call.core.Call`: it works on the call's own state (see ``Call.__init__``).
 """
@@ -17,11 +17,24 @@ from gateway.call.limits import (
 from gateway.call.outputs import END_CALL, HangUp, Output, Peer, RunTool, Send, ToolCalled, Transfer
 from gateway.realtime import events as rt
 
+# Why a transfer is refused (:meth:`CallControl.transfer_refusal`); the API answers them with 409 and these codes.
+TRANSFER_UNDER_WAY = "transfer_in_progress"
+TRANSFER_FAILED = "transfer_already_failed"
+
 
 class CallControl:
     def _function_call(self, event: rt.FunctionCallRequested) -> list[Output]:
         out: list[Output] = [ToolCalled(event.call_id, event.name, event.arguments)]
         if event.name in self.config.call_control_tools:
+            refusal = self.transfer_refusal() if event.name != END_CALL else None
+            if refusal is not None:
+                # One transfer per call: Twilio must never dial twice. The model hears why; it is asked to go on
+                # only when the call stays with it (the transfer failed), not while the caller is being handed over.
+                error = json.dumps({"error": refusal[1]})
+                out.append(Send(Peer.MODEL, rt.function_call_output(event.call_id, error)))
+                if refusal[0] == TRANSFER_FAILED:
+                    self._want_response = True
+                return out + self._request_response_if_ready()
             already_pending = self._after_playback is not None
             if event.name == END_CALL:
                 self._after_playback, say = HangUp("the agent ended the call"), GOODBYE_INSTRUCTIONS
@@ -103,9 +116,22 @@ class CallControl:
         self.config = replace(self.config, session_update={**self.config.session_update, "session": session})
         return [Send(Peer.MODEL, rt.instructions_update(instructions))] if self._model_ready else []
 
+    def transfer_refusal(self) -> tuple[str, str] | None:
+        """Why the call may not be transferred now, as ``(code, message)``, or None: one transfer per call.
+
+        A transfer is under way from the moment it is asked for (the agent announces it) until Twilio dialled or
+        refused; a refused one is not tried again either (a REST request that failed may still have reached
+        Twilio, and a second dial is what this guards against)."""
+        if self._transfer_failed:
+            return TRANSFER_FAILED, "the transfer was already tried in this call and failed; it is not tried again"
+        if self._transfer_sent or isinstance(self._after_playback, Transfer):
+            return TRANSFER_UNDER_WAY, "a transfer is already under way"
+        return None
+
     def transfer_requested(self) -> list[Output]:
-        """Transfer the call (the API asked): the agent announces it, then the transfer once that is heard."""
-        if self.ended or self._after_playback is not None:
+        """Transfer the call (the API asked): the agent announces it, then the transfer once that is heard.
+        The API asks :meth:`transfer_refusal` first (409); refused here too, whoever asks."""
+        if self.ended or self._after_playback is not None or self.transfer_refusal() is not None:
             return []
         self._after_playback, self._control_done = Transfer("transferred through the API"), False
         self._want_response, self._response_instructions = True, TRANSFER_INSTRUCTIONS
@@ -123,6 +149,7 @@ class CallControl:
         if self.ended:
             return []
         self._after_playback, self._control_done = None, False
+        self._transfer_failed = True
         self._want_response = True
         self._response_instructions = "The transfer to a colleague failed. Apologise briefly and keep helping the caller."
         return self._request_response_if_ready()
@@ -159,6 +186,10 @@ class CallControl:
             return []
         if self._active_response or self._want_response or self._response_requested or self._running_tools:
             return []
+        if isinstance(control, Transfer):
+            if self._transfer_sent:
+                return []  # never a second dial, whatever state led here
+            self._transfer_sent = True
         self._control_done = True
         return [control]
 

@@ -17,9 +17,10 @@ from gateway.call.limits import (  # noqa: F401 - MAX_TRACKED_ITEMS and the rest
     TIME_LIMIT_INSTRUCTIONS,
 )
 from gateway.call.outputs import (
-    AgentAudioStarted, BargeIn, CallStarted, CallTimeLimitReached, ConnectModel, Dropped, DtmfReceived, EndCall,
+    AgentAudioStarted, BargeIn, CallStarted, CallTimeLimitReached, Dropped, DtmfReceived, EndCall,
     HangUp, ModelReportedError, Output, Peer, ResponseFinished, RunTool, Send, TranscriptReceived, Transfer,
 )
+from gateway.call.reconnect import Reconnects
 from gateway.call.sessions import ModelSessions
 from gateway.playback import PlaybackTracker, parse_mark_name
 from gateway.realtime import events as rt
@@ -56,6 +57,7 @@ class CallConfig:
     # Caller audio sent to the model in batches of this many ms (0: each 20 ms frame as it comes). Fewer messages,
     # at the cost of up to this much more delay before the model hears the caller.
     caller_audio_batch_ms: int = 0
+    model_reconnect: bool = True  # MODEL_RECONNECT: a model session lost (or refused) is replaced; off, the call ends
 
 
 @dataclass(slots=True)
@@ -104,7 +106,11 @@ class Call(ModelSessions, CallControl):
         self._caller_item = ""
         self._caller_stopped_ms: float | None = None
         self._response_created_ms: tuple[str, float] | None = None
-        self._model_down_since: float | None = None  # when the model session was lost (None: up, or never lost)
+        # When to (re)open the model session and when to give up (gateway.call.reconnect); the one wake-up asked of
+        # the shell (WakeAt) not yet due; when the comfort noise sent so far ends playing (while there is no session).
+        self._reconnects = Reconnects(enabled=config.model_reconnect)
+        self._wake_pending_ms: float | None = None
+        self._noise_until_ms = 0.0
         self._session_started_ms: float | None = None  # when the current model session was connected
         self._rollover_pending = False  # a next session is being prepared by the shell
         self._rollover_not_before_ms = 0.0
@@ -131,6 +137,8 @@ class Call(ModelSessions, CallControl):
         self._responses_with_audio: set[str] = set()
         self._after_playback: HangUp | Transfer | None = None  # call control waiting for the audio to be heard
         self._control_done = False
+        # One transfer per call (gateway.call.control): set once the Transfer output left, and if Twilio refused it.
+        self._transfer_sent = self._transfer_failed = False
         # What was said, as text, to carry the conversation into a new model session if this one is lost.
         self._session = 0
         self._held_items: list[dict[str, Any]] = []  # conversation items that arrived while (re)connecting
@@ -181,7 +189,8 @@ class Call(ModelSessions, CallControl):
             self.stream_sid = event.stream_sid
             self.call_sid = event.call_sid
             self.custom_parameters = dict(event.custom_parameters)
-            return [CallStarted(event.call_sid, event.stream_sid, self.custom_parameters), ConnectModel()]
+            self._reconnects.start(now_ms)  # the first attempt now; the give-up counts from now
+            return [CallStarted(event.call_sid, event.stream_sid, self.custom_parameters), *self._model_schedule(now_ms)]
         if isinstance(event, tw.Dtmf):
             if event.stream_sid != self.stream_sid:
                 return [Dropped("twilio", "dtmf for a foreign streamSid")]
@@ -328,6 +337,12 @@ class Call(ModelSessions, CallControl):
             item.received_bytes += len(delta.audio)  # the model's item holds it, though nobody hears it
             return []  # a late delta of an interrupted response, or no stream to play it on
         out: list[Output] = [self._turn_began(delta, now_ms)] if first else []
+        if self._comfort_noise_sent and self._model_ready:
+            # What is left of the comfort noise at Twilio goes, so the agent's words are not queued behind it.
+            self._comfort_noise_sent = False
+            self._noise_until_ms = 0.0
+            if not self._playback.awaiting_echoes:
+                out.append(Send(Peer.TWILIO, tw.clear_message(self.stream_sid)))
         audio = delta.audio
         per_ms = self._model_bytes_per_ms
         for offset in range(0, len(audio), self._chunk_bytes):
@@ -420,7 +435,10 @@ class Call(ModelSessions, CallControl):
         last = self._last_media_ms if self._last_media_ms is not None else self._started_ms
         if config.media_idle_timeout_ms and now_ms - last >= config.media_idle_timeout_ms:
             return self._end(f"no media from Twilio for {config.media_idle_timeout_ms / 1000:g} s")
-        out = self._comfort_noise(now_ms) + self._rollover_due(now_ms)
+        out = self._model_schedule(now_ms)
+        if self.ended:
+            return out  # gave up on the model
+        out += self._rollover_due(now_ms)
         if not config.max_call_duration_ms:
             return out
         elapsed = now_ms - self._started_ms
