@@ -290,9 +290,9 @@ OPERATIONS: dict[tuple[str, str], Union[Operation, dict[str, Any]]] = {
             502: error("Twilio refused or could not be reached (`twilio_error` with `twilio_code`, "
                        "`twilio_unreachable`)."),
             503: error("Disabled or not configured (`outbound_disabled`, `twilio_not_configured`, "
-                       "`public_url_not_configured`), draining (`draining`), at MAX_CALLS (`at_capacity`), or the "
+                       "`public_url_not_configured`), draining (`draining`), at MAX_CALLS (`at_capacity`), the "
                        "shared rate limiter (Redis) is unreachable (`rate_limiter_unavailable`: closed, never "
-                       "unlimited)."),
+                       "unlimited), or today's cost total cannot be read (`budget_unavailable`: closed)."),
         }),
     ("/calls", "get"): {
         "operationId": "listCalls",
@@ -334,6 +334,8 @@ OPERATIONS: dict[tuple[str, str], Union[Operation, dict[str, Any]]] = {
         api_key=True, answers={
             202: Answer("The instance holding the call accepted.", ControlAccepted),
             404: error("The call is not in progress on any instance (`call_not_live`, `call_not_found`)."),
+            409: error("One transfer per call: one is under way (`transfer_in_progress`) or Twilio refused it "
+                       "(`transfer_already_failed`); or no TRANSFER_NUMBER is configured (`transfer_not_configured`)."),
             **_CONTROL_FAILURES,
         }),
     ("/calls/{sid}/say", "post"): Operation(
@@ -367,11 +369,14 @@ OPERATIONS: dict[tuple[str, str], Union[Operation, dict[str, Any]]] = {
         body=TwilioStatusCallback, body_media_type="application/x-www-form-urlencoded",
         answers={200: Answer("TwiML.", media_type="application/xml")}),
     ("/readyz", "get"): Operation(
-        "readyz", "Readiness for a load balancer: 503 while draining (after SIGTERM) or at MAX_CALLS", answers={
+        "readyz", "Readiness for a load balancer: 503 while draining (after SIGTERM), at MAX_CALLS, or while the "
+                  "shared state does not answer", answers={
             200: Answer("Taking calls."),
-            503: Answer("Not taking new calls (`reason`: draining, at MAX_CALLS)."),
+            503: Answer("Not taking new calls (`reason`: draining, at MAX_CALLS, shared state unavailable; "
+                        "`shared_state` says more)."),
         }),
-    ("/healthz", "get"): Operation("healthz", "Liveness, with the number of calls in progress", answers={
+    ("/healthz", "get"): Operation("healthz", "Liveness, with the number of calls in progress and the shared "
+                                   "state's health (`shared_state`: 200 whatever it says)", answers={
         200: Answer("OK.")}),
 }
 
