@@ -737,14 +737,19 @@ def test_a_goodbye_heard_before_the_loss_still_hangs_up():
 
 def test_comfort_noise_while_a_replacement_session_takes_long_and_none_after():
     call = make_call()
+    call.model_connected(8_000)
     call.model_lost("socket dropped", 10_000)
-    assert sends(call.tick(10_500), Peer.TWILIO) == []  # a quick reconnect is not worth a sound
-    [noise] = sends(call.tick(11_000), Peer.TWILIO)
-    assert noise["event"] == "media" and len(base64.b64decode(noise["media"]["payload"])) == 8000  # 1 s
-    assert len(sends(call.tick(12_000), Peer.TWILIO)) == 1  # a second at a time while it lasts
-    out = call.model_connected()
-    assert {"event": "clear", "streamSid": SID} in sends(out, Peer.TWILIO)  # what is left of it goes
+    assert sends(call.tick(10_499), Peer.TWILIO) == []  # a quick reconnect is not worth a sound
+    noise = sends(call.tick(10_500), Peer.TWILIO)
+    assert [m["event"] for m in noise] == ["media", "media"]  # kept 1.5 s ahead of its playback, a second a piece
+    assert all(len(base64.b64decode(m["media"]["payload"])) == 8000 for m in noise)
+    assert len(sends(call.tick(11_500), Peer.TWILIO)) == 1  # a second at a time while it lasts
+    assert sends(call.model_connected(12_000), Peer.TWILIO) == []  # what is queued plays on while the model starts
     assert sends(call.tick(13_000), Peer.TWILIO) == []
+    call.model_event(rt.ResponseCreated("r1"), 13_100)
+    out = sends(call.model_event(delta("r1", "a1"), 13_200), Peer.TWILIO)
+    assert out[0] == {"event": "clear", "streamSid": SID}  # what is left of it goes before the agent's words
+    assert out[1]["event"] == "media"
 
 
 def rollover_call():

@@ -22,6 +22,7 @@ from gateway.call.outputs import (
     END_CALL,
     TRANSFER_CALL,
     ConnectModel,
+    WakeAt,
     PrepareRollover,
     SwitchModel,
     ModelRolledOver,
@@ -46,4 +47,4 @@ from gateway.call.outputs import (
     Output,
 )
 
-__all__ = ["END_CALL", "TRANSFER_CALL", "AgentAudioStarted", "ConnectModel", "BargeIn", "Call", "CallConfig", "CallEvent", "CallStarted", "CallTimeLimitReached", "Dropped", "DtmfReceived", "EndCall", "HangUp", "ModelReportedError", "ModelRolledOver", "ModelSessionLost", "PrepareRollover", "SwitchModel", "Output", "Peer", "ResponseFinished", "RunTool", "Send", "ToolCalled", "TranscriptReceived", "Transfer"]
+__all__ = ["END_CALL", "TRANSFER_CALL", "AgentAudioStarted", "ConnectModel", "BargeIn", "Call", "CallConfig", "CallEvent", "CallStarted", "CallTimeLimitReached", "Dropped", "DtmfReceived", "EndCall", "HangUp", "ModelReportedError", "ModelRolledOver", "ModelSessionLost", "PrepareRollover", "SwitchModel", "Output", "Peer", "ResponseFinished", "RunTool", "Send", "ToolCalled", "TranscriptReceived", "Transfer", "WakeAt"]

@@ -23,10 +23,23 @@ MAX_HELD_ITEMS = 32
 MAX_TRACKED_ITEMS = 64  # agent items whose audio accounting is kept
 MAX_TRACKED_FRAMES = 1500  # caller frames whose arrival times are kept (30 s of 20 ms frames)
 MAX_GREETING_ATTEMPTS = 3
-# While a replacement model session connects, the caller hears soft comfort noise once it has taken this long
-# (a dead line sounds like a dropped call), a second at a time, and none of it once the model is back.
-COMFORT_NOISE_AFTER_MS = 1000
-COMFORT_NOISE = comfort_noise(1000)
+# While there is no model session (at the start of a call or after a loss), the caller hears soft comfort noise once
+# it has lasted this long (a dead line sounds like a dropped call), with no gap: the noise is kept at least
+# COMFORT_NOISE_LEAD_MS ahead of its playback (the shell's clock ticks once a second), a second at a time, until the
+# model's first audio (which clears what is left of it) or the give-up.
+COMFORT_NOISE_AFTER_MS = 500
+COMFORT_NOISE_LEAD_MS = 1500
+COMFORT_NOISE_MS = 1000
+COMFORT_NOISE = comfort_noise(COMFORT_NOISE_MS)
+# Model sessions (gateway.call.reconnect): a connect that takes longer than this is given up and retried (sized for a
+# phone call, not a web page); waits before the next attempt after consecutive failures (a session that was up this
+# long is replaced at once); the give-up: no session for this long (at the start of a call or after a loss), or more
+# sessions lost than this within a minute. The call then ends with its spoken message (the TwiML after </Connect>).
+MODEL_OPEN_TIMEOUT_MS = 3000
+MODEL_RECONNECT_BACKOFF_MS = (200, 500, 1000, 2000)
+MODEL_HEALTHY_SESSION_MS = 2000
+MODEL_DOWN_LIMIT_MS = 10_000
+MAX_MODEL_LOSSES_PER_MINUTE = 6
 # A rollover abandoned (the caller spoke while the next session was being prepared) is tried again this much later.
 ROLLOVER_RETRY_MS = 2000
 

@@ -35,7 +35,20 @@ class EndCall:
 
 @dataclass(slots=True)
 class ConnectModel:
-    """Open the model session: the call is real (a valid ``start``), so it may now cost model time."""
+    """Open a model session now, giving up on the attempt after ``timeout_ms``; report how it went with
+    :meth:`Call.model_connected`, :meth:`Call.model_connect_failed` (refused, timed out) and, once it was up,
+    :meth:`Call.model_lost`. The first comes with a valid ``start``: the call is real, so it may now cost model time;
+    the next ones when the core decides (gateway.call.reconnect)."""
+
+    timeout_ms: float = 3000.0
+
+
+@dataclass(slots=True)
+class WakeAt:
+    """Call :meth:`Call.tick` at ``at_ms`` (the core's clock), or soon after: something is due then (a model
+    connect attempt, the give-up, more comfort noise) that the once-a-second tick would reach too late."""
+
+    at_ms: float
 
 
 @dataclass(slots=True)
@@ -172,7 +185,7 @@ class Dropped(CallEvent):
     reason: str
 
 
-Output = Union[Send, CallEvent, EndCall, ConnectModel, PrepareRollover, SwitchModel, RunTool, HangUp, Transfer]
+Output = Union[Send, CallEvent, EndCall, ConnectModel, WakeAt, PrepareRollover, SwitchModel, RunTool, HangUp, Transfer]
 
 # The built-in tools the core itself carries out (once what the agent said has been heard).
 END_CALL = "end_call"

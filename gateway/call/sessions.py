@@ -1,5 +1,7 @@
 """The model sessions of a call: connecting one (and configuring it), losing one, replacing one ahead of its
-limit (make-before-break rollover), and the caller-audio clock a session's events are measured against.
+limit (make-before-break rollover), and the caller-audio clock a session's events are measured against; when to
+(re)connect and when to give up (decided by :class:`gateway.call.reconnect.Reconnects`), and the comfort noise the
+caller hears while there is no session.
 
 A mixin of :class:`gateway.call.core.Call`: it works on the call's own state (see ``Call.__init__``).
 """
@@ -9,8 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.audio import join_audio
-from gateway.call.limits import COMFORT_NOISE, COMFORT_NOISE_AFTER_MS, MAX_QUEUED_TOOLS, RESUME_INSTRUCTIONS, ROLLOVER_RETRY_MS
-from gateway.call.outputs import ModelRolledOver, ModelSessionLost, Output, Peer, PrepareRollover, Send, SwitchModel
+from gateway.call.limits import (
+    COMFORT_NOISE, COMFORT_NOISE_AFTER_MS, COMFORT_NOISE_LEAD_MS, COMFORT_NOISE_MS, MAX_QUEUED_TOOLS,
+    RESUME_INSTRUCTIONS, ROLLOVER_RETRY_MS,
+)
+from gateway.call.outputs import (
+    ConnectModel, ModelRolledOver, ModelSessionLost, Output, Peer, PrepareRollover, Send, SwitchModel, WakeAt,
+)
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 
@@ -25,13 +32,10 @@ class ModelSessions:
         self._session += 1
         self._session_started_ms = now_ms
         self._rollover_pending = False
-        self._model_down_since = None
+        self._reconnects.opened(now_ms if now_ms is not None else 0.0)
+        # Comfort noise still queued at Twilio plays on (no dead air while the session is configured and answers);
+        # the agent's first audio clears what is left of it (_agent_audio), so its words are not queued behind it.
         out: list[Output] = [Send(Peer.MODEL, message) for message in self._session_setup(carry=self._session > 1)]
-        if self._comfort_noise_sent:
-            # What is left of the comfort noise at Twilio goes, so the agent's next words are not queued behind it.
-            self._comfort_noise_sent = False
-            if not self._playback.awaiting_echoes:
-                out.append(Send(Peer.TWILIO, tw.clear_message(self.stream_sid)))
         self._restart_input_clock()
         for frame_ms, arrived in self._pending_arrivals:
             self._input_ms += frame_ms
@@ -139,22 +143,69 @@ class ModelSessions:
         self._queued_tools.clear()
         self._interrupted_responses.clear()
         self._caller_speaking = False  # the new session reports speech afresh
-        self._model_down_since = now_ms
+        now = now_ms if now_ms is not None else 0.0
+        self._reconnects.lost(reason, now)
         if self._greeting_response is not None or (self._greeting_session and not self._greeting_done):
             # Not all sent: the next session is asked again, once it is configured (not before).
             self._greeting_response = None
             self._want_response, self._response_instructions = False, ""
         # A goodbye (or transfer announcement) heard in full before the loss: act on it now.
-        return [ModelSessionLost(reason), *self._control_if_heard()]
+        out = [ModelSessionLost(reason), *self._control_if_heard()]
+        return out + self._model_schedule(now) if not self.ended else out
+
+    def model_connect_failed(self, reason: str, now_ms: float, retry_after_ms: float | None = None) -> list[Output]:
+        """An attempt asked for by :class:`ConnectModel` did not open a session: refused (``retry_after_ms``: the
+        refusal's ``Retry-After``, parsed by the shell, as a delay), timed out, or a network error. The core
+        decides the next attempt, or the give-up."""
+        if self.ended:
+            return []
+        self._reconnects.failed(reason, now_ms, retry_after_ms)
+        return [ModelSessionLost(reason), *self._model_schedule(now_ms)]
 
     def model_closed(self, reason: str) -> list[Output]:
         self._model_ready = False
         return self._end(f"model socket closed: {reason}")
 
-    def _comfort_noise(self, now_ms: float) -> list[Output]:
-        down = self._model_down_since
-        if down is None or self._model_ready or now_ms - down < COMFORT_NOISE_AFTER_MS or self._playback.awaiting_echoes:
+    def _model_schedule(self, now_ms: float) -> list[Output]:
+        """What the model-session schedule asks for now: an attempt, the give-up, a wake-up (comfort noise too)."""
+        if self.ended or self._started_ms is None:
             return []
-        self._comfort_noise_sent = True
-        return [Send(Peer.TWILIO, tw.media_message(self.stream_sid, COMFORT_NOISE))]
+        action, value = self._reconnects.check(now_ms)
+        if action == "give_up":
+            reconnects = self._reconnects
+            last = f"; last: {reconnects.last_reason}" if reconnects.last_reason else ""
+            return self.model_closed(f"{reconnects.give_up_reason}{last}")
+        out: list[Output] = [ConnectModel(value)] if action == "connect" else []
+        wake = value if action == "wait" else float("inf")
+        noise, noise_wake = self._comfort_noise(now_ms)
+        return out + noise + self._wake_at(min(wake, noise_wake), now_ms)
+
+    def _wake_at(self, at_ms: float, now_ms: float) -> list[Output]:
+        """One pending wake-up at a time (the earliest wanted): the shell is asked again only for an earlier one."""
+        pending = self._wake_pending_ms
+        if at_ms == float("inf") or (pending is not None and now_ms < pending <= at_ms):
+            return []
+        self._wake_pending_ms = at_ms
+        return [WakeAt(at_ms)]
+
+    def _comfort_noise(self, now_ms: float) -> tuple[list[Output], float]:
+        """Noise while there is no model session, from COMFORT_NOISE_AFTER_MS into the outage, kept at least
+        COMFORT_NOISE_LEAD_MS ahead of its playback so that it never runs dry between two clock checks; and when
+        it is next needed. Nothing while agent audio of a lost session still plays (the line is not silent)."""
+        down = self._reconnects.down_since
+        if down is None or self._model_ready:
+            return [], float("inf")
+        if now_ms < down + COMFORT_NOISE_AFTER_MS:
+            return [], down + COMFORT_NOISE_AFTER_MS
+        if self._playback.awaiting_echoes:
+            return [], float("inf")  # the clock's next tick looks again
+        # The noise plays back to back from when the first piece was sent: it ends at _noise_until_ms.
+        until = max(self._noise_until_ms, now_ms)
+        out: list[Output] = []
+        while until - now_ms <= COMFORT_NOISE_LEAD_MS:
+            out.append(Send(Peer.TWILIO, tw.media_message(self.stream_sid, COMFORT_NOISE)))
+            until += COMFORT_NOISE_MS
+        self._noise_until_ms = until
+        self._comfort_noise_sent = self._comfort_noise_sent or bool(out)
+        return out, until - COMFORT_NOISE_LEAD_MS
 

@@ -12,14 +12,14 @@ import contextlib
 import inspect
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
 from websockets.exceptions import WebSocketException
 
-from gateway.call import PrepareRollover
+from gateway.call import ConnectModel, PrepareRollover, WakeAt
+from gateway.call.limits import MODEL_DOWN_LIMIT_MS, MODEL_OPEN_TIMEOUT_MS
 from gateway.clock import now_ms as _now_ms
 from gateway.observe import metrics
 from gateway.observe.logs import in_call_context
@@ -27,25 +27,18 @@ from gateway.outbox import Outbox
 from gateway.realtime import events as rt
 from gateway.twilio.media import encode_json
 
-from .model_socket import ModelSocket, ModelSocketClosed
+from .model_socket import ModelSocket, ModelSocketClosed, UpgradeRefused
 from .services import POLICY_VIOLATION
 
 log = logging.getLogger("gateway.media_stream")
 
 MODEL_CLOSE_TIMEOUT_S = 1.0
-# Sized for a phone call, not a web page: a connect that takes longer than this is retried, and a model that stops
-# answering without closing its socket (a half-open TCP path) misses a ping within PING_INTERVAL + PING_TIMEOUT s.
-MODEL_OPEN_TIMEOUT_S = 3.0
+# Sized for a phone call, not a web page: a model that stops answering without closing its socket (a half-open TCP
+# path) misses a ping within PING_INTERVAL + PING_TIMEOUT s. When to connect, how long an attempt may take, and
+# when to give up are the call core's (gateway.call.reconnect, gateway.call.limits).
 MODEL_PING_INTERVAL_S = 2.0
 MODEL_PING_TIMEOUT_S = 3.0
-# Waits before reconnecting after consecutive failed attempts (a session that was up reconnects at once).
-MODEL_RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
-MODEL_HEALTHY_SESSION_S = 2.0
-# Giving up: no model session for this long (at the start of a call or after a loss), or more session losses than
-# this within a minute (a session that lives 2 s and dies, over and over). The call then ends with its spoken
-# message (the TwiML after </Connect>), never in silence.
-MODEL_DOWN_LIMIT_S = 10.0
-MAX_MODEL_LOSSES_PER_MINUTE = 6
+MODEL_DOWN_LIMIT_S = MODEL_DOWN_LIMIT_MS / 1000.0
 # Caller audio queued towards a model that is not reading it (about 15 s of PCM16 as base64): past this, live
 # frames are dropped and counted; the reader never waits on the model socket (gateway.outbox). The audio held
 # while a session (re)connects is one message put into an empty queue, so it is never dropped.
@@ -94,6 +87,11 @@ class _UnknownCallSettings(Exception):
 class ModelLinks:
     """The call's model sessions: the current one, one switched to, one being prepared."""
 
+    # The core's latest ConnectModel not yet carried out, what wakes the model loop for it, the pending WakeAt.
+    _connect_request: ConnectModel | None = None
+    _connect_wanted: asyncio.Event | None = None
+    _wake_timer: asyncio.TimerHandle | None = None
+
     async def _apply_per_call_settings(self) -> None:
         """An outbound call's settings (instructions, voice, greeting) were saved under its CallSid when it was
         placed; its stream (and only it: the credential names the CallSid, ``start`` must match) takes them, once."""
@@ -112,9 +110,32 @@ class ModelLinks:
             instructions=found.instructions or "", voice=found.voice or "", greeting=found.greeting or ""
         )
 
+    def _model_output(self, output: ConnectModel | WakeAt) -> None:
+        """Carry out the core's model-session schedule (gateway.call.reconnect decides it): an attempt now, or a
+        wake-up of the core's clock at the time it names."""
+        if isinstance(output, WakeAt):
+            delay_s = max(0.0, (output.at_ms - _now_ms()) / 1000.0)
+            if self._wake_timer is not None:
+                self._wake_timer.cancel()  # the core asks again only for an earlier one
+            self._wake_timer = asyncio.get_running_loop().call_later(delay_s, self._woken)
+            return
+        self._connect_request = output
+        if self._model_task is None:
+            self._model_task = asyncio.create_task(self._model_loop(), name="model-reader")
+        elif self._connect_wanted is not None:
+            self._connect_wanted.set()
+
+    def _woken(self) -> None:
+        self._wake_timer = None
+        if not self._done.is_set():
+            self._arrived = 0.0
+            in_call_context(self._log_context, self._dispatch, self.call.tick(_now_ms()))
+
     async def _model_loop(self) -> None:
-        """Hold a model session for the whole call: a socket that dies (or a session that reaches its time
-        limit) is replaced, and the conversation goes on in the new session (see ``Call.model_lost``)."""
+        """Hold a model session for the whole call: open one when the core asks (:class:`ConnectModel`), tell it
+        how each attempt went (opened, refused with its ``Retry-After``, failed) and when a session ends; the core
+        decides the next attempt and the give-up. A rollover's prepared session is taken over here too."""
+        self._connect_wanted = asyncio.Event()
         try:
             await self._apply_per_call_settings()
         except _UnknownCallSettings:
@@ -125,70 +146,61 @@ class ModelLinks:
             log.exception("per-call settings could not be read; ending the call call_sid=%s", self.call.call_sid)
             self._end("per-call settings unavailable")
             return
-        failures = 0
-        losses: deque[float] = deque()  # when sessions were lost, over the last minute
-        loop = asyncio.get_running_loop()
-        down_since = loop.time()  # no model session since then
         while not self._done.is_set():
-            started = loop.time()
-            connected, reason = await self._one_model_session()
+            request, self._connect_request = self._connect_request, None
+            if request is None and self._handover is None:
+                self._connect_wanted.clear()
+                await self._connect_wanted.wait()
+                continue
+            connected, reason, retry_after_s = await self._one_model_session(request)
             if self._done.is_set():
                 break
             if self._handover is not None:
                 continue  # a rollover: the prepared session is already configured and current
-            now = loop.time()
+            now = _now_ms()
             if connected:
-                down_since = now
-            losses.append(now)
-            while losses and now - losses[0] > 60.0:
-                losses.popleft()
-            # A session that was up a while reconnects at once; one that dies at once counts as a failure.
-            healthy = connected and now - started >= MODEL_HEALTHY_SESSION_S
-            failures = 0 if healthy else failures + 1
-            backoff = MODEL_RECONNECT_BACKOFF_S[min(failures, len(MODEL_RECONNECT_BACKOFF_S)) - 1] if failures else 0.0
-            give_up = ("MODEL_RECONNECT is off" if not self.settings.model_reconnect
-                       else f"no model session for {MODEL_DOWN_LIMIT_S:g} s" if now + backoff - down_since > MODEL_DOWN_LIMIT_S
-                       else f"{len(losses)} model sessions lost within a minute" if len(losses) > MAX_MODEL_LOSSES_PER_MINUTE
-                       else "")
-            if give_up:
-                log.error("model unavailable call_sid=%s (%s; last: %s); ending the call",
-                          self.call.call_sid or "-", give_up, reason)
-                self._dispatch(self.call.model_closed(f"{give_up}; last: {reason}"))
-                return
-            log.warning("model session lost call_sid=%s (%s); reconnecting", self.call.call_sid or "-", reason)
-            self._dispatch(self.call.model_lost(reason, _now_ms()))
-            if backoff:
-                await asyncio.sleep(backoff)
+                log.warning("model session lost call_sid=%s (%s)", self.call.call_sid or "-", reason)
+                self._dispatch(self.call.model_lost(reason, now))
+            else:
+                retry_after_ms = retry_after_s * 1000.0 if retry_after_s is not None else None
+                self._dispatch(self.call.model_connect_failed(reason, now, retry_after_ms))
+            if self.call.ended:
+                log.error("model unavailable call_sid=%s (%s); ending the call", self.call.call_sid or "-",
+                          self._end_reason or reason)
 
-    async def _one_model_session(self) -> tuple[bool, str]:
+    async def _one_model_session(self, request: ConnectModel | None) -> tuple[bool, str, float | None]:
         """Connect (or take over the session a rollover switched to) and read until the socket closes:
-        (whether it connected, why it ended)."""
+        (whether it connected, why it ended, the refusal's Retry-After in seconds)."""
         link, self._handover = self._handover, None
         fresh = link is None
         try:
             if link is None:
-                link = await self._open_model_link()
+                timeout_ms = request.timeout_ms if request is not None else MODEL_OPEN_TIMEOUT_MS
+                link = await self._open_model_link(timeout_ms / 1000.0)
             self._model_link = link
             if fresh:
                 self._dispatch(self.call.model_connected(_now_ms()))
             self._replay_backlog(link)  # what it said before it was current, in order, before anything newer
-            return True, await link.ended
+            return True, await link.ended, None
         except asyncio.CancelledError:
             raise
+        except UpgradeRefused as refused:
+            log.error("model connection refused call_sid=%s: %s", self.call.call_sid or "-", refused)
+            return False, str(refused), refused.retry_after_s
         except (OSError, WebSocketException, TimeoutError) as error:
             reason = f"{type(error).__name__}: {error}"
             log.error("model connection failed call_sid=%s: %s", self.call.call_sid or "-", reason)
-            return link is not None, reason
+            return link is not None, reason, None
         except Exception as error:
             log.exception("model reader failed call_sid=%s", self.call.call_sid or "-")
-            return link is not None, f"{type(error).__name__}: {error}"
+            return link is not None, f"{type(error).__name__}: {error}", None
         finally:
             if link is not None and self._model_link is link:
                 self._model_link = None
             if link is not None and self._handover is not link:
                 await self._close_model_link(link)
 
-    async def _open_model_link(self) -> _ModelLink:
+    async def _open_model_link(self, open_timeout_s: float = MODEL_OPEN_TIMEOUT_MS / 1000.0) -> _ModelLink:
         settings = self.settings
         link = _ModelLink()
         handle = partial(self._model_message, link)
@@ -197,7 +209,7 @@ class ModelLinks:
             partial(in_call_context, self._log_context, handle),
             headers=settings.model_headers(),
             max_size=MODEL_MAX_MESSAGE_BYTES,
-            open_timeout_s=MODEL_OPEN_TIMEOUT_S,
+            open_timeout_s=open_timeout_s,
             ping_interval_s=MODEL_PING_INTERVAL_S,
             ping_timeout_s=MODEL_PING_TIMEOUT_S,
             close_timeout_s=MODEL_CLOSE_TIMEOUT_S,
@@ -358,5 +370,8 @@ class ModelLinks:
     async def _close_model(self) -> None:
         """Every model session of the call closed with 1000 and its writer stopped: the current one, one switched
         to that the reader has not taken over yet, one being prepared."""
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+            self._wake_timer = None
         links = {id(link): link for link in (self._model_link, self._handover, self._standby) if link is not None}
         await asyncio.gather(*(self._close_model_link(link) for link in links.values()), return_exceptions=True)

@@ -25,10 +25,13 @@ import logging
 import os
 import ssl
 import struct
+import time
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 from typing import Callable
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidHandshake, InvalidState, ProxyError, WebSocketException
+from websockets.exceptions import InvalidHandshake, InvalidState, InvalidStatus, ProxyError, WebSocketException
 from websockets.frames import Frame, Opcode, apply_mask
 from websockets.http11 import USER_AGENT, Response
 from websockets.protocol import State
@@ -50,8 +53,47 @@ def _text_frame_header(length: int) -> bytes:
     return struct.pack("!BBQ", 0x81, 0x80 | 127, length)
 
 
+# A Retry-After further out than this is taken as this (a call gives up long before; the bound keeps it a number).
+MAX_RETRY_AFTER_S = 3600.0
+
+
 class ModelSocketClosed(ConnectionError):
     """A send on a socket that is closed or closing."""
+
+
+class UpgradeRefused(InvalidStatus):
+    """The server answered the upgrade with an HTTP status (429, 503, 401...): ``status`` and ``retry_after_s``,
+    its ``Retry-After`` as a delay from when the answer arrived (None: absent or unreadable)."""
+
+    def __init__(self, response: Response, retry_after_s: float | None) -> None:
+        super().__init__(response)
+        self.status = response.status_code
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        after = f", Retry-After {self.retry_after_s:g} s" if self.retry_after_s is not None else ""
+        return f"HTTP {self.status}: the server refused the WebSocket upgrade{after}"
+
+
+def parse_retry_after(value: str | None, now_s: float | None = None) -> float | None:
+    """``Retry-After`` (RFC 9110 10.2.3) as seconds from now, bounded to [0, MAX_RETRY_AFTER_S]: delay-seconds
+    (``"2"``) or an HTTP-date (``"Wed, 21 Oct 2026 07:28:00 GMT"``, against ``now_s``, the wall clock). None when
+    absent or unreadable (the caller logs it)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text or len(text) > 64:
+        return None
+    if text.isascii() and text.isdigit():
+        return min(float(text), MAX_RETRY_AFTER_S)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # a date with no zone (asctime form, "-0000"): HTTP dates are always GMT
+        when = when.replace(tzinfo=timezone.utc)
+    now = time.time() if now_s is None else now_s
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_S)
 
 
 class ModelSocket(asyncio.Protocol):
@@ -243,6 +285,14 @@ class ModelSocket(asyncio.Protocol):
         if self.handshake.done():
             return
         error = self.protocol.handshake_exc
+        if isinstance(error, InvalidStatus):
+            # Parsed here, once, at the edge: the call core gets the status and the delay as data.
+            header = error.response.headers.get("Retry-After")
+            retry_after = parse_retry_after(header)
+            if header is not None and retry_after is None:
+                log.warning("model socket: unreadable Retry-After %r on HTTP %d; ignored", header[:64],
+                            error.response.status_code)
+            error = UpgradeRefused(error.response, retry_after)
         if error is not None:
             self.handshake.set_exception(error)
             if self.transport is not None:
@@ -328,4 +378,4 @@ async def _open_transport(loop: asyncio.AbstractEventLoop, uri: WebSocketURI,
     return socket
 
 
-__all__ = ["ModelSocket", "ModelSocketClosed", "InvalidHandshake"]
+__all__ = ["ModelSocket", "ModelSocketClosed", "InvalidHandshake", "UpgradeRefused", "parse_retry_after"]

@@ -75,4 +75,5 @@ def call_config(settings: Settings, registry: ToolRegistry | None = None) -> Cal
         rollover_margin_ms=int(settings.model_rollover_margin_s * 1000),
         vad_silence_ms=settings.vad_silence_duration_ms if settings.turn_detection == "server_vad" else 0,
         caller_audio_batch_ms=settings.caller_audio_batch_ms,
+        model_reconnect=settings.model_reconnect,
     )

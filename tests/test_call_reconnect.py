@@ -1,0 +1,241 @@
+"""The call core's model-session schedule, driven by event scripts in milliseconds: when it (re)connects, how it
+honours a refusal's Retry-After, when it gives up, and the comfort noise the caller hears meanwhile. No sockets, no
+sleeps: a small driver plays the shell (it carries out ConnectModel and WakeAt, ticks once a second) against a
+scripted model service."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Callable
+
+import pytest
+
+from gateway.call import Call, CallConfig, ConnectModel, EndCall, ModelSessionLost, Peer, Send, WakeAt
+from gateway.call.limits import (
+    COMFORT_NOISE_AFTER_MS, MAX_MODEL_LOSSES_PER_MINUTE, MODEL_DOWN_LIMIT_MS, MODEL_OPEN_TIMEOUT_MS,
+)
+from gateway.media_stream.model_socket import MAX_RETRY_AFTER_S, parse_retry_after
+from gateway.realtime import events as rt
+from gateway.twilio import media as tw
+
+SID = "MZ" + "0" * 32
+NOISE_MS = 1000  # each comfort-noise message: 1 s of mu-law (8000 bytes)
+
+# What the scripted model service answers attempt n (1-based): None opens a session, else (reason, Retry-After ms).
+Answer = Callable[[int], "tuple[str, float | None] | None"]
+
+
+def refuse_all(status: int = 503, retry_after_ms: float | None = None) -> Answer:
+    return lambda n: (f"HTTP {status}", retry_after_ms)
+
+
+def refuse_first(count: int, status: int = 429, retry_after_ms: float | None = None) -> Answer:
+    return lambda n: (f"HTTP {status}", retry_after_ms) if n <= count else None
+
+
+@dataclass
+class Run:
+    """What the caller's side and the model's side saw, in the core's milliseconds."""
+
+    attempts: list[float] = field(default_factory=list)  # when each ConnectModel was carried out
+    timeouts: list[float] = field(default_factory=list)  # the timeout each was given
+    noise: list[float] = field(default_factory=list)  # when each second of comfort noise was sent
+    opened_ms: float | None = None
+    ended_ms: float | None = None
+    end_reason: str = ""
+    lost_events: int = 0
+
+    def silences(self, until_ms: float) -> list[tuple[float, float]]:
+        """(start, length) of every stretch with nothing playing, from the call's start to ``until_ms``, the noise
+        played back to back from when it was sent (as Twilio plays what it is sent)."""
+        gaps, play_end = [], 0.0
+        for sent in self.noise:
+            if sent > play_end:
+                gaps.append((play_end, sent - play_end))
+            play_end = max(play_end, sent) + NOISE_MS
+        if until_ms > play_end:
+            gaps.append((play_end, until_ms - play_end))
+        return gaps
+
+    def longest_silence_ms(self, until_ms: float) -> float:
+        return max((length for _, length in self.silences(until_ms)), default=0.0)
+
+
+def start_call(**config) -> Call:
+    return Call(CallConfig(session_update={"type": "session.update", "session": {}}, **config))
+
+
+def drive(answer: Answer, *, call: Call | None = None, until_ms: int = 20_000, connect_ms: int = 20,
+          clock_phase_ms: int = 0) -> Run:
+    """Start a call at t = 0 and play the shell for it, a millisecond at a time, until it ends or ``until_ms``.
+
+    An attempt's answer comes ``connect_ms`` after it starts (or at its timeout, if that is sooner: a timed-out
+    attempt fails then). The shell's clock ticks once a second (from ``clock_phase_ms``), and at each WakeAt."""
+    call = call or start_call()
+    run = Run()
+    wake: float | None = None
+    in_flight: tuple[float, float] | None = None  # the attempt at the shell: (when its answer comes, its timeout)
+
+    def carry_out(outputs: list, now: int) -> None:
+        nonlocal wake, in_flight
+        for output in outputs:
+            if isinstance(output, ConnectModel):
+                assert in_flight is None, "an attempt while one is in flight"
+                run.attempts.append(now)
+                run.timeouts.append(output.timeout_ms)
+                in_flight = (now + min(connect_ms, output.timeout_ms), output.timeout_ms)
+            elif isinstance(output, WakeAt):
+                wake = output.at_ms
+            elif isinstance(output, EndCall):
+                run.ended_ms, run.end_reason = now, output.reason
+            elif isinstance(output, ModelSessionLost):
+                run.lost_events += 1
+            elif isinstance(output, Send) and output.to is Peer.TWILIO and output.message["event"] == "media":
+                assert len(base64.b64decode(output.message["media"]["payload"])) == NOISE_MS * 8
+                run.noise.append(now)
+
+    carry_out(call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0), 0)
+    for now in range(1, until_ms + 1):
+        if call.ended:
+            break
+        if in_flight is not None and now >= in_flight[0]:
+            timed_out = connect_ms > in_flight[1]
+            in_flight = None
+            result = ("TimeoutError", None) if timed_out else answer(len(run.attempts))
+            if result is None:
+                run.opened_ms = now
+                carry_out(call.model_connected(now), now)
+            else:
+                carry_out(call.model_connect_failed(result[0], now, result[1]), now)
+        if wake is not None and now >= wake:
+            wake = None
+            carry_out(call.tick(now), now)
+        elif now % 1000 == clock_phase_ms:
+            carry_out(call.tick(now), now)
+    return run
+
+
+# ---- the give-up -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_model_refusing_every_connect_is_given_up_at_exactly_the_documented_limit(status):
+    run = drive(refuse_all(status))
+    assert run.ended_ms == MODEL_DOWN_LIMIT_MS == 10_000  # from the call's start: not 7.7 s, not later
+    assert f"no model session for 10 s; last: HTTP {status}" in run.end_reason
+    # Retried after 0.2, 0.5, 1 and then every 2 s: attempts at once, then on the backoff.
+    assert run.attempts[:5] == [0, 220, 740, 1760, 3780]
+    assert all(a < 10_000 for a in run.attempts)
+    assert run.lost_events == len(run.attempts)  # each refusal is reported (metrics, the call's record)
+
+
+def test_an_attempt_never_outlasts_the_give_up():
+    # A model that never answers: each attempt times out; the last one is cut to end at the limit.
+    run = drive(refuse_all(), connect_ms=60_000)
+    assert run.timeouts[0] == MODEL_OPEN_TIMEOUT_MS
+    assert all(start + timeout <= MODEL_DOWN_LIMIT_MS for start, timeout in zip(run.attempts, run.timeouts))
+    assert run.ended_ms == MODEL_DOWN_LIMIT_MS
+
+
+def test_the_give_up_counts_from_the_loss_for_a_session_lost_mid_call():
+    call = start_call()
+    call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
+    call.model_connected(20)
+    out = call.model_lost("code 1006", 30_000)  # up 30 s: replaced at once
+    assert [o for o in out if isinstance(o, ConnectModel)] == [ConnectModel(MODEL_OPEN_TIMEOUT_MS)]
+    out = call.model_connect_failed("HTTP 503", 30_010)
+    assert not [o for o in out if isinstance(o, (ConnectModel, EndCall))]
+    assert not [o for o in call.tick(39_999) if isinstance(o, EndCall)]
+    assert [o for o in call.tick(40_000) if isinstance(o, EndCall)]
+
+
+def test_without_model_reconnect_the_first_refusal_ends_the_call():
+    run = drive(refuse_all(), call=start_call(model_reconnect=False))
+    assert run.attempts == [0] and run.ended_ms == 20 and "MODEL_RECONNECT is off" in run.end_reason
+
+
+def test_sessions_that_keep_dying_end_the_call_after_the_limit_per_minute():
+    call = start_call()
+    call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
+    now, ended = 0, []
+    for _ in range(MAX_MODEL_LOSSES_PER_MINUTE + 1):
+        call.model_connected(now)
+        now += 3000  # each lives 3 s (healthy: replaced at once)
+        ended = [o for o in call.model_lost("code 1011", now) if isinstance(o, EndCall)]
+    assert ended and "7 model sessions lost within a minute" in ended[0].reason
+
+
+# ---- Retry-After -------------------------------------------------------------------------------------------------
+
+
+def test_retry_after_is_honoured_no_attempt_before_it():
+    run = drive(refuse_first(1, 429, retry_after_ms=2000))
+    assert run.attempts == [0, 2020]  # refused at 20 ms, "Retry-After: 2": not at 220 ms as the backoff says
+    assert run.opened_ms == 2040 and run.ended_ms is None
+
+
+def test_a_retry_after_shorter_than_the_backoff_does_not_shorten_it():
+    run = drive(refuse_first(4, 503, retry_after_ms=100))
+    assert run.attempts == [0, 220, 740, 1760, 3780]
+
+
+def test_a_retry_after_past_the_give_up_gives_up_at_the_limit_without_waiting_for_it():
+    run = drive(refuse_all(429, retry_after_ms=30_000))
+    assert run.attempts == [0]  # nothing before the Retry-After, which is past the limit
+    assert run.ended_ms == MODEL_DOWN_LIMIT_MS  # at the limit, not at once and not at 30 s
+    assert run.longest_silence_ms(run.ended_ms) < 1000  # and the caller heard the line alive until then
+
+
+def test_a_retry_after_that_lands_just_before_the_limit_still_gets_its_attempt():
+    run = drive(refuse_first(1, 503, retry_after_ms=9_000))
+    assert run.attempts == [0, 9_020] and run.timeouts[1] == MODEL_DOWN_LIMIT_MS - 9_020
+    assert run.opened_ms == 9_040 and run.ended_ms is None
+
+
+def test_retry_after_is_parsed_once_at_the_edge_in_both_forms():
+    now = 1_800_000_000.0
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after(" 120 ") == 120.0
+    assert parse_retry_after(formatdate(now + 5, usegmt=True), now) == 5.0  # an HTTP-date
+    assert parse_retry_after("Fri, 15 Jan 2027 08:00:00 GMT", 1_800_000_000.0 + 86_400 * 365) == 0.0  # passed
+    assert parse_retry_after("99999999999") == MAX_RETRY_AFTER_S  # bounded
+    for bad in (None, "", "-1", "1.5", "soon", "x" * 500, "\u0663"):
+        assert parse_retry_after(bad) is None  # absent or unreadable: no Retry-After
+
+
+# ---- what the caller hears ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", [0, 1, 371, 999])
+def test_comfort_noise_from_the_first_second_without_a_gap_until_the_give_up(phase):
+    run = drive(refuse_all(503), clock_phase_ms=phase)
+    assert run.noise[0] == COMFORT_NOISE_AFTER_MS  # half a second of silence at most, whatever the clock's phase
+    assert run.silences(run.ended_ms) == [(0.0, COMFORT_NOISE_AFTER_MS)]  # then no gap at all until the give-up
+    assert len(run.noise) <= MODEL_DOWN_LIMIT_MS / NOISE_MS + 2  # never far ahead of its playback
+
+
+def test_comfort_noise_while_a_model_that_hangs_is_waited_for():
+    run = drive(refuse_all(), connect_ms=60_000)  # no answer at all: each attempt times out
+    assert run.silences(run.ended_ms) == [(0.0, COMFORT_NOISE_AFTER_MS)]
+
+
+def test_a_model_that_answers_at_once_gets_no_noise():
+    run = drive(lambda n: None, until_ms=5000)
+    assert run.opened_ms == 20 and run.noise == []
+
+
+def test_noise_until_the_model_is_back_and_its_first_audio_clears_the_rest():
+    call = start_call()
+    run = drive(refuse_first(2, 429, retry_after_ms=3000), call=call, until_ms=6_100)
+    assert run.opened_ms == 6_060 and run.silences(run.opened_ms) == [(0.0, COMFORT_NOISE_AFTER_MS)]
+    assert sends(call.tick(6_500)) == []  # the model is back: no more noise
+    call.model_event(rt.ResponseCreated("r1"), 6_600)
+    out = sends(call.model_event(rt.AudioDelta("r1", "a1", b"\x00\x01" * 2400), 6_700))
+    assert out[0] == {"event": "clear", "streamSid": SID} and out[1]["event"] == "media"
+    assert sends(call.model_event(rt.AudioDelta("r1", "a1", b"\x00\x01" * 2400), 6_800))[0]["event"] == "media"
+
+
+def sends(outputs):
+    return [o.message for o in outputs if isinstance(o, Send) and o.to is Peer.TWILIO]
