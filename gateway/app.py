@@ -55,6 +55,8 @@ from gateway.observe.tracing import configure_tracing_once
 from gateway.state import SharedState, StateDeadline, StateUnavailable, open_state
 from gateway.tools import ToolRegistry, end_call_tool, load_tools_module, transfer_call_tool
 from gateway.store import CallStore, MemoryCallStore, open_store, run_retention
+from gateway.store.records import CallRecords
+from gateway.store.spool import RecordSpool
 from gateway.twilio.rest import TwilioRest
 from gateway.twilio.twiml import INCOMING_CALL_PATH, MEDIA_STREAM_PATH, say_and_hang_up_twiml, stream_url
 from gateway.twilio.webhook import WebhookRejected, read_call_webhook, signed_base, stream_twiml
@@ -103,9 +105,13 @@ class GatewayState:
         self.console_sessions = ConsoleSessions(settings.console_session_ttl_s, shared=self.shared)
         self.console = LiveHub(owner_of=self.store.get_call, session_of=self.find_session,
                                full_numbers=settings.log_full_numbers)
+        # Call records at each call's start and end; spooled to RECORD_SPOOL_DIR while the store does not take them.
+        self.records = CallRecords(self.store, RecordSpool(settings.record_spool_dir, settings.record_spool_max_bytes),
+                                   instance_id=settings.instance_id)
         self.services = CallServices(
             tools=build_tool_registry(settings, can_transfer=self.twilio.configured),
             store=self.store,
+            records=self.records,
             twilio=self.twilio if self.twilio.configured else None,
             prices=prices,
             budget=self.budget,
@@ -116,6 +122,10 @@ class GatewayState:
     def find_session(self, call_sid: str) -> MediaStreamSession | None:
         """The live call of this CallSid held by this instance."""
         return next((session for session in self.active_calls if session.call.call_sid == call_sid), None)
+
+    def live_call_sids(self) -> list[str]:
+        """The calls this instance holds (their records are not lost)."""
+        return [session.call.call_sid for session in self.active_calls if session.call.call_sid]
 
     def at_capacity(self) -> bool:
         return len(self.active_calls) >= self.settings.max_calls
@@ -362,12 +372,14 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
         state = app.state.gateway
         # Control requests (hang up, transfer, say) for the calls this instance holds, from any instance.
         control = asyncio.create_task(serve_control(state.shared, settings.instance_id, state.find_session))
+        # Spooled records written when the store is back; calls of a stopped instance marked lost.
+        records = asyncio.create_task(state.records.run(state.shared, state.live_call_sids))
         try:
             yield
         finally:
-            for task in (retention, control):
+            for task in (retention, control, records):
                 task.cancel()
-            await asyncio.gather(retention, control, return_exceptions=True)
+            await asyncio.gather(retention, control, records, return_exceptions=True)
             await app.state.gateway.aclose()
             if local_server is not None:
                 await local_server.stop()

@@ -21,6 +21,7 @@ class CallServices:
 
     tools: ToolRegistry = field(default_factory=lambda: ToolRegistry([]))
     store: Any = None  # gateway.store.CallStore: per-call settings of outbound calls
+    records: Any = None  # gateway.store.records.CallRecords: the call's record at its start and end (or the spool)
     twilio: Any = None  # gateway.twilio.rest client: hang up and transfer live calls
     prices: Any = None  # gateway.observe.cost.Prices of the configured model (None: unknown, cost not counted)
     budget: Any = None  # gateway.observe.budget.DailyBudget: today's cost, shared by every instance

@@ -46,10 +46,11 @@ from gateway.direct_ws import direct_receive
 from gateway.droplog import DropCounter
 from gateway.observe import metrics
 from gateway.observe.ledger import CallLedger
-from gateway.observe.logs import bind_call, in_call_context
+from gateway.observe.logs import bind_call, in_call_context, mask_number
 from gateway.outbox import Outbox, Pacer
 from gateway.recording import CallRecorder
 from gateway.security import StreamGrant
+from gateway.store.records import start_record
 from gateway.tools import ToolContext
 from gateway.twilio.media import MediaStreamError, encode_message, parse_twilio_message
 from gateway.twilio.twiml import dial_twiml
@@ -168,8 +169,9 @@ class MediaStreamSession(ModelLinks, CallLeases):
                 self.call.call_sid or "-", self._end_reason or "-", record["ended_by"], record["duration_s"],
                 len(record["turns"]), record["cost_usd"], self._dropped_audio_frames, self._drops.total,
             )
+            # The record before the leases go: while its registry entry lives, no sweep takes the call for lost.
+            await self._save_record({**record, "holder": self.settings.instance_id})
             await self._release_leases()
-            await self._save_record(record)
             # Hook (call recordings): the call's stereo WAV from its frame recording, when it may be recorded
             # (RECORD_AUDIO, or POST /calls' "record"), named in its record (gateway.recording_wav).
             if self._recorder is not None:
@@ -354,8 +356,7 @@ class MediaStreamSession(ModelLinks, CallLeases):
                 self._recorder.call_started(event.call_sid, event.stream_sid)
             self._drops.context = self._model_drops.context = f"call_sid={event.call_sid}"
             self._log_context.update(call_sid=event.call_sid, stream_sid=event.stream_sid)
-            if self.services.shared is not None:
-                self._in_background(self._take_leases(event.custom_parameters.get("To", "")))
+            self._in_background(self._call_started())
         cost = self.ledger.event(event, _now_ms())
         if isinstance(event, Dropped):
             (self._drops if event.source == "twilio" else self._model_drops).drop(event.reason)
@@ -406,11 +407,29 @@ class MediaStreamSession(ModelLinks, CallLeases):
         self._dispatch(outputs)
         return True
 
+    async def _call_started(self) -> None:
+        """Leases and the registry first (the limits may end the call), then the record of a call in progress,
+        naming this instance as its holder (gateway.store.records: how a crashed holder's calls show as lost)."""
+        if self.services.shared is not None:
+            await self._take_leases(self.ledger.to_number)
+        records = self.services.records
+        if records is not None and not self._done.is_set():
+            ledger, full = self.ledger, self.settings.log_full_numbers
+            await records.start(start_record(
+                call_sid=ledger.call_sid, stream_sid=ledger.stream_sid, direction=ledger.direction,
+                from_=mask_number(ledger.from_number, full), to=mask_number(ledger.to_number, full),
+                started_at=ledger.started_at, holder=self.settings.instance_id, model=ledger.model))
+
     async def _save_record(self, record: dict[str, Any]) -> None:
-        """Keep the call's record (gateway.store), whatever happened to the call; a store failure is logged."""
-        store = self.services.store
-        save = getattr(store, "finish_call", None)
-        if save is None or not record["call_sid"]:
+        """Keep the call's record (gateway.store), whatever happened to the call: through CallRecords (the spool
+        when the store does not take it), or straight to a store (bounded; a failure is logged)."""
+        if not record["call_sid"]:
+            return
+        if self.services.records is not None:
+            await self.services.records.finish(record)
+            return
+        save = getattr(self.services.store, "finish_call", None)
+        if save is None:
             return
         try:
             await asyncio.wait_for(save(record), RECORD_SAVE_TIMEOUT_S)

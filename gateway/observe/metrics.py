@@ -94,6 +94,9 @@ DROPPED = Counter("gateway_dropped_frames_total", "Frames dropped at the edge, b
                   ["source", "reason"])
 REFUSED_STREAMS = Counter("gateway_refused_streams_total", "Media stream upgrades refused, by reason.", ["reason"])
 REFUSED_CALLS = Counter("gateway_refused_calls_total", "Calls answered with a polite refusal, by reason.", ["reason"])
+REFUSED_CONNECTIONS = Counter("gateway_refused_connections_total",
+                              "Sockets closed at once (or requests refused, behind a trusted proxy) past a connection "
+                              "cap, by reason (gateway.connection_caps).", ["reason"])
 TOOL_CALLS = Counter("gateway_tool_calls_total", "Tool calls, by tool and outcome.", ["tool", "outcome"])
 TOOL_DURATION = Histogram("gateway_tool_duration_seconds", "Tool run time.", ["tool"],
                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
@@ -112,6 +115,13 @@ SHARED_STATE_UP = Gauge("gateway_shared_state_up", "1 while the shared state (RE
 DAILY_COST_UNWRITTEN = Gauge("gateway_daily_cost_unwritten_usd", "Cost counted by this process and not yet written to "
                              "the shared daily total (the state did not answer); written when it does.",
                              multiprocess_mode="livesum")
+RECORDS_SPOOLED = Counter("gateway_call_records_spooled_total", "Call record writes the store did not take, kept in "
+                          "the local spool (RECORD_SPOOL_DIR) until it is back, by operation (start, finish).", ["op"])
+RECORDS_REPLAYED = Counter("gateway_call_records_replayed_total", "Spooled call record writes written to the store.")
+RECORDS_LOST = Counter("gateway_call_records_lost_total", "Call record writes lost: not taken by the store and not "
+                       "spooled (spool full or unwritable), or unreadable in the spool, by reason.", ["reason"])
+CALLS_MARKED_LOST = Counter("gateway_calls_marked_lost_total", "Records of calls whose holding instance stopped "
+                            "before their end was written, marked lost.")
 
 _seen: dict[tuple[str, str], set[str]] = {}
 _seen_lock = threading.Lock()
