@@ -160,7 +160,7 @@ async def test_sqlite_state_is_shared_by_two_handles_of_one_file(tmp_path) -> No
     one, two = SQLiteState(str(tmp_path / "state.db")), SQLiteState(str(tmp_path / "state.db"))
     assert await one.claim_once("nonce", 10) and not await two.claim_once("nonce", 10)
     assert await one.acquire_lease("global", "CA1", 1, 10) and not await two.acquire_lease("global", "CA2", 1, 10)
-    assert await two.add_to_total("cost:day", 1.5, 100) == 1.5 and await one.add_to_total("cost:day", 1.0, 100) == 2.5
+    assert await two.set_share("cost:day", "w1", 1.5, 100) == 1.5 and await one.set_share("cost:day", "w0", 1.0, 100) == 2.5
     await one.register_call("CA1", "w0", 10)
     assert await two.call_holder("CA1") == "w0"
     await two.send_control("w0", {"id": "r", "action": "say"})

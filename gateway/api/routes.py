@@ -157,7 +157,12 @@ async def create_call(request: Request) -> Response:
         if api.at_capacity():
             raise ApiError(503, "at_capacity", "this gateway is at MAX_CALLS concurrent calls; retry later",
                            headers={"Retry-After": "10"})
-        if api.budget_exhausted is not None and await api.budget_exhausted():
+        try:
+            exhausted = api.budget_exhausted is not None and await api.budget_exhausted()
+        except StateUnavailable:  # the total cannot be read: refused (fail closed), but it is no reached budget
+            raise ApiError(503, "budget_unavailable", "today's cost total cannot be read (the shared state does not "
+                           "answer); retry later", headers={"Retry-After": "5"}) from None
+        if exhausted:
             raise ApiError(429, "daily_budget_reached", "today's cost reached DAILY_BUDGET_USD; no new calls today",
                            headers={"Retry-After": "3600"})
         body = await json_body(request, MAX_BODY_BYTES)

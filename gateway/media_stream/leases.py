@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from gateway.observe import metrics
-from gateway.state.base import StateUnavailable
+from gateway.state.base import StateDeadline, StateUnavailable
 
 log = logging.getLogger("gateway.media_stream")
 
@@ -17,6 +17,7 @@ log = logging.getLogger("gateway.media_stream")
 # instance's calls free their slots within the TTL.
 LEASE_TTL_S = 30.0
 LEASE_RENEW_S = 10.0
+STATE_UNAVAILABLE_REASON = "shared state unavailable"  # the call's end reason: refused (gateway.observe.ledger)
 
 
 class CallLeases:
@@ -24,31 +25,37 @@ class CallLeases:
 
     async def _take_leases(self, number: str) -> None:
         """Hold this call's slots (MAX_CALLS_GLOBAL across instances, MAX_CALLS_PER_NUMBER per called number) and
-        register it (control from any instance). Limits fail closed: a full limit, or a shared state that cannot
-        answer, ends the call with the spoken message. The registry fails open: the call goes on uncontrolled."""
+        register it (control from any instance), all within 300 ms. Limits fail closed: a full limit, or a shared
+        state that does not answer in time, ends the call with the spoken message (each counted and logged for
+        what it is). The registry fails open: the call goes on uncontrolled."""
         shared, settings, call_sid = self.services.shared, self.settings, self.call.call_sid
+        deadline = StateDeadline()
         limits = [("global", settings.max_calls_global)]
         if number:
             limits.append((f"number:{number[:32]}", settings.max_calls_per_number))
         for scope, limit in limits:
             if not limit:
                 continue
+            # Released at the end whatever the answer: a lease taken by a call that timed out must not linger.
+            self._leases.append(scope)
             try:
-                taken = await shared.acquire_lease(scope, call_sid, limit, LEASE_TTL_S)
+                taken = await deadline.run(shared.acquire_lease(scope, call_sid, limit, LEASE_TTL_S))
             except StateUnavailable as error:
-                log.error("concurrency limit unavailable (%s): ending the call", error)
-                taken = False
+                metrics.REFUSED_CALLS.labels("state_unavailable").inc()
+                log.error("concurrency limit unreadable (the shared state does not answer: %s): ending the call", error)
+                self._end(STATE_UNAVAILABLE_REASON)
+                return
             if not taken:
                 metrics.REFUSED_CALLS.labels("global_limit" if scope == "global" else "number_limit").inc()
                 log.warning("at %s: ending the call", "MAX_CALLS_GLOBAL" if scope == "global" else "MAX_CALLS_PER_NUMBER")
                 self._end("at MAX_CALLS_GLOBAL" if scope == "global" else "at MAX_CALLS_PER_NUMBER")
                 return
-            self._leases.append(scope)
+        self._registered = True  # renewals write it again: a registration that failed is retried with them
         try:
-            await shared.register_call(call_sid, settings.instance_id, LEASE_TTL_S)
-            self._registered = True
+            await deadline.run(shared.register_call(call_sid, settings.instance_id, LEASE_TTL_S))
         except StateUnavailable as error:
-            log.warning("the call could not be registered (%s): it cannot be controlled from other instances", error)
+            log.warning("the call could not be registered (%s): it cannot be controlled from other instances until "
+                        "a renewal succeeds", error)
 
     async def _renew_leases(self) -> None:
         shared, call_sid = self.services.shared, self.call.call_sid

@@ -11,14 +11,16 @@ called number, with a TTL renewed while a call lives), the registry of live call
 and the control messages that reach the instance holding a call.
 
 When the shared state cannot be reached, :class:`StateUnavailable` is raised and the caller fails closed: a
-stream whose credential cannot be claimed is refused (Twilio's ``<Connect>`` then goes on to the next verb).
+stream whose credential cannot be claimed is refused (Twilio's ``<Connect>`` then goes on to the next verb). On the
+webhook path, :class:`StateDeadline` bounds a request's state calls (300 ms in total): a hung Redis is an
+unavailable one, never a wait.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gateway.state.base import SharedState, StateUnavailable
+from gateway.state.base import SharedState, StateDeadline, StateUnavailable
 from gateway.state.memory import MemoryState
 from gateway.state.sqlite import SQLiteState
 
@@ -47,4 +49,4 @@ def open_state(redis_url: str = "", sqlite_path: str = "") -> SharedState:
     return MemoryState()
 
 
-__all__ = ["MemoryState", "RedisState", "SQLiteState", "SharedState", "StateUnavailable", "open_state"]
+__all__ = ["MemoryState", "RedisState", "SQLiteState", "SharedState", "StateDeadline", "StateUnavailable", "open_state"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -109,4 +110,46 @@ class SharedState(Protocol):
         """End a session, for every instance at once. Raises :class:`StateUnavailable`."""
         ...
 
+    # ---- the console's live view of every instance's calls (gateway.console.relay) ----------------------------
+
+    async def live_calls(self) -> dict[str, str]:
+        """The registry of live calls (:meth:`register_call`): call_sid -> the instance holding it, at most
+        :data:`MAX_LIVE_LISTED`. Raises :class:`StateUnavailable`."""
+        ...
+
+    async def publish_live(self, batch: LiveBatch) -> None:
+        """A holder's changes to its calls' live pictures, and their events appended to the live feed (bounded: past
+        :data:`LIVE_FEED_MAX` events the oldest go). Raises :class:`StateUnavailable`."""
+        ...
+
+    async def live_pictures(self, call_sids: list[str]) -> dict[str, dict[str, Any]]:
+        """The pictures of these calls (those that have one): ``{"call": {...}, "lines": [...]}``.
+        Raises :class:`StateUnavailable`."""
+        ...
+
+    async def read_live(self, after: str, timeout_s: float) -> tuple[str, list[dict[str, Any]]]:
+        """The feed's events after the cursor ``after`` (at most :data:`LIVE_READ_MAX`), waiting up to ``timeout_s``
+        for one: (the next cursor, the events). ``after=""``: from now on (no events, the current cursor).
+        Raises :class:`StateUnavailable`."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+LIVE_FEED_MAX = 5000  # events kept in the live feed: a reader further behind than this misses some
+LIVE_READ_MAX = 500
+MAX_LIVE_LISTED = 10_000
+
+
+@dataclass
+class LiveBatch:
+    """What one holder publishes at once: the feed's new ``events``; for calls whose summary changed, ``calls``
+    (call_sid -> summary, owner and instance included, kept ``ttl_s``); new transcript ``lines`` per call (the
+    last ``max_lines`` kept); the calls that ``ended`` (their pictures dropped)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    calls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lines: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    ended: list[str] = field(default_factory=list)
+    ttl_s: float = 120.0
+    max_lines: int = 200

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from typing import Any, Callable
+
+from gateway.state.base import LIVE_FEED_MAX, LIVE_READ_MAX, MAX_LIVE_LISTED, LiveBatch
 
 DEFAULT_MAX_CLAIMS = 100_000
 
@@ -26,6 +28,11 @@ class MemoryState:
         self._calls: dict[str, tuple[str, float]] = {}  # call_sid -> (instance, expires at)
         self._queues: defaultdict[str, asyncio.Queue[dict[str, Any]]] = defaultdict(asyncio.Queue)
         self._sessions: OrderedDict[str, tuple[str, dict[str, Any], float]] = OrderedDict()  # handle -> (key, body, exp)
+        # The live view: the feed (sequence number, event), and each call's picture (summary, its lines, expires at).
+        self._live_feed: deque[tuple[int, dict[str, Any]]] = deque(maxlen=LIVE_FEED_MAX)
+        self._live_seq = 0
+        self._live_new = asyncio.Event()
+        self._pictures: dict[str, tuple[dict[str, Any], deque[dict[str, Any]], float]] = {}
 
     async def claim_once(self, key: str, ttl_s: float) -> bool:
         now = self._clock()
@@ -133,6 +140,48 @@ class MemoryState:
 
     async def drop_session(self, handle: str, key_id: str) -> None:
         self._sessions.pop(handle, None)
+
+    async def live_calls(self) -> dict[str, str]:
+        now = self._clock()
+        live = ((sid, instance) for sid, (instance, expires) in self._calls.items() if expires > now)
+        return dict(item for item, _ in zip(live, range(MAX_LIVE_LISTED)))
+
+    async def publish_live(self, batch: LiveBatch) -> None:
+        now = self._clock()
+        for call_sid in [sid for sid, (_, _, expires) in self._pictures.items() if expires <= now]:
+            del self._pictures[call_sid]
+        for call_sid, summary in batch.calls.items():
+            old = self._pictures.get(call_sid)
+            lines = old[1] if old is not None else deque(maxlen=batch.max_lines)
+            self._pictures[call_sid] = (summary, lines, now + batch.ttl_s)
+        for call_sid, new_lines in batch.lines.items():
+            if call_sid in self._pictures:
+                self._pictures[call_sid][1].extend(new_lines)
+        for call_sid in batch.ended:
+            self._pictures.pop(call_sid, None)
+        for event in batch.events:
+            self._live_seq += 1
+            self._live_feed.append((self._live_seq, event))
+        if batch.events:
+            self._live_new.set()
+            self._live_new = asyncio.Event()  # readers waiting on the old one wake; new waits take this one
+
+    async def live_pictures(self, call_sids: list[str]) -> dict[str, dict[str, Any]]:
+        now = self._clock()
+        return {sid: {"call": found[0], "lines": list(found[1])} for sid in call_sids
+                if (found := self._pictures.get(sid)) is not None and found[2] > now}
+
+    async def read_live(self, after: str, timeout_s: float) -> tuple[str, list[dict[str, Any]]]:
+        if not after:
+            return str(self._live_seq), []
+        cursor = int(after) if after.isdigit() else self._live_seq
+        if cursor >= self._live_seq:
+            try:
+                await asyncio.wait_for(self._live_new.wait(), timeout_s)
+            except TimeoutError:
+                return str(cursor), []
+        events = [(seq, event) for seq, event in self._live_feed if seq > cursor][:LIVE_READ_MAX]
+        return (str(events[-1][0]) if events else str(cursor)), [event for _, event in events]
 
     async def aclose(self) -> None:
         self._leases.clear()

@@ -12,7 +12,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.state.base import StateUnavailable
+from gateway.state.base import LIVE_FEED_MAX, LIVE_READ_MAX, MAX_LIVE_LISTED, LiveBatch, StateUnavailable
 
 DEFAULT_PREFIX = "gateway:"
 MAX_BLOCKING_CONNECTIONS = 64  # control requests waiting on a reply at once, per instance
@@ -96,16 +96,87 @@ class RedisState:
         await self._run(self._client.zrem(f"{self.prefix}lease:{scope}", holder))
 
     async def register_call(self, call_sid: str, instance: str, ttl_s: float) -> None:
-        await self._run(self._client.set(f"{self.prefix}call:{call_sid}", instance, px=max(1, math.ceil(ttl_s * 1000))))
+        ttl_ms = max(1, math.ceil(ttl_s * 1000))
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(f"{self.prefix}call:{call_sid}", instance, px=ttl_ms)
+            # An index of the registry (call_sid -> expiry), for the console's list of every instance's live calls.
+            pipe.zadd(f"{self.prefix}calls", {call_sid: int(time.time() * 1000) + ttl_ms})
+            pipe.pexpire(f"{self.prefix}calls", ttl_ms)
+            await self._run(pipe.execute())
 
     async def call_holder(self, call_sid: str) -> str | None:
         value = await self._run(self._client.get(f"{self.prefix}call:{call_sid}"))
         return value.decode() if isinstance(value, bytes) else value
 
-    _UNREGISTER = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+    _UNREGISTER = ("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('ZREM', KEYS[2], ARGV[2]) "
+                   "return redis.call('DEL', KEYS[1]) end return 0")
 
     async def unregister_call(self, call_sid: str, instance: str) -> None:
-        await self._run(self._client.eval(self._UNREGISTER, 1, f"{self.prefix}call:{call_sid}", instance))
+        await self._run(self._client.eval(self._UNREGISTER, 2, f"{self.prefix}call:{call_sid}", f"{self.prefix}calls",
+                                          instance, call_sid))
+
+    async def live_calls(self) -> dict[str, str]:
+        index = f"{self.prefix}calls"
+        now_ms = int(time.time() * 1000)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(index, "-inf", now_ms)
+            pipe.zrangebyscore(index, now_ms, "+inf", start=0, num=MAX_LIVE_LISTED)
+            _, sids = await self._run(pipe.execute())
+        if not sids:
+            return {}
+        sids = [sid.decode() for sid in sids]
+        holders = await self._run(self._client.mget([f"{self.prefix}call:{sid}" for sid in sids]))
+        return {sid: holder.decode() for sid, holder in zip(sids, holders) if holder is not None}
+
+    # The live view: pictures (a key per call, and a list of its last lines) and the feed (a stream, trimmed).
+    async def publish_live(self, batch: LiveBatch) -> None:
+        ttl_ms = max(1, math.ceil(batch.ttl_s * 1000))
+        feed = f"{self.prefix}live:feed"
+        async with self._client.pipeline(transaction=False) as pipe:
+            for call_sid, summary in batch.calls.items():
+                pipe.set(f"{self.prefix}live:call:{call_sid}", orjson.dumps(summary), px=ttl_ms)
+                pipe.pexpire(f"{self.prefix}live:lines:{call_sid}", ttl_ms)
+            for call_sid, lines in batch.lines.items():
+                name = f"{self.prefix}live:lines:{call_sid}"
+                pipe.rpush(name, *[orjson.dumps(line) for line in lines])
+                pipe.ltrim(name, -batch.max_lines, -1)
+                pipe.pexpire(name, ttl_ms)
+            for call_sid in batch.ended:
+                pipe.delete(f"{self.prefix}live:call:{call_sid}", f"{self.prefix}live:lines:{call_sid}")
+            for event in batch.events:
+                pipe.xadd(feed, {"e": orjson.dumps(event)}, maxlen=LIVE_FEED_MAX, approximate=True)
+            if batch.events:
+                pipe.expire(feed, 3600)  # an idle deployment's feed goes
+            await self._run(pipe.execute())
+
+    async def live_pictures(self, call_sids: list[str]) -> dict[str, dict[str, Any]]:
+        if not call_sids:
+            return {}
+        async with self._client.pipeline(transaction=False) as pipe:
+            for call_sid in call_sids:
+                pipe.get(f"{self.prefix}live:call:{call_sid}")
+                pipe.lrange(f"{self.prefix}live:lines:{call_sid}", 0, -1)
+            found = await self._run(pipe.execute())
+        pictures = {}
+        for call_sid, summary, lines in zip(call_sids, found[::2], found[1::2]):
+            call = _object(summary) if summary is not None else None
+            if call is not None:
+                pictures[call_sid] = {"call": call, "lines": [line for raw in lines if (line := _object(raw))]}
+        return pictures
+
+    async def read_live(self, after: str, timeout_s: float) -> tuple[str, list[dict[str, Any]]]:
+        feed = f"{self.prefix}live:feed"
+        if not after:
+            last = await self._run(self._client.xrevrange(feed, count=1))
+            return (last[0][0].decode() if last else "0-0"), []
+        try:  # as _pop: a Redis that vanished without a reset must not hold the reader forever
+            found = await asyncio.wait_for(self._run(self._blocking.xread(
+                {feed: after}, count=LIVE_READ_MAX, block=max(1, int(timeout_s * 1000)))), timeout_s + 2.0)
+        except TimeoutError as error:
+            raise StateUnavailable("Redis did not answer a blocking read in time") from error
+        entries = found[0][1] if found else []
+        events = [event for _, fields in entries if (event := _object(fields.get(b"e", b"")))]
+        return (entries[-1][0].decode() if entries else after), events
 
     # Control messages and replies: Redis lists (RPUSH, BLPOP), kept 30 s: a message for an instance that died
     # expires unread, and a reply pushed before its reader waits is not lost (unlike pub/sub).
@@ -172,13 +243,7 @@ class RedisState:
 
     async def get_session(self, handle: str) -> dict[str, Any] | None:
         value = await self._run(self._client.get(f"{self.prefix}session:{handle}"))
-        if value is None:
-            return None
-        try:
-            body = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return None
-        return body if isinstance(body, dict) else None
+        return _object(value) if value is not None else None
 
     async def drop_session(self, handle: str, key_id: str) -> None:
         async with self._client.pipeline(transaction=True) as pipe:
@@ -197,3 +262,12 @@ class RedisState:
 
 def _sum(shares: list[bytes], legacy: bytes | None) -> float:
     return sum(float(share) for share in shares) + (float(legacy) if legacy else 0.0)
+
+
+def _object(raw: bytes) -> dict[str, Any] | None:
+    """A JSON object another instance wrote, or None."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable
 
 from gateway.sqlite_wal import switch_to_wal
-from gateway.state.base import StateUnavailable
+from gateway.state.base import LIVE_FEED_MAX, LIVE_READ_MAX, MAX_LIVE_LISTED, LiveBatch, StateUnavailable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires REAL NOT NULL);
@@ -34,9 +34,15 @@ CREATE TABLE IF NOT EXISTS console_sessions (handle TEXT PRIMARY KEY, key_id TEX
                                              expires REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS console_sessions_key ON console_sessions (key_id, expires);
 CREATE INDEX IF NOT EXISTS console_sessions_expires ON console_sessions (expires);
+CREATE TABLE IF NOT EXISTS live_feed (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS live_pictures (call_sid TEXT PRIMARY KEY, body TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS live_lines (id INTEGER PRIMARY KEY AUTOINCREMENT, call_sid TEXT NOT NULL,
+                                       body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS live_lines_call ON live_lines (call_sid, id);
 """
 POLL_S = 0.05
 MESSAGE_TTL_S = 30.0
+LIVE_POLL_S = 0.1
 
 
 def _total(db: sqlite3.Connection, key: str, now: float) -> float:
@@ -203,6 +209,60 @@ class SQLiteState:
 
     async def drop_session(self, handle: str, key_id: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM console_sessions WHERE handle = ?", (handle,)))
+
+    async def live_calls(self) -> dict[str, str]:
+        rows = await self._run(lambda db: db.execute("SELECT call_sid, instance FROM calls WHERE expires > ? LIMIT ?",
+                                                     (self._clock(), MAX_LIVE_LISTED)).fetchall())
+        return dict(rows)
+
+    async def publish_live(self, batch: LiveBatch) -> None:
+        now = self._clock()
+
+        def publish(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM live_pictures WHERE expires <= ?", (now,))
+            for call_sid, summary in batch.calls.items():
+                db.execute("INSERT OR REPLACE INTO live_pictures VALUES (?, ?, ?)",
+                           (call_sid, json.dumps(summary), now + batch.ttl_s))
+            for call_sid, lines in batch.lines.items():
+                db.executemany("INSERT INTO live_lines (call_sid, body) VALUES (?, ?)",
+                               [(call_sid, json.dumps(line)) for line in lines])
+                db.execute("DELETE FROM live_lines WHERE call_sid = ? AND id NOT IN (SELECT id FROM live_lines "
+                           "WHERE call_sid = ? ORDER BY id DESC LIMIT ?)", (call_sid, call_sid, batch.max_lines))
+            db.executemany("DELETE FROM live_pictures WHERE call_sid = ?", [(sid,) for sid in batch.ended])
+            # The lines of ended calls, and of calls whose holder stopped renewing them, go with their picture.
+            db.execute("DELETE FROM live_lines WHERE call_sid NOT IN (SELECT call_sid FROM live_pictures)")
+            db.executemany("INSERT INTO live_feed (body) VALUES (?)", [(json.dumps(e),) for e in batch.events])
+            db.execute("DELETE FROM live_feed WHERE id <= (SELECT MAX(id) FROM live_feed) - ?", (LIVE_FEED_MAX,))
+        await self._run(publish)
+
+    async def live_pictures(self, call_sids: list[str]) -> dict[str, dict[str, Any]]:
+        now = self._clock()
+
+        def read(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            found = {}
+            for call_sid in call_sids:
+                row = db.execute("SELECT body FROM live_pictures WHERE call_sid = ? AND expires > ?",
+                                 (call_sid, now)).fetchone()
+                summary = _json_object(row[0]) if row else None
+                if summary is not None:
+                    lines = db.execute("SELECT body FROM live_lines WHERE call_sid = ? ORDER BY id", (call_sid,))
+                    found[call_sid] = {"call": summary, "lines": [line for (body,) in lines
+                                                                  if (line := _json_object(body)) is not None]}
+            return found
+        return await self._run(read)
+
+    async def read_live(self, after: str, timeout_s: float) -> tuple[str, list[dict[str, Any]]]:
+        if not after.isdigit():
+            last = await self._run(lambda db: db.execute("SELECT COALESCE(MAX(id), 0) FROM live_feed").fetchone()[0])
+            return str(last), []
+        deadline = time.monotonic() + timeout_s
+        while True:  # polled, only while a console's live view is open on this process
+            rows = await self._run(lambda db: db.execute("SELECT id, body FROM live_feed WHERE id > ? ORDER BY id "
+                                                         "LIMIT ?", (int(after), LIVE_READ_MAX)).fetchall())
+            if rows or time.monotonic() >= deadline:
+                events = [event for _, body in rows if (event := _json_object(body)) is not None]
+                return (str(rows[-1][0]) if rows else after), events
+            await asyncio.sleep(LIVE_POLL_S)
 
     async def aclose(self) -> None:
         pass
