@@ -1,5 +1,6 @@
 """Bearer API keys (constant-time check against every configured key), the per-key rate limit, and the
-per-address throttle on failed authentications (:class:`AuthFailureLimiter`)."""
+throttle on failed authentications, per address and presented key, that never blocks a valid key
+(:class:`AuthFailureLimiter`)."""
 
 from __future__ import annotations
 
@@ -94,64 +95,105 @@ def _loggable(text: str, limit: int = 64) -> str:
     return ascii(text[:limit])[1:-1] + ("..." if len(text) > limit else "")
 
 
-class _Failures:
-    """One client address's current window, and what happened since its last log line."""
+# Unknown keys from one address, all together, may fail this many times the per-key limit in a window: room for a
+# few neighbours behind one NAT to mistype, while guessing many keys from one address is still slowed down.
+ADDRESS_FAILURE_FACTOR = 5
 
-    __slots__ = ("window_start", "count", "logged_at", "unlogged", "refused")
+
+def presented_key(authorization: str | None) -> str:
+    """The credential a request presented: the bearer token, or the whole header when it is not a bearer one."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else (authorization or "")
+
+
+def _fingerprint(presented: str | None) -> str:
+    """A short digest of a presented key: failures are counted per key without keeping (or logging) the key."""
+    if not presented:
+        return ""
+    return hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+class _Window:
+    """Failures in a fixed window that starts at the window's first failure."""
+
+    __slots__ = ("window_start", "count")
 
     def __init__(self, now: float) -> None:
         self.window_start = now
         self.count = 0
+
+    def fail(self, now: float, window_s: float) -> None:
+        if now - self.window_start >= window_s:
+            self.window_start, self.count = now, 0
+        self.count += 1
+
+    def wait(self, now: float, limit: int, window_s: float) -> float:
+        return max(0.0, self.window_start + window_s - now) if self.count >= limit else 0.0
+
+
+class _Failures(_Window):
+    """One client address's current window, and what happened since its last log line."""
+
+    __slots__ = ("logged_at", "unlogged", "refused")
+
+    def __init__(self, now: float) -> None:
+        super().__init__(now)
         self.logged_at: float | None = None
         self.unlogged = 0  # failures since the last log line
         self.refused = 0  # requests refused with 429 since the last log line
 
 
 class AuthFailureLimiter:
-    """Failed authentications per client address, in fixed one-minute windows starting at a window's first failure.
+    """Failed authentications, in fixed windows starting at a window's first failure, counted per client address
+    AND presented key (its fingerprint: ``per_minute``) and per address for every unknown key together
+    (``per_address``, :data:`ADDRESS_FAILURE_FACTOR` times ``per_minute`` unless given).
 
-    After ``per_minute`` failures in a window, :meth:`retry_after` is positive until the window ends: the caller
-    answers 429 without even checking the key, so guessing keys costs a minute per ``per_minute`` guesses. The
-    table holds at most ``max_clients`` addresses (the least recently failing is forgotten first), so a flood of
-    addresses costs bounded memory. Each address gets at most one warning line per ``window_s``; the line after a
-    quiet spell counts the failures and refusals it summarises. In-process: each gateway instance counts its own.
+    It never blocks a valid key: the caller checks the key first (a constant-time comparison, as cheap as the
+    throttle) and asks :meth:`retry_after` only for a key that failed; a positive answer turns that failure into a
+    429 (counted, not recorded again). So a neighbour behind the same NAT who keeps failing locks out their own
+    attempts, and at worst other failing attempts from the address, never a colleague's good key.
+
+    Memory is bounded under a flood of distinct keys or addresses: at most ``max_clients`` addresses and as many
+    (address, key) pairs, the least recently failing forgotten first; an address over its limit makes no new pairs.
+    Each address gets at most one warning line per ``window_s``; the line after a quiet spell counts the failures
+    and refusals it summarises. In-process: each gateway instance counts its own.
     """
 
-    def __init__(self, per_minute: int, *, window_s: float = 60.0, max_clients: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_minute: int, *, per_address: int | None = None, window_s: float = 60.0,
+                 max_clients: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
+        self.per_address = per_address or per_minute * ADDRESS_FAILURE_FACTOR
         self.window_s = window_s
         self.max_clients = max_clients
         self._clock = clock
         self._clients: OrderedDict[str, _Failures] = OrderedDict()
+        self._pairs: OrderedDict[tuple[str, str], _Window] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._clients)
 
-    def retry_after(self, client: str | None) -> float:
-        """Seconds until ``client`` may try a key again; 0 when it may now."""
-        entry = self._clients.get(client_key(client))
-        if entry is None or entry.count < self.per_minute:
-            return 0.0
-        wait = entry.window_start + self.window_s - self._clock()
-        if wait <= 0:
-            return 0.0
-        entry.refused += 1
+    def retry_after(self, client: str | None, presented: str | None = None) -> float:
+        """Seconds until ``client`` may fail with the key ``presented`` again (answer 429 until then); 0 when it may
+        now. Ask only once the key was found invalid."""
+        now = self._clock()
+        address = client_key(client)
+        entry = self._clients.get(address)
+        pair = self._pairs.get((address, _fingerprint(presented)))
+        wait = max(entry.wait(now, self.per_address, self.window_s) if entry is not None else 0.0,
+                   pair.wait(now, self.per_minute, self.window_s) if pair is not None else 0.0)
+        if wait > 0 and entry is not None:
+            entry.refused += 1
         return wait
 
-    def record_failure(self, client: str | None, reason: str) -> None:
-        """Count a failed authentication from ``client`` and log it (at most one line per address per window)."""
+    def record_failure(self, client: str | None, reason: str, presented: str | None = None) -> None:
+        """Count a failed authentication from ``client`` with the key ``presented`` and log it (at most one line
+        per address per window)."""
         now = self._clock()
-        key = client_key(client)
-        entry = self._clients.get(key)
-        if entry is None:
-            entry = self._clients[key] = _Failures(now)
-            self._forget_old(now)
-        else:
-            self._clients.move_to_end(key)
-        if now - entry.window_start >= self.window_s:
-            entry.window_start, entry.count = now, 0
-        entry.count += 1
+        address = client_key(client)
+        entry = self._touch(self._clients, address, now, _Failures)
+        pair = self._touch(self._pairs, (address, _fingerprint(presented)), now, _Window)
+        entry.fail(now, self.window_s)
+        pair.fail(now, self.window_s)
         entry.unlogged += 1
         if entry.logged_at is not None and now - entry.logged_at < self.window_s:
             return
@@ -159,21 +201,34 @@ class AuthFailureLimiter:
         if entry.unlogged > 1 or entry.refused:
             summary = (f" ({entry.unlogged - 1} more failure(s) and {entry.refused} throttled request(s) since the "
                        "last line for this client)")
-        blocked = " - throttled until the minute ends" if entry.count >= self.per_minute else ""
+        blocked = ""
+        if entry.count >= self.per_address:
+            blocked = " - further failures from this address throttled until the minute ends"
+        elif pair.count >= self.per_minute:
+            blocked = " - this key throttled from this address until the minute ends"
         log.warning("API authentication failed: client=%s reason=%s failures_this_minute=%d%s%s",
-                    _loggable(key), _loggable(reason), entry.count, blocked, summary)
+                    _loggable(address), _loggable(reason), entry.count, blocked, summary)
         entry.logged_at, entry.unlogged, entry.refused = now, 0, 0
 
-    def _forget_old(self, now: float) -> None:
+    def _touch(self, table: OrderedDict[Any, Any], key: Any, now: float, make: Callable[[float], Any]) -> Any:
+        entry = table.get(key)
+        if entry is None:
+            entry = table[key] = make(now)
+            self._forget_old(table, now)
+        else:
+            table.move_to_end(key)
+        return entry
+
+    def _forget_old(self, table: OrderedDict[Any, Any], now: float) -> None:
         """Drop entries whose window and log interval are over, oldest first; then enforce the size bound."""
-        while self._clients:
-            oldest = next(iter(self._clients.values()))
-            quiet_since = max(oldest.window_start, oldest.logged_at or oldest.window_start)
+        while table:
+            oldest = next(iter(table.values()))
+            quiet_since = max(oldest.window_start, getattr(oldest, "logged_at", None) or oldest.window_start)
             if now - quiet_since < self.window_s:
                 break
-            self._clients.popitem(last=False)
-        while len(self._clients) > self.max_clients:
-            self._clients.popitem(last=False)
+            table.popitem(last=False)
+        while len(table) > self.max_clients:
+            table.popitem(last=False)
 
 
 class RateLimiterUnavailable(Exception):

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from gateway.api.auth import (
     ApiKeys, AuthFailureLimiter, RateLimiter, RateLimiterUnavailable, RedisRateLimiter, TokenBucketRateLimiter,
-    retry_after_header,
+    presented_key, retry_after_header,
 )
 from gateway.api.control import control_call, control_endpoint, limit_control_rate
 from gateway.api.errors import ApiError, error_response, json_body
@@ -75,25 +75,26 @@ class OutboundApi:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def authenticate(self, request: Request) -> str:
-        """The caller's key id; ApiError 503 when no key is configured (never open by default), 429 when the client
-        address failed too often this minute (API_AUTH_FAILURES_PER_MINUTE; the key is then not even checked),
-        401 otherwise."""
+        """The caller's key id; ApiError 503 when no key is configured (never open by default); for a key that is
+        not valid, 429 when that key, or unknown keys together, failed too often from the client's address this
+        minute (API_AUTH_FAILURES_PER_MINUTE), 401 otherwise. A valid key is never throttled."""
         if not self.keys.enabled:
             raise ApiError(503, "outbound_disabled", "the HTTP API is disabled: set API_KEYS to enable it")
+        authorization = request.headers.get("authorization")
+        identifier = self.keys.authenticate(authorization)
+        if identifier is not None:
+            return identifier  # a valid key always authenticates, whatever failed from the same address
         # The peer, or the client a trusted proxy (TRUSTED_PROXY_IPS) names in X-Forwarded-For.
         client = request.client.host if request.client else None
-        wait = self.auth_failures.retry_after(client)
+        presented = presented_key(authorization)
+        wait = self.auth_failures.retry_after(client, presented)
         if wait > 0:
             raise ApiError(429, "too_many_auth_failures",
                            "too many failed authentications from this address; retry later",
                            headers={"Retry-After": retry_after_header(wait)})
-        authorization = request.headers.get("authorization")
-        identifier = self.keys.authenticate(authorization)
-        if identifier is None:
-            self.auth_failures.record_failure(client, ApiKeys.failure_reason(authorization))
-            raise ApiError(401, "unauthorized", "missing or invalid bearer API key",
-                           headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
-        return identifier
+        self.auth_failures.record_failure(client, ApiKeys.failure_reason(authorization), presented)
+        raise ApiError(401, "unauthorized", "missing or invalid bearer API key",
+                       headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a REST action after the webhook has been answered (Twilio waits at most 15 s for us)."""

@@ -8,7 +8,9 @@
   events (:mod:`.hub`).
 * ``POST /console/live/calls/{sid}/hangup|transfer|say``: the live page's buttons; the API's control path
   (:mod:`gateway.api.control`), its scoping, and JSON answers (202, 400, 401, 403, 404, 409, 429, 503, 504).
-* ``GET /console/calls``: past calls, with the filters and paging of ``GET /calls``.
+* ``GET /console/calls``: past calls, with the filters and paging of ``GET /calls``, sortable (``sort``, ``order``:
+  :mod:`.listing`); ``GET /console/calls.csv``: the same calls as CSV.
+* ``GET /console/overview``: calls, latency, spend and barge-ins over the last 24 h, 7 d or 30 d (:mod:`.overview`).
 * ``GET /console/calls/{sid}``, ``/console/calls/{sid}/recording``: a call's page, its recording.
 * ``/console/static/*``: the style sheet and the script (the only script: no inline script anywhere).
 
@@ -34,15 +36,16 @@ from starlette.staticfiles import StaticFiles
 from gateway.api.auth import retry_after_header
 from gateway.api.control import authorise_control, control_live_call, say_text
 from gateway.api.errors import ApiError, error_response
-from gateway.api.requests import parse_call_query
 from gateway.console import pages
+from gateway.console.listing import csv_lines, next_page, parse_listing
+from gateway.console.overview import DEFAULT_RANGE, RANGES, overview_page, overview_window
 from gateway.console.session import COOKIE_NAME, COOKIE_PATH, ConsoleSession
 from gateway.console.timeline import recording_envelopes, timeline_svg
 from gateway.recording_wav import recording_file
 from gateway.state.base import StateUnavailable
-from gateway.store import CallRecord
+from gateway.store import CallQuery, CallRecord
 from gateway.twilio.sids import is_call_sid
-from gateway.twilio.webhook import WebhookRejected, bounded_body, parse_webhook_form
+from gateway.twilio.webhook import BodyTooLarge, WebhookRejected, bounded_body, parse_webhook_form
 
 log = logging.getLogger("gateway.console")
 
@@ -147,9 +150,12 @@ def _same_origin(request: Request) -> bool:
 
 
 async def _form(request: Request) -> dict[str, str] | None:
+    """The form, None when unreadable; BodyTooLarge (413) past MAX_FORM_BYTES."""
     try:
         body = await bounded_body(request, MAX_FORM_BYTES)
-        return parse_webhook_form(body) if body is not None else None
+        if body is None:
+            raise BodyTooLarge(MAX_FORM_BYTES)
+        return parse_webhook_form(body)
     except (TimeoutError, WebhookRejected):
         return None
 
@@ -168,17 +174,18 @@ async def login(request: Request) -> Response:
     if not _same_origin(request):
         return _html(pages.login_page("This form must be sent from the console's own page."), 403)
     client = request.client.host if request.client else None
-    wait = api.auth_failures.retry_after(client)
-    if wait > 0:
-        return _html(pages.login_page("Too many failed logins from this address: try again in a minute."), 429,
-                     {"Retry-After": retry_after_header(wait)})
     form = await _form(request)
     if form is None:
         return _html(pages.login_page("The form could not be read."), 400)
     key = form.get("api_key", "").strip()
     key_id = api.keys.authenticate(f"Bearer {key}") if key else None
     if key_id is None:
-        api.auth_failures.record_failure(client, "console login: " + ("unknown API key" if key else "empty key"))
+        # Throttled per address and key (the API's own limiter): a valid key always logs in, whoever else failed.
+        wait = api.auth_failures.retry_after(client, key)
+        if wait > 0:
+            return _html(pages.login_page("Too many failed logins from this address: try again in a minute."), 429,
+                         {"Retry-After": retry_after_header(wait)})
+        api.auth_failures.record_failure(client, "console login: " + ("unknown API key" if key else "empty key"), key)
         return _html(pages.login_page("That is not a valid API key."), 401)
     try:
         session_id, session = await state.console_sessions.create(key_id, api.keys.is_operator(key_id))
@@ -226,7 +233,8 @@ async def live_events(request: Request) -> Response:
     session = _session(request)
     if session is None:
         return Response("not signed in", status_code=401, media_type="text/plain")
-    subscriber = state.console.subscribe(session.key_id, session.operator, session.handle)
+    remote = await state.console.remote_calls()  # every other instance's live calls, from the shared registry
+    subscriber = state.console.subscribe(session.key_id, session.operator, session.handle, remote)
     if subscriber is None:
         return Response("too many live streams", status_code=503, media_type="text/plain",
                         headers={"Retry-After": "10"})
@@ -299,17 +307,48 @@ async def _call(request: Request, session: ConsoleSession) -> CallRecord | None:
     return record if _visible(record, session) else None
 
 
+def _filters(request: Request) -> dict[str, str]:
+    return {name: value.strip() for name, value in request.query_params.multi_items() if value.strip()}
+
+
 async def calls(request: Request) -> Response:
     session = _session(request)
     if session is None:
         return _to_login()
-    filters = {name: value.strip() for name, value in request.query_params.multi_items() if value.strip()}
+    filters = _filters(request)
     try:
-        query = parse_call_query(filters.items(), api_key_id=None if session.operator else session.key_id)
+        query = parse_listing(filters, None if session.operator else session.key_id)
     except ApiError as error:
-        return _html(pages.calls_page(session, [], filters, None, error.message), 400)
+        return _html(pages.calls_page(session, [], filters, CallQuery(), None, error.message), 400)
     page = await _state(request).store.list_calls(query)
-    return _html(pages.calls_page(session, page.records, filters, page.next_cursor))
+    return _html(pages.calls_page(session, page.records, filters, query, next_page(filters, page)))
+
+
+async def calls_csv(request: Request) -> Response:
+    """The calls of the listing's filter and sort as CSV (gateway.console.listing), scoped like the listing."""
+    session = _session(request)
+    if session is None:
+        return Response("not signed in", status_code=401, media_type="text/plain")
+    try:
+        query = parse_listing(_filters(request), None if session.operator else session.key_id)
+    except ApiError as error:
+        return Response(error.message, status_code=400, media_type="text/plain")
+    name = time.strftime("calls-%Y%m%dT%H%M%SZ.csv", time.gmtime())
+    return StreamingResponse(csv_lines(_state(request).store, query), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+async def overview(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _to_login()
+    range_name = request.query_params.get("range", DEFAULT_RANGE)
+    if range_name not in RANGES:
+        return _html(pages.message_page("Overview", "range must be one of: " + ", ".join(RANGES), session), 400)
+    since, until, bucket_s = overview_window(range_name)
+    figures = await _state(request).store.overview(since, until, None if session.operator else session.key_id,
+                                                   bucket_s)
+    return _html(overview_page(session, figures, range_name))
 
 
 async def call(request: Request) -> Response:
@@ -348,6 +387,8 @@ console_routes: list[BaseRoute] = [
         Route("/live/events", live_events, methods=["GET"]),
         Route("/live/calls/{sid}/{action}", live_action, methods=["POST"]),
         Route("/calls", calls, methods=["GET"]),
+        Route("/calls.csv", calls_csv, methods=["GET"]),
+        Route("/overview", overview, methods=["GET"]),
         Route("/calls/{sid}", call, methods=["GET"]),
         Route("/calls/{sid}/recording", recording, methods=["GET"]),
         Mount("/static", app=StaticFiles(packages=[("gateway.console", "static")]), name="static"),
