@@ -59,7 +59,7 @@ from gateway.store.records import CallRecords
 from gateway.store.spool import RecordSpool
 from gateway.twilio.rest import TwilioRest
 from gateway.twilio.twiml import INCOMING_CALL_PATH, MEDIA_STREAM_PATH, say_and_hang_up_twiml, stream_url
-from gateway.twilio.webhook import WebhookRejected, read_call_webhook, signed_base, stream_twiml
+from gateway.twilio.webhook import BodyTooLarge, WebhookRejected, read_call_webhook, signed_base, stream_twiml
 
 log = logging.getLogger("gateway.app")
 
@@ -104,7 +104,8 @@ class GatewayState:
         # The web console (/console): its logins, and the live view fed every event of every call here.
         self.console_sessions = ConsoleSessions(settings.console_session_ttl_s, shared=self.shared)
         self.console = LiveHub(owner_of=self.store.get_call, session_of=self.find_session,
-                               full_numbers=settings.log_full_numbers)
+                               full_numbers=settings.log_full_numbers, shared=self.shared,
+                               instance=settings.instance_id)
         # Call records at each call's start and end; spooled to RECORD_SPOOL_DIR while the store does not take them.
         self.records = CallRecords(self.store, RecordSpool(settings.record_spool_dir, settings.record_spool_max_bytes),
                                    instance_id=settings.instance_id)
@@ -309,6 +310,11 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body, status_code=503 if reason else 200)
 
 
+async def body_too_large(request: Request, error: Exception) -> Response:
+    """413 for a body past its route's limit (routes without a refusal format of their own raise BodyTooLarge)."""
+    return PlainTextResponse(f"{error}\n", status_code=413)
+
+
 class PeerAddressMiddleware:
     """Keeps the TCP peer's address in the scope before X-Forwarded-For replaces the client: only the peer can say
     whether a request came through a trusted proxy (``gateway.security.signature_base``)."""
@@ -403,6 +409,7 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
         middleware.append(Middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxy_ips)))
         # The proxy's sockets are exempt from the per-address caps: the client it names is capped per request.
         middleware.append(Middleware(ClientRequestCap, settings=settings))
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                    exception_handlers={BodyTooLarge: body_too_large})
     app.state.settings = settings  # the server limits gateway.runner gives uvicorn
     return app

@@ -19,12 +19,13 @@ import httpx
 import pytest
 
 from gateway.fuzz import _clean_env
+from gateway.replay import CallerTurn, load_sample, run_call
 from gateway.runner import free_port
 from gateway.state import RedisState
 
 from .conftest import GatewayUnderTest, start_gateway
-from .test_console import OPERATOR, client_for, csrf_of, login
-from .test_control import REDIS_URL, redis_or_skip
+from .test_console import OPERATOR, client_for, csrf_of, login, read_events, wait_for
+from .test_control import REDIS_URL, call_sid_of, redis_or_skip
 from .test_workers import wait_healthy
 
 ALICE = "alice-key-bbbbbbbbbbbbbbbbbbbbbbbb"
@@ -107,3 +108,49 @@ async def test_without_the_shared_state_the_console_answers_503_never_lets_a_req
         async with client_for(gateway) as other:
             refused = await other.post("/console/login", data={"api_key": ALICE})
         assert refused.status_code == 503 and "set-cookie" not in refused.headers
+
+
+async def test_a_call_held_by_one_instance_shows_live_with_its_transcript_on_another(monkeypatch) -> None:
+    async with redis_instances(monkeypatch, transcription_model="gpt-4o-mini-transcribe") as (a, b):
+        async with client_for(b) as operator, client_for(b) as alice:
+            await login(operator, OPERATOR)
+            await login(alice, ALICE)
+            seen: list[tuple[str, Any]] = []
+            alices: list[tuple[str, Any]] = []
+            async with operator.stream("GET", "/console/live/events") as stream, \
+                    alice.stream("GET", "/console/live/events") as alice_stream:
+                readers = [asyncio.create_task(read_events(stream, seen)),
+                           asyncio.create_task(read_events(alice_stream, alices))]
+                await wait_for(seen, lambda kind, data: kind == "snapshot")
+                turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
+                         CallerTurn(load_sample("caller_question"), after_silence_ms=2000)]
+                call = asyncio.create_task(run_call(a.ws_url, turns, timeout_s=40, hangup_after_ms=15_000))
+                call_sid = await call_sid_of(a)
+                # B's stream shows A's call and its running transcript while the call goes on.
+                await wait_for(seen, lambda kind, data: kind == "call" and data["call_sid"] == call_sid)
+                await wait_for(seen, lambda kind, data: kind == "line" and data["call_sid"] == call_sid
+                               and data["who"] == "caller")
+                await wait_for(seen, lambda kind, data: kind == "line" and data["call_sid"] == call_sid
+                               and data["who"] == "agent")
+                assert not call.done()
+                # A new stream on B lists it from the shared registry, with the transcript so far.
+                async with client_for(b) as late:
+                    await login(late, OPERATOR)
+                    fresh: list[tuple[str, Any]] = []
+                    async with late.stream("GET", "/console/live/events") as late_stream:
+                        reader = asyncio.create_task(read_events(late_stream, fresh))
+                        await wait_for(fresh, lambda kind, data: kind == "snapshot")
+                        reader.cancel()
+                listed = [c for c in fresh[0][1]["calls"] if c["call_sid"] == call_sid]
+                assert listed and listed[0]["direction"] == "inbound"
+                assert any(line["who"] == "caller" for line in listed[0]["lines"])
+                async with httpx.AsyncClient(base_url=b.http_url,
+                                             headers={"Authorization": f"Bearer {OPERATOR}"}) as api:
+                    assert (await api.post(f"/calls/{call_sid}/hangup")).status_code == 202
+                await asyncio.wait_for(call, 15)
+                await wait_for(seen, lambda kind, data: kind == "ended" and data["call_sid"] == call_sid)
+                for reader in readers:
+                    reader.cancel()
+        # Alice's key did not place this inbound call: her stream never shows it.
+        assert not [data for kind, data in alices if kind != "snapshot" and data.get("call_sid") == call_sid]
+        assert all(c["call_sid"] != call_sid for kind, data in alices if kind == "snapshot" for c in data["calls"])

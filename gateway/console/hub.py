@@ -1,4 +1,5 @@
-"""The live view's hub: every call's events on this instance, fanned out to the console's event streams.
+"""The live view's hub: every call's events on this instance, fanned out to the console's event streams, and the
+other instances' calls relayed through the shared state (:mod:`.relay`).
 
 :meth:`LiveHub.feed` is the calls' feed (``gateway.media_stream.CallServices.feed``): it runs in a call's turn of
 the event loop (one of its tasks, or a socket's callback) for every core event, so it never waits and never fails
@@ -8,8 +9,12 @@ subscriber allowed to see that call. A queue holds at most ``queue_size`` messag
 is dropped (its stream ends; the browser reconnects and starts again from a fresh snapshot), it never slows a call
 down.
 
+With a shared state (``shared``), each change is also handed to :class:`~.relay.LiveRelay` (which never waits), and
+a new stream's snapshot and its later events include the live calls of every other instance sharing that state.
+
 Scoping is the HTTP API's: an operator key sees every call; another key sees the outbound calls it placed (the call's
-record names the key, looked up once when the call starts: until then, only operators see it).
+record names the key, looked up once when the call starts by the instance holding it: until then, only operators
+see it).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from gateway.call import (
     AgentAudioStarted, BargeIn, CallEvent, CallStarted, CallTimeLimitReached, ModelRolledOver, ModelSessionLost,
     ResponseFinished, ToolCalled, TranscriptReceived,
 )
+from gateway.console.relay import LiveRelay
 from gateway.observe.logs import mask_number
+from gateway.state.base import SharedState, StateUnavailable
 
 log = logging.getLogger("gateway.console")
 
@@ -74,7 +81,10 @@ class Subscriber:
         self.dropped = False  # too slow, logged out or shut down: the stream ends
 
     def sees(self, call: LiveCall) -> bool:
-        return self.operator or (call.owner is not None and call.owner == self.key_id)
+        return self.sees_owner(call.owner)
+
+    def sees_owner(self, owner: str | None) -> bool:
+        return self.operator or (owner is not None and owner == self.key_id)
 
     def push(self, message: str) -> None:
         if self.dropped:
@@ -113,7 +123,8 @@ class LiveHub:
 
     def __init__(self, *, owner_of: Callable[[str], Any] | None = None, session_of: Callable[[str], Any] | None = None,
                  full_numbers: bool = False, queue_size: int = DEFAULT_QUEUE_SIZE,
-                 max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS) -> None:
+                 max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS, shared: SharedState | None = None,
+                 instance: str = "") -> None:
         self.owner_of = owner_of
         self.session_of = session_of or (lambda call_sid: None)
         self.full_numbers = full_numbers
@@ -123,6 +134,9 @@ class LiveHub:
         self.subscribers: set[Subscriber] = set()
         self.dropped_subscribers = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.relay = None if shared is None else LiveRelay(
+            shared, instance, live_calls=lambda: {sid: (live.summary(), live.owner) for sid, live in self.calls.items()},
+            deliver=self._deliver_remote, listening=lambda: bool(self.subscribers), max_lines=MAX_LINES)
 
     # ---- the calls' side: never waits, never raises
 
@@ -178,7 +192,7 @@ class LiveHub:
         while len(self.calls) >= MAX_LIVE_CALLS:
             self.calls.pop(next(iter(self.calls)))
         self.calls[event.call_sid] = live
-        self._send(live, encode("call", live.summary()))
+        self._send(live, "call", live.summary())
         if self.owner_of is not None:
             task = asyncio.get_running_loop().create_task(self._find_owner(live))
             self._tasks.add(task)
@@ -198,33 +212,57 @@ class LiveHub:
         if getattr(record, "to", ""):
             live.to, live.from_ = record.to, record.from_
         # Operators see the numbers the record holds; the key that placed the call sees the call from now on.
-        self._send(live, encode("call", {**live.summary(), "lines": list(live.lines)}))
+        self._send(live, "call", {**live.summary(), "lines": list(live.lines)})
 
     def _line(self, live: LiveCall, who: str, text: str) -> None:
         line = {"t_ms": round(time.monotonic() * 1000 - live.started_ms), "who": who, "text": text[:MAX_TEXT_CHARS]}
         live.lines.append(line)
-        self._send(live, encode("line", {"call_sid": live.call_sid, **line}))
+        self._send(live, "line", {"call_sid": live.call_sid, **line})
 
     def _update(self, live: LiveCall) -> None:
-        self._send(live, encode("call", live.summary()))
+        self._send(live, "call", live.summary())
 
-    def _send(self, live: LiveCall, message: str) -> None:
+    def _send(self, live: LiveCall, kind: str, data: dict[str, Any]) -> None:
+        self._push(kind, data, live.owner)
+        if self.relay is not None:
+            self.relay.publish(live.call_sid, kind, data, live.owner)
+
+    def _push(self, kind: str, data: dict[str, Any], owner: str | None) -> None:
+        message = encode(kind, data)
         for subscriber in list(self.subscribers):
-            if subscriber.sees(live):
+            if subscriber.sees_owner(owner):
                 subscriber.push(message)
                 if subscriber.dropped:
                     self._drop(subscriber, "too slow")
+
+    def _deliver_remote(self, kind: str, data: dict[str, Any], owner: str | None) -> None:
+        """Another instance's event (:mod:`.relay`), to the streams allowed to see that call."""
+        if data["call_sid"] not in self.calls:  # never shadows a call held here
+            self._push(kind, data, owner)
 
     def call_ended(self, call_sid: str) -> None:
         """The call's stream is over (its record is saved)."""
         live = self.calls.pop(call_sid, None)
         if live is not None:
-            self._send(live, encode("ended", {"call_sid": call_sid}))
+            self._send(live, "ended", {"call_sid": call_sid})
 
     # ---- the streams' side
 
-    def subscribe(self, key_id: str, operator: bool, session: str) -> Subscriber | None:
-        """A new stream, its queue primed with the calls it may see (None: too many streams already)."""
+    async def remote_calls(self) -> list[tuple[dict[str, Any], str | None]]:
+        """The live calls of the other instances (:meth:`.relay.LiveRelay.remote_calls`) for a new stream's
+        snapshot; none without a shared state, or when it cannot be reached (logged: the local calls still show)."""
+        if self.relay is None:
+            return []
+        try:
+            return await self.relay.remote_calls()
+        except StateUnavailable as error:
+            log.warning("console: the other instances' live calls are unavailable: %s", error)
+            return []
+
+    def subscribe(self, key_id: str, operator: bool, session: str,
+                  remote: list[tuple[dict[str, Any], str | None]] = ()) -> Subscriber | None:
+        """A new stream, its queue primed with the calls it may see, this instance's and the ``remote`` ones
+        (:meth:`remote_calls`) (None: too many streams already)."""
         if len(self.subscribers) >= self.max_subscribers:
             return None
         # One browser session, or one key, cannot take every stream (the others would get 503s).
@@ -233,6 +271,7 @@ class LiveHub:
             return None
         subscriber = Subscriber(key_id, operator, session, self.queue_size)
         calls = [{**live.summary(), "lines": list(live.lines)} for live in self.calls.values() if subscriber.sees(live)]
+        calls += [call for call, owner in remote if call["call_sid"] not in self.calls and subscriber.sees_owner(owner)]
         subscriber.push(encode("snapshot", {"calls": calls}))
         self.subscribers.add(subscriber)
         return subscriber
@@ -259,3 +298,5 @@ class LiveHub:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.relay is not None:
+            await self.relay.aclose()
