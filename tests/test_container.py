@@ -191,8 +191,10 @@ def image_run(root: Path, *, data_writable: bool) -> tuple[list[str], Path, dict
         os.chown(data, uid, gid)
     data.chmod(0o750 if data_writable else 0o555)
     env = image_env()
-    env.update(PATH=f"{bindir}:{env['PATH']}", DATA_DIR=str(data), PORT=str(free_port()), HOST="127.0.0.1",
-               HOME="/nonexistent", PYTHONPATH=_python_path())
+    if "DATA_DIR" in env:  # the volume is mounted where the image says; without it the files go to WORKDIR
+        env["DATA_DIR"] = str(data)
+    env.update(PATH=f"{bindir}:{env['PATH']}", PORT=str(free_port()), HOST="127.0.0.1", HOME="/nonexistent",
+               PYTHONPATH=_python_path())
     return command, workdir, env, data, _as_user(uid, gid)
 
 
