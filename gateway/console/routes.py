@@ -37,7 +37,7 @@ from gateway.api.auth import retry_after_header
 from gateway.api.control import authorise_control, control_live_call, say_text
 from gateway.api.errors import ApiError, error_response
 from gateway.console import pages
-from gateway.console.listing import csv_lines, next_page, parse_listing
+from gateway.console.listing import NOT_EXPORTED, csv_lines, next_page, parse_listing
 from gateway.console.overview import DEFAULT_RANGE, RANGES, overview_page, overview_window
 from gateway.console.session import COOKIE_NAME, COOKIE_PATH, ConsoleSession
 from gateway.console.timeline import recording_envelopes, timeline_svg
@@ -330,7 +330,8 @@ async def calls_csv(request: Request) -> Response:
     if session is None:
         return Response("not signed in", status_code=401, media_type="text/plain")
     try:
-        query = parse_listing(_filters(request), None if session.operator else session.key_id)
+        filters = {name: value for name, value in _filters(request).items() if name not in NOT_EXPORTED}
+        query = parse_listing(filters, None if session.operator else session.key_id)
     except ApiError as error:
         return Response(error.message, status_code=400, media_type="text/plain")
     name = time.strftime("calls-%Y%m%dT%H%M%SZ.csv", time.gmtime())

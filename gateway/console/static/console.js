@@ -1,6 +1,6 @@
 // The console's only script. The live view: the calls in progress and their running transcript, from the
-// server-sent events of /console/live/events. Every piece of call data goes into the page as text (textContent),
-// never as markup.
+// server-sent events of /console/live/events, with a call's actions (hang up, transfer, say), each confirmed first.
+// Every piece of call data goes into the page as text (textContent), never as markup.
 "use strict";
 
 (function () {
@@ -47,12 +47,91 @@
     }
     fields.state.textContent = "in progress";
     const lines = element("ol", "transcript");
-    node.append(title, facts, lines);
+    const controls = actions(sid);
+    node.append(title, facts, controls.form, lines);
     live.append(node);
-    entry = { card: node, fields: fields, lines: lines };
+    entry = { card: node, fields: fields, lines: lines, controls: controls };
     cards.set(sid, entry);
     showEmpty();
     return entry;
+  }
+
+  // A call's actions: POST /console/live/calls/{sid}/{action} with the session's CSRF token (the one the logout
+  // form carries), after the operator confirms. The answer (JSON) shows next to the buttons.
+  const token = document.querySelector('input[name="csrf"]');
+  const confirmations = {
+    hangup: "Hang up this call now?",
+    transfer: "Transfer this call to the configured number now?",
+    say: "Have the agent say this to the caller now?",
+  };
+
+  function actions(sid) {
+    const form = element("form", "actions");
+    form.dataset.sid = sid;
+    const hangup = element("button", "action hangup", "Hang up");
+    const transfer = element("button", "action transfer", "Transfer");
+    const text = element("input", "say-text");
+    text.type = "text";
+    text.name = "text";
+    text.maxLength = 2000;
+    text.placeholder = "Something for the agent to say";
+    text.setAttribute("aria-label", "Text for the agent to say");
+    const say = element("button", "action say", "Say");
+    const result = element("span", "action-result");
+    result.setAttribute("role", "status");
+    for (const [button, action] of [[hangup, "hangup"], [transfer, "transfer"], [say, "say"]]) {
+      button.type = "button";
+      button.dataset.action = action;
+      button.addEventListener("click", function () {
+        act(sid, action, text, result);
+      });
+    }
+    form.addEventListener("submit", function (event) {
+      event.preventDefault(); // Enter in the text field: the same as the Say button
+      act(sid, "say", text, result);
+    });
+    form.append(hangup, " ", transfer, " ", text, " ", say, " ", result);
+    return { form: form, buttons: [hangup, transfer, say, text], result: result };
+  }
+
+  function act(sid, action, text, result) {
+    if (action === "say" && !text.value.trim()) {
+      result.textContent = "Type what the agent should say first.";
+      result.className = "action-result error";
+      return;
+    }
+    const question = confirmations[action] + (action === "say" ? "\n\n" + text.value : "");
+    if (!window.confirm(question)) {
+      result.textContent = "Cancelled.";
+      result.className = "action-result";
+      return;
+    }
+    const body = new URLSearchParams({ csrf: token ? token.value : "" });
+    if (action === "say") {
+      body.set("text", text.value);
+    }
+    result.textContent = "Sending…";
+    result.className = "action-result";
+    fetch("/console/live/calls/" + encodeURIComponent(sid) + "/" + action, {
+      method: "POST", body: body, credentials: "same-origin", headers: { Accept: "application/json" },
+    }).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (answer) {
+        if (response.ok) {
+          result.textContent = { hangup: "Hanging up.", transfer: "Transferring.", say: "Sent to the agent." }[action];
+          result.className = "action-result ok";
+          if (action === "say") {
+            text.value = "";
+          }
+        } else {
+          const error = answer && answer.error ? answer.error.message : "HTTP " + response.status;
+          result.textContent = "Refused: " + error;
+          result.className = "action-result error";
+        }
+      });
+    }).catch(function () {
+      result.textContent = "The gateway did not answer.";
+      result.className = "action-result error";
+    });
   }
 
   function summary(call) {
@@ -90,6 +169,9 @@
       return;
     }
     entry.card.classList.add("ended");
+    for (const control of entry.controls.buttons) {
+      control.disabled = true;
+    }
     entry.fields.state.textContent = "ended: ";
     const link = element("a", "record", "the call's page");
     link.href = "/console/calls/" + encodeURIComponent(sid);
@@ -146,6 +228,82 @@
     const data = parse(event);
     if (data) {
       ended(data.call_sid);
+    }
+  });
+})();
+
+// Every page: moments in the browser's own time zone. The server writes <time datetime="...Z">, with the UTC text
+// as the element's text (what shows without script) and as its tooltip.
+(function () {
+  const format = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
+    timeZoneName: "short",
+  });
+  for (const node of document.querySelectorAll("time[datetime]")) {
+    const when = new Date(node.getAttribute("datetime"));
+    if (isNaN(when.getTime())) {
+      continue;
+    }
+    if (!node.title) {
+      node.title = node.textContent;
+    }
+    node.textContent = format.format(when);
+    node.classList.add("local");
+  }
+})();
+
+// A call's page: the recording's player and the timeline, linked. A click on the timeline plays from that moment;
+// the playhead follows the playback.
+(function () {
+  const svg = document.getElementById("timeline");
+  const audio = document.getElementById("recording");
+  const playhead = document.getElementById("playhead");
+  if (!svg || !audio || !playhead) {
+    return;
+  }
+  const left = Number(svg.dataset.left);
+  const right = Number(svg.dataset.right);
+  const seconds = Number(svg.dataset.seconds);
+  if (!(right > left) || !(seconds > 0)) {
+    return;
+  }
+  svg.classList.add("seekable");
+
+  function place() {
+    const at = Math.min(Math.max(audio.currentTime / seconds, 0), 1);
+    const x = String(left + at * (right - left));
+    playhead.setAttribute("x1", x);
+    playhead.setAttribute("x2", x);
+    playhead.setAttribute("visibility", audio.currentTime > 0 || !audio.paused ? "visible" : "hidden");
+  }
+
+  let frame = 0;
+  function follow() {
+    place();
+    frame = audio.paused ? 0 : window.requestAnimationFrame(follow);
+  }
+
+  svg.addEventListener("click", function (event) {
+    const matrix = svg.getScreenCTM();
+    if (!matrix) {
+      return;
+    }
+    const point = new DOMPoint(event.clientX, event.clientY).matrixTransform(matrix.inverse());
+    if (point.x < left || point.x > right) {
+      return;
+    }
+    const target = (point.x - left) / (right - left) * seconds;
+    audio.currentTime = Number.isFinite(audio.duration) ? Math.min(target, audio.duration) : target;
+    place();
+    if (audio.paused) {
+      audio.play().catch(function () { /* autoplay refused: the position is set all the same */ });
+    }
+  });
+  audio.addEventListener("timeupdate", place);
+  audio.addEventListener("seeked", place);
+  audio.addEventListener("play", function () {
+    if (!frame) {
+      frame = window.requestAnimationFrame(follow);
     }
   });
 })();
