@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from email.utils import formatdate
 
 import httpx
+import numpy as np
+import pytest
 
+from gateway.audio import mulaw_decode
 from gateway.call import ModelRolledOver, ModelSessionLost
 from gateway.local.server import Faults
 from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.replay.phone.units import HEARD_RMS
 
 from .conftest import start_gateway
 
@@ -62,6 +67,72 @@ async def test_a_model_refusing_at_call_start_is_retried_and_the_call_goes_on() 
         refused = gw.local_server.refused_connects
     assert refused == 2
     assert report.turns[0].response_ms is not None and report.violations == []
+
+
+# ---- a model refusing connects at the start of a call (429, 503; Retry-After) ----------------------------------
+
+GIVE_UP_S = 10.0  # README "Model sessions": no session for 10 s from the start of a call, the gateway gives up
+GIVE_UP_TOLERANCE_S = 0.6  # the phone's start and the gateway's close each cross a local socket and an event loop
+
+
+def longest_silence_ms(report, until_ms: float) -> float:
+    """The longest stretch in which nothing played at the caller (Twilio's queue was empty), from the stream's start
+    to ``until_ms``: measured on the caller's side, from the phone's playback runs (comfort noise counts as sound)."""
+    gaps, sounding_until = [], 0.0
+    for run in report.runs:
+        if run.start_ms >= until_ms:
+            break
+        gaps.append(run.start_ms - sounding_until)
+        sounding_until = until_ms if run.end_ms is None else run.end_ms
+    gaps.append(until_ms - sounding_until)
+    return max(gaps)
+
+
+def first_heard_ms(report) -> float:
+    """When the caller first heard the agent: the first millisecond above the phone's heard threshold (the comfort
+    noise is below it)."""
+    samples = mulaw_decode(report.heard_audio).astype(np.float64)
+    per_ms = samples[: len(samples) // 8 * 8].reshape(-1, 8)
+    loud = np.flatnonzero(np.sqrt((per_ms ** 2).mean(axis=1)) > HEARD_RMS)
+    return float(loud[0]) if len(loud) else float("inf")
+
+
+@pytest.mark.parametrize("status, retry_after", [(429, "2"), (503, "http-date")])
+async def test_a_model_refusing_at_call_start_with_retry_after_keeps_the_line_alive_and_is_waited_for(
+        status: int, retry_after: str) -> None:
+    async with start_gateway(agent_speaks_first=True) as gw:
+        server = gw.local_server
+        header = formatdate(time.time() + 3, usegmt=True) if retry_after == "http-date" else retry_after
+        server.faults = Faults(refuse_connects=1, refuse_status=status, retry_after=header)
+        turns = [CallerTurn(load_sample("caller_goodbye"), after_silence_ms=300, wait_for_agent=True)]
+        report = await run_call(gw.ws_url, turns, timeout_s=40, hangup_after_ms=300)
+        attempts = list(server.connect_attempts)
+    assert server.refused_connects == 1 and len(attempts) == 2, attempts
+    # Nothing before the Retry-After (2 s; the date 3 s ahead, whole seconds: more than 2 s): not the 0.2 s backoff.
+    assert attempts[1] - attempts[0] >= 2000, attempts
+    greeting_ms = first_heard_ms(report)
+    assert greeting_ms > 2000 and report.violations == []
+    # From the first second to the greeting, the line was never silent for a second: comfort noise, no gaps.
+    assert longest_silence_ms(report, greeting_ms) < 1000, (longest_silence_ms(report, greeting_ms), report.runs)
+
+
+@pytest.mark.parametrize("status, retry_after", [(503, None), (429, "30")])
+async def test_a_model_refusing_every_connect_is_given_up_at_10_s_with_the_line_alive_until_then(
+        status: int, retry_after: str | None) -> None:
+    async with start_gateway() as gw:
+        server = gw.local_server
+        server.faults = Faults(refuse_for_s=60, refuse_status=status, retry_after=retry_after)
+        report = await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=30_000)],
+                                timeout_s=40, hangup_after_ms=30_000)
+        attempts = list(server.connect_attempts)
+    assert report.ended_by == "gateway_closed"
+    # Measured from the caller's side: from the phone's start to the gateway closing the stream.
+    assert abs(report.duration_ms / 1000 - GIVE_UP_S) < GIVE_UP_TOLERANCE_S, report.duration_ms
+    assert longest_silence_ms(report, report.duration_ms) < 1000, report.runs
+    if retry_after == "30":
+        assert len(attempts) == 1, attempts  # Retry-After past the give-up: no attempt before it, give up at 10 s
+    else:
+        assert len(attempts) >= 5, attempts  # retried on the backoff until the give-up
 
 
 async def test_no_model_at_all_ends_the_call_within_a_bound_with_the_spoken_message() -> None:

@@ -5,7 +5,8 @@ reader (client message in -> events out) and the pacer (at the session's next de
 Both compute and send under one lock, so events leave in exactly the order the session made them.
 
 :class:`Faults` (``server.faults``) injects what a real model service does on a bad day, for the tests of the
-gateway's recovery: refused connects (any HTTP status: 401, 429, 503), a socket cut without a close frame, a
+gateway's recovery: refused connects (any HTTP status: 401, 429, 503; the first N, or all for T seconds; with a
+``Retry-After`` header, in seconds or as an HTTP-date), a socket cut without a close frame, a
 session that goes silent without closing (it stops reading, so pings go unanswered), a delayed first answer, and
 the session limit (``session_limit_s``: ``session_expired``, then close 1001, as OpenAI does).
 """
@@ -71,13 +72,34 @@ class AudioProbe(Protocol):
 
 @dataclass
 class Faults:
-    """Faults to inject; each applies to the next connection(s) only, then resets itself."""
+    """Faults to inject; each applies to the next connection(s) only, then resets itself (refusals last until
+    their count or their time is used up)."""
 
     refuse_connects: int = 0  # the next N connection attempts are refused ...
-    refuse_status: int = 503  # ... with this HTTP status (401: bad key, 429: rate limited, 503: down)
+    refuse_for_s: float = 0.0  # ... or every attempt for this long from the first one refused ...
+    refuse_status: int = 503  # ... with this HTTP status (401: bad key, 429: rate limited, 503: down) ...
+    retry_after: str | None = None  # ... and this Retry-After header, as sent: "2", or an HTTP-date
     drop_after_s: float | None = None  # the next session's socket is cut, no close frame, this long after it opens
     silent_after_s: float | None = None  # the next session stops reading and sending (pings too), socket left open
     first_delta_delay_s: float = 0.0  # the next session waits this long before it starts sending anything
+    refusing_since_ms: float | None = None  # set by the server: when refuse_for_s began
+
+    def refuses(self, at_ms: float) -> bool:
+        """Whether an attempt at ``at_ms`` is refused (and counts it)."""
+        if self.refuse_connects > 0:
+            self.refuse_connects -= 1
+            return True
+        if self.refuse_for_s > 0:
+            if self.refusing_since_ms is None:
+                self.refusing_since_ms = at_ms
+            return at_ms - self.refusing_since_ms < self.refuse_for_s * 1000
+        return False
+
+    def refusals(self) -> Faults:
+        """What of these faults outlives the session they let through: the refusals left."""
+        return Faults(refuse_connects=self.refuse_connects, refuse_for_s=self.refuse_for_s,
+                      refuse_status=self.refuse_status, retry_after=self.retry_after,
+                      refusing_since_ms=self.refusing_since_ms)
 
 
 class LocalRealtimeServer:
@@ -122,6 +144,8 @@ class LocalRealtimeServer:
         self.probe: AudioProbe | None = None
         self.faults = Faults()
         self.refused_connects = 0
+        # When each upgrade request arrived (now_ms), refused or not; bounded like the sessions.
+        self.connect_attempts: deque[float] = deque(maxlen=RECENT_SESSIONS)
         self._silent: set[ServerConnection] = set()  # sockets a fault made silent: cut, not closed, on stop
         self._server: Server | None = None
 
@@ -162,10 +186,15 @@ class LocalRealtimeServer:
         path = urlsplit(request.path).path
         if not path.startswith(PATHS):
             return connection.respond(HTTPStatus.NOT_FOUND, "Not found: the Realtime API is at /v1/realtime\n")
-        if self.faults.refuse_connects > 0:
-            self.faults.refuse_connects -= 1
+        at_ms = now_ms()
+        self.connect_attempts.append(at_ms)
+        faults = self.faults
+        if faults.refuses(at_ms):
             self.refused_connects += 1
-            return connection.respond(HTTPStatus(self.faults.refuse_status), "refused (fault injection)\n")
+            response = connection.respond(HTTPStatus(faults.refuse_status), "refused (fault injection)\n")
+            if faults.retry_after is not None:
+                response.headers["Retry-After"] = faults.retry_after
+            return response
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -189,8 +218,7 @@ class LocalRealtimeServer:
                                   limit_s=self.session_limit_s)
         session.opened_at_ms = now_ms()
         self.sessions.append(session)
-        faults, self.faults = self.faults, Faults(refuse_connects=self.faults.refuse_connects,
-                                                  refuse_status=self.faults.refuse_status)
+        faults, self.faults = self.faults, self.faults.refusals()
         try:
             await _Connection(self, ws, session, faults).run()
         finally:
