@@ -39,8 +39,8 @@ def test_twilio_messages_parse_to_typed_events():
     [
         ("not json", "not JSON"),
         ("[1,2]", "not a JSON object"),
-        ('{"event":"party"}', "unknown event"),
-        ('{"nothing":1}', "unknown event"),
+        ('{"event":"party"}', "unknown_event 'party'"),
+        ('{"nothing":1}', "unknown_event 'None'"),
         (media(media={"timestamp": "0", "payload": "***"}), "base64"),
         (media(media={"timestamp": "soon", "payload": ""}), "timestamp"),
         (media(media={"timestamp": "-5", "payload": ""}), "negative"),

@@ -226,7 +226,7 @@ class MediaStreamSession(ModelLinks, CallLeases):
         try:
             event = parse_twilio_message(text)
         except MediaStreamError as error:
-            self._drops.drop(str(error))
+            self._drops.drop(error.reason, detail=error.detail)  # a fixed reason: the peer's text is no label
             return
         except Exception:  # a parser bug costs one frame, never the call
             log.exception("dropped frame from twilio call_sid=%s: the parser failed", self.call.call_sid or "-")

@@ -18,7 +18,23 @@ from gateway.twilio.sids import is_account_sid, is_call_sid, is_stream_sid
 
 
 class MediaStreamError(ValueError):
-    """A frame from Twilio that is not a valid Media Streams message; the message says why."""
+    """A frame from Twilio that is not a valid Media Streams message; the message says why.
+
+    ``reason`` is a fixed text chosen by the gateway (a metric label, a drop counter's key); ``detail`` is what
+    the peer sent that explains it, escaped and truncated, for the summarised drop log only (never a label).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason} {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# The events Twilio documents for a bidirectional Media Stream (what Twilio sends us; parse_twilio_message handles
+# exactly these). Any other name is dropped as one fixed reason: a stream sending a new name per frame must not grow
+# the metrics' label values.
+TWILIO_EVENTS = frozenset({"connected", "start", "media", "mark", "dtmf", "stop"})
+UNKNOWN_EVENT = "unknown_event"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +175,8 @@ def parse_twilio_message(text: str | bytes) -> TwilioEvent:
     if event == "connected":
         protocol = message.get("protocol", "")
         return Connected(protocol[:64] if isinstance(protocol, str) else "")
-    raise MediaStreamError(f"unknown event {str(event)[:40]!r}")
+    # ascii(): no newline, escape or bidi control of the peer's reaches a log line; 40 characters are enough.
+    raise MediaStreamError(UNKNOWN_EVENT, ascii(str(event)[:40]))
 
 
 def media_message(stream_sid: str, mulaw: AudioBytes) -> dict:
