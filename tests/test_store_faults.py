@@ -1,0 +1,371 @@
+"""Call records under faults, with real servers: PostgreSQL connections killed in the middle of calls, a store that
+is down for a whole call and then back, a gateway process killed with -9 in the middle of a call.
+
+The PostgreSQL cases use the local server (``GATEWAY_TEST_POSTGRES_URL``), each in a schema of its own, and kill
+only connections of their own ``application_name``; they skip, saying why, when it is not reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.runner import free_port
+from gateway.store.spool import SPOOL_FILE
+
+from .conftest import start_gateway
+from .test_store_postgres import POSTGRES_URL, _postgres_unavailable
+
+KEY = "k-faults-0123456789abc"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def call_sid() -> str:
+    return "CA" + uuid.uuid4().hex
+
+
+def talk() -> list[CallerTurn]:
+    """A call of a few seconds: two turns, each answered."""
+    return [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
+            CallerTurn(load_sample("caller_question"), after_silence_ms=2000)]
+
+
+async def poll(condition, timeout_s: float, what: str, interval_s: float = 0.1):
+    """``await condition()`` until it returns something truthy; that value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+# ---- PostgreSQL in a schema of its own, under an application_name of its own
+
+
+def pg_url(schema: str, application_name: str, port: int | None = None) -> str:
+    parts = urlsplit(POSTGRES_URL)
+    netloc = parts.netloc if port is None else f"{parts.netloc.rsplit(':', 1)[0]}:{port}"
+    query = f"options={quote(f'-csearch_path={schema}')}&application_name={application_name}"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+@pytest.fixture
+def pg_schema():
+    reason = _postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+    from psycopg import sql
+
+    schema = f"gateway_faults_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+async def pg_query(schema: str, query: str, params: tuple = ()) -> list[tuple]:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(pg_url(schema, "gateway_test_reader"), autocommit=True) as conn:
+        try:
+            return await (await conn.execute(query, params)).fetchall()
+        except psycopg.errors.UndefinedTable:  # the gateway has not migrated its schema yet
+            return []
+
+
+async def kill_connections(application_name: str) -> int:
+    """Terminate every server connection of ``application_name`` (this test's gateway only); how many."""
+    rows = await pg_query("public", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE application_name = %s AND pid <> pg_backend_pid()", (application_name,))
+    return len(rows)
+
+
+async def test_three_calls_keep_their_records_when_postgres_connections_are_killed_mid_call(pg_schema, tmp_path):
+    """Connections killed while the calls talk (a restart, a failover, an idle reaper): the pool checks each
+    connection before lending it, and retries a write whose connection broke under it. 3 of 3 records complete,
+    and none needed the spool."""
+    app_name = f"gw_test_{uuid.uuid4().hex[:10]}"
+    spool = tmp_path / "spool"
+    async with start_gateway(store_url=pg_url(pg_schema, app_name), api_keys=(KEY,),
+                             record_spool_dir=str(spool)) as gw:
+        sids = [call_sid() for _ in range(3)]
+        calls = [asyncio.create_task(run_call(gw.ws_url, talk(), call_sid=sid, timeout_s=40, hangup_after_ms=1500))
+                 for sid in sids]
+
+        async def all_in_progress():
+            rows = await pg_query(pg_schema, "SELECT call_sid, status FROM calls")
+            return sorted(sid for sid, status in rows if status == "in-progress") == sorted(sids)
+
+        await poll(all_in_progress, 20, "the three calls' records in progress")
+        assert await kill_connections(app_name) >= 1  # every connection the gateway's pool holds
+        await asyncio.sleep(0.5)
+        await kill_connections(app_name)  # and again, whatever it made since
+        reports = await asyncio.gather(*calls)
+        assert all(report.call_sid in sids for report in reports)
+        await poll(lambda: _none_active(gw), 10, "the calls to end")
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            for sid in sids:
+                response = await http.get(f"/calls/{sid}", headers=AUTH)
+                assert response.status_code == 200, f"the record of {sid} was lost: {response.text}"
+                record = response.json()
+                assert record["status"] == "completed" and record["outcome"] == "completed", record
+                assert record["turns"] and record["holder"] == gw.state.settings.instance_id
+    assert not (spool / SPOOL_FILE).exists()  # written by retries on fresh connections, not replayed from the spool
+
+
+async def _none_active(gw) -> bool:
+    return not gw.state.active_calls
+
+
+async def test_a_write_whose_connection_is_killed_while_it_runs_is_retried_on_a_fresh_one(pg_schema):
+    from gateway.store import PostgresCallStore
+
+    app_name = f"gw_test_{uuid.uuid4().hex[:10]}"
+    store = PostgresCallStore(pg_url(pg_schema, app_name))
+    attempts: list[int] = []
+
+    async def slow_then_quick(conn):
+        attempts.append(conn.info.backend_pid)
+        if len(attempts) == 1:
+            await conn.execute("SELECT pg_sleep(30)")  # killed under it
+        return (await (await conn.execute("SELECT 42")).fetchone())[0]
+
+    try:
+        await store.get_call("CA" + "0" * 32)  # opened and migrated
+        work = asyncio.create_task(store._run(slow_then_quick))
+        await poll(lambda: asyncio.sleep(0, bool(attempts)), 5, "the first attempt")
+        await asyncio.sleep(0.2)
+        await kill_connections(app_name)
+        assert await asyncio.wait_for(work, 10) == 42
+        assert len(attempts) == 2 and attempts[0] != attempts[1]  # a fresh connection, not the dead one
+    finally:
+        await store.close()
+
+
+# ---- a store down for the whole call, then back
+
+
+class TcpGate:
+    """A TCP forwarder to PostgreSQL on a port of its own: closed, the store is down (connection refused);
+    opened, it is back."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.port = free_port()
+        self.target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task] = set()
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                sink.close()
+
+        for task in (asyncio.create_task(pipe(reader, up_writer)), asyncio.create_task(pipe(up_reader, writer))):
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+
+async def test_a_call_made_while_the_store_is_down_is_spooled_and_lands_when_it_is_back(pg_schema, tmp_path):
+    target = urlsplit(POSTGRES_URL)
+    gate = TcpGate(target.hostname or "127.0.0.1", target.port or 5432)
+    spool = tmp_path / "spool"
+    sid = call_sid()
+    async with start_gateway(store_url=pg_url(pg_schema, "gw_test_gate", port=gate.port), api_keys=(KEY,),
+                             record_spool_dir=str(spool)) as gw:
+        report = await run_call(gw.ws_url, talk(), call_sid=sid, timeout_s=40, hangup_after_ms=800)
+        assert report.call_sid == sid and any(turn.response_ms is not None for turn in report.turns)
+
+        async def spooled():
+            path = spool / SPOOL_FILE
+            return path.exists() and b'"op":"finish"' in path.read_bytes()
+
+        await poll(spooled, 15, "the final record in the spool")
+        path = spool / SPOOL_FILE
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(spool.stat().st_mode) == 0o700
+        lines = path.read_bytes().splitlines()
+        assert [line.count(b'"op":"start"') for line in lines] == [1, 0] and sid.encode() in lines[1]
+
+        await gate.open()  # the store is back
+        try:
+            async def landed():
+                rows = await pg_query(pg_schema, "SELECT status, outcome, holder, turns FROM calls "
+                                                 "WHERE call_sid = %s", (sid,))
+                return rows and rows[0][1] == "completed" and rows[0]
+            status, outcome, holder, turns = await poll(landed, 60, "the spooled record in PostgreSQL", 0.5)
+            assert (status, outcome, holder) == ("completed", "completed", gw.state.settings.instance_id)
+            assert turns
+            await poll(lambda: asyncio.sleep(0, not any(spool.iterdir())), 10, "the spool to be emptied")
+            async with httpx.AsyncClient(base_url=gw.http_url) as http:
+                record = (await http.get(f"/calls/{sid}", headers=AUTH)).json()
+            assert record["status"] == "completed" and record["turns"], record
+        finally:
+            await gate.close()
+
+
+# ---- a gateway process killed with -9 in the middle of a call
+
+
+def serve(data_dir: str, instance_id: str) -> tuple[subprocess.Popen, str, object]:
+    """``gateway serve`` in its own process, its records and shared state in ``data_dir`` (as the workers of one
+    host share them)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")}
+    for name in ("OPENAI_API_KEY", "REALTIME_API_KEY", "AZURE_OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "PUBLIC_URL",
+                 "REDIS_URL", "STORE_URL", "RECORD_CALLS_DIR"):
+        env[name] = ""
+    env.update(LOG_LEVEL="info", PYTHONUNBUFFERED="1", DATA_DIR=data_dir, STORE_URL="sqlite:///records.db",
+               STATE_SQLITE_PATH="state.db", INSTANCE_ID=instance_id, API_KEYS=KEY)
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env=env,
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return process, f"http://127.0.0.1:{port}", log
+
+
+async def wait_healthy(url: str, process: subprocess.Popen) -> None:
+    async def healthy():
+        assert process.poll() is None, "the gateway exited during start-up"
+        with contextlib.suppress(httpx.HTTPError):
+            async with httpx.AsyncClient() as http:
+                return (await http.get(url + "/healthz")).status_code == 200
+    await poll(healthy, 30, "the gateway to start", 0.05)
+
+
+def output(log) -> str:
+    log.seek(0)
+    return log.read().decode("utf-8", "replace")
+
+
+async def test_a_call_of_a_gateway_killed_with_9_shows_as_lost_with_what_was_known(tmp_path):
+    """Two gateway processes share the records and the live-call registry (as workers of one host do). A call's
+    record is written when it starts; its gateway is killed with -9; the other marks it lost once the killed one's
+    registry entry has expired, keeping what was known."""
+    data_dir = str(tmp_path)
+    doomed, doomed_url, doomed_log = serve(data_dir, "doomed")
+    survivor, survivor_url, survivor_log = serve(data_dir, "survivor")
+    sid = call_sid()
+    call = None
+    try:
+        await wait_healthy(doomed_url, doomed)
+        await wait_healthy(survivor_url, survivor)
+        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
+                 CallerTurn(load_sample("caller_question"), after_silence_ms=30_000)]  # still talking when killed
+        call = asyncio.create_task(run_call(doomed_url.replace("http", "ws") + "/media-stream", turns, call_sid=sid,
+                                            custom_parameters={"From": "+14155550177", "To": "+14155550100"},
+                                            timeout_s=60))
+        async with httpx.AsyncClient(base_url=survivor_url) as http:
+            async def in_progress():
+                response = await http.get(f"/calls/{sid}", headers=AUTH)
+                return response.status_code == 200 and response.json()["status"] == "in-progress" and response.json()
+            record = await poll(in_progress, 20, "the call's record in progress, seen from the other gateway")
+            assert record["holder"] == "doomed" and record["direction"] == "inbound" and record["ended_at"] is None
+            assert record["started_at"] is not None and record["outcome"] is None
+
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(10)
+
+            async def lost():
+                response = await http.get(f"/calls/{sid}", headers=AUTH)
+                return response.json()["status"] == "lost" and response.json()
+            # The registry entry lives up to 30 s after its last renewal; the survivor sweeps every 10 s.
+            record = await poll(lost, 60, "the call marked lost", 0.5)
+            assert record["outcome"] == "lost" and "doomed" in record["end_reason"], record
+            assert (record["holder"], record["direction"], record["started_at"]) == ("doomed", "inbound",
+                                                                                   record["started_at"])
+            assert record["from"].startswith("+1415") and record["to"].startswith("+1415")
+            listed = (await http.get("/calls", headers=AUTH, params={"outcome": "lost"})).json()["calls"]
+            assert [c["call_sid"] for c in listed] == [sid] and listed[0]["status"] == "lost"
+        assert "marked lost" in output(survivor_log)
+    finally:
+        for process in (doomed, survivor):
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+        if call is not None:
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+
+
+async def test_a_gateway_restarted_after_kill_9_marks_its_own_unfinished_calls_lost_at_once(tmp_path):
+    """A gateway that comes back under the same INSTANCE_ID (a replaced worker of ``gateway serve --workers``)
+    knows the calls its record names as its own and that it does not hold: lost, at its first sweep."""
+    data_dir = str(tmp_path)
+    first, url, _ = serve(data_dir, "same-id")
+    sid = call_sid()
+    call = None
+    try:
+        await wait_healthy(url, first)
+        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
+                 CallerTurn(load_sample("caller_question"), after_silence_ms=30_000)]
+        call = asyncio.create_task(run_call(url.replace("http", "ws") + "/media-stream", turns, call_sid=sid,
+                                            timeout_s=60))
+
+        def status() -> str | None:
+            db = sqlite3.connect(os.path.join(data_dir, "records.db"))
+            try:
+                row = db.execute("SELECT status FROM calls WHERE call_sid = ?", (sid,)).fetchone()
+                return row[0] if row else None
+            finally:
+                db.close()
+
+        await poll(lambda: asyncio.sleep(0, status() == "in-progress"), 20, "the record in progress")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert status() == "in-progress"
+        second, url, log = serve(data_dir, "same-id")
+        try:
+            await wait_healthy(url, second)
+            await poll(lambda: asyncio.sleep(0, status() == "lost"), 10, "the record marked lost")
+        finally:
+            second.kill()
+            second.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        if call is not None:
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
