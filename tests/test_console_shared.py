@@ -144,9 +144,10 @@ async def test_a_call_held_by_one_instance_shows_live_with_its_transcript_on_ano
                 listed = [c for c in fresh[0][1]["calls"] if c["call_sid"] == call_sid]
                 assert listed and listed[0]["direction"] == "inbound"
                 assert any(line["who"] == "caller" for line in listed[0]["lines"])
-                async with httpx.AsyncClient(base_url=b.http_url,
-                                             headers={"Authorization": f"Bearer {OPERATOR}"}) as api:
-                    assert (await api.post(f"/calls/{call_sid}/hangup")).status_code == 202
+                # The live page's hang-up on B reaches the call on A (the API's control path).
+                token = csrf_of((await operator.get("/console/live")).text)
+                hung = await operator.post(f"/console/live/calls/{call_sid}/hangup", data={"csrf": token})
+                assert hung.status_code == 202 and hung.json()["instance"] == a.state.settings.instance_id, hung.text
                 await asyncio.wait_for(call, 15)
                 await wait_for(seen, lambda kind, data: kind == "ended" and data["call_sid"] == call_sid)
                 for reader in readers:
