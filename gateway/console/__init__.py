@@ -3,9 +3,11 @@
 Plain HTML from the server (:mod:`.pages`, templates in ``templates/``), one small script and one style sheet
 (``static/``), no build step. Modules:
 
-* :mod:`.routes`: the routes, login and logout, CSRF and origin checks, the security headers;
-* :mod:`.session`: login sessions (a random id in an HTTP-only cookie, mapped here to the API key's id);
+* :mod:`.routes`: the routes, login and logout, CSRF and origin checks, the live-call actions, the security headers;
+* :mod:`.session`: login sessions (a random id in an HTTP-only cookie, mapped in the shared state to the API key's
+  id: any worker or instance accepts them);
 * :mod:`.hub`: the live view's fan-out of every call's events to the browsers' event streams;
+* :mod:`.relay`: the live view across instances (each holder publishes its calls into the shared state);
 * :mod:`.timeline`: a call's timeline as an inline SVG.
 """
 

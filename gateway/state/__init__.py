@@ -8,7 +8,8 @@ Implementations, chosen by ``REDIS_URL`` / ``STATE_SQLITE_PATH`` (:func:`open_st
 
 What it holds: single-use claims of stream credentials, the daily cost total, concurrency leases (global and per
 called number, with a TTL renewed while a call lives), the registry of live calls (which instance holds which)
-and the control messages that reach the instance holding a call.
+and the control messages that reach the instance holding a call; for the console (:mod:`gateway.console`), its
+login sessions (by the SHA-256 of the cookie) and the live view's relay (each call's picture and the live feed).
 
 When the shared state cannot be reached, :class:`StateUnavailable` is raised and the caller fails closed: a
 stream whose credential cannot be claimed is refused (Twilio's ``<Connect>`` then goes on to the next verb). On the
