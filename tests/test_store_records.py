@@ -408,6 +408,53 @@ async def test_finish_call_merges_with_what_placement_and_twilio_wrote(stores):
     assert merge_final(None, final, 5.0).updated_at == 5.0
 
 
+async def test_a_record_is_started_completed_or_marked_lost_the_same_on_every_backend(stores):
+    """The record written at a call's start (in progress, its holder), completed at its end, or marked lost when its
+    holder is gone; every write a merge by call_sid, so a spooled write replayed twice or late changes nothing."""
+    from gateway.store.records import start_record
+
+    store = stores()
+    started = time.time() - 30
+    start = start_record(call_sid=sid(30), stream_sid="MZ" + "3" * 32, direction="inbound", from_=CALLER, to=FROM,
+                         started_at=started, holder="host-a", model="gpt-realtime")
+    stored = await store.start_call(start)
+    assert (stored.status, stored.holder, stored.started_at, stored.created_at, stored.ended_at, stored.outcome) == (
+        "in-progress", "host-a", started, started, None, None)
+    assert await store.start_call(start) == replace(stored, updated_at=(await store.get_call(sid(30))).updated_at)
+    assert [r.call_sid for r in await store.open_calls()] == [sid(30)]
+    listed = (await store.list_calls()).records
+    assert [(r.call_sid, r.status) for r in listed] == [(sid(30), "in-progress")]
+
+    final = await store.finish_call(final_record(30, started_at=started, holder="host-a"))
+    assert (final.status, final.outcome, final.holder, final.created_at) == ("completed", "completed", "host-a",
+                                                                             started)
+    assert await store.open_calls() == []
+    assert await store.start_call(start) == final  # a start replayed after the end: left alone
+    assert await store.mark_lost(sid(30), "lost: gone") is None  # ended: never lost
+    assert await store.get_call(sid(30)) == final
+
+    # A call whose holder stopped: lost, with everything known kept; open no more.
+    await store.start_call(replace(start, call_sid=sid(31)))
+    lost = await store.mark_lost(sid(31), "lost: the instance holding the call (host-a) stopped")
+    assert (lost.status, lost.outcome, lost.end_reason, lost.holder, lost.from_, lost.started_at) == (
+        "lost", "lost", "lost: the instance holding the call (host-a) stopped", "host-a", CALLER, started)
+    assert await store.open_calls() == [] and await store.mark_lost(sid(31), "again") is None
+    assert [r.call_sid for r in (await store.list_calls(outcome="lost")).records] == [sid(31)]
+    # ... unless it was not lost after all: its own final record replaces the mark.
+    late = await store.finish_call(final_record(31, started_at=started))
+    assert (late.status, late.outcome, late.end_reason, late.holder) == ("completed", "completed", None, "host-a")
+    assert await store.mark_lost("CA" + "f" * 32, "unknown") is None
+
+    # An outbound call: placement's record gets the holder; Twilio's final status wins over lost, outcome stays.
+    await store.create_call(CallRecord(call_sid=sid(32), to=TO, from_=FROM, api_key_id="key1", status="ringing"))
+    begun = await store.start_call(replace(start, call_sid=sid(32), direction="outbound-api", to="", from_=""))
+    assert (begun.status, begun.holder, begun.to, begun.api_key_id) == ("in-progress", "host-a", TO, "key1")
+    assert (await store.mark_lost(sid(32), "lost")).status == "lost"
+    assert (await store.update_status(sid(32), "in-progress")).status == "lost"  # never backwards
+    after = await store.update_status(sid(32), "completed", duration_s=40)
+    assert (after.status, after.outcome, after.duration_s) == ("completed", "lost", 40)
+
+
 def ledger_summary(call_sid: str, *, direction: str, started_at: float) -> dict:
     """A call's end as the live call summarises it (``gateway.observe.ledger.CallLedger.finish``)."""
     return {
