@@ -1,4 +1,4 @@
-"""One settings object for the whole gateway, read from the environment (and a ``.env`` file in development).
+"""One settings object for the whole gateway, read from the environment (and a ``.env`` file in the working directory).
 
 Every knob has a default that works on a laptop: with no API key the gateway talks to the embedded
 Realtime-compatible server (``gateway.local``) instead of OpenAI.
@@ -251,6 +251,9 @@ class Settings:
     max_unfinished_heads_per_address: int = 0  # its connections waiting for a request head (0: a fifth of that)
     drop_log_interval_s: float = 10.0  # dropped frames are logged as one summary line per stream per interval
     record_max_bytes: int = 64 * 1024 * 1024  # a call's recording stops growing past this size
+    # RECORD_CALLS_DIR as a whole (frame recordings and WAVs): once full, new recordings are not started (the call
+    # goes on), one reaching it is cut short (gateway.recording.RecordingsQuota)
+    record_total_max_bytes: int = 10 * 1024 ** 3
     drain_timeout_s: int = 3600  # on SIGTERM, live calls may run this long before the process exits anyway
     fallback_message: str = DEFAULT_FALLBACK_MESSAGE  # said when a call cannot go on (TwiML after </Connect>)
     # Scale-out (gateway.state): this instance's name in the live-call registry, and limits across instances
@@ -320,7 +323,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> "Settings":
-        """Read settings from ``env`` (default: ``os.environ``, after loading ``.env`` if present)."""
+        """Read settings from ``env`` (default: ``os.environ``, after loading the working directory's ``.env``)."""
         if env is None:
             if dotenv:
                 load_dotenv_from_working_directory()
@@ -557,6 +560,7 @@ def _security_settings(env: Mapping[str, str]) -> dict[str, Any]:
         max_unfinished_heads_per_address=_int(env, "MAX_UNFINISHED_HEADS_PER_ADDRESS", 0, 0, 1_000_000),
         drop_log_interval_s=_float(env, "DROP_LOG_INTERVAL_S", 10.0, 0.1, 3600.0),
         record_max_bytes=_int(env, "RECORD_MAX_BYTES", 64 * 1024 * 1024, 4096, 1 << 40),
+        record_total_max_bytes=_int(env, "RECORD_TOTAL_MAX_BYTES", 10 * 1024 ** 3, 4096, 1 << 50),
         drain_timeout_s=_int(env, "DRAIN_TIMEOUT_S", 3600, 0, 86400),
         fallback_message=_fallback_message(env),
     )

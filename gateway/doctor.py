@@ -461,7 +461,7 @@ async def check_store(settings: Settings, timeout_s: float) -> Check:
     scheme = urlsplit(settings.store_url).scheme
     if scheme in ("", "memory"):
         return _skip(name, "STORE_URL is memory://: call records live in this process only")
-    from gateway.store import open_store
+    from gateway.store import StoreOpenError, open_store
 
     where = redact_url(settings.store_url)
     if scheme in ("postgresql", "postgres"):
@@ -470,6 +470,8 @@ async def check_store(settings: Settings, timeout_s: float) -> Check:
             return _fail(name, f"the call store at {where} cannot be used: {problem[0]}", problem[1])
     try:
         store = open_store(settings.store_url)
+    except StoreOpenError as error:  # the file, why and the fix, as `gateway serve` says them
+        return _fail(name, error.reason, error.fix)
     except Exception as error:  # a SQLite file that cannot be created or opened
         return _fail(name, f"the call store at {where} cannot be opened: {describe(error)}",
                      "make the file's directory writable by the gateway's user, or point STORE_URL elsewhere")

@@ -3,9 +3,9 @@
 * Built-ins are call control, carried out by the call core once what the agent said has been heard:
   ``end_call`` (hang up after the goodbye) and ``transfer_call`` (to the configured number).
 * User tools are plain Python functions in a module named by ``TOOLS_MODULE``: every public function
-  defined in it (or the functions listed in its ``TOOLS``). The module is looked up on the import path, then in
-  the working directory (``TOOLS_MODULE=my_tools`` beside the operator, as the README shows: see
-  :func:`import_tools_module`); when it cannot be imported, :class:`ToolsModuleError` says why and how to fix it. The JSON schema of the parameters comes from
+  defined in it (or the functions listed in its ``TOOLS``), looked up on the import path, then in the working
+  directory (``my_tools.py`` beside the operator, as the README shows: :func:`import_tools_module`); when it
+  cannot be imported, :class:`ToolsModuleError` says why and the fix. The JSON schema of the parameters comes from
   the type hints (through pydantic, which also validates the model's arguments), the description from
   the docstring's first paragraph, and each parameter's description from its ``Args:`` section::
 
@@ -165,15 +165,21 @@ def _working_directory() -> str:
         return ""
 
 
+def _own_names(module_name: str) -> set[str]:
+    """``a.b.c`` -> ``{a, a.b, a.b.c}``: a ModuleNotFoundError naming one of them means the module itself is missing
+    (any other name: something it imports)."""
+    parts = module_name.split(".")
+    return {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
+
+
 def _import_error(module_name: str, error: BaseException, where: str) -> ToolsModuleError:
-    """Why importing ``module_name`` failed, in one line a peer-less operator can act on."""
+    """Why importing ``module_name`` failed, in one line an operator can act on."""
     from gateway.logsafe import escape_controls
 
     message = escape_controls(str(error))[:300]
     if isinstance(error, ModuleNotFoundError):
         parts = module_name.split(".")
-        own = {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
-        if error.name in own:
+        if error.name in _own_names(module_name):
             if module_name.endswith(".py"):
                 fix = f"name the module, not its file: TOOLS_MODULE={module_name[:-3]}"
             elif error.name != parts[0]:
@@ -204,7 +210,8 @@ def import_tools_module(module_name: str) -> Any:
     The ``gateway`` command does not put the working directory on the import path (``python -m`` does), so a
     ``my_tools.py`` beside the operator was not found. It is added for this one import only and at the end of the
     path: a file there never shadows an installed module (a stray ``logging.py`` stays harmless), and modules
-    imported later do not see it. Raises :class:`ToolsModuleError`.
+    imported later do not see it. Called at start-up (and by doctor), before any thread imports anything.
+    Raises :class:`ToolsModuleError`.
     """
     if not _MODULE_NAME.fullmatch(module_name):
         raise ToolsModuleError(f"TOOLS_MODULE must be a module name such as my_tools or package.tools, got "
@@ -213,8 +220,7 @@ def import_tools_module(module_name: str) -> Any:
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        parts = module_name.split(".")
-        if not where or error.name not in {".".join(parts[:n]) for n in range(1, len(parts) + 1)}:
+        if not where or error.name not in _own_names(module_name):
             raise _import_error(module_name, error, where) from error
     except Exception as error:  # the module's own error (SyntaxError included): anything it raises
         raise _import_error(module_name, error, where) from error

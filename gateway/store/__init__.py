@@ -55,7 +55,13 @@ __all__ = [
 
 class StoreOpenError(RuntimeError):
     """The store ``STORE_URL`` names cannot be opened (a SQLite file in a directory this user cannot write, say):
-    ``str()`` names ``STORE_URL``, the path and the fix, on one line (``gateway serve`` prints it and exits)."""
+    ``str()`` names ``STORE_URL``, the path and the fix, on one line (``gateway serve`` prints it and exits);
+    :attr:`reason` and :attr:`fix` are its two halves (``gateway doctor`` shows them apart)."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(f"{reason}; fix: {fix}")
+        self.reason = reason
+        self.fix = fix
 
 
 def _sqlite_open_error(url: str, path: str, error: Exception) -> StoreOpenError:
@@ -71,8 +77,8 @@ def _sqlite_open_error(url: str, path: str, error: Exception) -> StoreOpenError:
     else:
         why = f"{type(error).__name__}: {error}"
     return StoreOpenError(
-        f"STORE_URL={redact_url(url)}: cannot open the SQLite file {os.path.abspath(path)} ({why}); fix: set "
-        f"DATA_DIR to a directory {user} can write (the container image's /data volume), or STORE_URL to a "
+        f"STORE_URL={redact_url(url)}: cannot open the SQLite file {os.path.abspath(path)} ({why})",
+        f"set DATA_DIR to a directory {user} can write (the container image's /data volume), or STORE_URL to a "
         "writable sqlite:////path.db or postgresql://...")
 
 
