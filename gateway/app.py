@@ -82,7 +82,8 @@ class GatewayState:
         self.active_calls: set[MediaStreamSession] = set()
         self.validator = RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token else None
         self.credentials = StreamCredentials(stream_secret(settings), settings.stream_credential_ttl_s)
-        self.shared: SharedState = shared if shared is not None else open_state(settings.redis_url, settings.state_sqlite_path)
+        self._shared: SharedState = shared if shared is not None else open_state(settings.redis_url,
+                                                                                 settings.state_sqlite_path)
         self.warnings = insecure_warnings(settings)  # repeated by /healthz while they hold
         self.draining = False  # set on SIGTERM: no new calls, the live ones go on (gateway.runner.DrainingServer)
         self.refused_streams = DropCounter(
@@ -119,6 +120,15 @@ class GatewayState:
             shared=self.shared,
             feed=self.console.feed,
         )
+
+    @property
+    def shared(self) -> SharedState:
+        return self._shared
+
+    @shared.setter
+    def shared(self, shared: SharedState) -> None:
+        # One shared state for the webhook path, the budget and the calls (tests put an unreachable one in).
+        self._shared = self.budget.shared = self.services.shared = shared
 
     def find_session(self, call_sid: str) -> MediaStreamSession | None:
         """The live call of this CallSid held by this instance."""

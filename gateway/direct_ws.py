@@ -42,6 +42,13 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         """From now on, text messages go to ``receiver`` (None: back to the queue)."""
         self._receiver = receiver
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # The socket came through the h11 protocol's per-address count (gateway.connection_caps): it leaves it now.
+        table = getattr(self.server_state, "gateway_addresses", None)
+        if table is not None:
+            table.release(self.transport)
+
     def send_receive_event_to_app(self) -> None:
         receiver = self._receiver
         if receiver is None or self.close_sent or self.curr_msg_data_type != "text" or not self.queue.empty():

@@ -1,9 +1,10 @@
 """Run the gateway app under uvicorn, with the same server limits everywhere (``gateway serve``, demo, tests).
 
 :func:`uvicorn_options` turns the settings into uvicorn's options, so what the tests exercise is what production
-runs: a cap on open connections (``MAX_CONNECTIONS``, uvicorn answers 503 past it), a deadline for a connection to
-send its request headers (``HTTP_HEADER_TIMEOUT_S``; uvicorn itself has none, so a client that opens a socket and
-trickles bytes would hold it forever), a bounded header size and WebSocket pings.
+runs: a cap on open connections (``MAX_CONNECTIONS``), and on one address's share of them
+(``MAX_CONNECTIONS_PER_ADDRESS``, ``MAX_UNFINISHED_HEADS_PER_ADDRESS``: :mod:`gateway.connection_caps`), a deadline
+for a connection to send its request headers (``HTTP_HEADER_TIMEOUT_S``; uvicorn itself has none, so a client that
+opens a socket and trickles bytes would hold it forever), a bounded head size (413 past it) and WebSocket pings.
 """
 
 from __future__ import annotations
@@ -17,40 +18,59 @@ import sys
 from types import FrameType
 from typing import Any, AsyncIterator, Callable
 
+import h11
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gateway.api.auth import client_key
 from gateway.config import ConfigError, Settings
+from gateway.connection_caps import OVER_HEAD_SIZE, AddressTable, table_of
 from gateway.direct_ws import DirectWebSocketProtocol
 
 log = logging.getLogger("gateway.runner")
 
-MAX_HEADER_BYTES = 16 * 1024  # Twilio's webhooks and upgrades carry a few hundred bytes of headers
-# What a connection may send before its first request head is parsed: a head, plus the start of a body that came
-# in the same packets (the routes accept at most 64 KiB of body).
-MAX_BYTES_BEFORE_REQUEST = MAX_HEADER_BYTES + 64 * 1024
+MAX_HEADER_BYTES = 16 * 1024  # a request head, up to its blank line: Twilio's carry a few hundred bytes
+# What a client may go on sending of a body the app answered without reading (a 401 before the body came): the
+# routes read at most 64 KiB of body.
+MAX_UNREAD_BODY_BYTES = 64 * 1024
+HEAD_TOO_LARGE = (b"HTTP/1.1 413 Content Too Large\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+                  b"content-length: %d\r\n\r\n%s")
+HEAD_TOO_LARGE_BODY = b"request head over %d bytes\n" % MAX_HEADER_BYTES
+LINGER_S, LINGER_BYTES = 2.0, 1 << 20  # after a 413, what the rest of a head may still send before the close
 
 
 class HeaderDeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with three bounds uvicorn lacks:
+    """uvicorn's h11 protocol with the bounds uvicorn lacks:
 
     * a deadline for each request head (slowloris): the first one, and every next one on a kept-alive connection
       (uvicorn's own keep-alive timer is disarmed by any byte, so a client trickling a head would hold it forever);
       a response sent before the body was read (a 401, say) re-arms it too, so an unread body cannot hold it;
-    * a cap on the bytes a connection may send while no request is under way;
+    * a cap on the size of a request head (413 as soon as it is known to be past ``MAX_HEADER_BYTES``, before h11
+      parses it: h11 alone bounds only a head still incomplete, and answers 400), and on the bytes of an unread body;
     * a real cap on open connections: uvicorn's ``limit_concurrency`` only answers 503 to plain HTTP requests, it
-      never refuses a socket and lets WebSocket upgrades through, so past the cap a new socket is closed at once.
+      never refuses a socket and lets WebSocket upgrades through, so past the cap a new socket is closed at once;
+    * one address's share of them (:mod:`gateway.connection_caps`: open connections and unfinished heads per
+      address, trusted proxies exempt), when ``settings`` is set.
 
-    Once the connection became a WebSocket, none of this applies (its frames are bounded by the gateway)."""
+    Once the connection became a WebSocket, none of this applies (its frames are bounded by the gateway); its
+    socket keeps its place in the per-address count until it closes."""
 
     header_timeout_s = 10.0
+    settings: Settings | None = None  # the per-address caps (gateway.runner.uvicorn_options sets it)
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the head (or unread body) under way, while no request is
+        self._head_tail = b""  # its last 3 bytes: a blank line may straddle two reads
+        self._lingering = False  # answered 413: what still comes is discarded until the close
         self._header_deadline: asyncio.TimerHandle | None = None
-        if self.limit_concurrency is not None and len(self.connections) > self.limit_concurrency:
+        self._addresses: AddressTable | None = table_of(self.server_state, self.settings) if self.settings else None
+        if self._addresses is not None:
+            admitted = self._addresses.admit(transport, self.client[0] if self.client else None, len(self.connections))
+        else:
+            admitted = self.limit_concurrency is None or len(self.connections) <= self.limit_concurrency
+        if not admitted:
             transport.close()
             return
         self._arm_deadline()
@@ -63,22 +83,66 @@ class HeaderDeadlineH11Protocol(H11Protocol):
     def _waiting_for_head(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
 
+    def _count_waiting(self) -> None:
+        """Tell the address table whether this connection waits for a request head (an unfinished head)."""
+        if self._addresses is not None:
+            waiting = self._waiting_for_head() and self.transport.get_protocol() is self  # not upgraded
+            self._addresses.waiting_for_head(self.transport, waiting and not self.transport.is_closing())
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._head_bytes = 0
+        self._head_bytes, self._head_tail = 0, b""
         if not self.transport.is_closing():
             self._arm_deadline()
+        self._count_waiting()
 
     def data_received(self, data: bytes) -> None:
-        # h11's own limit only applies while a head is incomplete; a huge head that arrives at once would pass.
-        if self._waiting_for_head():
+        if self._lingering:  # after a 413: discarded
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_BYTES_BEFORE_REQUEST:
-                self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n"
-                                     b"content-length: 0\r\n\r\n")
+            if self._head_bytes > LINGER_BYTES:
                 self.transport.close()
-                return
+            return
+        if self._waiting_for_head():
+            if self.conn.their_state is h11.IDLE:  # a new request head
+                if self._head_too_large(data):
+                    self._refuse_head()
+                    return
+            else:  # the rest of a body the app answered without reading: discarded, and bounded
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_UNREAD_BODY_BYTES:
+                    self._linger()
+                    return
         super().data_received(data)
+        self._count_waiting()
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Is the head under way past MAX_HEADER_BYTES, counting up to its blank line (a body that came in the
+        same read is not the head's)?"""
+        seen = self._head_tail + data
+        end = seen.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_bytes += len(data)
+            self._head_tail = seen[-3:]
+            return self._head_bytes > MAX_HEADER_BYTES
+        return self._head_bytes - len(self._head_tail) + end + 4 > MAX_HEADER_BYTES
+
+    def _refuse_head(self) -> None:
+        self.transport.write(HEAD_TOO_LARGE % (len(HEAD_TOO_LARGE_BODY), HEAD_TOO_LARGE_BODY))
+        self._linger()
+
+    def _linger(self) -> None:
+        """A lingering close, once the answer is written: closing with bytes of the request unread would reset the
+        connection, and the client's kernel would drop the answer with it. So: our end shut, what still comes read
+        and discarded (at most LINGER_BYTES, for at most LINGER_S), then closed."""
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._head_bytes = 0
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
+        if self._addresses is not None:
+            self._addresses.refused.refuse(OVER_HEAD_SIZE, client_key(self.client[0] if self.client else None))
 
     def _headers_too_slow(self) -> None:
         transport = self.transport
@@ -90,13 +154,15 @@ class HeaderDeadlineH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._header_deadline is not None:
             self._header_deadline.cancel()
+        if self._addresses is not None:
+            self._addresses.release(self.transport)
         super().connection_lost(exc)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn.Config keyword arguments for ``settings`` (host, port and app excepted)."""
     protocol = type("GatewayH11Protocol", (HeaderDeadlineH11Protocol,),
-                    {"header_timeout_s": settings.http_header_timeout_s})
+                    {"header_timeout_s": settings.http_header_timeout_s, "settings": settings})
     return dict(
         http=protocol,
         # uvicorn's websockets-sansio protocol with a direct path for media streams (gateway.direct_ws): an app that
@@ -182,13 +248,15 @@ async def running_app(app: Starlette, host: str = "127.0.0.1", port: int = 0, lo
             await asyncio.wait_for(task, 10)
 
 
-def serve_gateway(settings: Settings, sockets: list[socket.socket] | None = None) -> int:
+def serve_gateway(settings: Settings, sockets: list[socket.socket] | None = None, *,
+                  metrics_port: bool = True) -> int:
     """Run the gateway under uvicorn with the drain (``gateway serve``, and each of its workers); the exit status.
-    ``sockets``: an already listening socket (workers share their parent's)."""
+    ``sockets``: an already listening socket (workers share their parent's); ``metrics_port``: False in a worker
+    (its parent serves METRICS_PORT for all)."""
     from gateway.app import create_app
 
     try:
-        app = create_app(settings)
+        app = create_app(settings, metrics_port=metrics_port)
     except ConfigError as error:
         print(f"gateway serve: {error}", file=sys.stderr)
         return 2

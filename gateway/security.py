@@ -28,6 +28,7 @@ no public https URL) unless ``INSECURE_DEV_MODE`` is set; :func:`insecure_warnin
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -122,15 +123,23 @@ class StreamCredentials:
 # ---------------------------------------------------------------------- URLs Twilio signs
 
 
+@functools.lru_cache(maxsize=64)
+def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
 def is_trusted_proxy(client_host: str | None, trusted: Iterable[str]) -> bool:
-    """True when the peer address is one of TRUSTED_PROXY_IPS (addresses or networks)."""
+    """True when the peer address is one of TRUSTED_PROXY_IPS (addresses or networks). The networks are parsed
+    once per setting: this runs for every new socket (gateway.connection_caps)."""
     if not client_host:
         return False
     try:
         address = ipaddress.ip_address(client_host)
     except ValueError:
         return False
-    return any(address in ipaddress.ip_network(entry, strict=False) for entry in trusted)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket reports an IPv4 proxy as ::ffff:a.b.c.d
+    return any(address in network for network in _networks(tuple(trusted)))
 
 
 def _last(headers: Mapping[str, str], name: str) -> str:

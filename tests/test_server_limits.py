@@ -10,7 +10,7 @@ import pytest
 import websockets
 
 from gateway.config import Settings
-from gateway.runner import MAX_BYTES_BEFORE_REQUEST, MAX_HEADER_BYTES, uvicorn_options
+from gateway.runner import MAX_HEADER_BYTES, uvicorn_options
 
 from .conftest import start_gateway
 
@@ -46,15 +46,72 @@ async def test_a_client_that_never_finishes_its_headers_is_disconnected() -> Non
             assert ws.state.name == "OPEN"
 
 
-async def test_oversized_headers_are_refused() -> None:
+async def _raw_response(host: str, port: int, payload: bytes) -> bytes:
+    """Everything the server answers to ``payload`` before it closes (it must close: the answers here say so)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+    except OSError:
+        pass  # the server answered and closed before it read everything
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+async def test_an_oversized_request_head_answers_413_before_it_is_parsed() -> None:
     async with start_gateway() as gw:
+        host, port = gw.http_url.removeprefix("http://").split(":")
+        for size in (100_000, MAX_HEADER_BYTES + 100):  # all at once, and just past the limit
+            head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
+            answer = await _raw_response(host, int(port), head)
+            assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
+            assert answer.endswith(b"request head over 16384 bytes\n")
+        # Trickled in small pieces (an incomplete head, which h11 alone would answer with 400): 413 too.
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /incoming-call HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(40):
+            writer.write(b"X-Pad: " + b"b" * 1000 + b"\r\n")
+            await writer.drain()
+            if writer.is_closing() or reader.at_eof():
+                break
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 413 ")
+        writer.close()
+        # A head just under the limit, followed by its body in the same write, is served.
+        body = b"x" * 20_000
+        head = (b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\nX-Big: "
+                % len(body))
+        head += b"a" * (MAX_HEADER_BYTES - len(head) - 4) + b"\r\n\r\n"
+        assert len(head) == MAX_HEADER_BYTES
+        assert (await _raw_response(host, int(port), head + body)).startswith(b"HTTP/1.1 200 ")
+
+
+async def test_an_oversized_body_answers_413_on_every_route_that_reads_one() -> None:
+    """Each route that reads a body refuses one past its limit with 413 and a short reason, declared
+    (Content-Length) or streamed (chunked), without reading it."""
+    twilio = dict(twilio_account_sid="AC" + "0" * 32, twilio_auth_token="t" * 32, twilio_from_number="+14155550100",
+                  twilio_caller_ids=("+14155550100",), public_url="https://gw.example.com")
+    async with start_gateway(api_keys=("k" * 24,), **twilio) as gw:
+        auth = {"Authorization": "Bearer " + "k" * 24}
+        json = {"Content-Type": "application/json"}
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        routes = [("/incoming-call", form), ("/twilio/call-status", form), ("/twilio/answer", form),
+                  ("/calls", {**auth, **json}), ("/calls/CA" + "0" * 32 + "/say", {**auth, **json}),
+                  ("/console/login", {**form, "Origin": gw.http_url})]
+        big = b"a=" + b"x" * 200_000
+
+        async def chunked():
+            for start in range(0, len(big), 10_000):
+                yield big[start:start + 10_000]
+
         async with httpx.AsyncClient(base_url=gw.http_url) as http:
-            try:
-                response = await http.get("/healthz", headers={"X-Big": "a" * MAX_BYTES_BEFORE_REQUEST})
-                refused = response.status_code >= 400
-            except httpx.HTTPError:
-                refused = True  # the server closed the connection
-        assert refused
+            for path, headers in routes:
+                for content in (big, chunked()):
+                    response = await http.post(path, headers=headers, content=content)
+                    assert response.status_code == 413, (path, response.status_code, response.text[:200])
+                    assert len(response.content) < 300 and b"too large" in response.content.lower() or \
+                        b"at most" in response.content, (path, response.text)
 
 
 async def test_open_connections_are_capped_websockets_included() -> None:
@@ -136,7 +193,7 @@ async def test_an_unread_body_cannot_hold_the_connection() -> None:
         assert closed
 
 
-def test_the_server_options_follow_the_settings() -> None:
+def test_the_server_options_follow_the_settings() -> None:  # noqa: D103
     settings = Settings.from_env({"MAX_CONNECTIONS": "250", "HTTP_HEADER_TIMEOUT_S": "4"})
     options = uvicorn_options(settings)
     assert options["limit_concurrency"] == 250 and options["http"].header_timeout_s == 4.0

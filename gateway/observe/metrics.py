@@ -92,6 +92,8 @@ MODEL_RECONNECTS = Counter("gateway_model_reconnects_total", "Model sessions los
 MODEL_ROLLOVERS = Counter("gateway_model_rollovers_total", "Model sessions replaced ahead of their limit.", ["cause"])
 DROPPED = Counter("gateway_dropped_frames_total", "Frames dropped at the edge, by source and reason.",
                   ["source", "reason"])
+RECORDINGS_OVER_QUOTA = Counter("gateway_recordings_over_quota_total", "Recordings given up because "
+                                "RECORD_TOTAL_MAX_BYTES was reached: not_started, truncated, wav_skipped.", ["what"])
 REFUSED_STREAMS = Counter("gateway_refused_streams_total", "Media stream upgrades refused, by reason.", ["reason"])
 REFUSED_CALLS = Counter("gateway_refused_calls_total", "Calls answered with a polite refusal, by reason.", ["reason"])
 REFUSED_CONNECTIONS = Counter("gateway_refused_connections_total",

@@ -35,6 +35,14 @@ class WebhookRejected(Exception):
         self.message = message
 
 
+class BodyTooLarge(Exception):
+    """A body past its route's limit, raised by a route that has no refusal of its own to answer with: the app
+    answers 413 with a short text (``gateway.app``)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body too large (at most {limit} bytes)")
+
+
 def _client_host(connection: HTTPConnection) -> str | None:
     # The socket's own peer (kept before X-Forwarded-For rewrites the client): only it says "a trusted proxy".
     peer = connection.scope.get(PEER_SCOPE_KEY)
