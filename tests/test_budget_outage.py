@@ -289,6 +289,17 @@ async def test_the_webhook_gives_the_shared_state_300_ms_whatever_redis_does(mod
         assert ready.status_code == 503 and ready.json()["reason"] == "shared state unavailable", ready.text
 
 
+async def test_a_shared_state_put_in_after_start_is_the_one_the_budget_and_the_probes_read() -> None:
+    async with start_gateway(daily_budget_usd=5.0) as gw, httpx.AsyncClient(base_url=gw.http_url) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        gw.state.shared = RedisState(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
+        assert said_state_unavailable((await incoming_call(http))[0])
+
+        async def not_ready() -> bool:
+            return (await http.get("/readyz")).status_code == 503
+        await until(not_ready, what="/readyz 503 with an unreachable state")
+
+
 async def test_stream_admission_and_leases_are_bounded_and_refused_for_what_they_are_when_redis_hangs() -> None:
     async with fake_redis(None) as url, start_gateway(redis_url=url, max_calls_global=5) as gw:
         before = await scrape(gw.http_url)

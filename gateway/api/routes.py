@@ -66,7 +66,8 @@ class OutboundApi:
         self.credentials = credentials  # issues the stream credential of an answered outbound call
         self.at_capacity = at_capacity  # True when this instance holds MAX_CALLS calls
         self.draining = draining  # True once SIGTERM arrived: no new calls here
-        self.budget_exhausted = budget_exhausted  # True once today's cost reached DAILY_BUDGET_USD
+        # True once today's cost reached DAILY_BUDGET_USD; raises StateUnavailable when it cannot be read.
+        self.budget_exhausted = budget_exhausted
         self.keys = ApiKeys(settings.api_keys, settings.operator_api_keys)
         # Failed authentications per client address: key guessing is throttled before any key is checked.
         self.auth_failures = AuthFailureLimiter(settings.api_auth_failures_per_minute)
