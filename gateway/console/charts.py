@@ -25,8 +25,19 @@ def outcome_colors(outcomes: Sequence[str]) -> dict[str, str]:
     return colors
 
 
-def _nice_max(value: float) -> float:
-    """The top of the y axis: 1, 2, 2.5 or 5 times a power of ten, at least ``value``."""
+def sparse_labels(labels: Sequence[str], starts: Sequence[int], size: int) -> list[str]:
+    """At most about MAX_X_LABELS of ``labels`` kept (the others ""): those whose bucket start is a round multiple
+    of a step (1, 2, 3, 6 or 12 hours, 1, 2, 7 or 14 days), so ticks fall on the same hours every time."""
+    steps = (1, 2, 3, 6, 12, 24, 48, 72, 168, 336) if size < 86400 else (1, 2, 7, 14, 28)
+    step = next((s for s in steps if len(labels) / s <= MAX_X_LABELS), steps[-1])
+    return [label if (start // size) % step == 0 else "" for label, start in zip(labels, starts)]
+
+
+def _nice_max(value: float, whole: bool = False) -> float:
+    """The top of the y axis: 1, 2, 2.5 or 5 times a power of ten, at least ``value`` (at least 4 for counts,
+    ``whole``, so that the gridlines fall on whole numbers)."""
+    if whole:
+        return max(4.0, math.ceil(value / 4) * 4) if value <= 20 else _nice_max(value)
     if value <= 0:
         return 1.0
     power = 10 ** math.floor(math.log10(value))
@@ -35,6 +46,7 @@ def _nice_max(value: float) -> float:
 
 def _frame(chart_id: str, title: str, top: float, y_label: Callable[[float], str], x_labels: Sequence[str],
            legend: Sequence[tuple[str, str]]) -> list[str]:
+    """The chart's element, title, legend, gridlines and axes; ``x_labels`` under the axis ("" for none)."""
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
              f'class="chart" id="{escape(chart_id)}" aria-label="{escape(title)}">',
              f'<text x="{LEFT}" y="16" font-size="13" font-weight="bold" fill="#222">{escape(title)}</text>']
@@ -45,9 +57,10 @@ def _frame(chart_id: str, title: str, top: float, y_label: Callable[[float], str
                      f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" fill="#555">'
                      f"{escape(y_label(value))}</text>")
     count = len(x_labels)
-    every = max(1, math.ceil(count / MAX_X_LABELS))
     width = (RIGHT - LEFT) / max(count, 1)
-    for index in range(0, count, every):
+    for index in range(count):
+        if not x_labels[index]:  # the caller left it out (see sparse_labels)
+            continue
         x = LEFT + (index + 0.5) * width
         parts.append(f'<text x="{x:.1f}" y="{BOTTOM + 16}" text-anchor="middle" font-size="11" fill="#555">'
                      f"{escape(x_labels[index])}</text>")
@@ -63,11 +76,13 @@ def _frame(chart_id: str, title: str, top: float, y_label: Callable[[float], str
 
 
 def bar_chart(chart_id: str, title: str, x_labels: Sequence[str], stacks: Sequence[dict[str, float]],
-              colors: dict[str, str], y_label: Callable[[float], str], tip: Callable[[str, float], str]) -> str:
-    """One bar per x label, stacked by series (``stacks[i]``: series -> value; series in ``colors``' order)."""
-    top = _nice_max(max((sum(stack.values()) for stack in stacks), default=0.0))
+              colors: dict[str, str], y_label: Callable[[float], str], tip: Callable[[str, float], str],
+              whole: bool = False, axis: Sequence[str] | None = None) -> str:
+    """One bar per x label (its tooltip's), stacked by series (``stacks[i]``: series -> value; series in
+    ``colors``' order); ``whole``: the values are counts; ``axis``: the labels under the axis ("" for none)."""
+    top = _nice_max(max((sum(stack.values()) for stack in stacks), default=0.0), whole)
     legend = [(name, color) for name, color in colors.items()] if len(colors) > 1 else []
-    parts = _frame(chart_id, title, top, y_label, x_labels, legend)
+    parts = _frame(chart_id, title, top, y_label, x_labels if axis is None else axis, legend)
     width = (RIGHT - LEFT) / max(len(x_labels), 1)
     gap = min(2.0, width * 0.2)
     for index, (label, stack) in enumerate(zip(x_labels, stacks)):
@@ -87,11 +102,12 @@ def bar_chart(chart_id: str, title: str, x_labels: Sequence[str], stacks: Sequen
 
 
 def line_chart(chart_id: str, title: str, x_labels: Sequence[str], series: dict[str, Sequence[float | None]],
-               colors: dict[str, str], y_label: Callable[[float], str], tip: Callable[[str, float], str]) -> str:
+               colors: dict[str, str], y_label: Callable[[float], str], tip: Callable[[str, float], str],
+               axis: Sequence[str] | None = None) -> str:
     """One line per series; a missing value (None) breaks the line; each point a dot with its tooltip."""
     values = [value for points in series.values() for value in points if value is not None]
     top = _nice_max(max(values, default=0.0))
-    parts = _frame(chart_id, title, top, y_label, x_labels, list(colors.items()))
+    parts = _frame(chart_id, title, top, y_label, x_labels if axis is None else axis, list(colors.items()))
     width = (RIGHT - LEFT) / max(len(x_labels), 1)
     for name, points in series.items():
         color = colors[name]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from html import escape
 
-from gateway.console.charts import bar_chart, line_chart, outcome_colors
+from gateway.console.charts import bar_chart, line_chart, outcome_colors, sparse_labels
 from gateway.console.pages import page, time_html
 from gateway.console.session import ConsoleSession
 from gateway.store.figures import DAY_S, HOUR_S, Bucket, Overview
@@ -31,19 +31,30 @@ def overview_window(range_name: str, now: float | None = None) -> tuple[float, f
 
 
 def _label(start: int, size: int) -> str:
-    if size == HOUR_S:
-        return time.strftime("%H:00" if start % DAY_S else "%m-%d", time.gmtime(start))
-    return time.strftime("%m-%d", time.gmtime(start))
+    """A bucket's name in its tooltip: its UTC day, and hour."""
+    return time.strftime("%m-%d %H:00" if size == HOUR_S else "%m-%d", time.gmtime(start))
+
+
+def _axis(buckets: list[Bucket], size: int) -> list[str]:
+    """The labels under a chart's axis: a few round hours (the day at midnight), or days."""
+    names = [time.strftime("%H:00" if size == HOUR_S and b.start % DAY_S else "%m-%d", time.gmtime(b.start))
+             for b in buckets]
+    return sparse_labels(names, [b.start for b in buckets], size)
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
 
 
+def _labels(buckets: list[Bucket], size: int) -> list[str]:
+    return [_label(b.start, size) for b in buckets]
+
+
 def _counts(buckets: list[Bucket], size: int, outcomes: list[str], chart_id: str, title: str) -> str:
-    return bar_chart(chart_id, title, [_label(b.start, size) for b in buckets],
+    return bar_chart(chart_id, title, _labels(buckets, size),
                      [{name: float(count) for name, count in b.outcomes.items()} for b in buckets],
-                     outcome_colors(outcomes), lambda v: f"{v:g}", lambda name, v: f"{v:g} {name}")
+                     outcome_colors(outcomes), lambda v: f"{v:g}", lambda name, v: f"{v:g} {name}", whole=True,
+                     axis=_axis(buckets, size))
 
 
 def _summary(overview: Overview) -> str:
@@ -73,17 +84,18 @@ def overview_page(session: ConsoleSession, overview: Overview, range_name: str) 
     size = overview.bucket_s
     series = overview.latency
     per = "hour" if size == HOUR_S else "day"
-    labels = [_label(b.start, size) for b in series]
+    labels, axis = _labels(series, size), _axis(series, size)
     charts = [
         _counts(overview.hours, HOUR_S, outcomes, "chart-calls-hour", "Calls per hour, by outcome"),
         _counts(overview.days, DAY_S, outcomes, "chart-calls-day", "Calls per day, by outcome"),
         line_chart("chart-latency", f"Turn latency per {per} (p50, p95)", labels,
                    {"p50": [b.p50_ms for b in series], "p95": [b.p95_ms for b in series]}, LATENCY_COLORS,
-                   lambda v: f"{v:g} ms", lambda name, v: f"{name} {v:.0f} ms"),
+                   lambda v: f"{v:g} ms", lambda name, v: f"{name} {v:.0f} ms", axis),
         bar_chart("chart-spend", f"Spend per {per} (USD)", labels, [{"spend": b.spend_usd} for b in series],
-                  {"spend": "#4e89ae"}, lambda v: f"${v:g}", lambda name, v: f"${v:.4f}"),
+                  {"spend": "#4e89ae"}, lambda v: f"${v:g}", lambda name, v: f"${v:.4f}", axis=axis),
         bar_chart("chart-barge-ins", f"Barge-ins per {per}", labels, [{"barge-ins": float(b.barge_ins)} for b in series],
-                  {"barge-ins": "#f4a259"}, lambda v: f"{v:g}", lambda name, v: f"{v:g} barge-in(s)"),
+                  {"barge-ins": "#f4a259"}, lambda v: f"{v:g}", lambda name, v: f"{v:g} barge-in(s)", whole=True,
+                  axis=axis),
     ]
     body = head + _summary(overview) + "".join(f'<div class="chart-box">{chart}</div>' for chart in charts)
     return page("Overview", "overview", body, session)

@@ -83,7 +83,7 @@ def _select(name: str, options: Iterable[tuple[str, str]], chosen: str) -> str:
 # The listing's sortable columns: (heading, sort name or None); the sort names are the store's whitelist.
 COLUMNS = (("Call", None), ("Started", "started"), ("Direction", None), ("From", None), ("To", None),
            ("Outcome", "outcome"), ("Ended by", None), ("Turns", None), ("Latency", "latency"),
-           ("Duration", "duration"), ("Cost", "cost"), ("Recording", None))
+           ("Duration", "duration"), ("Cost", "cost"), ("Audio", None))
 
 
 def _heading(label: str, sort: str | None, filters: dict[str, str], query: CallQuery) -> str:
@@ -134,8 +134,8 @@ def calls_page(session: ConsoleSession, records: list[CallRecord], filters: dict
             f"<td>{_duration(record)}</td><td>{_cost(record.cost_usd)}</td>"
             f"<td>{'yes' if record.recording else ''}</td></tr>")
     headings = "".join(_heading(label, sort, filters, query) for label, sort in COLUMNS)
-    table = (f'<table class="calls" id="calls"><thead><tr>{headings}</tr></thead><tbody>' + "".join(rows)
-             + "</tbody></table>")
+    table = (f'<div class="table-scroll"><table class="calls" id="calls"><thead><tr>{headings}</tr></thead><tbody>'
+             + "".join(rows) + "</tbody></table></div>")
     if not records:
         table = '<p id="no-calls">No call matches.</p>'
     more = ""

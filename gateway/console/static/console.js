@@ -235,10 +235,7 @@
 // Every page: moments in the browser's own time zone. The server writes <time datetime="...Z">, with the UTC text
 // as the element's text (what shows without script) and as its tooltip.
 (function () {
-  const format = new Intl.DateTimeFormat(undefined, {
-    year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
-    timeZoneName: "short",
-  });
+  const format = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "long" });
   for (const node of document.querySelectorAll("time[datetime]")) {
     const when = new Date(node.getAttribute("datetime"));
     if (isNaN(when.getTime())) {
