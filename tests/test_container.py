@@ -32,7 +32,7 @@ import pytest
 
 from gateway.runner import free_port
 from tests.test_infra import INFRA, ROOT, dockerfile_stages, dockerfile_user, load_compose, compose_gateways
-from tests.test_operator_paths import lines_of, run_once, serving, wait_for_health
+from tests.test_operator_paths import lines_of, run_once, serving
 
 DOCKER_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -179,8 +179,9 @@ def image_run(root: Path, *, data_writable: bool) -> tuple[list[str], Path, dict
     command = image_command()
     module, function = scripts[command[0]].split(":")
     launcher = bindir / command[0]
+    # As pip writes console scripts (the guard matters: --workers spawns processes that import __main__ again).
     launcher.write_text(f"#!{_interpreter(uid, gid)}\nimport sys\nfrom {module} import {function}\n"
-                        f"sys.exit({function}())\n")
+                        f"if __name__ == '__main__':\n    sys.exit({function}())\n")
     launcher.chmod(0o755)
     workdir = root / "app"  # WORKDIR, owned by root as in the image: the user cannot write it
     workdir.mkdir()
@@ -198,13 +199,20 @@ def image_run(root: Path, *, data_writable: bool) -> tuple[list[str], Path, dict
     return command, workdir, env, data, _as_user(uid, gid)
 
 
-def test_the_image_start_command_serves_as_its_user_from_a_read_only_working_directory(image_root: Path) -> None:
+@pytest.mark.parametrize("arguments", [[], ["--workers", "2"]], ids=["one-process", "workers"])
+def test_the_image_start_command_serves_as_its_user_from_a_read_only_working_directory(
+        image_root: Path, arguments: list[str]) -> None:
     command, workdir, env, data, as_user = image_run(image_root, data_writable=True)
-    with serving(command, cwd=workdir, env=env, preexec_fn=as_user) as process:
-        wait_for_health(int(env["PORT"]), process)
+    # `docker run IMAGE --workers 2`: arguments after the image replace CMD and follow ENTRYPOINT.
+    with serving([*command, *arguments], cwd=workdir, env=env, preexec_fn=as_user) as gateway:
+        gateway.wait_for_health(int(env["PORT"]))
+        if arguments:  # every worker up before SIGTERM (one still starting would die of it, not drain)
+            gateway.wait_for(lambda: gateway.output().count("Application startup complete.") == 2, "two workers up")
         records = data / "gateway-records.db"
         assert records.is_file(), sorted(os.listdir(data))
         assert records.stat().st_uid == image_user()[0]
+        if arguments:  # the workers' shared state is in the volume too
+            assert (data / "gateway-state.db").is_file(), sorted(os.listdir(data))
         assert not os.listdir(workdir)
 
 

@@ -8,7 +8,7 @@ own, outside the checkout.
 * A traceback of a failed start-up prints on real lines in text logs, and inside one JSON object in JSON logs;
   a hostile message still cannot forge a line.
 
-The helpers here (:func:`gateway_command`, :func:`operator_env`, :func:`serving`) are shared with
+The helpers here (:func:`gateway_command`, :func:`operator_env`, :func:`serving`, :func:`run_once`) are shared with
 tests/test_container.py.
 """
 
@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -30,6 +31,7 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 
+from gateway.config import ConfigError, Settings
 from gateway.logsafe import LIFESPAN_FAILED
 from gateway.observe.logs import JsonFormatter, TextFormatter
 from gateway.runner import free_port
@@ -69,40 +71,63 @@ def operator_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def wait_for_health(port: int, process: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> httpx.Response:
-    """``GET /healthz`` on 127.0.0.1:port once it answers 200 (the process must stay up meanwhile)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            _, err = process.communicate(timeout=10)
-            raise AssertionError(f"the gateway exited ({process.returncode}) before answering:\n{err}")
-        with contextlib.suppress(httpx.HTTPError):
-            response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            if response.status_code == 200:
-                return response
-        time.sleep(0.2)
-    raise AssertionError(f"no answer on /healthz within {timeout_s:g} s")
+class Served:
+    """A gateway process and its log (stderr, readable while it runs)."""
+
+    def __init__(self, process: subprocess.Popen, log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Poll ``condition`` until it holds; the process must stay up meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if self.process.poll() is not None:
+                raise AssertionError(f"the gateway exited ({self.process.returncode}) before {what}:\n"
+                                     f"{self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not {what} within {timeout_s:g} s:\n{self.output()}")
+            time.sleep(0.2)
+
+    def wait_for_health(self, port: int) -> None:
+        """``GET /healthz`` on 127.0.0.1:port answers 200."""
+        def healthy() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            return False
+
+        self.wait_for(healthy, "answering /healthz")
 
 
 @contextlib.contextmanager
 def serving(argv: list[str], *, cwd: Path | str, env: dict[str, str],
-            preexec_fn: Callable[[], None] | None = None) -> Iterator[subprocess.Popen]:
+            preexec_fn: Callable[[], None] | None = None) -> Iterator[Served]:
     """Run ``argv`` until the block exits; then SIGTERM (the drain: no call is live, so it exits at once) and a
     check that it exited 0."""
-    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=preexec_fn)
+    log = Path(tempfile.mkdtemp(prefix="gateway-log-")) / "stderr.log"
     try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        # Appended to by the process (its own offset never moves under it), read by the test from its path.
+        with open(log, "ab") as stderr:
+            process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                       preexec_fn=preexec_fn)
+        served = Served(process, log)
         try:
-            _, err = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-            raise AssertionError("the gateway did not stop within 30 s of SIGTERM") from None
-    assert process.returncode == 0, f"exit status {process.returncode}:\n{err}"
+            yield served
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise AssertionError("the gateway did not stop within 30 s of SIGTERM") from None
+        assert process.returncode == 0, f"exit status {process.returncode}:\n{served.output()}"
+    finally:
+        shutil.rmtree(log.parent, ignore_errors=True)
 
 
 def run_once(argv: list[str], *, cwd: Path | str, env: dict[str, str], timeout_s: float = START_TIMEOUT_S,
@@ -141,8 +166,8 @@ def test_a_dotenv_in_the_working_directory_is_read_and_the_environment_wins(oper
     dotenv_port, real_port = free_port(), free_port()
     (operator_dir / ".env").write_text(f"PORT={dotenv_port}\nDATA_DIR=from-dotenv\nLOG_LEVEL=warning\n")
     env = operator_env(PORT=str(real_port))  # set in the real environment too: this one wins
-    with serving([*gateway_command(), "serve"], cwd=operator_dir, env=env) as process:
-        wait_for_health(real_port, process)
+    with serving([*gateway_command(), "serve"], cwd=operator_dir, env=env) as gateway:
+        gateway.wait_for_health(real_port)
         assert refuses_connections(dotenv_port), ".env's PORT won over the environment's"
         # DATA_DIR came from .env only: the default SQLite records file is in it.
         assert (operator_dir / "from-dotenv" / "gateway-records.db").is_file(), sorted(os.listdir(operator_dir))
@@ -156,6 +181,24 @@ def test_doctor_reads_the_dotenv_of_the_working_directory(operator_dir: Path) ->
     assert "TOOLS_MODULE=not_there_tools" in result.stdout, result.stdout
 
 
+def test_data_dir_holds_every_relative_file_of_the_gateway(tmp_path: Path) -> None:
+    settings = Settings.from_env({"DATA_DIR": "/data", "RECORD_CALLS_DIR": "recordings",
+                                  "STATE_SQLITE_PATH": "state.db"}, dotenv=False)
+    assert settings.data_dir == "/data"
+    assert settings.store_url == "sqlite:////data/gateway-records.db"
+    assert (settings.record_calls_dir, settings.state_sqlite_path) == ("/data/recordings", "/data/state.db")
+    absolute = Settings.from_env({"DATA_DIR": "/data", "STORE_URL": "sqlite:////srv/records.db",
+                                  "RECORD_CALLS_DIR": "/srv/rec"}, dotenv=False)
+    assert (absolute.store_url, absolute.record_calls_dir) == ("sqlite:////srv/records.db", "/srv/rec")
+    assert Settings.from_env({"DATA_DIR": "/data", "STORE_URL": "sqlite:///:memory:"}, dotenv=False).store_url \
+        == "sqlite:///:memory:"
+    unset = Settings.from_env({}, dotenv=False)  # the working directory, as before
+    assert (unset.data_dir, unset.store_url) == ("", "sqlite:///gateway-records.db")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="DATA_DIR must be a directory"):
+        Settings.from_env({"DATA_DIR": str(tmp_path / "a-file")}, dotenv=False)
+
+
 # ---------------------------------------------------------------------------------------------- TOOLS_MODULE
 
 
@@ -167,8 +210,8 @@ def test_a_tools_module_in_the_working_directory_loads(operator_dir: Path) -> No
     tools_line = next(line for line in doctor.stdout.splitlines() if line.split()[1:2] == ["tools"])
     assert tools_line.startswith("PASS") and "check_order" in tools_line, doctor.stdout
     port = free_port()
-    with serving([*gateway_command(), "serve", "--port", str(port)], cwd=operator_dir, env=env) as process:
-        wait_for_health(port, process)
+    with serving([*gateway_command(), "serve", "--port", str(port)], cwd=operator_dir, env=env) as gateway:
+        gateway.wait_for_health(port)
 
 
 def test_a_tools_module_that_cannot_be_imported_is_one_line_with_the_fix(operator_dir: Path) -> None:
