@@ -31,6 +31,7 @@ import orjson
 
 from gateway.audio import MULAW_BYTES_PER_MS, MULAW_SILENCE, mulaw_decode
 from gateway.logsafe import safe
+from gateway.recording import RecordingsQuota, recordings_quota
 from gateway.wavio import PHONE_RATE, wav_bytes
 
 log = logging.getLogger("gateway.recording")
@@ -121,13 +122,16 @@ def wav_path_for(jsonl: Path) -> Path:
     return jsonl.with_suffix(".wav")
 
 
-def write_call_wav(jsonl: str | os.PathLike[str]) -> Path | None:
+def write_call_wav(jsonl: str | os.PathLike[str], quota: RecordingsQuota | None = None) -> Path | None:
     """Write the WAV of a frame recording next to it (mode 0600, never over an existing file); its path, or None
-    when it could not be written (logged)."""
+    when it could not be written (logged), or would pass the directory's ``quota`` (counted; logged once)."""
     jsonl = Path(jsonl)
     target = wav_path_for(jsonl)
     try:
         data = call_wav_bytes(jsonl)
+        if quota is not None and not quota.take(len(data)):
+            quota.refused("wav_skipped", f"the WAV of {jsonl.name} is not written")
+            return None
         fd = os.open(target, _CREATE_FLAGS, 0o600)
     except OSError as error:
         log.error("the call's WAV recording could not be written to %s: %s", target, error)
@@ -173,7 +177,8 @@ async def save_call_recording(store: Any, settings: Any, jsonl: Path | None, cal
             except OSError as error:
                 log.error("the frame recording of a call that refused recording is still at %s: %s", jsonl, error)
         return None
-    path = await asyncio.to_thread(write_call_wav, jsonl)
+    quota = recordings_quota(settings.record_calls_dir, settings.record_total_max_bytes)
+    path = await asyncio.to_thread(write_call_wav, jsonl, quota)
     if path is None:
         return None
     if stored is not None:

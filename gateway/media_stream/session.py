@@ -4,8 +4,8 @@ Twilio's frames arrive by callback from the server's protocol (:mod:`gateway.dir
 for the rest) and the model's from its socket (:mod:`.model_socket`), in the event loop's turn that read them. Each is parsed at the edge, handed as a typed event to
 :class:`gateway.call.Call`, and what comes back is carried out at once: messages go into each peer's outbox
 (:mod:`gateway.outbox`), which writes them in the same turn unless the socket must wait. The shell owns sockets,
-timeouts and logging; it makes no decisions about the call. The model side is in :mod:`.model_link` and the
-shared-state leases in :mod:`.leases`, mixins of :class:`MediaStreamSession`.
+timeouts and logging; it makes no decisions about the call. The model side is in :mod:`.model_link`, the
+shared-state leases in :mod:`.leases` and the call's record in :mod:`.records`, mixins of :class:`MediaStreamSession`.
 """
 
 from __future__ import annotations
@@ -46,16 +46,16 @@ from gateway.direct_ws import direct_receive
 from gateway.droplog import DropCounter
 from gateway.observe import metrics
 from gateway.observe.ledger import CallLedger
-from gateway.observe.logs import bind_call, in_call_context, mask_number
+from gateway.observe.logs import bind_call, in_call_context
 from gateway.outbox import Outbox, Pacer
-from gateway.recording import CallRecorder
+from gateway.recording import CallRecorder, recordings_quota
 from gateway.security import StreamGrant
-from gateway.store.records import start_record
 from gateway.tools import ToolContext
 from gateway.twilio.media import MediaStreamError, encode_message, parse_twilio_message
 from gateway.twilio.twiml import dial_twiml
 
 from .leases import LEASE_RENEW_S, CallLeases
+from .records import CallRecordWrites
 from .model_link import ModelLinks, _ModelLink
 from .services import POLICY_VIOLATION, CallObserver, CallServices, call_config
 
@@ -66,7 +66,6 @@ START_TIMEOUT_S = 5.0
 # Agent audio and marks queued for a Twilio socket that is not being read: past this the call ends.
 TWILIO_BACKLOG_BYTES = 8 * 1024 * 1024
 _TWILIO_AUDIO = frozenset({"media", "mark"})
-RECORD_SAVE_TIMEOUT_S = 5.0  # a call's record is written within this at its end, or logged as lost
 TICK_INTERVAL_S = 1.0  # how often the core's clock checks run (time limit, idle media)
 
 # One encoder for every message: orjson, compact (gateway.twilio.media.encode_json): bytes for the model socket,
@@ -79,7 +78,7 @@ def _drop_counter(source: str) -> Callable[[str, int], None]:
     return counted
 
 
-class MediaStreamSession(ModelLinks, CallLeases):
+class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
     """Bridges one accepted Twilio media-stream WebSocket to one model session."""
 
     def __init__(
@@ -127,7 +126,10 @@ class MediaStreamSession(ModelLinks, CallLeases):
         self._end_reason = ""
         self._close_code = 1000
         self._dropped_audio_frames = 0
-        self._recorder = CallRecorder(settings.record_calls_dir, _now_ms(), settings.record_max_bytes) if settings.record_calls_dir else None
+        self._recorder = CallRecorder(
+            settings.record_calls_dir, _now_ms(), settings.record_max_bytes, full_numbers=settings.log_full_numbers,
+            quota=recordings_quota(settings.record_calls_dir, settings.record_total_max_bytes),
+        ) if settings.record_calls_dir else None
 
     async def run(self) -> None:
         self._log_context = bind_call()  # every line of this call (its tasks inherit it) carries its SIDs
@@ -169,8 +171,7 @@ class MediaStreamSession(ModelLinks, CallLeases):
                 self.call.call_sid or "-", self._end_reason or "-", record["ended_by"], record["duration_s"],
                 len(record["turns"]), record["cost_usd"], self._dropped_audio_frames, self._drops.total,
             )
-            # The record before the leases go: while its registry entry lives, no sweep takes the call for lost.
-            await self._save_record({**record, "holder": self.settings.instance_id})
+            await self._save_record(record)
             await self._release_leases()
             # Hook (call recordings): the call's stereo WAV from its frame recording, when it may be recorded
             # (RECORD_AUDIO, or POST /calls' "record"), named in its record (gateway.recording_wav).
@@ -218,11 +219,7 @@ class MediaStreamSession(ModelLinks, CallLeases):
         max_bytes = self.settings.max_frame_bytes
         if len(text) > max_bytes:
             self._drops.drop(f"frame over MAX_FRAME_BYTES ({max_bytes})")
-            if self._recorder is not None:
-                self._recorder.record("in", f'{{"gateway":"dropped oversized frame","bytes":{len(text)}}}', now)
             return
-        if self._recorder is not None:
-            self._recorder.record("in", text if isinstance(text, str) else text.decode("utf-8", "replace"), now)
         try:
             event = parse_twilio_message(text)
         except MediaStreamError as error:
@@ -231,6 +228,8 @@ class MediaStreamSession(ModelLinks, CallLeases):
         except Exception:  # a parser bug costs one frame, never the call
             log.exception("dropped frame from twilio call_sid=%s: the parser failed", self.call.call_sid or "-")
             return
+        if self._recorder is not None:  # what the gateway accepted, never the raw frame (gateway.recording)
+            self._recorder.record_event(event, now)
         try:
             self._dispatch(self.call.twilio_event(event, now))
         except Exception:  # never into the server's protocol (a callback): the frame is lost, the call goes on
@@ -246,7 +245,8 @@ class MediaStreamSession(ModelLinks, CallLeases):
             self.ledger.marks_pending(self.call.marks_pending)
             metrics.flush_tallies()
             ticks += 1
-            if ticks % int(LEASE_RENEW_S / TICK_INTERVAL_S) == 0 and (self._leases or self._registered):
+            if (ticks % int(LEASE_RENEW_S / TICK_INTERVAL_S) == 0 and self.services.shared is not None
+                    and self.call.call_sid):
                 self._in_background(self._renew_leases())
 
     # ---- outputs ----------------------------------------------------------------------------
@@ -406,35 +406,6 @@ class MediaStreamSession(ModelLinks, CallLeases):
         self._arrived = 0.0
         self._dispatch(outputs)
         return True
-
-    async def _call_started(self) -> None:
-        """Leases and the registry first (the limits may end the call), then the record of a call in progress,
-        naming this instance as its holder (gateway.store.records: how a crashed holder's calls show as lost)."""
-        if self.services.shared is not None:
-            await self._take_leases(self.ledger.to_number)
-        records = self.services.records
-        if records is not None and not self._done.is_set():
-            ledger, full = self.ledger, self.settings.log_full_numbers
-            await records.start(start_record(
-                call_sid=ledger.call_sid, stream_sid=ledger.stream_sid, direction=ledger.direction,
-                from_=mask_number(ledger.from_number, full), to=mask_number(ledger.to_number, full),
-                started_at=ledger.started_at, holder=self.settings.instance_id, model=ledger.model))
-
-    async def _save_record(self, record: dict[str, Any]) -> None:
-        """Keep the call's record (gateway.store), whatever happened to the call: through CallRecords (the spool
-        when the store does not take it), or straight to a store (bounded; a failure is logged)."""
-        if not record["call_sid"]:
-            return
-        if self.services.records is not None:
-            await self.services.records.finish(record)
-            return
-        save = getattr(self.services.store, "finish_call", None)
-        if save is None:
-            return
-        try:
-            await asyncio.wait_for(save(record), RECORD_SAVE_TIMEOUT_S)
-        except Exception:
-            log.exception("the call record could not be saved call_sid=%s", record["call_sid"])
 
     def _written_to_twilio(self, kind: str, arrived: float) -> None:
         if kind == "media":

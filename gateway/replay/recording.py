@@ -7,8 +7,9 @@ The format (the gateway writes one file per call when ``RECORD_CALLS_DIR`` is se
     {"t_ms": 20.9, "dir": "in", "text": "{\\"event\\":\\"media\\",...}"}
     {"t_ms": 31.2, "dir": "out", "text": "{\\"event\\":\\"media\\",...}"}
 
-``t_ms``: milliseconds since the gateway accepted the socket; ``in``: a text frame from Twilio, ``out``:
-one to Twilio, each exactly as it crossed the wire. A recording that reached the gateway's size cap ends
+``t_ms``: milliseconds since the gateway accepted the socket; ``in``: a text frame from Twilio as the gateway
+parsed it (rebuilt from what it accepted: no dropped frame, no ignored field, numbers masked unless
+LOG_FULL_NUMBERS), ``out``: one to Twilio, exactly as it crossed the wire. A recording that reached the gateway's size cap ends
 with ``{"type": "truncated", "t_ms": ..., "reason": "size cap", "max_bytes": N}``: it loads all the same,
 with :attr:`Recording.truncated` set (the phone hangs up after the last recorded frame).
 

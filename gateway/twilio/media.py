@@ -179,6 +179,26 @@ def parse_twilio_message(text: str | bytes) -> TwilioEvent:
     raise MediaStreamError(UNKNOWN_EVENT, ascii(str(event)[:40]))
 
 
+def accepted_message(event: TwilioEvent) -> dict[str, Any]:
+    """The Twilio message ``event`` was parsed from, rebuilt from what the parser kept: what the gateway accepted,
+    without any field it ignored (a recording holds this, never the raw frame a peer sent)."""
+    if isinstance(event, Media):
+        return {"event": "media", "streamSid": event.stream_sid,
+                "media": {"track": "inbound", "timestamp": str(event.timestamp_ms), "payload": audio_base64(event.payload)}}
+    if isinstance(event, MarkEcho):
+        return mark_message(event.stream_sid, event.name)
+    if isinstance(event, Start):
+        start = {"streamSid": event.stream_sid, "callSid": event.call_sid, "accountSid": event.account_sid,
+                 "tracks": ["inbound"], "customParameters": dict(event.custom_parameters),
+                 "mediaFormat": {"encoding": event.encoding, "sampleRate": event.sample_rate, "channels": 1}}
+        return {"event": "start", "streamSid": event.stream_sid, "start": start}
+    if isinstance(event, Dtmf):
+        return {"event": "dtmf", "streamSid": event.stream_sid, "dtmf": {"track": "inbound_track", "digit": event.digit}}
+    if isinstance(event, Stop):
+        return {"event": "stop", "streamSid": event.stream_sid}
+    return {"event": "connected", "protocol": event.protocol}
+
+
 def media_message(stream_sid: str, mulaw: AudioBytes) -> dict:
     """Audio for Twilio to queue and play (mu-law 8 kHz, any length; a Base64Audio goes as its own text)."""
     return {"event": "media", "streamSid": stream_sid, "media": {"payload": audio_base64(mulaw)}}
