@@ -155,3 +155,34 @@ async def test_a_call_held_by_one_instance_shows_live_with_its_transcript_on_ano
         # Alice's key did not place this inbound call: her stream never shows it.
         assert not [data for kind, data in alices if kind != "snapshot" and data.get("call_sid") == call_sid]
         assert all(c["call_sid"] != call_sid for kind, data in alices if kind == "snapshot" for c in data["calls"])
+
+
+async def test_the_workers_of_one_host_relay_their_calls_through_the_sqlite_state(tmp_path) -> None:
+    """Two gateways sharing one SQLite state file (what ``gateway serve --workers`` sets up): a call on one shows,
+    with its transcript, on the other's live stream (the file polled while a stream is open)."""
+    common = dict(state_sqlite_path=str(tmp_path / "state.db"), transcription_model="gpt-4o-mini-transcribe", **KEYS)
+    async with start_gateway(instance_id="host-w0", **common) as a, start_gateway(instance_id="host-w1", **common) as b:
+        async with client_for(a) as operator:
+            await login(operator, OPERATOR)
+            async with one_stream(b.http_url, operator.cookies["gateway_console"]) as seen:
+                await wait_for(seen, lambda kind, data: kind == "snapshot")
+                turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)]
+                call = asyncio.create_task(run_call(a.ws_url, turns, timeout_s=40, hangup_after_ms=1000))
+                call_sid = await call_sid_of(a)
+                await wait_for(seen, lambda kind, data: kind == "line" and data["call_sid"] == call_sid
+                               and data["who"] == "caller")
+                await call
+                await wait_for(seen, lambda kind, data: kind == "ended" and data["call_sid"] == call_sid)
+
+
+@contextlib.asynccontextmanager
+async def one_stream(base: str, cookie: str) -> AsyncIterator[list[tuple[str, Any]]]:
+    """The live event stream of ``base`` with the session ``cookie``, read into a list as it comes."""
+    seen: list[tuple[str, Any]] = []
+    async with httpx.AsyncClient(base_url=base, cookies={"gateway_console": cookie}, timeout=30) as http, \
+            http.stream("GET", "/console/live/events") as stream:
+        reader = asyncio.create_task(read_events(stream, seen))
+        try:
+            yield seen
+        finally:
+            reader.cancel()
