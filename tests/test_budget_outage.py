@@ -336,6 +336,7 @@ async def test_sqlite_cost_kept_while_the_file_is_locked_is_written_once_it_free
     try:
         await budget_a.add(1.0)
         await budget_b.add(2.0)
+        await until(lambda: budget_a.unwritten_usd() == budget_b.unwritten_usd() == 0, what="both shares written")
         assert await budget_a.check() == OK
         locker = sqlite3.connect(path, isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock past the 2 s busy timeout
@@ -351,8 +352,10 @@ async def test_sqlite_cost_kept_while_the_file_is_locked_is_written_once_it_free
             locker.close()
         await until(lambda: budget_a.unwritten_usd() == 0, what="the kept cost written")
         assert await worker_b.get_total(today_key()) == pytest.approx(3.5)
+        assert await worker_a.get_total(today_key()) == pytest.approx(3.5)
         assert await budget_b.check() == OK and budget_a.available
         await budget_b.add(7.0)
+        await until(lambda: budget_b.unwritten_usd() == 0, what="the worker's new cost written")
         assert await budget_a.check() == REACHED  # 10.5 of 10: every worker sees the whole day
     finally:
         await budget_a.aclose()

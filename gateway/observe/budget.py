@@ -10,7 +10,7 @@ When the shared state cannot answer:
 * the total cannot be read, which is not a reached budget: :meth:`DailyBudget.check` says ``UNAVAILABLE``, and
   the caller refuses the call with its own reason (a limit fails closed) and says so truthfully;
 * the cost of the calls in progress is kept in-process (a running sum per day: bounded) and written when the state
-  answers again, by the next write, the next read or a retry every :data:`RETRY_S` seconds;
+  answers again, by the writer (retrying every :data:`RETRY_S` seconds) or the next read, whichever comes first;
 * :meth:`DailyBudget.health` (``/readyz``, ``/healthz``) reports it, reading the state at most once a second.
 """
 
@@ -52,7 +52,7 @@ class DailyBudget:
         self._contributor = uuid.uuid4().hex  # this process's share of each day's total
         self._spent: dict[str, float] = {}  # day -> this process's cost that day (its share, as it should be)
         self._written: dict[str, float] = {}  # day -> the share the shared state has confirmed
-        self._retrying: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
         self._closed = False
         self.available = True  # the shared state answered the last read or write of the total
         metrics.SHARED_STATE_UP.set(1)
@@ -71,13 +71,25 @@ class DailyBudget:
 
     async def add(self, usd: float) -> None:
         """Count ``usd`` of model cost towards today (whether or not a limit is set: the total is reported).
-        When the shared state cannot take it, it is kept and written when the state answers again."""
+        Counted here at once and written by the budget's own writer: a call that ends (its tasks cancelled) loses
+        nothing, and a shared state that does not answer gets it when it answers again."""
         if usd <= 0:
             return
         day = self._day()
         self._spent[day] = self._spent.get(day, 0.0) + usd
         self._forget_old_days()
-        await self._write_unwritten()
+        metrics.DAILY_COST_UNWRITTEN.set(self.unwritten_usd())
+        if not self._closed and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.create_task(self._write_until_written(), name="daily-budget-writer")
+
+    async def _write_until_written(self) -> None:
+        # One writer per process: cost that arrives meanwhile goes with its next write (a share carries it all).
+        # While the state is away it retries every RETRY_S: every new call is refused then, so the calls in
+        # progress may be the last to add anything, and nobody else would write.
+        while self.unwritten_usd() > 0:
+            if not await self._write_unwritten():
+                await asyncio.sleep(self._retry_s)
+                self._forget_old_days()
 
     async def _write_unwritten(self, deadline: StateDeadline | None = None) -> bool:
         """Write every day's share the state has not confirmed; False when the state did not answer."""
@@ -88,7 +100,7 @@ class DailyBudget:
                 total = await (deadline.run(call) if deadline is not None else call)
             except StateUnavailable as error:
                 self._unavailable(error)
-                self._retry_later()
+                metrics.DAILY_COST_UNWRITTEN.set(self.unwritten_usd())
                 return False
             late = share - self._written.get(day, 0.0)
             if not self.available:
@@ -109,19 +121,6 @@ class DailyBudget:
             if lost > 0:
                 log.error("%.4f USD of %s's cost was never written to the daily total (the shared state did not "
                           "answer for two days): dropped", lost, day)
-
-    def _retry_later(self) -> None:
-        metrics.DAILY_COST_UNWRITTEN.set(self.unwritten_usd())
-        if not self._closed and (self._retrying is None or self._retrying.done()):
-            self._retrying = asyncio.create_task(self._retry_until_written(), name="daily-budget-retry")
-
-    async def _retry_until_written(self) -> None:
-        # The calls in progress may stop adding (every new call is refused meanwhile): nobody else would write.
-        while self.unwritten_usd() > 0:
-            await asyncio.sleep(self._retry_s)
-            self._forget_old_days()
-            if await self._write_unwritten():
-                return
 
     # ---- reading --------------------------------------------------------------------------------------------
 
@@ -195,9 +194,9 @@ class DailyBudget:
     async def aclose(self) -> None:
         """Stop retrying; a last attempt (bounded) to write what is unwritten, else say how much is lost."""
         self._closed = True
-        if self._retrying is not None:
-            self._retrying.cancel()
-            await asyncio.gather(self._retrying, return_exceptions=True)
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
         if self.unwritten_usd() > 0 and not await self._write_unwritten(StateDeadline(1.0)):
             log.error("%.4f USD of cost was never written to the daily total (the shared state did not answer "
                       "before shutdown)", self.unwritten_usd())
