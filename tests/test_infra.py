@@ -212,12 +212,21 @@ def test_the_ports_line_up(rendered) -> None:
     target = service["spec"]["ports"][0]["targetPort"]
     assert ports.get(target, target) == settings.port, (name, "Service targetPort", target)
     annotations = one(docs, "Deployment")["spec"]["template"]["metadata"].get("annotations", {})
+    # /metrics is scraped where the gateway serves it: METRICS_PORT, on an address Prometheus' pod can reach.
+    if settings.metrics_port:
+        assert ports.get("metrics") == settings.metrics_port, (name, "containerPort metrics", ports)
+        assert settings.metrics_host == "0.0.0.0", f"{name}: METRICS_HOST must be 0.0.0.0 in a pod"
     if "prometheus.io/port" in annotations:
-        assert int(annotations["prometheus.io/port"]) == settings.port
+        assert int(annotations["prometheus.io/port"]) == (settings.metrics_port or settings.port)
     policy = one(docs, "NetworkPolicy")["spec"]
     for rule in policy["ingress"]:
         for port in rule["ports"]:
-            assert ports.get(port["port"], port["port"]) == settings.port, (name, "NetworkPolicy", port)
+            allowed = {settings.port, settings.metrics_port} - {0}
+            assert ports.get(port["port"], port["port"]) in allowed, (name, "NetworkPolicy", port)
+    if settings.metrics_port:  # only the metrics port is reachable from Prometheus, and only from there
+        reaching = [rule for rule in policy["ingress"]
+                    if any(ports.get(p["port"], p["port"]) == settings.metrics_port for p in rule["ports"])]
+        assert len(reaching) == 1 and "prometheus" in json.dumps(reaching[0]["from"]), (name, reaching)
 
 
 def test_selectors_and_references_match(rendered) -> None:
