@@ -413,7 +413,11 @@ def load_dotenv_from_working_directory() -> None:
     except OSError:  # the working directory was removed: there is no .env to read
         return
     if os.path.isfile(path):
-        load_dotenv(path, override=False)
+        try:
+            load_dotenv(path, override=False)
+        except (OSError, UnicodeDecodeError) as error:  # unreadable by this user, or not text
+            reason = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
+            raise ConfigError(f"{path} cannot be read ({reason}): fix it or remove it") from None
 
 
 def data_dir(env: Mapping[str, str]) -> str:
