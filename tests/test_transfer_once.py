@@ -18,7 +18,7 @@ from gateway.realtime import events as rt
 from gateway.replay import CallerTurn, load_sample
 from gateway.twilio import media as tw
 from tests.test_call import SID, control_call, delta, of_type, sends
-from tests.test_outbound_e2e import API_KEY, outbound_gateway, place_and_answer
+from tests.test_outbound_e2e import API_KEY, TRANSFER_SCRIPT, outbound_gateway, place_and_answer
 
 UNDER_WAY = "a transfer is already under way"
 
@@ -110,20 +110,9 @@ def test_a_transfer_talked_over_before_it_left_may_be_asked_again_once():
 
 # ---- end to end: the scripted model transfers, then transfers again ----------------------------------------
 
-TWICE_SCRIPT = """
-[[replies]]
-say = "Let me put you through to a colleague."
-function_call = { name = "transfer_call", arguments = { reason = "caller asked for a human" } }
-[[replies]]
-when_function_output = true
-say = ""
-[[replies]]
-say = "Putting you through again."
-function_call = { name = "transfer_call", arguments = { reason = "once more" } }
-[[replies]]
-when_function_output = true
-say = ""
-"""
+# The transfer script of tests/test_outbound_e2e.py, then a second transfer on the caller's next turn.
+TWICE_SCRIPT = TRANSFER_SCRIPT + TRANSFER_SCRIPT.replace("Let me put you through to a colleague.",
+                                                         "Putting you through again.")
 
 
 async def test_a_model_that_transfers_twice_makes_twilio_redirect_once(tmp_path):
