@@ -30,7 +30,6 @@ from gateway.replay import CallerTurn, load_sample, run_call
 from gateway.runner import free_port
 from gateway.security import INBOUND
 from gateway.state import MemoryState, RedisState, SQLiteState
-from gateway.twilio.twiml import MEDIA_STREAM_PATH
 
 from .conftest import PRICED_AS_GPT_REALTIME, start_gateway
 from .test_observe import calls_over, scrape, total
@@ -366,7 +365,7 @@ async def test_the_api_says_the_budget_cannot_be_read_rather_than_reached(tmp_pa
     from tests.test_outbound_api import AUTH, TO, outbound
 
     path = str(tmp_path / "state.db")
-    async with outbound(state_sqlite_path=path, daily_budget_usd=5.0) as (gw, _fake, client):
+    async with outbound(state_sqlite_path=path, daily_budget_usd=5.0) as (_gw, _fake, client):
         locker = sqlite3.connect(path, isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")
         try:

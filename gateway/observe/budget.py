@@ -140,10 +140,9 @@ class DailyBudget:
 
     async def _read(self, deadline: StateDeadline) -> str:
         day = self._day()
-        if self._spent.get(day, 0.0) > self._written.get(day, 0.0):
-            # Unwritten cost first (the state is back, or this fails as the read would): the total is then whole.
-            if not await self._write_unwritten(deadline):
-                return UNAVAILABLE
+        # Unwritten cost first (the state is back, or this fails as the read would): the total is then whole.
+        if self._spent.get(day, 0.0) > self._written.get(day, 0.0) and not await self._write_unwritten(deadline):
+            return UNAVAILABLE
         try:
             total = await deadline.run(self.shared.get_total(f"cost:{day}"))
         except StateUnavailable as error:

@@ -55,7 +55,7 @@ class MemoryState:
     async def set_share(self, key: str, contributor: str, amount: float, ttl_s: float) -> float:
         now = self._clock()
         self._totals = {k: v for k, v in self._totals.items() if v[1] > now}
-        shares, expires = self._totals.setdefault(key, ({}, now + ttl_s))
+        shares, _ = self._totals.setdefault(key, ({}, now + ttl_s))
         shares[contributor] = max(amount, shares.get(contributor, 0.0))
         return sum(shares.values())
 
