@@ -281,7 +281,7 @@ async def test_the_webhook_gives_the_shared_state_300_ms_whatever_redis_does(mod
         twiml, elapsed = await incoming_call(http)
         print(f"webhook with Redis {mode}: {elapsed * 1000:.0f} ms")
         assert said_state_unavailable(twiml), twiml
-        assert elapsed < 1.0  # the state's 300 ms and the request; it was 2 s and more (the client's timeout)
+        assert elapsed < 1.5  # the state's 300 ms and the request; it was 2 s and more (the client's timeout)
         started = time.perf_counter()
         ready = await http.get("/readyz")
         print(f"/readyz with Redis {mode}: {(time.perf_counter() - started) * 1000:.0f} ms")
@@ -344,7 +344,7 @@ async def test_sqlite_cost_kept_while_the_file_is_locked_is_written_once_it_free
             assert budget_a.unwritten_usd() == pytest.approx(0.5)
             started = time.perf_counter()
             assert await budget_a.check() == UNAVAILABLE
-            assert time.perf_counter() - started < 1.0
+            assert time.perf_counter() - started < 1.5  # the busy timeout was 2 s
             assert budget_a.available is False
         finally:
             locker.execute("ROLLBACK")
