@@ -115,7 +115,9 @@ async def run_soak(calls: int, minutes: float, session_limit_s: float, warmup_s:
     # per-session bookkeeping shows in the gateway's RSS.
     model = Child("model", [sys.executable, "-m", "gateway.cli", "local-realtime", "--host", HOST, "--port",
                             str(model_port), "--session-limit-s", str(session_limit_s)], _clean_env())
-    env = {**_clean_env(), "MAX_CALLS": str(max(100, calls * 2)), "REALTIME_URL": f"ws://{HOST}:{model_port}/v1/realtime",
+    env = {**_clean_env(), "MAX_CALLS": str(max(100, calls * 2)), "MAX_CONNECTIONS": str(max(1000, calls * 4)),
+           "MAX_CONNECTIONS_PER_ADDRESS": str(max(250, calls * 2)),  # every caller is on 127.0.0.1
+           "REALTIME_URL": f"ws://{HOST}:{model_port}/v1/realtime",
            "REALTIME_API_KEY": "soak", "INSECURE_DEV_MODE": "true", "MODEL_SESSION_LIMIT_S": str(session_limit_s),
            "STORE_URL": f"sqlite:///{workdir.name}/records.db"}
     gateway = Child("gateway", [sys.executable, "-m", "gateway.cli", "serve", "--host", HOST, "--port", str(port)], env)

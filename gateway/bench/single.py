@@ -603,6 +603,9 @@ async def run_bench(config: BenchConfig, *, progress: bool = True, log: Callable
             DRAIN_TIMEOUT_S="0",  # stopped by the bench once its calls are done: no drain to wait for
             MAX_CALLS=str(max(100, config.calls * 2)),
             RECORD_CALLS_DIR="",
+            # Every phone calls from 127.0.0.1: one address's share must hold them all.
+            MAX_CONNECTIONS=str(max(1000, config.calls * 4)),
+            MAX_CONNECTIONS_PER_ADDRESS=str(max(250, config.calls * 2)),
         )
         gateway_env.pop("OPENAI_API_KEY", None)
         gateway_env.pop("AZURE_OPENAI_API_KEY", None)

@@ -178,6 +178,12 @@ def self_signed(directory: str) -> tuple[str, str]:
     return cert_path, key_path
 
 
+async def own_metrics(host: str, metrics_port: int, port: int) -> dict[str, dict[float, float]] | None:
+    """:func:`own_delay_buckets` from METRICS_PORT, or from the gateway's own port (a ``--gateway-path`` checkout
+    from before METRICS_PORT had a listener)."""
+    return await own_delay_buckets(host, metrics_port) or await own_delay_buckets(host, port)
+
+
 async def own_delay_buckets(host: str, port: int) -> dict[str, dict[float, float]] | None:
     """The gateway's per-frame forwarding-delay histogram from its /metrics: direction -> {le: cumulative count}."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -258,7 +264,7 @@ async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
         env["SSL_CERT_FILE"] = cert  # the gateway's (and the relay's) client trusts the run's own certificate
         scheme = "wss"
     report = os.path.join(workdir, f"arrivals-{target}-{calls}.json")
-    model_port, server_port = free_port(host), free_port(host)
+    model_port, server_port, metrics_port = free_port(host), free_port(host), free_port(host)
     children: list[Child] = []
     try:
         kind = "mirror" if target == "relay" else "realtime"
@@ -272,7 +278,11 @@ async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
         else:
             server_env = dict(env, REALTIME_URL=upstream, REALTIME_API_KEY="bench", AUDIO_FORMAT=target,
                               TWILIO_AUTH_TOKEN="", INSECURE_DEV_MODE="true", DRAIN_TIMEOUT_S="0",
-                              MAX_CALLS=str(max(100, calls * 2)), RECORD_CALLS_DIR="")
+                              MAX_CALLS=str(max(100, calls * 2)), RECORD_CALLS_DIR="",
+                              # Every phone calls from 127.0.0.1: one address's share must hold them all.
+                              MAX_CONNECTIONS=str(max(1000, calls * 4)),
+                              MAX_CONNECTIONS_PER_ADDRESS=str(max(250, calls * 2)),
+                              METRICS_PORT=str(metrics_port))  # a real model's /metrics is off the public port
             server_env.pop("OPENAI_API_KEY", None)
             server_env.pop("AZURE_OPENAI_API_KEY", None)
             serve = ["serve", "--host", host, "--port", str(server_port)]
@@ -319,12 +329,12 @@ async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
             marks["start"] = (time.monotonic(), process_cpu_times(server.pid), counters.live, dict(counters.sent))
             marks["io_start"] = process_syscalls(server.pid)
             if target != "relay":
-                marks["own_start"] = await own_delay_buckets(host, server_port)
+                marks["own_start"] = await own_metrics(host, metrics_port, server_port)
             await asyncio.sleep(max(0.0, start_at + config.seconds - loop.time()))
             marks["end"] = (time.monotonic(), process_cpu_times(server.pid), counters.live, dict(counters.sent))
             marks["io_end"] = process_syscalls(server.pid)
             if target != "relay":
-                marks["own_end"] = await own_delay_buckets(host, server_port)
+                marks["own_end"] = await own_metrics(host, metrics_port, server_port)
             marks["rss"] = process_rss_mb(server.pid)
             counters.in_window = False
 
