@@ -285,7 +285,7 @@ async def test_a_call_of_a_gateway_killed_with_9_shows_as_lost_with_what_was_kno
     record is written when it starts; its gateway is killed with -9; the other marks it lost once the killed one's
     registry entry has expired, keeping what was known."""
     data_dir = str(tmp_path)
-    doomed, doomed_url, doomed_log = serve(data_dir, "doomed")
+    doomed, doomed_url, _ = serve(data_dir, "doomed")
     survivor, survivor_url, survivor_log = serve(data_dir, "survivor")
     sid = call_sid()
     call = None
@@ -356,7 +356,7 @@ async def test_a_gateway_restarted_after_kill_9_marks_its_own_unfinished_calls_l
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         assert status() == "in-progress"
-        second, url, log = serve(data_dir, "same-id")
+        second, url, _ = serve(data_dir, "same-id")
         try:
             await wait_healthy(url, second)
             await poll(lambda: asyncio.sleep(0, status() == "lost"), 10, "the record marked lost")

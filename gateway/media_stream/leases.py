@@ -62,8 +62,10 @@ class CallLeases:
         try:
             for scope in self._leases:
                 await shared.renew_lease(scope, call_sid, LEASE_TTL_S)
-            if self._registered:
-                await shared.register_call(call_sid, self.settings.instance_id, LEASE_TTL_S)
+            # Registered again even when the first registration failed (the state did not answer): the registry
+            # heals, and with it control from other instances and the lost-call sweep (gateway.store.records).
+            await shared.register_call(call_sid, self.settings.instance_id, LEASE_TTL_S)
+            self._registered = True
         except StateUnavailable as error:
             log.warning("leases not renewed (%s); retried in %g s", error, LEASE_RENEW_S)
 

@@ -219,5 +219,5 @@ class CallRecords:
                 self._spooled.clear()
                 if ok:
                     next_replay = self._clock()
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
