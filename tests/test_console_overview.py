@@ -4,6 +4,7 @@ listing's sort whitelist and its pages, and the CSV export (header, rows, formul
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
@@ -276,3 +277,35 @@ def test_the_console_draws_its_timeline_without_the_replay_harness():
             "print(sorted(m for m in sys.modules if m.startswith(('gateway.replay', 'matplotlib'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+TOOL_SCRIPT = """
+[[replies]]
+say = "Let me look that up."
+function_call = { name = "check_order", arguments = { order_id = "A-1234<b>", include_items = true } }
+[[replies]]
+when_function_output = true
+say = "Your order has shipped."
+"""
+
+
+async def test_a_calls_record_keeps_its_tool_runs_arguments_and_result_for_its_page(tmp_path):
+    from gateway.replay import CallerTurn, load_sample, run_call
+
+    script = tmp_path / "script.toml"
+    script.write_text(TOOL_SCRIPT)
+    async with console(local_agent=f"scripted:{script}", tools_module="tests.sample_tools") as gateway:
+        turns = [CallerTurn(load_sample("caller_question"), after_silence_ms=300)]
+        report = await run_call(gateway.ws_url, turns, timeout_s=40, hangup_after_ms=2500)
+        deadline = time.monotonic() + 10
+        while (record := await gateway.state.store.get_call(report.call_sid)) is None or record.ended_at is None:
+            assert time.monotonic() < deadline, record  # the record is written as the stream closes
+            await asyncio.sleep(0.05)
+        async with signed_in(gateway, OPERATOR) as (operator,):
+            page = await operator.get(f"/console/calls/{report.call_sid}")
+    run = record.tool_calls[0]
+    assert run.name == "check_order" and run.outcome == "ok"
+    assert '"order_id": "A-1234<b>"' in run.arguments and '"include_items": true' in run.arguments
+    assert '"status": "shipped"' in run.result and "kettle" in run.result
+    tools = page.text.split('id="tools"', 1)[1].split("</table>", 1)[0]
+    assert "A-1234&lt;b&gt;" in tools and "kettle" in tools and "A-1234<b>" not in tools

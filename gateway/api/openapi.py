@@ -244,6 +244,11 @@ SCHEMAS: dict[str, Any] = {
             "outcome": {"type": "string", "examples": ["ok", "error", "timeout", "cancelled"]},
             "duration_ms": {"type": ["integer", "null"]},
             "t_ms": {"type": ["integer", "null"]},
+            "arguments": {"type": ["string", "null"],
+                          "description": "The model's arguments (JSON text), at most 2000 characters (a cut one ends "
+                                         "with \u2026)."},
+            "result": {"type": ["string", "null"],
+                       "description": "What the tool returned to the model, at most 2000 characters."},
         },
     },
     "SessionChanges": {
