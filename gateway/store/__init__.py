@@ -9,6 +9,10 @@
   call ends, the live call writes its final record (:meth:`CallStore.finish_call`): SIDs, start and end, outcome
   and who ended it, turns, tool calls, reconnects and rollovers, usage and cost. ``GET /calls`` lists them
   (:meth:`CallStore.list_calls`); :mod:`gateway.store.retention` prunes them (``RECORD_RETENTION_DAYS``).
+  A live call also writes its record when its stream starts (:meth:`CallStore.start_call`: in progress, naming
+  the instance that holds it), so a call whose instance dies is marked lost (:meth:`CallStore.mark_lost`) rather
+  than forgotten; :mod:`gateway.store.records` writes both, spooling (:mod:`gateway.store.spool`) what the store
+  does not take.
 
 The package:
 
