@@ -239,3 +239,27 @@ def test_noise_until_the_model_is_back_and_its_first_audio_clears_the_rest():
 
 def sends(outputs):
     return [o.message for o in outputs if isinstance(o, Send) and o.to is Peer.TWILIO]
+
+
+def test_after_a_loss_the_noise_waits_for_the_lost_sessions_last_words_then_starts_at_once():
+    call = start_call()
+    call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
+    call.model_connected(0)
+    call.model_event(rt.ResponseCreated("r1"), 5_000)
+    out = call.model_event(rt.AudioDelta("r1", "a1", b"\x00\x01" * 24_000 * 2), 5_000)  # 2 s of agent audio
+    marks = [m["mark"]["name"] for m in sends(out) if m["event"] == "mark"]
+    call.model_lost("code 1006", 5_100)
+    assert sends(call.tick(6_000)) == []  # its audio still plays at Twilio: the line is not silent
+    for name in marks[:-1]:
+        assert sends(call.twilio_event(tw.MarkEcho(SID, name), 6_500)) == []
+    noise = sends(call.twilio_event(tw.MarkEcho(SID, marks[-1]), 7_000))  # the last of it played: noise at once
+    assert noise and all(m["event"] == "media" for m in noise)
+
+
+def test_a_give_up_is_not_reported_as_a_reconnect_and_a_late_open_is_ignored():
+    call = start_call()
+    call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
+    call.model_connect_failed("HTTP 429", 20, retry_after_ms=60_000)
+    out = call.tick(10_000)
+    assert [type(o) for o in out] == [EndCall]  # no ModelSessionLost: nothing is replaced
+    assert call.model_connected(10_005) == []  # an attempt that opened as the call gave up: nothing to configure

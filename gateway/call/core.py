@@ -371,7 +371,10 @@ class Call(ModelSessions, CallControl):
             return [Dropped("twilio", "mark with a name we never sent")]
         if not self._playback.mark_echoed(parsed, now_ms):
             return [Dropped("twilio", "echo of a mark that is not pending")]
-        return self._control_if_heard() if self._after_playback is not None else []
+        out = self._control_if_heard() if self._after_playback is not None else []
+        if self._reconnects.down_since is not None and not self._playback.awaiting_echoes and not self.ended:
+            out += self._model_schedule(now_ms)  # a lost session's last words played: comfort noise from now
+        return out
 
     @property
     def marks_pending(self) -> int:

@@ -28,6 +28,8 @@ class ModelSessions:
 
         In a replacement session the conversation so far is re-created as text items first (a new session
         starts empty; audio cannot be carried over), so the agent goes on where it was."""
+        if self.ended:
+            return []  # opened as the call gave up: the shell closes it
         self._model_ready = True
         self._session += 1
         self._session_started_ms = now_ms
@@ -121,6 +123,11 @@ class ModelSessions:
         its pending tool calls (their ids mean nothing to the new session) and any request for a response."""
         if self.ended:
             return []
+        now = now_ms if now_ms is not None else 0.0
+        self._reconnects.lost(reason, now)
+        if self._reconnects.give_up_reason:  # MODEL_RECONNECT is off, or too many losses: no replacement
+            self._model_ready = False
+            return self._model_schedule(now)
         lost = self._active_response
         if lost is not None and lost in self._responses_with_audio and lost not in self._interrupted_responses \
                 and lost != self._greeting_response and self._after_playback is None:
@@ -143,15 +150,13 @@ class ModelSessions:
         self._queued_tools.clear()
         self._interrupted_responses.clear()
         self._caller_speaking = False  # the new session reports speech afresh
-        now = now_ms if now_ms is not None else 0.0
-        self._reconnects.lost(reason, now)
         if self._greeting_response is not None or (self._greeting_session and not self._greeting_done):
             # Not all sent: the next session is asked again, once it is configured (not before).
             self._greeting_response = None
             self._want_response, self._response_instructions = False, ""
         # A goodbye (or transfer announcement) heard in full before the loss: act on it now.
         out = [ModelSessionLost(reason), *self._control_if_heard()]
-        return out + self._model_schedule(now) if not self.ended else out
+        return out if self.ended else out + self._model_schedule(now)
 
     def model_connect_failed(self, reason: str, now_ms: float, retry_after_ms: float | None = None) -> list[Output]:
         """An attempt asked for by :class:`ConnectModel` did not open a session: refused (``retry_after_ms``: the
@@ -160,7 +165,8 @@ class ModelSessions:
         if self.ended:
             return []
         self._reconnects.failed(reason, now_ms, retry_after_ms)
-        return [ModelSessionLost(reason), *self._model_schedule(now_ms)]
+        out = self._model_schedule(now_ms)
+        return out if self.ended else [ModelSessionLost(reason), *out]  # a reconnect follows, unless it gave up
 
     def model_closed(self, reason: str) -> list[Output]:
         self._model_ready = False
@@ -176,7 +182,9 @@ class ModelSessions:
             last = f"; last: {reconnects.last_reason}" if reconnects.last_reason else ""
             return self.model_closed(f"{reconnects.give_up_reason}{last}")
         out: list[Output] = [ConnectModel(value)] if action == "connect" else []
-        wake = value if action == "wait" else float("inf")
+        # Waiting: until the next attempt or the give-up. Connecting: the give-up still ends the call on time, even
+        # if the shell's attempt began late (its timeout counts from when it began).
+        wake = value if action == "wait" else self._reconnects.give_up_at_ms or float("inf")
         noise, noise_wake = self._comfort_noise(now_ms)
         return out + noise + self._wake_at(min(wake, noise_wake), now_ms)
 
