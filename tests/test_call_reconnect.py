@@ -263,3 +263,15 @@ def test_a_give_up_is_not_reported_as_a_reconnect_and_a_late_open_is_ignored():
     out = call.tick(10_000)
     assert [type(o) for o in out] == [EndCall]  # no ModelSessionLost: nothing is replaced
     assert call.model_connected(10_005) == []  # an attempt that opened as the call gave up: nothing to configure
+
+
+def test_a_rollover_refused_with_retry_after_is_not_tried_again_before_it():
+    from gateway.call import PrepareRollover
+
+    call = start_call(session_limit_ms=60_000, rollover_margin_ms=10_000)
+    call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
+    call.model_connected(0)
+    assert [o for o in call.tick(50_000) if isinstance(o, PrepareRollover)]
+    call.rollover_failed(50_010, retry_after_ms=5_000)
+    assert not [o for o in call.tick(54_000) if isinstance(o, PrepareRollover)]  # the 2 s retry would be due
+    assert [o for o in call.tick(55_010) if isinstance(o, PrepareRollover)]

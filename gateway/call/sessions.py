@@ -111,10 +111,11 @@ class ModelSessions:
         reason = "session limit ahead"
         return [SwitchModel(reason), ModelRolledOver(reason, age_ms)]
 
-    def rollover_failed(self, now_ms: float) -> None:
-        """The next session could not be prepared: the current one goes on; try again later."""
+    def rollover_failed(self, now_ms: float, retry_after_ms: float | None = None) -> None:
+        """The next session could not be prepared: the current one goes on; try again later (not before a
+        refusal's ``Retry-After``)."""
         self._rollover_pending = False
-        self._rollover_not_before_ms = now_ms + ROLLOVER_RETRY_MS
+        self._rollover_not_before_ms = now_ms + max(ROLLOVER_RETRY_MS, retry_after_ms or 0.0)
 
     def model_lost(self, reason: str, now_ms: float | None = None) -> list[Output]:
         """The model session is gone but the call goes on: the shell is opening a new one.

@@ -309,7 +309,8 @@ class ModelLinks:
         except Exception as error:
             log.warning("the next model session could not be prepared call_sid=%s: %s: %s; the current one goes on",
                         self.call.call_sid or "-", type(error).__name__, error)
-            self.call.rollover_failed(_now_ms())
+            retry_after_s = error.retry_after_s if isinstance(error, UpgradeRefused) else None
+            self.call.rollover_failed(_now_ms(), retry_after_s * 1000.0 if retry_after_s is not None else None)
         finally:
             self._standby = None
             if link is not None and self._model_link is not link and self._handover is not link:
