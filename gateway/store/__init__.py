@@ -71,19 +71,22 @@ class StoreOpenError(RuntimeError):
 def _sqlite_open_error(url: str, path: str, error: Exception) -> StoreOpenError:
     from gateway.config import redact_url
 
-    folder = os.path.dirname(os.path.abspath(path))
+    from gateway.logsafe import escape_controls
+
+    file = os.path.abspath(path)
+    folder = os.path.dirname(file)
     uid = os.getuid() if hasattr(os, "getuid") else None
     user = f"this user (uid {uid})" if uid is not None else "this user"
+    elsewhere = (f"set DATA_DIR to a directory {user} can write (the container image's /data volume), or STORE_URL "
+                 "to a writable sqlite:////path.db or postgresql://...")
     if not os.path.isdir(folder):
-        why = f"its directory {folder} does not exist"
+        why, fix = f"its directory {folder} does not exist", f"create it, or {elsewhere}"
     elif not os.access(folder, os.W_OK | os.X_OK):
-        why = f"its directory {folder} is not writable by {user}"
-    else:
-        why = f"{type(error).__name__}: {error}"
-    return StoreOpenError(
-        f"STORE_URL={redact_url(url)}: cannot open the SQLite file {os.path.abspath(path)} ({why})",
-        f"set DATA_DIR to a directory {user} can write (the container image's /data volume), or STORE_URL to a "
-        "writable sqlite:////path.db or postgresql://...")
+        why, fix = f"its directory {folder} is not writable by {user}", elsewhere
+    else:  # the directory is fine: the file itself (not a database, read-only, locked, from a newer version)
+        why = f"{type(error).__name__}: {escape_controls(str(error))[:200]}"
+        fix = f"check that {file} is this gateway's SQLite file and {user} can write it, or {elsewhere}"
+    return StoreOpenError(f"STORE_URL={redact_url(url)}: cannot open the SQLite file {file} ({why})", fix)
 
 
 def open_store(url: str) -> CallStore:
