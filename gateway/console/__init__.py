@@ -8,7 +8,10 @@ Plain HTML from the server (:mod:`.pages`, templates in ``templates/``), one sma
   id: any worker or instance accepts them);
 * :mod:`.hub`: the live view's fan-out of every call's events to the browsers' event streams;
 * :mod:`.relay`: the live view across instances (each holder publishes its calls into the shared state);
-* :mod:`.timeline`: a call's timeline as an inline SVG.
+* :mod:`.timeline`: a call's timeline as an inline SVG, linked to the recording's player by the script;
+* :mod:`.listing`: the past calls' query parameters (filters, sort, offset) and their CSV export;
+* :mod:`.overview` and :mod:`.charts`: the overview page (calls, latency, spend, barge-ins over time) and its
+  SVG charts.
 """
 
 from gateway.console.hub import LiveHub

@@ -47,8 +47,8 @@ def _nice_max(value: float, whole: bool = False) -> float:
 def _frame(chart_id: str, title: str, top: float, y_label: Callable[[float], str], x_labels: Sequence[str],
            legend: Sequence[tuple[str, str]]) -> list[str]:
     """The chart's element, title, legend, gridlines and axes; ``x_labels`` under the axis ("" for none)."""
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
-             f'class="chart" id="{escape(chart_id)}" aria-label="{escape(title)}">',
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
+              f'class="chart" id="{escape(chart_id)}" aria-label="{escape(title)}">'),
              f'<text x="{LEFT}" y="16" font-size="13" font-weight="bold" fill="#222">{escape(title)}</text>']
     for index in range(5):
         value = top * index / 4

@@ -63,7 +63,7 @@ def time_html(epoch: float | None) -> str:
     zone), the UTC text as the element's text (without script) and its tooltip."""
     if epoch is None:
         return "-"
-    iso = iso_utc(epoch)
+    iso = iso_utc(epoch) or ""
     shown = iso.replace("T", " ").replace("Z", " UTC")
     return f'<time datetime="{iso}" title="{shown}">{shown}</time>'
 

@@ -21,7 +21,6 @@ from gateway.store.model import (
 
 HOUR_S, DAY_S = 3600, 86400
 MAX_RANGE_S = 31 * DAY_S
-PERCENTS = (50, 95)
 
 
 def _duration(record: CallRecord) -> float:
@@ -150,7 +149,7 @@ def overview_of_records(records: Iterable[CallRecord], since: float, until: floa
         turns[None].extend(measured)
         turns.setdefault(int(record.created_at // bucket_s), []).extend(measured)
     return assemble(since, until, bucket_s, [(h, o, *row) for (h, o), row in hourly.items()],
-                    [(index, len(values), *(nearest_rank(values, p) for p in PERCENTS))
+                    [(index, len(values), nearest_rank(values, 50), nearest_rank(values, 95))
                      for index, values in turns.items() if values or index is None])
 
 
