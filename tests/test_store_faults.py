@@ -319,6 +319,10 @@ async def test_a_call_of_a_gateway_killed_with_9_shows_as_lost_with_what_was_kno
             assert record["from"].startswith("+1415") and record["to"].startswith("+1415")
             listed = (await http.get("/calls", headers=AUTH, params={"outcome": "lost"})).json()["calls"]
             assert [c["call_sid"] for c in listed] == [sid] and listed[0]["status"] == "lost"
+        async with httpx.AsyncClient(base_url=survivor_url, headers={"Origin": survivor_url}) as console:
+            assert (await console.post("/console/login", data={"api_key": KEY})).status_code == 303
+            page = await console.get(f"/console/calls/{sid}")  # the console's call page says so, and why
+            assert page.status_code == 200 and ">lost<" in page.text and "(doomed) stopped" in page.text
         assert "marked lost" in output(survivor_log)
     finally:
         for process in (doomed, survivor):

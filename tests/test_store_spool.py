@@ -11,6 +11,9 @@ import stat
 import sys
 import textwrap
 
+import pytest
+
+from gateway.config import ConfigError, Settings
 from gateway.observe import metrics
 from gateway.runner import free_port
 from gateway.store import CallRecord, PostgresCallStore, SQLiteCallStore
@@ -152,3 +155,16 @@ async def test_processes_appending_at_once_while_a_replay_claims_lose_no_line(tm
     await asyncio.to_thread(drain)
     assert len(seen) == workers * per_worker and len(set(seen)) == len(seen)
     assert not spool.pending()
+
+
+def test_the_spool_settings_live_in_the_data_directory_and_are_checked(tmp_path):
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path)})
+    assert (settings.record_spool_dir, settings.record_spool_max_bytes) == (str(tmp_path / "record-spool"), 64 << 20)
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path), "RECORD_SPOOL_DIR": "/var/spool/gw",
+                                  "RECORD_SPOOL_MAX_MB": "0"})
+    assert (settings.record_spool_dir, settings.record_spool_max_bytes) == ("/var/spool/gw", 0)
+    with pytest.raises(ConfigError, match="RECORD_SPOOL_MAX_MB"):
+        Settings.from_env({"RECORD_SPOOL_MAX_MB": "-1"})
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="RECORD_SPOOL_DIR must be a directory"):
+        Settings.from_env({"DATA_DIR": str(tmp_path), "RECORD_SPOOL_DIR": "a-file"})
