@@ -25,13 +25,13 @@ import sys
 import sysconfig
 import tempfile
 import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from gateway.runner import free_port
-from tests.test_infra import INFRA, ROOT, dockerfile_stages, dockerfile_user, load_compose, compose_gateways
+from tests.test_infra import INFRA, ROOT, compose_gateways, dockerfile_stages, dockerfile_user, load_compose
 from tests.test_operator_paths import lines_of, run_once, serving
 
 DOCKER_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -148,7 +148,7 @@ def _interpreter(uid: int, gid: int) -> str:
         try:
             probe = subprocess.run([candidate, "-c", "import gateway.cli, uvicorn, numpy"], cwd="/",
                                    env={"PYTHONPATH": _python_path(), "PATH": DOCKER_DEFAULT_PATH},
-                                   capture_output=True, preexec_fn=_as_user(uid, gid), timeout=60)
+                                   capture_output=True, preexec_fn=_as_user(uid, gid), timeout=60, check=False)
         except OSError:  # the user cannot even reach it
             continue
         if probe.returncode == 0:

@@ -25,8 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -135,7 +136,7 @@ def run_once(argv: list[str], *, cwd: Path | str, env: dict[str, str], timeout_s
     """Run a command that should end by itself (a start that fails, doctor)."""
     try:
         return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s,
-                              preexec_fn=preexec_fn)
+                              preexec_fn=preexec_fn, check=False)
     except subprocess.TimeoutExpired as error:
         raise AssertionError(f"{argv} did not end within {timeout_s:g} s (it kept running: {error.stderr!r})") from None
 

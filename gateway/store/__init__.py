@@ -50,10 +50,9 @@ __all__ = [
     "CALL_STATUSES", "DEFAULT_MAX_CALLS", "DEFAULT_MAX_SETTINGS", "DEFAULT_PAGE_SIZE", "DEFAULT_SETTINGS_TTL_S",
     "DIRECTION_FILTERS", "ENDED_BY", "FINAL_STATUSES", "INBOUND", "MACHINE_DETECTION_CHOICES", "MAX_PAGE_SIZE",
     "OUTBOUND_API", "CallPage", "CallQuery", "CallRecord", "CallStore", "MemoryCallStore", "OutboundCallSettings",
-    "PostgresCallStore", "SQLiteCallStore", "SessionChange", "StoreBase", "ToolRun", "Turn", "as_final_record",
-    "decode_cursor",
-    "encode_cursor", "merge_final", "next_status", "open_store", "prune", "run_retention", "status_rank",
-    "StoreOpenError",
+    "PostgresCallStore", "SQLiteCallStore", "SessionChange", "StoreBase", "StoreOpenError", "ToolRun", "Turn",
+    "as_final_record", "decode_cursor", "encode_cursor", "merge_final", "next_status", "open_store", "prune",
+    "run_retention", "status_rank",
 ]
 
 
@@ -70,7 +69,6 @@ class StoreOpenError(RuntimeError):
 
 def _sqlite_open_error(url: str, path: str, error: Exception) -> StoreOpenError:
     from gateway.config import redact_url
-
     from gateway.logsafe import escape_controls
 
     file = os.path.abspath(path)
