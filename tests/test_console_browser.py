@@ -153,10 +153,7 @@ async def test_hanging_up_a_live_call_from_the_live_page(tmp_path):
             as gateway:
         driver = await browser(chromium, str(tmp_path / "profile"))
         try:
-            await browser(driver.get, f"{gateway.http_url}/console/login")
-            await browser(lambda: driver.find_element(By.ID, "api_key").send_keys(KEY))
-            await browser(lambda: driver.find_element(By.ID, "login").click())
-            await until(lambda: driver.current_url.endswith("/console/live"), what="the live view")
+            await log_in(driver, gateway.http_url)
             await until(lambda: driver.find_element(By.ID, "live-status").text == "Live.", what="the event stream")
 
             turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)]
@@ -191,6 +188,16 @@ async def test_hanging_up_a_live_call_from_the_live_page(tmp_path):
             assert problems == []
         finally:
             await browser(driver.quit)
+
+
+async def log_in(driver: Any, http_url: str) -> None:
+    """Log in with KEY through the form; the live view follows."""
+    from selenium.webdriver.common.by import By
+
+    await browser(driver.get, f"{http_url}/console/login")
+    await browser(lambda: driver.find_element(By.ID, "api_key").send_keys(KEY))
+    await browser(lambda: driver.find_element(By.ID, "login").click())
+    await until(lambda: driver.current_url.endswith("/console/live"), what="the live view")
 
 
 def _alert(driver: Any) -> Any:
@@ -284,10 +291,7 @@ async def test_the_overview_charts_and_a_calls_timeline_linked_to_its_player(tmp
         await store.upsert_call(_recorded_call(calls_dir, call_sid, now))
         driver = await browser(chromium, str(tmp_path / "profile"))
         try:
-            await browser(driver.get, f"{gateway.http_url}/console/login")
-            await browser(lambda: driver.find_element(By.ID, "api_key").send_keys(KEY))
-            await browser(lambda: driver.find_element(By.ID, "login").click())
-            await until(lambda: driver.current_url.endswith("/console/live"), what="the live view")
+            await log_in(driver, gateway.http_url)
 
             # The overview, from the nav: five charts, drawn.
             await browser(lambda: driver.find_element(By.ID, "nav-overview").click())
