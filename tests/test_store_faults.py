@@ -28,7 +28,7 @@ from gateway.runner import free_port
 from gateway.store.spool import SPOOL_FILE
 
 from .conftest import start_gateway
-from .test_store_postgres import POSTGRES_URL, _postgres_unavailable
+from .test_store_postgres import POSTGRES_URL, fresh_schema
 
 KEY = "k-faults-0123456789abc"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -68,20 +68,8 @@ def pg_url(schema: str, application_name: str, port: int | None = None) -> str:
 
 @pytest.fixture
 def pg_schema():
-    reason = _postgres_unavailable()
-    if reason:
-        pytest.skip(reason)
-    import psycopg
-    from psycopg import sql
-
-    schema = f"gateway_faults_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
+    with fresh_schema() as schema:
         yield schema
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
 async def pg_query(schema: str, query: str, params: tuple = ()) -> list[tuple]:

@@ -8,10 +8,12 @@ PostgreSQL (a laptop), the PostgreSQL cases are skipped and the rest still run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -38,24 +40,32 @@ def _postgres_unavailable() -> str | None:
         return f"PostgreSQL not reachable at {POSTGRES_URL} (set GATEWAY_TEST_POSTGRES_URL): {error}".strip()
 
 
-@pytest.fixture
-def postgres_url():
-    """A conninfo whose search_path is a fresh schema, dropped after the test."""
+@contextlib.contextmanager
+def fresh_schema() -> Iterator[str]:
+    """A fresh schema (its name), dropped afterwards; skips the test, saying why, without PostgreSQL."""
     reason = _postgres_unavailable()
     if reason:
         pytest.skip(reason)
     import psycopg
     from psycopg import sql
-    from psycopg.conninfo import make_conninfo
 
     schema = f"gateway_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     try:
-        yield make_conninfo(POSTGRES_URL, options=f"-c search_path={schema}")
+        yield schema
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def postgres_url():
+    """A conninfo whose search_path is a fresh schema, dropped after the test."""
+    from psycopg.conninfo import make_conninfo
+
+    with fresh_schema() as schema:
+        yield make_conninfo(POSTGRES_URL, options=f"-c search_path={schema}")
 
 
 class StoreFactory:

@@ -102,13 +102,8 @@ class RecordSpool:
         while True:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                held = os.fstat(fd)
-                try:
-                    named = os.stat(self.path)
-                except FileNotFoundError:
-                    named = None
-                if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+                held = _lock_named(fd, self.path)
+                if held is None:
                     continue  # claimed by a replay between our open and our lock: write to the new file
                 view = memoryview(data)
                 while view:
@@ -151,13 +146,8 @@ class RecordSpool:
         except FileNotFoundError:
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            held = os.fstat(fd)
-            try:
-                named = os.stat(self.path)
-            except FileNotFoundError:
-                return
-            if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino) or held.st_size == 0:
+            held = _lock_named(fd, self.path)
+            if held is None or held.st_size == 0:
                 return
             # The claimed name sorts after older claims by time (mtime), not by name: random, never reused.
             os.rename(self.path, os.path.join(self.directory, f"{CLAIM_PREFIX}{secrets.token_hex(8)}.jsonl"))
@@ -227,6 +217,18 @@ class ClaimedFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _lock_named(fd: int, path: str) -> os.stat_result | None:
+    """Lock the file open on ``fd`` (waiting for the holder); its status, or None (unlocked again by the caller's
+    close) when ``path`` no longer names it: a replay renamed it between the open and the lock."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    held = os.fstat(fd)
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return held if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino) else None
 
 
 def _mtime(path: str) -> float:
