@@ -19,7 +19,7 @@ import pytest
 from gateway.api.auth import key_id
 from gateway.store import CallRecord, Turn
 
-from .test_console import ALICE, BOB, OPERATOR, client_for, console, login, sid
+from .test_console import ALICE, BOB, OPERATOR, assert_no_active_content, client_for, console, login, sid
 from .test_store_postgres import postgres_url  # noqa: F401  (a fixture: a fresh schema, or a skip with the reason)
 
 
@@ -129,13 +129,22 @@ async def test_the_overview_shows_the_stores_figures_scoped_by_key(store_url):
     assert 'href="/console/overview"' in nav
 
 
-async def test_the_overview_of_an_empty_range_and_without_a_session():
+async def test_the_overview_of_an_empty_range_without_a_session_and_of_hostile_words():
+    hostile = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
     async with console() as gateway, client_for(gateway) as client:
         assert (await client.get("/console/overview")).headers["location"] == "/console/login"
         await login(client, OPERATOR)
         empty = await client.get("/console/overview", params={"range": "30d"})
+        await gateway.state.store.upsert_call(CallRecord(
+            call_sid=sid(1), to="+14155550123", from_="+14155550100", direction="inbound", status="completed",
+            outcome=hostile, created_at=time.time() - 60, cost_usd=0.5, turns=turns(700)))
+        shown = await client.get("/console/overview")
     assert empty.status_code == 200 and figure(empty.text, "calls") == "0" and 'id="no-calls"' in empty.text
     assert figure(empty.text, "turn-latency-p50") == "-" and empty.text.count('class="chart"') == 5
+    assert figure(shown.text, "calls") == "1" and "&lt;script&gt;alert(1)&lt;/script&gt;" in shown.text
+    assert "<script>alert" not in shown.text and "<img src=x" not in shown.text
+    assert_no_active_content(shown.text)
+    assert_no_active_content(empty.text)
 
 
 def listed(html: str) -> list[str]:
@@ -180,6 +189,7 @@ async def test_the_listing_sorts_by_whitelisted_columns_only(store_url):
                 if "offset" not in hostile:  # the export has no pages: it ignores offsets
                     assert (await operator.get("/console/calls.csv", params=hostile)).status_code == 400
             assert await order() == newest  # every record still there
+            assert_no_active_content((await operator.get("/console/calls", params={"sort": "latency"})).text)
 
 
 def rows_of(response: httpx.Response) -> list[list[str]]:
