@@ -26,6 +26,8 @@ The package:
 * :mod:`~gateway.store.migrate`: versioned schema migrations (``sql/<dialect>/NNNN_*.sql``), applied in place when a
   SQLite or PostgreSQL store opens;
 * :mod:`~gateway.store.retention`: pruning of old records and their recordings.
+* :mod:`~gateway.store.figures`: the console's views of many calls: the listing's sort orders (a whitelist) and
+  the overview's figures (SQL in SQLite and PostgreSQL, the same in Python for the memory store).
 """
 
 from __future__ import annotations
