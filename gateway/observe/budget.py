@@ -169,8 +169,8 @@ class DailyBudget:
     def _unavailable(self, error: Exception) -> None:
         if self.available:  # once per outage, not once per call refused
             log.error("the shared state does not answer (%s): the daily cost total can be neither read nor written; "
-                      "new calls are refused (a limit fails closed) and the cost of calls in progress is kept "
-                      "here until it answers", error)
+                      "%sthe cost of calls in progress is kept here until it answers", error,
+                      "new calls are refused (DAILY_BUDGET_USD: a limit fails closed); " if self.limit_usd else "")
         self.available = False
         metrics.SHARED_STATE_UP.set(0)
 
