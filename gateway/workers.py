@@ -120,7 +120,10 @@ def serve_workers(settings: Settings, workers: int) -> int:
 
                 multiprocess.mark_process_dead(proc.pid, env["PROMETHEUS_MULTIPROC_DIR"])
                 if stopping[0]:
-                    status = status or proc.exitcode
+                    # Killed by our own SIGTERM before it could install its handlers: it was still starting, so it
+                    # held no call; that is a clean stop, not a failure.
+                    clean = proc.exitcode in (0, -signal.SIGTERM)
+                    status = status or (0 if clean else proc.exitcode)
                     continue
                 if time.monotonic() - started_at[index] >= EARLY_EXIT_S:
                     early_exits = 0  # it had started: a crash, not a configuration that cannot start

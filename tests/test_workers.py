@@ -78,3 +78,22 @@ async def test_two_workers_share_credentials_state_and_metrics(tmp_path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_sigterm_while_the_workers_start_is_a_clean_stop(tmp_path) -> None:
+    """The workers are still importing (no signal handlers yet) when the stop comes: they held no call, exit 0."""
+    port = free_port()
+    env = {**_clean_env(), "STORE_URL": f"sqlite:///{tmp_path}/records.db", "LOG_LEVEL": "info"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--workers", "2", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the parent says so once its handlers are in and the workers are spawned
+            if "workers on" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
