@@ -13,15 +13,18 @@ import contextlib
 import secrets
 import subprocess
 import sys
+import time
 from typing import Any, AsyncIterator
 
 import httpx
 import pytest
 
+from gateway.api.auth import key_id
 from gateway.fuzz import _clean_env
 from gateway.replay import CallerTurn, load_sample, run_call
 from gateway.runner import free_port
 from gateway.state import RedisState
+from gateway.store import CallRecord
 
 from .conftest import GatewayUnderTest, start_gateway
 from .test_console import OPERATOR, client_for, csrf_of, login, read_events, wait_for
@@ -30,6 +33,7 @@ from .test_workers import wait_healthy
 
 ALICE = "alice-key-bbbbbbbbbbbbbbbbbbbbbbbb"
 KEYS = dict(api_keys=(ALICE,), operator_api_keys=(OPERATOR,))
+ALICES_CALL = "CA" + "a2" * 16
 
 
 async def one_request(base: str, cookie: str, path: str = "/console/live") -> httpx.Response:
@@ -115,12 +119,8 @@ async def test_a_call_held_by_one_instance_shows_live_with_its_transcript_on_ano
         async with client_for(b) as operator, client_for(b) as alice:
             await login(operator, OPERATOR)
             await login(alice, ALICE)
-            seen: list[tuple[str, Any]] = []
-            alices: list[tuple[str, Any]] = []
-            async with operator.stream("GET", "/console/live/events") as stream, \
-                    alice.stream("GET", "/console/live/events") as alice_stream:
-                readers = [asyncio.create_task(read_events(stream, seen)),
-                           asyncio.create_task(read_events(alice_stream, alices))]
+            async with one_stream(b.http_url, operator.cookies["gateway_console"]) as seen, \
+                    one_stream(b.http_url, alice.cookies["gateway_console"]) as alices:
                 await wait_for(seen, lambda kind, data: kind == "snapshot")
                 turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
                          CallerTurn(load_sample("caller_question"), after_silence_ms=2000)]
@@ -133,14 +133,18 @@ async def test_a_call_held_by_one_instance_shows_live_with_its_transcript_on_ano
                 await wait_for(seen, lambda kind, data: kind == "line" and data["call_sid"] == call_sid
                                and data["who"] == "agent")
                 assert not call.done()
+                # A call Alice's key placed, held by A: her stream on B shows it (the holder relays whose it is).
+                await a.state.store.finish_call(CallRecord(
+                    call_sid=ALICES_CALL, to="+14155550123", from_="+14155550100", direction="outbound-api",
+                    status="in-progress", api_key_id=key_id(ALICE), created_at=time.time()))
+                hers = asyncio.create_task(run_call(a.ws_url, turns[:1], timeout_s=40, hangup_after_ms=500,
+                                                    call_sid=ALICES_CALL))
+                await wait_for(alices, lambda kind, data: kind == "line" and data["call_sid"] == ALICES_CALL)
+                await hers
+                await wait_for(alices, lambda kind, data: kind == "ended" and data["call_sid"] == ALICES_CALL)
                 # A new stream on B lists it from the shared registry, with the transcript so far.
-                async with client_for(b) as late:
-                    await login(late, OPERATOR)
-                    fresh: list[tuple[str, Any]] = []
-                    async with late.stream("GET", "/console/live/events") as late_stream:
-                        reader = asyncio.create_task(read_events(late_stream, fresh))
-                        await wait_for(fresh, lambda kind, data: kind == "snapshot")
-                        reader.cancel()
+                async with one_stream(b.http_url, operator.cookies["gateway_console"]) as fresh:
+                    await wait_for(fresh, lambda kind, data: kind == "snapshot")
                 listed = [c for c in fresh[0][1]["calls"] if c["call_sid"] == call_sid]
                 assert listed and listed[0]["direction"] == "inbound"
                 assert any(line["who"] == "caller" for line in listed[0]["lines"])
@@ -150,8 +154,6 @@ async def test_a_call_held_by_one_instance_shows_live_with_its_transcript_on_ano
                 assert hung.status_code == 202 and hung.json()["instance"] == a.state.settings.instance_id, hung.text
                 await asyncio.wait_for(call, 15)
                 await wait_for(seen, lambda kind, data: kind == "ended" and data["call_sid"] == call_sid)
-                for reader in readers:
-                    reader.cancel()
         # Alice's key did not place this inbound call: her stream never shows it.
         assert not [data for kind, data in alices if kind != "snapshot" and data.get("call_sid") == call_sid]
         assert all(c["call_sid"] != call_sid for kind, data in alices if kind == "snapshot" for c in data["calls"])

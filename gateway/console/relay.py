@@ -115,8 +115,10 @@ class LiveRelay:
         """The other instances' live calls, from the shared registry: (summary with its lines, owner) each. Starts
         following the feed first, so what changes meanwhile reaches the streams. Raises StateUnavailable."""
         if self._reader is None or self._reader.done():
-            self._cursor, _ = await self.shared.read_live("", 0)
-            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+            cursor, _ = await self.shared.read_live("", 0)
+            if self._reader is None or self._reader.done():  # another stream may have started it meanwhile
+                self._cursor = cursor
+                self._reader = asyncio.get_running_loop().create_task(self._read_loop())
         registry = await self.shared.live_calls()
         others = [sid for sid, instance in registry.items() if instance != self.instance][:MAX_REMOTE_CALLS]
         pictures = await self.shared.live_pictures(others)
