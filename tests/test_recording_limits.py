@@ -17,6 +17,7 @@ from gateway.recording import CallRecorder, RecordingsQuota
 from gateway.recording_wav import write_call_wav
 from gateway.replay import CallerTurn, load_sample, run_call
 from gateway.replay.recording import load_recording
+from gateway.replay.scenario import load_scenario, run_scenario
 from gateway.twilio import media as tw
 
 from .conftest import start_gateway
@@ -108,6 +109,12 @@ async def test_caller_numbers_in_frame_recordings_are_masked_unless_log_full_num
     else:
         assert CALLER not in text
         assert parameters == {"From": "+1415*****23", "note": "call back on +1415*****23"}
+        # What was recorded as accepted still replays against a gateway, as a recorded call does.
+        scenario = tmp_path / "replay.toml"
+        scenario.write_text(f"recording = '{path.name}'\n[call]\ntimeout_s = 30\n")
+        async with start_gateway() as gateway:
+            report = await run_scenario(load_scenario(scenario), gateway.ws_url, fresh_sids=True)
+        assert report.frames_sent > 0 and report.runs and report.violations == []
 
 
 def test_the_total_quota_setting():
