@@ -84,8 +84,9 @@ class _Server(uvicorn.Server):
 def _server(settings: Settings) -> _Server:
     from gateway.runner import uvicorn_options
 
+    # A scraper may still hold its kept-alive connection when it opens the next one: a few heads per address.
     limits = replace(settings, max_connections=MAX_METRICS_CONNECTIONS, trusted_proxy_ips=(),
-                     max_connections_per_address=MAX_METRICS_CONNECTIONS // 2)
+                     max_connections_per_address=MAX_METRICS_CONNECTIONS // 2, max_unfinished_heads_per_address=4)
     app = Starlette(routes=[Route("/metrics", metrics.metrics_endpoint(settings.metrics_api_key), methods=["GET"])])
     config = uvicorn.Config(app, lifespan="off", log_config=None, log_level=settings.log_level, access_log=False,
                             **uvicorn_options(limits))

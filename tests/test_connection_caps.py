@@ -222,3 +222,27 @@ def test_the_caps_are_a_fraction_of_max_connections_whatever_it_is_set_to() -> N
     for bad in ({"MAX_CONNECTIONS_PER_ADDRESS": "-1"}, {"MAX_UNFINISHED_HEADS_PER_ADDRESS": "many"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             Settings.from_env(bad)
+
+
+def test_the_address_table_counts_per_address_ipv6_per_64_and_exempts_trusted_proxies() -> None:
+    """The table itself (gateway.connection_caps.AddressTable), with stand-ins for transports (any hashable)."""
+    from gateway.connection_caps import AddressTable
+
+    table = AddressTable(replace(Settings(), max_connections=20, trusted_proxy_ips=("10.0.0.0/8",)))
+    assert (table.per_address, table.heads_per_address) == (5, 1)
+    first, second, third = object(), object(), object()
+    assert table.admit(first, "2001:db8:1:2::1", open_now=1)
+    # Another address of the same /64 is the same client: its head cap (1) is reached.
+    assert not table.admit(second, "2001:db8:1:2::ffff", open_now=2)
+    assert table.admit(second, "2001:db8:1:3::1", open_now=2)  # another /64
+    table.waiting_for_head(first, False)  # its head arrived: a request in progress
+    assert table.admit(third, "2001:db8:1:2::2", open_now=3)
+    assert table.open["2001:db8:1:2::/64"] == 2 and table.waiting["2001:db8:1:2::/64"] == 1
+    for transport in (first, third, first):  # released once, whatever reports it
+        table.release(transport)
+    assert "2001:db8:1:2::/64" not in table.open and "2001:db8:1:2::/64" not in table.waiting
+    # A trusted proxy's sockets are not counted as one client's; MAX_CONNECTIONS still applies to them.
+    assert all(table.admit(object(), "10.1.2.3", open_now=n) for n in range(1, 21))
+    assert table.admit(object(), "::ffff:10.1.2.3", open_now=5)  # the same proxy on a dual-stack socket
+    assert not table.admit(object(), "10.1.2.3", open_now=21)
+    assert table.refused.totals == {"per_address_unfinished_heads": 1, "max_connections": 1}

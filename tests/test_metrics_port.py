@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import signal
-import subprocess
+import socket
 import sys
-import time
 
 import httpx
 import pytest
@@ -22,6 +20,8 @@ from gateway.replay import CallerTurn, load_sample, run_call
 from gateway.runner import free_port
 
 from .conftest import start_gateway
+from .test_operator_paths import run_once, serving
+from .test_workers import metric_total
 
 TOKEN = "twilio-auth-token-for-metrics-01"
 REAL_MODEL = dict(api_key="sk-test-not-a-real-key", twilio_auth_token=TOKEN, public_url="https://gw.example.test")
@@ -89,64 +89,28 @@ def test_metrics_settings_are_validated() -> None:
         Settings.from_env({"METRICS_PORT": "9090", "METRICS_HOST": "not an address"})
 
 
-def metric_total(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))
-
-
-async def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient() as http:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                if (await http.get(url, timeout=1)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"{url} did not answer 200")
-
-
-def stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.stderr.read().decode() if proc.stderr else ""
-
-
 async def test_gateway_serve_with_a_real_model_serves_metrics_on_the_metrics_port_only(tmp_path) -> None:
     port, metrics_port = free_port(), free_port()
     env = {**_clean_env(), "OPENAI_API_KEY": REAL_MODEL["api_key"], "TWILIO_AUTH_TOKEN": TOKEN,
            "PUBLIC_URL": REAL_MODEL["public_url"], "STORE_URL": "memory://", "METRICS_PORT": str(metrics_port),
            "LOG_LEVEL": "info"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
-    try:
-        await wait_ready(f"http://127.0.0.1:{metrics_port}/metrics", proc)
+    with serving([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], cwd=tmp_path, env=env) as gw:
+        gw.wait_for_health(port)
         async with httpx.AsyncClient() as http:
-            assert (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
             assert (await http.get(f"http://127.0.0.1:{port}/metrics")).status_code == 404
-    finally:
-        log = stop(proc)
-    assert proc.returncode == 0, log
-    assert f"127.0.0.1:{metrics_port}/metrics" in log
+            response = await http.get(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert response.status_code == 200 and "gateway_calls_active" in response.text
+        assert f"127.0.0.1:{metrics_port}/metrics" in gw.output()
 
 
 async def test_every_workers_metrics_from_the_one_metrics_port(tmp_path) -> None:
     port, metrics_port = free_port(), free_port()
     env = {**_clean_env(), "STORE_URL": f"sqlite:///{tmp_path}/records.db", "LOG_LEVEL": "info",
            "METRICS_PORT": str(metrics_port)}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--workers", "2", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
-    try:
-        await wait_ready(base + "/readyz", proc)
-        await wait_ready(f"http://127.0.0.1:{metrics_port}/metrics", proc)
+    with serving([sys.executable, "-m", "gateway.cli", "serve", "--workers", "2", "--port", str(port)],
+                 cwd=tmp_path, env=env) as gw:
+        gw.wait_for_health(port)
 
         async def one_call(index: int) -> None:
             call_sid = f"CA{index:032x}"
@@ -168,24 +132,18 @@ async def test_every_workers_metrics_from_the_one_metrics_port(tmp_path) -> None
                 await asyncio.sleep(0.1)
         # Whichever worker held a call, the one port counts it.
         assert metric_total(text, "gateway_calls_total") == 4, text
-    finally:
-        log = stop(proc)
-    assert proc.returncode == 0, log
-    assert log.count(f"127.0.0.1:{metrics_port}/metrics") == 1, log  # the parent's listener, no worker's
+        assert gw.output().count(f"127.0.0.1:{metrics_port}/metrics") == 1, gw.output()  # the parent's, no worker's
 
 
 async def test_a_metrics_port_in_use_stops_the_start_with_a_clear_error(tmp_path) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         metrics_port = taken.getsockname()[1]
         env = {**_clean_env(), "STORE_URL": "memory://", "METRICS_PORT": str(metrics_port)}
         for workers in ("1", "2"):
-            done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--workers", workers, "--port",
-                                   str(free_port())], env=env, capture_output=True, text=True, timeout=60,
-                                  cwd=tmp_path)
+            done = run_once([sys.executable, "-m", "gateway.cli", "serve", "--workers", workers, "--port",
+                             str(free_port())], cwd=tmp_path, env=env)
             assert done.returncode != 0
             assert f"METRICS_PORT {metrics_port} on METRICS_HOST 127.0.0.1 cannot be listened on" in done.stderr, \
                 done.stderr[-2000:]
