@@ -65,7 +65,8 @@ def text(description: str) -> Answer:
 
 AUTH_ANSWERS = {
     401: error("Missing or invalid bearer API key (`unauthorized`)."),
-    429: error("Too many failed authentications from this address (`too_many_auth_failures`).",
+    429: error("An invalid key that failed too often from this address, alone or with other unknown keys "
+               "(`too_many_auth_failures`); a valid key is never throttled.",
                **{"Retry-After": "Seconds."}),
     503: error("The API is disabled: no API_KEYS configured (`outbound_disabled`)."),
 }
@@ -289,8 +290,8 @@ OPERATIONS: dict[tuple[str, str], Union[Operation, dict[str, Any]]] = {
             413: error(f"Body over {MAX_BODY_BYTES} bytes (`body_too_large`)."),
             415: error("Content-Type is not application/json (`unsupported_media_type`)."),
             422: error("A field is missing or invalid (`missing_field`, `invalid_field`, with `field`)."),
-            429: error("Per-key rate limit (`rate_limited`), too many failed authentications from this address "
-                       "(`too_many_auth_failures`), or the day's budget is spent (`daily_budget_reached`).",
+            429: error("Per-key rate limit (`rate_limited`), an invalid key that failed too often from this "
+                       "address (`too_many_auth_failures`), or the day's budget is spent (`daily_budget_reached`).",
                        **{"Retry-After": "Seconds."}),
             502: error("Twilio refused or could not be reached (`twilio_error` with `twilio_code`, "
                        "`twilio_unreachable`)."),
