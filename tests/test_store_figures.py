@@ -50,7 +50,7 @@ def test_nearest_rank():
     assert nearest_rank(list(range(1, 101)), 95) == 95 and nearest_rank(list(range(1, 21)), 95) == 19
 
 
-async def test_every_backend_computes_the_same_overview_and_sorted_pages(make_store):
+async def test_every_backend_computes_the_same_overview_and_sorted_pages(make_store):  # noqa: F811
     records = random_records(17)
     store = make_store()
     for record in records:
