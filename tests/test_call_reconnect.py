@@ -6,15 +6,27 @@ scripted model service."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Callable
 
 import pytest
 
-from gateway.call import Call, CallConfig, ConnectModel, EndCall, ModelSessionLost, Peer, Send, WakeAt
+from gateway.call import (
+    Call,
+    CallConfig,
+    ConnectModel,
+    EndCall,
+    ModelSessionLost,
+    Peer,
+    Send,
+    WakeAt,
+)
 from gateway.call.limits import (
-    COMFORT_NOISE_AFTER_MS, MAX_MODEL_LOSSES_PER_MINUTE, MODEL_DOWN_LIMIT_MS, MODEL_OPEN_TIMEOUT_MS,
+    COMFORT_NOISE_AFTER_MS,
+    MAX_MODEL_LOSSES_PER_MINUTE,
+    MODEL_DOWN_LIMIT_MS,
+    MODEL_OPEN_TIMEOUT_MS,
 )
 from gateway.media_stream.model_socket import MAX_RETRY_AFTER_S, parse_retry_after
 from gateway.realtime import events as rt

@@ -22,7 +22,10 @@ from __future__ import annotations
 from collections import deque
 
 from gateway.call.limits import (
-    MAX_MODEL_LOSSES_PER_MINUTE, MODEL_DOWN_LIMIT_MS, MODEL_HEALTHY_SESSION_MS, MODEL_OPEN_TIMEOUT_MS,
+    MAX_MODEL_LOSSES_PER_MINUTE,
+    MODEL_DOWN_LIMIT_MS,
+    MODEL_HEALTHY_SESSION_MS,
+    MODEL_OPEN_TIMEOUT_MS,
     MODEL_RECONNECT_BACKOFF_MS,
 )
 

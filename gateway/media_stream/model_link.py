@@ -128,8 +128,14 @@ class ModelLinks:
     def _woken(self) -> None:
         self._wake_timer = None
         if not self._done.is_set():
-            self._arrived = 0.0
-            in_call_context(self._log_context, self._dispatch, self.call.tick(_now_ms()))
+            in_call_context(self._log_context, self._tick_core, None)
+
+    def _tick_core(self, _: None) -> None:
+        self._arrived = 0.0
+        try:
+            self._dispatch(self.call.tick(_now_ms()))
+        except Exception:  # a timer callback: never into the event loop's handler; the clock's next tick goes on
+            log.exception("the call's clock check failed call_sid=%s", self.call.call_sid or "-")
 
     async def _model_loop(self) -> None:
         """Hold a model session for the whole call: open one when the core asks (:class:`ConnectModel`), tell it
@@ -173,9 +179,9 @@ class ModelLinks:
         (whether it connected, why it ended, the refusal's Retry-After in seconds)."""
         link, self._handover = self._handover, None
         fresh = link is None
+        timeout_ms = request.timeout_ms if request is not None else MODEL_OPEN_TIMEOUT_MS
         try:
             if link is None:
-                timeout_ms = request.timeout_ms if request is not None else MODEL_OPEN_TIMEOUT_MS
                 link = await self._open_model_link(timeout_ms / 1000.0)
             self._model_link = link
             if fresh:
@@ -188,7 +194,7 @@ class ModelLinks:
             log.error("model connection refused call_sid=%s: %s", self.call.call_sid or "-", refused)
             return False, str(refused), refused.retry_after_s
         except (OSError, WebSocketException, TimeoutError) as error:
-            reason = f"{type(error).__name__}: {error}"
+            reason = f"{type(error).__name__}: {str(error) or f'no answer within {timeout_ms / 1000:g} s'}"
             log.error("model connection failed call_sid=%s: %s", self.call.call_sid or "-", reason)
             return link is not None, reason, None
         except Exception as error:

@@ -26,7 +26,7 @@ import os
 import ssl
 import struct
 import time
-from datetime import timezone
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Callable
 
@@ -91,7 +91,7 @@ def parse_retry_after(value: str | None, now_s: float | None = None) -> float | 
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # a date with no zone (asctime form, "-0000"): HTTP dates are always GMT
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     now = time.time() if now_s is None else now_s
     return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_S)
 
