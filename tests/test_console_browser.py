@@ -357,6 +357,13 @@ async def test_the_overview_charts_and_a_calls_timeline_linked_to_its_player(tmp
             await until(lambda: float(playhead.get_attribute("x1")) > first_x + 5, timeout_s=10,
                         what="the playhead to move with the playback")
             await browser(driver.execute_script, "arguments[0].pause()", audio)
+            # A turn's time in the transcript seeks too (the second turn began at 2.6 s).
+            when = await browser(driver.find_element, By.CSS_SELECTOR, 'li.turn[data-turn="1"] .when')
+            await browser(driver.execute_script, "arguments[0].scrollIntoView({block: 'center'})", when)
+            await browser(when.click)
+            at = await until(lambda: 2.5 < driver.execute_script("return arguments[0].currentTime", audio) < 3.5,
+                             what="the player to seek to the turn")
+            await browser(driver.execute_script, "arguments[0].pause(); window.scrollTo(0, 0)", audio)
             await _screenshot(driver, None, tmp_path / "call-page.png")
             await _screenshot(driver, svg, tmp_path / "call-timeline.png")
             problems = [entry for entry in await browser(driver.get_log, "browser") if entry["level"] == "SEVERE"]

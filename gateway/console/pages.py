@@ -188,13 +188,14 @@ def _transcript(record: CallRecord) -> str:
     items = []
     for index, turn in enumerate(record.turns):
         when = "" if turn.t_ms is None else f"{turn.t_ms / 1000:.1f} s"
+        seek = "" if turn.t_ms is None else f' data-seek="{turn.t_ms / 1000:.3f}"'  # the script plays from there
         badges = []
         if turn.latency_ms is not None:
             badges.append(f'<span class="badge latency">{turn.latency_ms} ms</span>')
         if turn.barged_in:
             badges.append('<span class="badge barge">barged in</span>')
         items.append(
-            f'<li class="turn" data-turn="{index}"><span class="when">{escape(when)}</span> {"".join(badges)}'
+            f'<li class="turn" data-turn="{index}"><span class="when"{seek}>{escape(when)}</span> {"".join(badges)}'
             f'{_line("caller", "Caller", turn.caller_transcript)}{_line("agent", "Agent", turn.agent_transcript)}</li>')
     more = (f"<p>{record.turns_not_recorded} more turn(s) were not recorded (a very long call).</p>"
             if record.turns_not_recorded else "")

@@ -296,6 +296,18 @@
       audio.play().catch(function () { /* autoplay refused: the position is set all the same */ });
     }
   });
+  // A turn's time in the transcript plays the recording from there too.
+  for (const node of document.querySelectorAll("#transcript .when[data-seek]")) {
+    node.classList.add("seek");
+    node.title = "Play from here";
+    node.addEventListener("click", function () {
+      audio.currentTime = Number(node.dataset.seek);
+      place();
+      if (audio.paused) {
+        audio.play().catch(function () { /* autoplay refused: the position is set all the same */ });
+      }
+    });
+  }
   audio.addEventListener("timeupdate", place);
   audio.addEventListener("seeked", place);
   audio.addEventListener("play", function () {
