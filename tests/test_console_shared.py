@@ -17,7 +17,6 @@ import time
 from typing import Any, AsyncIterator
 
 import httpx
-import pytest
 
 from gateway.api.auth import key_id
 from gateway.fuzz import _clean_env

@@ -25,7 +25,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from gateway.call import (
     AgentAudioStarted, BargeIn, CallEvent, CallStarted, CallTimeLimitReached, ModelRolledOver, ModelSessionLost,
@@ -260,7 +260,7 @@ class LiveHub:
             return []
 
     def subscribe(self, key_id: str, operator: bool, session: str,
-                  remote: list[tuple[dict[str, Any], str | None]] = ()) -> Subscriber | None:
+                  remote: Sequence[tuple[dict[str, Any], str | None]] = ()) -> Subscriber | None:
         """A new stream, its queue primed with the calls it may see, this instance's and the ``remote`` ones
         (:meth:`remote_calls`) (None: too many streams already)."""
         if len(self.subscribers) >= self.max_subscribers:

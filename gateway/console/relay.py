@@ -126,7 +126,7 @@ class LiveRelay:
         for call_sid in others:
             picture = pictures.get(call_sid, {})
             call = picture.get("call") or {}
-            summary = {"call_sid": call_sid, "direction": "", "from": "", "to": "", "started_at": None,
+            summary: dict[str, Any] = {"call_sid": call_sid, "direction": "", "from": "", "to": "", "started_at": None,
                        "cost_usd": 0.0, "turns": 0, "barge_ins": 0, "latency_ms": None}
             summary.update({k: v for k, v in call.items() if k in summary and k != "call_sid"})
             summary["lines"] = [line for line in picture.get("lines", []) if isinstance(line, dict)]
@@ -145,7 +145,7 @@ class LiveRelay:
                 log.warning("console: the live relay cannot read (%s); retrying", error)
                 await asyncio.sleep(READ_WAIT_S)
                 continue
-            except Exception:  # noqa: BLE001 - never let the reader die with streams open
+            except Exception:  # never let the reader die with streams open
                 log.exception("console: the live relay's reader failed; retrying")
                 await asyncio.sleep(READ_WAIT_S)
                 continue
