@@ -366,6 +366,7 @@ async def test_the_overview_charts_and_a_calls_timeline_linked_to_its_player(tmp
             await browser(driver.execute_script, "arguments[0].pause(); window.scrollTo(0, 0)", audio)
             await _screenshot(driver, None, tmp_path / "call-page.png")
             await _screenshot(driver, svg, tmp_path / "call-timeline.png")
+            await _screenshot(driver, await browser(driver.find_element, By.ID, "tools"), tmp_path / "call-tools.png")
             problems = [entry for entry in await browser(driver.get_log, "browser") if entry["level"] == "SEVERE"]
             assert problems == []
         finally:
