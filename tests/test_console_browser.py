@@ -306,8 +306,8 @@ async def test_the_overview_charts_and_a_calls_timeline_linked_to_its_player(tmp
                 assert box > 0, chart  # drawn, not just present
             assert len(await browser(lambda: driver.find_elements(By.CSS_SELECTOR, "#chart-latency circle.point"))) >= 8
             await _screenshot(driver, None, tmp_path / "overview.png")
-            await _screenshot(driver, await browser(driver.find_element, By.ID, "chart-calls-day"),
-                              tmp_path / "overview-calls-per-day.png")
+            for chart in ("chart-calls-day", "chart-latency", "chart-spend"):
+                await _screenshot(driver, await browser(driver.find_element, By.ID, chart), tmp_path / f"{chart}.png")
 
             # Local times: New York's, with the UTC text as the tooltip.
             stamp = await browser(driver.find_element, By.CSS_SELECTOR, "time[datetime]")
