@@ -75,15 +75,17 @@ GIVE_UP_S = 10.0  # README "Model sessions": no session for 10 s from the start 
 GIVE_UP_TOLERANCE_S = 0.6  # the phone's start and the gateway's close each cross a local socket and an event loop
 
 
-def longest_silence_ms(report, until_ms: float) -> float:
-    """The longest stretch in which nothing played at the caller (Twilio's queue was empty), from the stream's start
-    to ``until_ms``: measured on the caller's side, from the phone's playback runs (comfort noise counts as sound)."""
-    gaps, sounding_until = [], 0.0
+def longest_silence_ms(report, until_ms: float, since_ms: float = 0.0) -> float:
+    """The longest stretch in which nothing played at the caller (Twilio's queue was empty), from ``since_ms`` (the
+    stream's start) to ``until_ms``: measured on the caller's side, from the phone's playback runs (comfort noise
+    counts as sound)."""
+    gaps, sounding_until = [], since_ms
     for run in report.runs:
-        if run.start_ms >= until_ms:
-            break
+        end = until_ms if run.end_ms is None else run.end_ms
+        if run.start_ms >= until_ms or end <= since_ms:
+            continue
         gaps.append(run.start_ms - sounding_until)
-        sounding_until = until_ms if run.end_ms is None else run.end_ms
+        sounding_until = end
     gaps.append(until_ms - sounding_until)
     return max(gaps)
 
@@ -133,6 +135,29 @@ async def test_a_model_refusing_every_connect_is_given_up_at_10_s_with_the_line_
         assert len(attempts) == 1, attempts  # Retry-After past the give-up: no attempt before it, give up at 10 s
     else:
         assert len(attempts) >= 5, attempts  # retried on the backoff until the give-up
+
+
+async def test_a_session_lost_mid_call_with_every_reconnect_refused_is_given_up_10_s_after_the_loss() -> None:
+    async with start_gateway() as gw:
+        server = gw.local_server
+        server.faults = Faults(drop_after_s=3.0)  # the first session is cut 3 s in ...
+
+        async def refuse_once_open() -> None:
+            while not server.sessions:
+                await asyncio.sleep(0.01)
+            server.faults = Faults(refuse_for_s=60, refuse_status=503)  # ... and no other is let in
+
+        refuser = asyncio.create_task(refuse_once_open())
+        started_ms = time.monotonic() * 1000
+        report = await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=30_000)],
+                                timeout_s=40, hangup_after_ms=30_000)
+        await refuser
+        lost_ms = server.sessions[0].closed_at_ms
+    assert report.ended_by == "gateway_closed"
+    closed_ms = started_ms + report.duration_ms  # the phone's start, on the same monotonic clock
+    print(f"given up {(closed_ms - lost_ms) / 1000:.3f} s after the loss")
+    assert abs((closed_ms - lost_ms) / 1000 - GIVE_UP_S) < GIVE_UP_TOLERANCE_S, (closed_ms - lost_ms)
+    assert longest_silence_ms(report, report.duration_ms, since_ms=lost_ms - started_ms) < 1000, report.runs
 
 
 async def test_no_model_at_all_ends_the_call_within_a_bound_with_the_spoken_message() -> None:
