@@ -42,12 +42,16 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         """From now on, text messages go to ``receiver`` (None: back to the queue)."""
         self._receiver = receiver
 
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # The socket came through the h11 protocol's per-address count (gateway.connection_caps); it leaves it when
+        # it closes, which only this protocol sees once upgraded.
+        self._addresses = getattr(server_state, "gateway_addresses", None)
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        # The socket came through the h11 protocol's per-address count (gateway.connection_caps): it leaves it now.
-        table = getattr(self.server_state, "gateway_addresses", None)
-        if table is not None:
-            table.release(self.transport)
+        if self._addresses is not None:
+            self._addresses.release(self.transport)
 
     def send_receive_event_to_app(self) -> None:
         receiver = self._receiver

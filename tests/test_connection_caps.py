@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import httpx
 import pytest
+import websockets
 from twilio.request_validator import RequestValidator
 
 from gateway.config import ConfigError, Settings
@@ -246,3 +247,32 @@ def test_the_address_table_counts_per_address_ipv6_per_64_and_exempts_trusted_pr
     assert table.admit(object(), "::ffff:10.1.2.3", open_now=5)  # the same proxy on a dual-stack socket
     assert not table.admit(object(), "10.1.2.3", open_now=21)
     assert table.refused.totals == {"per_address_unfinished_heads": 1, "max_connections": 1}
+
+
+async def test_a_websocket_keeps_its_place_in_its_address_count_until_it_closes(caplog) -> None:
+    from websockets.asyncio.client import connect
+
+    caplog.set_level(logging.WARNING)
+    async with start_gateway(max_connections=10, http_header_timeout_s=60.0) as gw:
+        per_address, _ = address_caps(gw.state.settings)
+
+        def stream():
+            return connect(gw.ws_url, compression=None, ping_interval=None, local_addr=(ATTACKER, 0), open_timeout=5)
+
+        streams = [await stream().__aenter__() for _ in range(per_address)]  # upgraded: no longer unfinished heads
+        reader, writer = await open_from(ATTACKER, gw.http_url, UNFINISHED_HEAD)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the address's share is held by its WebSockets
+        writer.close()
+        for ws in streams:
+            await ws.close()
+
+        async def room_again() -> bool:
+            try:
+                async with stream():
+                    return True
+            except (OSError, websockets.exceptions.WebSocketException):
+                return False
+
+        await poll(room_again, "closed WebSockets still count against their address")
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert not errors, errors
