@@ -47,7 +47,7 @@ from gateway.security import (
 )
 from gateway.api.control import serve_control
 from gateway import metrics_listener
-from gateway.connection_caps import ClientRequestCap
+from gateway.connection_caps import ClientRequestCap, startup_warning as connection_caps_warning
 from gateway.observe import metrics
 from gateway.observe.budget import REACHED, UNAVAILABLE, DailyBudget
 from gateway.observe.cost import load_price_table, prices_for
@@ -376,9 +376,9 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
         for warning in insecure_warnings(settings):
             log.warning("%s (repeated in /healthz)", warning)
         configure_tracing_once()
-        notice = metrics_listener.startup_notice(settings)
-        if notice:
-            log.warning("%s", notice)
+        for notice in (metrics_listener.startup_notice(settings), connection_caps_warning(settings)):
+            if notice:
+                log.warning("%s", notice)
         app.state.gateway = GatewayState(resolved, observer, local_server, open_store(settings.store_url))
         # RECORD_RETENTION_DAYS: old call records and recordings pruned now (a PostgreSQL store migrates its schema
         # on this first use), then every hour.

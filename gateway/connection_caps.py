@@ -55,6 +55,17 @@ def address_caps(settings: Settings) -> tuple[int, int]:
     return connections, heads
 
 
+def startup_warning(settings: Settings) -> str | None:
+    """What to say at start when one address's share cannot hold MAX_CALLS streams: Twilio may stream many calls
+    from one of its addresses (behind a trusted proxy the cap applies to that address per request all the same)."""
+    per_address, _ = address_caps(settings)
+    if per_address >= settings.max_calls:
+        return None
+    return (f"one address may hold {per_address} connections (MAX_CONNECTIONS_PER_ADDRESS, at most half of "
+            f"MAX_CONNECTIONS={settings.max_connections}), fewer than MAX_CALLS={settings.max_calls}: Twilio may "
+            "stream many calls from one of its addresses; raise MAX_CONNECTIONS (and MAX_CONNECTIONS_PER_ADDRESS)")
+
+
 class RefusedConnections(DropCounter):
     """Refused connections of one server: counted by reason (and in the metric), logged as summaries that name
     the addresses refused most. A summary is also due ``interval_s`` after a burst, not only at the next refusal."""

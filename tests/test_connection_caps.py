@@ -276,3 +276,14 @@ async def test_a_websocket_keeps_its_place_in_its_address_count_until_it_closes(
         await poll(room_again, "closed WebSockets still count against their address")
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert not errors, errors
+
+
+async def test_a_share_too_small_for_max_calls_is_said_at_start(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.app")
+    async with start_gateway(max_connections=40, max_calls=30):  # a share of 10 connections, 30 calls
+        pass
+    assert any("fewer than MAX_CALLS=30" in record.getMessage() for record in caplog.records)
+    caplog.clear()
+    async with start_gateway(max_calls=30):  # the default share (250) holds them
+        pass
+    assert not any("MAX_CALLS" in record.getMessage() for record in caplog.records)
