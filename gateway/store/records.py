@@ -215,7 +215,9 @@ class CallRecords:
             wait = max(0.0, min(next_replay, next_sweep) - self._clock())
             try:
                 # Something spooled wakes the replay early; while the store is failing it keeps to its backoff.
-                await asyncio.wait_for(self._spooled.wait(), wait)
+                # (asyncio.timeout, not wait_for: no task of its own while the app rests.)
+                async with asyncio.timeout(wait):
+                    await self._spooled.wait()
                 self._spooled.clear()
                 if ok:
                     next_replay = self._clock()
