@@ -493,7 +493,7 @@ async def test_garbage_from_the_model_is_dropped_and_a_valid_delta_still_plays(c
     assert received[0] == "session.update"
     assert logged(caplog, "events from the model", "frame is not JSON")
     assert logged(caplog, "events from the model", "frame is not an event object")
-    assert logged(caplog, "events from the model", "unknown event type 'response.made_up_event'")
+    assert logged(caplog, "events from the model", "unknown_event", "'response.made_up_event'")
     assert logged(caplog, "events from the model", "delta is not base64")
     reasons = {reason for r in caplog.records if "events from the model" in r.getMessage()
                for reason in re.findall(r"(?:: |, )([^,]+?) x\d+", r.getMessage())}

@@ -67,3 +67,21 @@ def test_drop_details_are_examples_in_the_log_and_never_reasons(caplog: pytest.L
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) <= 7 and all(len(line) < 400 for line in lines)
     assert "(e.g. 'name_1'" in lines[1]
+
+
+def test_a_models_unknown_or_malformed_events_are_fixed_reasons():
+    """The model's side too: an event type per frame, or a bad field in each known type, is one reason each."""
+    from gateway.realtime import events as rt
+
+    reasons: set[str] = set()
+    for n in range(100):
+        for frame in ({"type": f"made.up_{n}"}, {"type": "response.created", "response": {"id": n}},
+                      {"type": "input_audio_buffer.speech_started", "audio_start_ms": f"x{n}", "item_id": "i"}):
+            with pytest.raises(rt.ModelEventError) as raised:
+                rt.parse_model_event(json.dumps(frame))
+            reasons.add(raised.value.reason)
+            assert raised.value.detail.isascii() and len(raised.value.detail) <= 80
+    assert reasons == {"unknown_event", "malformed event"}
+    with pytest.raises(rt.ModelEventError) as raised:
+        rt.parse_model_event(json.dumps({"type": "evil\n\x1b[31m" + "x" * 200}))
+    assert "\n" not in raised.value.detail and "\x1b" not in raised.value.detail

@@ -270,7 +270,7 @@ class ModelLinks:
         try:
             event = rt.parse_model_event(data)
         except rt.ModelEventError as error:
-            self._model_drops.drop(str(error))
+            self._model_drops.drop(error.reason, detail=error.detail)  # a fixed reason: the model's text is no label
             return
         except Exception:  # a parser bug costs one event, never the call
             log.exception("dropped model event call_sid=%s: the parser failed", self.call.call_sid or "-")

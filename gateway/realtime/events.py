@@ -16,7 +16,17 @@ from gateway.audio import MODEL_RATE, AudioBytes, Base64Audio, audio_base64
 
 
 class ModelEventError(ValueError):
-    """A frame from the model that is not a valid Realtime server event."""
+    """A frame from the model that is not a valid Realtime server event.
+
+    ``reason`` is a fixed text chosen by the gateway (a metric label, a drop counter's key); ``detail`` is what the
+    model sent that explains it (an event type, a field), made safe with ``ascii()`` and truncated, for the
+    summarised drop log only: a model sending a new event type per frame must not grow the metrics' label values.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason} {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
 # ---- client events (gateway -> model) ---------------------------------------------------------
@@ -233,7 +243,7 @@ KNOWN_SERVER_EVENTS = frozenset(
 def _field(event: dict[str, Any], key: str, kind: type = str) -> Any:
     value = event.get(key)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ModelEventError(f"{event.get('type')}: {key} must be {kind.__name__}")
+        raise ModelEventError("malformed event", ascii(f"{str(event.get('type'))[:40]}: {key} must be {kind.__name__}"))
     return value
 
 
@@ -277,4 +287,4 @@ def parse_model_event(text: str | bytes) -> ModelEvent:
         return ModelError(str(error.get("code") or ""), str(error.get("message") or ""), str(error.get("type") or ""))
     if kind in KNOWN_SERVER_EVENTS:
         return OtherEvent(kind)
-    raise ModelEventError(f"unknown event type {kind[:60]!r}")
+    raise ModelEventError("unknown_event", ascii(kind[:40]))
