@@ -445,6 +445,12 @@ async def test_a_record_is_started_completed_or_marked_lost_the_same_on_every_ba
     assert (late.status, late.outcome, late.end_reason, late.holder) == ("completed", "completed", None, "host-a")
     assert await store.mark_lost("CA" + "f" * 32, "unknown") is None
 
+    # Open records are found page by page (a page is 200), behind any number of others.
+    for n in range(40, 245):
+        await store.start_call(replace(start, call_sid=sid(n), started_at=started + n, created_at=started + n))
+    assert [r.call_sid for r in await store.open_calls()] == [sid(n) for n in range(244, 39, -1)]
+    assert len(await store.open_calls(max_records=3)) == 3
+
     # An outbound call: placement's record gets the holder; Twilio's final status wins over lost, outcome stays.
     await store.create_call(CallRecord(call_sid=sid(32), to=TO, from_=FROM, api_key_id="key1", status="ringing"))
     begun = await store.start_call(replace(start, call_sid=sid(32), direction="outbound-api", to="", from_=""))

@@ -15,8 +15,10 @@ from typing import Any, Callable, Mapping, Protocol
 
 from gateway.store.model import (
     DEFAULT_SETTINGS_TTL_S, MAX_PAGE_SIZE, UPDATABLE, CallPage, CallQuery, CallRecord, OutboundCallSettings,
-    apply_status, as_final_record, claim_action, merge_final, merge_lost, merge_start, settings_expiry,
+    apply_status, as_final_record, claim_action, decode_cursor, merge_final, merge_lost, merge_start, settings_expiry,
 )
+
+MAX_OPEN_CALLS = 20_000  # open records one sweep looks at: every live call of a large fleet, and the lost ones
 
 Change = Callable[[CallRecord | None], CallRecord | None]
 
@@ -69,8 +71,9 @@ class CallStore(Protocol):
         """Mark an open record lost (:func:`merge_lost`); the new record, None if it was not open (or unknown)."""
         ...
 
-    async def open_calls(self, limit: int = MAX_PAGE_SIZE) -> list[CallRecord]:
-        """Up to ``limit`` open records (a holder, no end yet: live calls, or lost ones), newest first."""
+    async def open_calls(self, max_records: int = MAX_OPEN_CALLS) -> list[CallRecord]:
+        """The open records (a holder, no end yet: live calls, or lost ones), newest first, at most
+        ``max_records``."""
         ...
 
     async def list_calls(self, query: CallQuery | None = None, **filters: Any) -> CallPage:
@@ -169,9 +172,18 @@ class StoreBase:
         before, after = await self._modify(call_sid, lambda existing: merge_lost(existing, reason, time.time()))
         return after if after is not before else None
 
-    async def open_calls(self, limit: int = MAX_PAGE_SIZE) -> list[CallRecord]:
-        # The partial index calls_open (migration 3) serves it: a few rows, however many records the table holds.
-        return (await self.list_calls(CallQuery(open_only=True, limit=limit))).records
+    async def open_calls(self, max_records: int = MAX_OPEN_CALLS) -> list[CallRecord]:
+        # Page by page (the partial index calls_open, migration 3, serves each: a few rows, however many records the
+        # table holds), so that an old lost call is found behind any number of live ones.
+        found: list[CallRecord] = []
+        after = None
+        while len(found) < max_records:
+            page = await self.list_calls(CallQuery(open_only=True, after=after, limit=MAX_PAGE_SIZE))
+            found.extend(page.records)
+            if page.next_cursor is None:
+                break
+            after = decode_cursor(page.next_cursor)
+        return found[:max_records]
 
     async def list_calls(self, query: CallQuery | None = None, **filters: Any) -> CallPage:
         if query is None:
