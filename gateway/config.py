@@ -192,6 +192,9 @@ class Settings:
     tools_module: str = ""  # a Python module whose public functions become the agent's tools
     tool_timeout_s: float = 10.0
     model_reconnect: bool = True  # replace a model session that dies or expires, keeping the conversation
+    # Said once an outage (no model session) has lasted half a second, before the comfort noise: "" (none), a
+    # bundled sample's name ("one_moment"), or a WAV file's path (gateway.wavio.wait_prompt)
+    model_wait_prompt: str = ""
     model_session_limit_s: float = 3600.0  # the model's session limit (OpenAI's Realtime sessions last 60 minutes)
     model_rollover_margin_s: float = 300.0  # a new session is prepared this long before it, at a quiet point
     local_agent: str = "echo"  # the embedded server's agent: "echo" or "scripted:/path/to/script.toml"
@@ -366,6 +369,7 @@ class Settings:
             tool_timeout_s=_float(env, "TOOL_TIMEOUT_S", 10.0, 0.1, 600.0),
             local_agent=(env.get("LOCAL_AGENT") or "echo").strip(),
             model_reconnect=_bool(env, "MODEL_RECONNECT", True),
+            model_wait_prompt=_wait_prompt(env),
             model_session_limit_s=_float(env, "MODEL_SESSION_LIMIT_S", 3600.0, 0.0, 86400.0),
             model_rollover_margin_s=_float(env, "MODEL_ROLLOVER_MARGIN_S", 300.0, 0.0, 86400.0),
             public_url=public_url,
@@ -568,6 +572,18 @@ def _security_settings(env: Mapping[str, str]) -> dict[str, Any]:
         drain_timeout_s=_int(env, "DRAIN_TIMEOUT_S", 3600, 0, 86400),
         fallback_message=_fallback_message(env),
     )
+
+
+def _wait_prompt(env: Mapping[str, str]) -> str:
+    from gateway.wavio import wait_prompt
+
+    spec = env.get("MODEL_WAIT_PROMPT", "").strip()
+    try:
+        wait_prompt(spec)  # read and checked now: a bad file fails the start, not a call
+    except ValueError as error:
+        raise ConfigError(f"MODEL_WAIT_PROMPT: {error} (a bundled sample such as one_moment, a WAV file of at most "
+                          "5 s, or none)") from None
+    return spec
 
 
 def _fallback_message(env: Mapping[str, str]) -> str:

@@ -12,6 +12,7 @@ streaming path uses :mod:`gateway.audio`'s resamplers instead.
 
 from __future__ import annotations
 
+import functools
 import struct
 import warnings
 from dataclasses import dataclass
@@ -218,3 +219,31 @@ def load_sample(name: str) -> bytes:
     if not resource.is_file():
         raise FileNotFoundError(f"no bundled sample {name!r}; have {sample_names()}")
     return to_mulaw_8k(resource.read_bytes())
+
+
+MAX_WAIT_PROMPT_S = 5.0
+WAIT_PROMPT_NONE = ("", "none")
+
+
+@functools.lru_cache(maxsize=8)
+def wait_prompt(spec: str) -> bytes:
+    """``MODEL_WAIT_PROMPT`` as phone audio (mu-law 8 kHz): the line a caller hears while there is no model session,
+    before the comfort noise. ``""`` or ``"none"``: none (b""); a bundled sample's name (``"one_moment"``: "One
+    moment, please."); else the path of a WAV file. Raises ``ValueError`` naming the problem (unreadable, not a WAV
+    file, longer than MAX_WAIT_PROMPT_S)."""
+    name = spec.strip()
+    if name.lower() in WAIT_PROMPT_NONE:
+        return b""
+    path = Path(name)
+    is_path = path.suffix.lower() == ".wav" or len(path.parts) > 1
+    try:
+        audio = to_mulaw_8k(path) if is_path else load_sample(name)
+    except FileNotFoundError as error:
+        raise ValueError(f"{name}: no such file" if is_path else str(error)) from None
+    except (OSError, WavError) as error:
+        raise ValueError(f"{name}: {error}") from None
+    if not audio:
+        raise ValueError(f"{name}: no audio")
+    if len(audio) > MAX_WAIT_PROMPT_S * PHONE_RATE:
+        raise ValueError(f"{name}: {len(audio) / PHONE_RATE:.1f} s long; at most {MAX_WAIT_PROMPT_S:g} s")
+    return audio

@@ -31,6 +31,7 @@ from gateway.call.limits import (
 from gateway.media_stream.model_socket import MAX_RETRY_AFTER_S, parse_retry_after
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
+from gateway.wavio import load_sample
 
 SID = "MZ" + "0" * 32
 NOISE_MS = 1000  # each comfort-noise message: 1 s of mu-law (8000 bytes)
@@ -53,7 +54,7 @@ class Run:
 
     attempts: list[float] = field(default_factory=list)  # when each ConnectModel was carried out
     timeouts: list[float] = field(default_factory=list)  # the timeout each was given
-    noise: list[float] = field(default_factory=list)  # when each second of comfort noise was sent
+    noise: list[tuple[float, float]] = field(default_factory=list)  # (when, ms) of each piece of audio sent to Twilio
     opened_ms: float | None = None
     ended_ms: float | None = None
     end_reason: str = ""
@@ -63,10 +64,10 @@ class Run:
         """(start, length) of every stretch with nothing playing, from the call's start to ``until_ms``, the noise
         played back to back from when it was sent (as Twilio plays what it is sent)."""
         gaps, play_end = [], 0.0
-        for sent in self.noise:
+        for sent, ms in self.noise:
             if sent > play_end:
                 gaps.append((play_end, sent - play_end))
-            play_end = max(play_end, sent) + NOISE_MS
+            play_end = max(play_end, sent) + ms
         if until_ms > play_end:
             gaps.append((play_end, until_ms - play_end))
         return gaps
@@ -105,8 +106,7 @@ def drive(answer: Answer, *, call: Call | None = None, until_ms: int = 20_000, c
             elif isinstance(output, ModelSessionLost):
                 run.lost_events += 1
             elif isinstance(output, Send) and output.to is Peer.TWILIO and output.message["event"] == "media":
-                assert len(base64.b64decode(output.message["media"]["payload"])) == NOISE_MS * 8
-                run.noise.append(now)
+                run.noise.append((now, len(base64.b64decode(output.message["media"]["payload"])) / 8))
 
     carry_out(call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0), 0)
     for now in range(1, until_ms + 1):
@@ -223,7 +223,8 @@ def test_retry_after_is_parsed_once_at_the_edge_in_both_forms():
 @pytest.mark.parametrize("phase", [0, 1, 371, 999])
 def test_comfort_noise_from_the_first_second_without_a_gap_until_the_give_up(phase):
     run = drive(refuse_all(503), clock_phase_ms=phase)
-    assert run.noise[0] == COMFORT_NOISE_AFTER_MS  # half a second of silence at most, whatever the clock's phase
+    assert run.noise[0] == (COMFORT_NOISE_AFTER_MS, NOISE_MS)  # half a second of silence, whatever the clock's phase
+    assert {ms for _, ms in run.noise} == {NOISE_MS}
     assert run.silences(run.ended_ms) == [(0.0, COMFORT_NOISE_AFTER_MS)]  # then no gap at all until the give-up
     assert len(run.noise) <= MODEL_DOWN_LIMIT_MS / NOISE_MS + 2  # never far ahead of its playback
 
@@ -287,3 +288,60 @@ def test_a_rollover_refused_with_retry_after_is_not_tried_again_before_it():
     call.rollover_failed(50_010, retry_after_ms=5_000)
     assert not [o for o in call.tick(54_000) if isinstance(o, PrepareRollover)]  # the 2 s retry would be due
     assert [o for o in call.tick(55_010) if isinstance(o, PrepareRollover)]
+
+
+# ---- MODEL_WAIT_PROMPT: a short spoken line before the noise ------------------------------------------------------
+
+
+def test_the_wait_prompt_is_said_once_an_outage_then_the_noise_follows_it_without_a_gap():
+    prompt = load_sample("one_moment")
+    prompt_ms = len(prompt) / 8
+    call = start_call(wait_prompt=prompt)
+    run = drive(refuse_all(503), call=call)
+    first = run.noise[0]
+    assert first == (COMFORT_NOISE_AFTER_MS, NOISE_MS)  # its first second, at half a second into the call
+    said = [ms for at, ms in run.noise if at == COMFORT_NOISE_AFTER_MS]
+    assert sum(said[:2]) == prompt_ms  # all of it, in pieces of at most a second, then the noise
+    assert run.silences(run.ended_ms) == [(0.0, COMFORT_NOISE_AFTER_MS)] and run.ended_ms == MODEL_DOWN_LIMIT_MS
+    assert sum(ms for _, ms in run.noise) - prompt_ms == NOISE_MS * (len(run.noise) - 2)  # said once, not again
+
+
+def test_the_wait_prompt_is_said_again_in_a_later_outage_only():
+    call = start_call(wait_prompt=load_sample("one_moment"))
+    call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
+    call.model_connected(20)
+    call.model_lost("code 1006", 30_000)
+    first = sends(call.tick(30_500))
+    assert len(first) == 3  # the line (two pieces) and a second of noise
+    assert len(sends(call.tick(31_500))) == 1  # the same outage: noise only
+    call.model_connected(32_000)
+    call.model_lost("code 1006", 60_000)
+    assert len(sends(call.tick(60_500))) >= 2  # a new outage: the line again
+
+
+@pytest.mark.parametrize("value, problem", [("nope", "no bundled sample 'nope'"), ("/nonexistent/x.wav", "no such file"),
+                                            ("README.md", "no bundled sample"), (__file__, "not a RIFF/WAVE file")])
+def test_a_bad_model_wait_prompt_fails_the_start_with_a_clear_error(value, problem):
+    from gateway.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="MODEL_WAIT_PROMPT") as error:
+        Settings.from_env({"MODEL_WAIT_PROMPT": value})
+    assert problem in str(error.value)
+
+
+def test_model_wait_prompt_values(tmp_path):
+    from gateway.config import Settings
+    from gateway.media_stream import call_config
+    from gateway.wavio import write_mulaw_wav
+
+    assert call_config(Settings.from_env({})).wait_prompt == b""  # the default: comfort noise only
+    assert call_config(Settings.from_env({"MODEL_WAIT_PROMPT": "one_moment"})).wait_prompt == load_sample("one_moment")
+    own = tmp_path / "hold.wav"
+    write_mulaw_wav(own, b"\x10" * 8000)
+    assert call_config(Settings.from_env({"MODEL_WAIT_PROMPT": str(own)})).wait_prompt == b"\x10" * 8000
+    too_long = tmp_path / "long.wav"
+    write_mulaw_wav(too_long, b"\x10" * 8000 * 6)
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match="6.0 s long; at most 5 s"):
+        Settings.from_env({"MODEL_WAIT_PROMPT": str(too_long)})

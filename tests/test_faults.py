@@ -137,6 +137,18 @@ async def test_a_model_refusing_every_connect_is_given_up_at_10_s_with_the_line_
         assert len(attempts) >= 5, attempts  # retried on the backoff until the give-up
 
 
+async def test_with_a_wait_prompt_the_caller_hears_it_in_the_first_second_then_noise_until_the_give_up() -> None:
+    async with start_gateway(model_wait_prompt="one_moment") as gw:
+        gw.local_server.faults = Faults(refuse_for_s=60, refuse_status=503)
+        report = await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=30_000)],
+                                timeout_s=40, hangup_after_ms=30_000)
+    assert report.ended_by == "gateway_closed"
+    assert abs(report.duration_ms / 1000 - GIVE_UP_S) < GIVE_UP_TOLERANCE_S, report.duration_ms
+    heard_ms = first_heard_ms(report)
+    assert heard_ms < 1000, heard_ms  # "One moment, please.", from the first second
+    assert longest_silence_ms(report, report.duration_ms) < 1000, report.runs
+
+
 async def test_a_session_lost_mid_call_with_every_reconnect_refused_is_given_up_10_s_after_the_loss() -> None:
     async with start_gateway() as gw:
         server = gw.local_server

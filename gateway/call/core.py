@@ -58,6 +58,7 @@ class CallConfig:
     # at the cost of up to this much more delay before the model hears the caller.
     caller_audio_batch_ms: int = 0
     model_reconnect: bool = True  # MODEL_RECONNECT: a model session lost (or refused) is replaced; off, the call ends
+    wait_prompt: bytes = b""  # MODEL_WAIT_PROMPT as mu-law 8 kHz: said at an outage's start, before the comfort noise
 
 
 @dataclass(slots=True)
@@ -111,6 +112,7 @@ class Call(ModelSessions, CallControl):
         self._reconnects = Reconnects(enabled=config.model_reconnect)
         self._wake_pending_ms: float | None = None
         self._noise_until_ms = 0.0
+        self._prompted_outage: float | None = None  # the outage (its start) the wait prompt was said in
         self._session_started_ms: float | None = None  # when the current model session was connected
         self._rollover_pending = False  # a next session is being prepared by the shell
         self._rollover_not_before_ms = 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.audio import join_audio
+from gateway.audio import MULAW_BYTES_PER_MS, join_audio
 from gateway.call.limits import (
     COMFORT_NOISE, COMFORT_NOISE_AFTER_MS, COMFORT_NOISE_LEAD_MS, COMFORT_NOISE_MS, MAX_QUEUED_TOOLS,
     RESUME_INSTRUCTIONS, ROLLOVER_RETRY_MS,
@@ -198,7 +198,8 @@ class ModelSessions:
         return [WakeAt(at_ms)]
 
     def _comfort_noise(self, now_ms: float) -> tuple[list[Output], float]:
-        """Noise while there is no model session, from COMFORT_NOISE_AFTER_MS into the outage, kept at least
+        """Noise while there is no model session, from COMFORT_NOISE_AFTER_MS into the outage (after the wait prompt,
+        when one is set), kept at least
         COMFORT_NOISE_LEAD_MS ahead of its playback so that it never runs dry between two clock checks; and when
         it is next needed. Nothing while agent audio of a lost session still plays (the line is not silent)."""
         down = self._reconnects.down_since
@@ -211,6 +212,13 @@ class ModelSessions:
         # The noise plays back to back from when the first piece was sent: it ends at _noise_until_ms.
         until = max(self._noise_until_ms, now_ms)
         out: list[Output] = []
+        prompt = self.config.wait_prompt
+        if prompt and self._prompted_outage != down:  # MODEL_WAIT_PROMPT: once an outage, ahead of its noise
+            self._prompted_outage = down
+            piece = COMFORT_NOISE_MS * MULAW_BYTES_PER_MS
+            out.extend(Send(Peer.TWILIO, tw.media_message(self.stream_sid, prompt[at : at + piece]))
+                       for at in range(0, len(prompt), piece))
+            until += len(prompt) / MULAW_BYTES_PER_MS
         while until - now_ms <= COMFORT_NOISE_LEAD_MS:
             out.append(Send(Peer.TWILIO, tw.media_message(self.stream_sid, COMFORT_NOISE)))
             until += COMFORT_NOISE_MS

@@ -10,6 +10,7 @@ from gateway.call import END_CALL, TRANSFER_CALL, Call, CallConfig, CallEvent
 from gateway.config import Settings
 from gateway.realtime import events as rt
 from gateway.tools import ToolRegistry
+from gateway.wavio import wait_prompt
 
 POLICY_VIOLATION = 1008  # the close code for a stream refused or ended for what it did (Twilio's side)
 CallObserver = Callable[[Call, CallEvent], None]
@@ -77,4 +78,5 @@ def call_config(settings: Settings, registry: ToolRegistry | None = None) -> Cal
         vad_silence_ms=settings.vad_silence_duration_ms if settings.turn_detection == "server_vad" else 0,
         caller_audio_batch_ms=settings.caller_audio_batch_ms,
         model_reconnect=settings.model_reconnect,
+        wait_prompt=wait_prompt(settings.model_wait_prompt),
     )

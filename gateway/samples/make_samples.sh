@@ -32,3 +32,4 @@ make caller_hello    "$CALLER_VOICE" "Hi, I would like to check the status of my
 make caller_question "$CALLER_VOICE" "Can you tell me when it will arrive?"
 make caller_bargein  "$CALLER_VOICE" "Wait, sorry, stop, I have another question."
 make caller_goodbye  "$CALLER_VOICE" "Thank you, goodbye."
+make one_moment      "$AGENT_VOICE"  "One moment, please."
