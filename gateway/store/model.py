@@ -5,7 +5,9 @@
 * :class:`CallRecord`: one call, inbound or outbound. Twilio's status callbacks move its ``status`` forward only
   (:func:`next_status`); the live call writes the rest at its end (:func:`merge_final`): SIDs, start and end, the
   outcome and who ended it, the turns (:class:`Turn`), the tool runs (:class:`ToolRun`), the model sessions'
-  reconnects and rollovers (:class:`SessionChange`), token usage and cost.
+  reconnects and rollovers (:class:`SessionChange`), token usage and cost. Its start (:func:`merge_start`: in
+  progress, the instance holding the call) and, when that instance died, the lost mark (:func:`merge_lost`) are
+  merges too: each is idempotent, and none undoes a later state.
 * :class:`CallQuery`: the filters and the page of ``GET /calls``, with the opaque cursor (:func:`encode_cursor`).
   SQL backends turn it into a WHERE clause (:meth:`CallQuery.where`), the memory backend into a predicate
   (:meth:`CallQuery.matches`): one definition of what a filter means.
@@ -164,7 +166,8 @@ STRUCTURED: dict[str, type | None] = {
 @dataclass(frozen=True, slots=True)
 class CallRecord:
     """One call as the gateway knows it: from placement and Twilio's status callbacks (outbound), and from the
-    live call, which writes the whole final record at its end (:meth:`CallStore.finish_call`)."""
+    live call, which writes what it knows at its start (:meth:`CallStore.start_call`, naming its ``holder``) and
+    the whole final record at its end (:meth:`CallStore.finish_call`), or the sweep that marks it lost."""
 
     call_sid: str
     to: str
