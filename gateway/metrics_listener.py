@@ -26,8 +26,8 @@ import contextlib
 import logging
 import socket
 import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from typing import AsyncIterator, Iterator
 
 import uvicorn
 from starlette.applications import Starlette
@@ -125,7 +125,7 @@ class MetricsThread:
     def _run(self) -> None:
         asyncio.run(self.server.serve(sockets=[self.sock]))
 
-    def start(self) -> "MetricsThread":
+    def start(self) -> MetricsThread:
         self._thread.start()
         log.info("GET /metrics of every worker on http://%s:%d/metrics (METRICS_PORT)",
                  self.settings.metrics_host, self.settings.metrics_port)

@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 import sys
+import time
 from types import FrameType
 from typing import Any, AsyncIterator, Callable
 

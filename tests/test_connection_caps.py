@@ -36,7 +36,7 @@ BODY_PENDING = (b"POST /incoming-call HTTP/1.1\r\nHost: x\r\nContent-Type: appli
 
 def refused_total(text: str) -> dict[str, float]:
     return {match[1]: float(match[2]) for match in
-            re.finditer(r'^gateway_refused_connections_total\{reason="([a-z_]+)"\} ([0-9.e+]+)$', text, re.M)}
+            re.finditer(r'^gateway_refused_connections_total\{reason="([a-z_]+)"\} ([0-9.e+]+)$', text, re.MULTILINE)}
 
 
 async def scrape(base: str) -> dict[str, float]:
@@ -184,7 +184,7 @@ async def test_refusals_are_summarised_with_the_addresses_refused_most(caplog) -
 
 async def test_a_trusted_proxy_is_not_capped_as_one_client_its_clients_are_per_request() -> None:
     async with start_gateway(max_connections=10, trusted_proxy_ips=(ATTACKER,), http_header_timeout_s=60.0) as gw:
-        per_address, heads = address_caps(gw.state.settings)
+        per_address, _ = address_caps(gw.state.settings)
         # The proxy (127.0.0.2 here) holds more unfinished heads and sockets than any one client may.
         proxy_sockets = [await open_from(ATTACKER, gw.http_url, UNFINISHED_HEAD) for _ in range(per_address + 2)]
         try:

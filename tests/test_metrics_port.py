@@ -24,26 +24,25 @@ from .test_operator_paths import run_once, serving
 from .test_workers import metric_total
 
 TOKEN = "twilio-auth-token-for-metrics-01"
-REAL_MODEL = dict(api_key="sk-test-not-a-real-key", twilio_auth_token=TOKEN, public_url="https://gw.example.test")
+REAL_MODEL = {"api_key": "sk-test-not-a-real-key", "twilio_auth_token": TOKEN, "public_url": "https://gw.example.test"}
 METRICS_KEY = "metrics-key-0123456789abcdef"
 
 
 async def test_with_a_real_model_and_neither_setting_metrics_are_not_on_the_public_port(caplog) -> None:
     caplog.set_level(logging.WARNING, logger="gateway.app")
-    async with start_gateway(**REAL_MODEL) as gw:
-        async with httpx.AsyncClient(base_url=gw.http_url) as http:
-            assert (await http.get("/metrics")).status_code == 404
-            assert (await http.get("/healthz")).status_code == 200
+    async with start_gateway(**REAL_MODEL) as gw, httpx.AsyncClient(base_url=gw.http_url) as http:
+        assert (await http.get("/metrics")).status_code == 404
+        assert (await http.get("/healthz")).status_code == 200
     notice = [record.getMessage() for record in caplog.records if "GET /metrics" in record.getMessage()]
     assert notice and "METRICS_PORT" in notice[0] and "METRICS_API_KEY" in notice[0], notice
 
 
 async def test_with_a_real_model_a_metrics_key_serves_them_on_the_public_port() -> None:
-    async with start_gateway(**REAL_MODEL, metrics_api_key=METRICS_KEY) as gw:
-        async with httpx.AsyncClient(base_url=gw.http_url) as http:
-            assert (await http.get("/metrics")).status_code == 401
-            response = await http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"})
-            assert response.status_code == 200 and "gateway_calls_active" in response.text
+    async with start_gateway(**REAL_MODEL, metrics_api_key=METRICS_KEY) as gw, \
+            httpx.AsyncClient(base_url=gw.http_url) as http:
+        assert (await http.get("/metrics")).status_code == 401
+        response = await http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"})
+        assert response.status_code == 200 and "gateway_calls_active" in response.text
 
 
 async def test_the_metrics_port_is_a_listener_of_its_own_on_metrics_host() -> None:
@@ -64,13 +63,13 @@ async def test_the_metrics_port_is_a_listener_of_its_own_on_metrics_host() -> No
 
 async def test_the_metrics_port_asks_for_the_key_when_one_is_set() -> None:
     port = free_port()
-    async with start_gateway(**REAL_MODEL, metrics_port=port, metrics_api_key=METRICS_KEY) as gw:
-        async with httpx.AsyncClient() as http:
-            assert (await http.get(gw.http_url + "/metrics")).status_code == 404
-            assert (await http.get(f"http://127.0.0.1:{port}/metrics")).status_code == 401
-            response = await http.get(f"http://127.0.0.1:{port}/metrics",
-                                      headers={"Authorization": f"Bearer {METRICS_KEY}"})
-            assert response.status_code == 200
+    async with start_gateway(**REAL_MODEL, metrics_port=port, metrics_api_key=METRICS_KEY) as gw, \
+            httpx.AsyncClient() as http:
+        assert (await http.get(gw.http_url + "/metrics")).status_code == 404
+        assert (await http.get(f"http://127.0.0.1:{port}/metrics")).status_code == 401
+        response = await http.get(f"http://127.0.0.1:{port}/metrics",
+                                  headers={"Authorization": f"Bearer {METRICS_KEY}"})
+        assert response.status_code == 200
 
 
 async def test_the_keyless_demo_keeps_metrics_on_the_public_port(gateway) -> None:

@@ -90,8 +90,9 @@ async def test_an_oversized_request_head_answers_413_before_it_is_parsed() -> No
 async def test_an_oversized_body_answers_413_on_every_route_that_reads_one() -> None:
     """Each route that reads a body refuses one past its limit with 413 and a short reason, declared
     (Content-Length) or streamed (chunked), without reading it."""
-    twilio = dict(twilio_account_sid="AC" + "0" * 32, twilio_auth_token="t" * 32, twilio_from_number="+14155550100",
-                  twilio_caller_ids=("+14155550100",), public_url="https://gw.example.com")
+    twilio = {"twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "t" * 32,
+              "twilio_from_number": "+14155550100", "twilio_caller_ids": ("+14155550100",),
+              "public_url": "https://gw.example.com"}
     async with start_gateway(api_keys=("k" * 24,), **twilio) as gw:
         auth = {"Authorization": "Bearer " + "k" * 24}
         json = {"Content-Type": "application/json"}
@@ -193,7 +194,7 @@ async def test_an_unread_body_cannot_hold_the_connection() -> None:
         assert closed
 
 
-def test_the_server_options_follow_the_settings() -> None:  # noqa: D103
+def test_the_server_options_follow_the_settings() -> None:
     settings = Settings.from_env({"MAX_CONNECTIONS": "250", "HTTP_HEADER_TIMEOUT_S": "4"})
     options = uvicorn_options(settings)
     assert options["limit_concurrency"] == 250 and options["http"].header_timeout_s == 4.0
