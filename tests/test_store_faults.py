@@ -235,6 +235,26 @@ async def test_a_call_made_while_the_store_is_down_is_spooled_and_lands_when_it_
             await gate.close()
 
 
+async def test_records_spooled_while_the_store_was_down_land_at_the_next_start(pg_schema, tmp_path):
+    """The gateway stopped before the store came back: the next start writes what waits in the spool."""
+    spool = tmp_path / "spool"
+    sid = call_sid()
+    async with start_gateway(store_url=pg_url(pg_schema, "gw_test_down", port=free_port()),
+                             record_spool_dir=str(spool)) as gw:
+        await run_call(gw.ws_url, talk()[:1], call_sid=sid, timeout_s=40, hangup_after_ms=500)
+        await poll(lambda: _none_active(gw), 15, "the call to end")
+    assert sid.encode() in (spool / SPOOL_FILE).read_bytes()
+    async with start_gateway(store_url=pg_url(pg_schema, "gw_test_up"), api_keys=(KEY,),
+                             record_spool_dir=str(spool)) as gw:
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            async def landed():
+                response = await http.get(f"/calls/{sid}", headers=AUTH)
+                return response.status_code == 200 and response.json()["outcome"] == "completed" and response.json()
+            record = await poll(landed, 20, "the spooled record, written at start-up", 0.2)
+        assert record["turns"] and record["status"] == "completed"
+        await poll(lambda: asyncio.sleep(0, not any(spool.iterdir())), 10, "the spool to be emptied")
+
+
 # ---- a gateway process killed with -9 in the middle of a call
 
 
