@@ -26,7 +26,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import uvicorn
@@ -72,17 +72,9 @@ def _bind(settings: Settings) -> socket.socket:
     return sock
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handling: it runs beside the gateway's server (or in a thread of the workers'
-    parent), whose signals are its owner's."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _server(settings: Settings) -> _Server:
-    from gateway.runner import uvicorn_options
+def _server(settings: Settings) -> uvicorn.Server:
+    """Beside the gateway's server (or in a thread of the workers' parent), whose signals are its owner's."""
+    from gateway.runner import QuietServer, uvicorn_options
 
     # A scraper may still hold its kept-alive connection when it opens the next one: a few heads per address.
     limits = replace(settings, max_connections=MAX_METRICS_CONNECTIONS, trusted_proxy_ips=(),
@@ -90,7 +82,7 @@ def _server(settings: Settings) -> _Server:
     app = Starlette(routes=[Route("/metrics", metrics.metrics_endpoint(settings.metrics_api_key), methods=["GET"])])
     config = uvicorn.Config(app, lifespan="off", log_config=None, log_level=settings.log_level, access_log=False,
                             **uvicorn_options(limits))
-    return _Server(config)
+    return QuietServer(config)
 
 
 @contextlib.asynccontextmanager

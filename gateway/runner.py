@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 from types import FrameType
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import h11
 import uvicorn
@@ -181,6 +181,15 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     )
 
 
+class QuietServer(uvicorn.Server):
+    """uvicorn without its signal handling, for a server beside the process's own (tests, the metrics listener):
+    uvicorn >= 0.29 takes SIGINT and SIGTERM for the whole ``serve`` and re-raises them at its end."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, with a drain: the first SIGTERM (or Ctrl-C) does not close live calls.
 
@@ -232,8 +241,7 @@ async def running_app(app: Starlette, host: str = "127.0.0.1", port: int = 0, lo
     if settings is None:
         settings = getattr(app.state, "settings", None) or Settings()
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", **uvicorn_options(settings))
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the caller owns signals
+    server = QuietServer(config)  # the caller owns signals
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
