@@ -258,7 +258,7 @@ async def test_records_spooled_while_the_store_was_down_land_at_the_next_start(p
 # ---- a gateway process killed with -9 in the middle of a call
 
 
-def serve(data_dir: str, instance_id: str) -> tuple[subprocess.Popen, str, object]:
+def serve(data_dir: str, instance_id: str, workers: int = 1) -> tuple[subprocess.Popen, str, object]:
     """``gateway serve`` in its own process, its records and shared state in ``data_dir`` (as the workers of one
     host share them)."""
     port = free_port()
@@ -269,8 +269,8 @@ def serve(data_dir: str, instance_id: str) -> tuple[subprocess.Popen, str, objec
     env.update(LOG_LEVEL="info", PYTHONUNBUFFERED="1", DATA_DIR=data_dir, STORE_URL="sqlite:///records.db",
                STATE_SQLITE_PATH="state.db", INSTANCE_ID=instance_id, API_KEYS=KEY)
     log = tempfile.TemporaryFile()
-    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env=env,
-                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--workers",
+                                str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return process, f"http://127.0.0.1:{port}", log
 
 
@@ -378,6 +378,59 @@ async def test_a_gateway_restarted_after_kill_9_marks_its_own_unfinished_calls_l
     finally:
         if first.poll() is None:
             first.kill()
+        if call is not None:
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The worker processes ``gateway serve --workers`` started (multiprocessing's spawned children)."""
+    with open(f"/proc/{parent}/task/{parent}/children") as file:
+        children = [int(pid) for pid in file.read().split()]
+    workers = []
+    for pid in children:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as file:
+            if b"spawn_main" in file.read():
+                workers.append(pid)
+    return workers
+
+
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"),
+                    reason="needs Linux's /proc/<pid>/task/<pid>/children to find the workers")
+async def test_a_worker_killed_with_9_is_replaced_and_its_call_shows_as_lost(tmp_path):
+    """``gateway serve --workers 2``: the workers holding a call are killed with -9; the supervisor replaces them
+    (under the same names) and the call's record shows lost, with what was known."""
+    parent, url, log = serve(str(tmp_path), "wk", workers=2)
+    sid = call_sid()
+    call = None
+    try:
+        await wait_healthy(url, parent)
+        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
+                 CallerTurn(load_sample("caller_question"), after_silence_ms=30_000)]
+        call = asyncio.create_task(run_call(url.replace("http", "ws") + "/media-stream", turns, call_sid=sid,
+                                            timeout_s=60))
+        async with httpx.AsyncClient(base_url=url, headers={"Connection": "close"}) as http:
+            async def record_with(status: str):
+                response = await http.get(f"/calls/{sid}", headers=AUTH)
+                return response.status_code == 200 and response.json()["status"] == status and response.json()
+            started = await poll(lambda: record_with("in-progress"), 20, "the call's record in progress")
+            assert started["holder"] in ("wk-w0", "wk-w1")
+            workers = worker_pids(parent.pid)
+            assert len(workers) == 2, workers
+            for pid in workers:  # the one holding the call among them
+                os.kill(pid, signal.SIGKILL)
+            lost = await poll(lambda: record_with("lost"), 40, "the call marked lost", 0.3)
+        assert (lost["outcome"], lost["holder"], lost["started_at"]) == ("lost", started["holder"],
+                                                                        started["started_at"])
+        assert parent.poll() is None and "marked lost" in output(log)
+    finally:
+        if parent.poll() is None:
+            parent.send_signal(signal.SIGTERM)
+            try:
+                parent.wait(15)
+            except subprocess.TimeoutExpired:
+                parent.kill()
+                parent.wait(10)
         if call is not None:
             call.cancel()
             await asyncio.gather(call, return_exceptions=True)
