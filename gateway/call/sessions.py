@@ -198,10 +198,10 @@ class ModelSessions:
         return [WakeAt(at_ms)]
 
     def _comfort_noise(self, now_ms: float) -> tuple[list[Output], float]:
-        """Noise while there is no model session, from COMFORT_NOISE_AFTER_MS into the outage (after the wait prompt,
-        when one is set), kept at least
-        COMFORT_NOISE_LEAD_MS ahead of its playback so that it never runs dry between two clock checks; and when
-        it is next needed. Nothing while agent audio of a lost session still plays (the line is not silent)."""
+        """Noise while there is no model session, from COMFORT_NOISE_AFTER_MS into the outage (after the wait
+        prompt, when one is set), kept at least COMFORT_NOISE_LEAD_MS ahead of its playback so that it never runs
+        dry between two clock checks; and when it is next needed. Nothing while agent audio of a lost session still
+        plays (the line is not silent)."""
         down = self._reconnects.down_since
         if down is None or self._model_ready:
             return [], float("inf")
