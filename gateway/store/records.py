@@ -157,13 +157,16 @@ class CallRecords:
 
     # ---- lost calls
 
-    async def sweep_lost(self, shared: Any, live: Iterable[str]) -> list[str]:
-        """Mark lost the open records whose holder is gone (see the module docstring); their call SIDs."""
+    async def sweep_lost(self, shared: Any, live: Callable[[], Iterable[str]]) -> list[str]:
+        """Mark lost the open records whose holder is gone (see the module docstring); their call SIDs. ``live``
+        gives the calls this instance holds, asked after the records are read (a call that started meanwhile is
+        among them)."""
         from gateway.state import StateUnavailable
 
-        live_sids = set(live)
+        records = await self.store.open_calls()
+        live_sids = set(live())
         marked: list[str] = []
-        for record in await self.store.open_calls():
+        for record in records:
             if record.call_sid in live_sids:
                 continue
             if record.holder != self.instance_id:
@@ -201,11 +204,14 @@ class CallRecords:
                 except Exception:
                     log.exception("replaying the call record spool failed")
                     ok = False
-                backoff = REPLAY_BACKOFF_S[0] if ok else min(backoff * 2, REPLAY_BACKOFF_S[1])
-                next_replay = self._clock() + (sweep_interval_s if ok else backoff)
+                if ok:
+                    backoff, next_replay = REPLAY_BACKOFF_S[0], self._clock() + sweep_interval_s
+                else:
+                    next_replay = self._clock() + backoff
+                    backoff = min(backoff * 2, REPLAY_BACKOFF_S[1])
             if now >= next_sweep:
                 try:
-                    await self.sweep_lost(shared, live())
+                    await self.sweep_lost(shared, live)
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:  # noqa: BLE001 - the store is down: the next sweep
