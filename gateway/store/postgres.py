@@ -67,7 +67,11 @@ class PostgresCallStore(StoreBase):
         self.url = url
         self._connect_timeout_s = connect_timeout_s
         kwargs: dict[str, Any] = {"autocommit": True}
-        if "application_name" not in conninfo_to_dict(url):
+        try:
+            named = "application_name" in conninfo_to_dict(url)
+        except Exception:  # noqa: BLE001 - a malformed URL is reported by the first connection, as ever
+            named = True
+        if not named:
             kwargs["application_name"] = APPLICATION_NAME
         self._make_pool: Callable[[], Any] = lambda: AsyncConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, kwargs=kwargs, timeout=connect_timeout_s,
