@@ -151,6 +151,21 @@ async def test_a_write_whose_connection_is_killed_while_it_runs_is_retried_on_a_
         await store.close()
 
 
+async def test_the_pools_connections_are_named_gateway_unless_the_url_names_them(pg_schema):
+    from gateway.store import PostgresCallStore
+
+    async def name(conn):
+        return (await (await conn.execute("SELECT current_setting('application_name')")).fetchone())[0]
+
+    for url, expected in ((pg_url(pg_schema, "x").replace("&application_name=x", ""), "gateway"),
+                          (pg_url(pg_schema, "gw_named"), "gw_named")):
+        store = PostgresCallStore(url)
+        try:
+            assert await store._run(name) == expected
+        finally:
+            await store.close()
+
+
 # ---- a store down for the whole call, then back
 
 
