@@ -88,30 +88,33 @@ class RecordSpool:
         data = line.encode("utf-8")
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            if self.size() + len(data) > self.max_bytes:
+            if not self._append(data):
                 self._lost(record, f"the spool is full (RECORD_SPOOL_MAX_MB={self.max_bytes >> 20})")
                 return False
-            self._append(data)
         except OSError as error:
             self._lost(record, f"the spool cannot be written ({self.directory}: {error.strerror or error})")
             return False
         metrics.RECORDS_SPOOLED.labels(operation).inc()
         return True
 
-    def _append(self, data: bytes) -> None:
+    def _append(self, data: bytes) -> bool:
+        """Append ``data`` under the file's lock; False (nothing written) if it would take the spool past its bound
+        (checked under the lock: appenders of every process take turns, so together they never pass it)."""
         while True:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 held = _lock_named(fd, self.path)
                 if held is None:
                     continue  # claimed by a replay between our open and our lock: write to the new file
+                if self.size() + len(data) > self.max_bytes:
+                    return False
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
                 os.fsync(fd)
                 if held.st_size == 0:  # a new file: its name must survive a crash too
                     _fsync_directory(self.directory)
-                return
+                return True
             finally:
                 os.close(fd)  # releases the lock
 
