@@ -96,13 +96,15 @@ async def test_the_spool_is_bounded_and_skips_lines_it_cannot_read(tmp_path):
     assert spool.append("start", started(4)) is False  # over RECORD_SPOOL_MAX_MB: logged and counted as lost
     assert lost_count("spool") == before + 1
 
-    with open(tmp_path / SPOOL_FILE, "ab") as file:
+    with open(tmp_path / SPOOL_FILE, "ab") as file:  # noqa: ASYNC230 - a test's few bytes
+        file.write(json.dumps({"op": "drop", "record": record.to_json()}).encode() + b"\n")
         file.write(b'{"op":"start","record":{"call_sid":"CA1","to":"","from_":""')  # cut short by a crash
-        file.write(b"\n" + json.dumps({"op": "drop", "record": record.to_json()}).encode() + b"\n")
+    spool.max_bytes = 1 << 20
+    assert spool.append("start", started(5)) is True  # on a line of its own, after the cut one
     unreadable = lost_count("unreadable")
     claims = spool.take_claims()
     try:
-        assert [[entry.record.call_sid for entry in claimed.entries()] for claimed in claims] == [[sid(3)]]
+        assert [[entry.record.call_sid for entry in claimed.entries()] for claimed in claims] == [[sid(3), sid(5)]]
     finally:
         for claimed in claims:
             claimed.release()

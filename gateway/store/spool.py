@@ -101,11 +101,13 @@ class RecordSpool:
         """Append ``data`` under the file's lock; False (nothing written) if it would take the spool past its bound
         (checked under the lock: appenders of every process take turns, so together they never pass it)."""
         while True:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 held = _lock_named(fd, self.path)
                 if held is None:
                     continue  # claimed by a replay between our open and our lock: write to the new file
+                if held.st_size and os.pread(fd, 1, held.st_size - 1) != b"\n":
+                    data = b"\n" + data  # a line cut short by a crash stays alone (skipped as unreadable)
                 if self.size() + len(data) > self.max_bytes:
                     return False
                 view = memoryview(data)
