@@ -61,7 +61,8 @@ class HeaderDeadlineH11Protocol(H11Protocol):
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_bytes = 0  # of the head (or unread body) under way, while no request is
+        self._head_bytes = 0  # of the head under way, while no request is
+        self._unread_bytes = 0  # of a body answered without being read (then, while lingering: anything)
         self._head_tail = b""  # its last 3 bytes: a blank line may straddle two reads
         self._lingering = False  # answered 413: what still comes is discarded until the close
         self._header_deadline: asyncio.TimerHandle | None = None
@@ -91,15 +92,15 @@ class HeaderDeadlineH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._head_bytes, self._head_tail = 0, b""
+        self._head_bytes, self._head_tail, self._unread_bytes = 0, b"", 0
         if not self.transport.is_closing():
             self._arm_deadline()
         self._count_waiting()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:  # after a 413: discarded
-            self._head_bytes += len(data)
-            if self._head_bytes > LINGER_BYTES:
+            self._unread_bytes += len(data)
+            if self._unread_bytes > LINGER_BYTES:
                 self.transport.close()
             return
         if self._waiting_for_head():
@@ -108,8 +109,8 @@ class HeaderDeadlineH11Protocol(H11Protocol):
                     self._refuse_head()
                     return
             else:  # the rest of a body the app answered without reading: discarded, and bounded
-                self._head_bytes += len(data)
-                if self._head_bytes > MAX_UNREAD_BODY_BYTES:
+                self._unread_bytes += len(data)
+                if self._unread_bytes > MAX_UNREAD_BODY_BYTES:
                     self._linger()
                     return
         super().data_received(data)
@@ -129,6 +130,8 @@ class HeaderDeadlineH11Protocol(H11Protocol):
     def _refuse_head(self) -> None:
         self.transport.write(HEAD_TOO_LARGE % (len(HEAD_TOO_LARGE_BODY), HEAD_TOO_LARGE_BODY))
         self._linger()
+        if self._addresses is not None:
+            self._addresses.refused.refuse(OVER_HEAD_SIZE, client_key(self.client[0] if self.client else None))
 
     def _linger(self) -> None:
         """A lingering close, once the answer is written: closing with bytes of the request unread would reset the
@@ -137,12 +140,10 @@ class HeaderDeadlineH11Protocol(H11Protocol):
         self._lingering = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
-            self._head_bytes = 0
+            self._unread_bytes = 0
             self.loop.call_later(LINGER_S, self.transport.close)
         else:
             self.transport.close()
-        if self._addresses is not None:
-            self._addresses.refused.refuse(OVER_HEAD_SIZE, client_key(self.client[0] if self.client else None))
 
     def _headers_too_slow(self) -> None:
         transport = self.transport

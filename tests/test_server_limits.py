@@ -87,6 +87,26 @@ async def test_an_oversized_request_head_answers_413_before_it_is_parsed() -> No
         assert (await _raw_response(host, int(port), head + body)).startswith(b"HTTP/1.1 200 ")
 
 
+async def test_a_body_answered_unread_does_not_count_against_the_next_request_head() -> None:
+    async with start_gateway() as gw:
+        host, port = gw.http_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = b"{" + b" " * 19_998 + b"}"
+        # No API keys: 503 at once, before the body is read; the client sends it all the same.
+        writer.write(b"POST /calls HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 503 ")
+        writer.write(body)
+        await writer.drain()
+        await asyncio.sleep(0.3)  # not a bound: only so that the next head comes in a read of its own
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: " + b"p" * 8000 + b"\r\n\r\n")
+        await writer.drain()
+        answers = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert b"HTTP/1.1 200 " in answers, answers[:300]
+
+
 async def test_an_oversized_body_answers_413_on_every_route_that_reads_one() -> None:
     """Each route that reads a body refuses one past its limit with 413 and a short reason, declared
     (Content-Length) or streamed (chunked), without reading it."""
