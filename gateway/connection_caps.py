@@ -7,8 +7,9 @@ fraction of ``MAX_CONNECTIONS``, whatever it is set to (:func:`address_caps`):
 
 * **Socket level** (the h11 protocol of :mod:`gateway.runner`): from one address (IPv6: one /64, as the API's
   throttle counts it), at most ``MAX_CONNECTIONS_PER_ADDRESS`` open connections, WebSockets included (default a
-  quarter of ``MAX_CONNECTIONS``), and of those at most ``MAX_UNFINISHED_HEADS_PER_ADDRESS`` waiting for a request
-  head (a new socket, or a kept-alive one between requests; default a fifth of the first cap). A socket past
+  quarter of ``MAX_CONNECTIONS``), and of those at most ``MAX_UNFINISHED_HEADS_PER_ADDRESS`` with an unfinished
+  request head (a new socket until its first head is complete, a kept-alive one once its next head has begun, not
+  one idle between requests: a proxy keeps a pool of those; default a fifth of the first cap). A socket past
   either cap is closed at once, before a byte of it is read. Both are lowered to at most half of
   ``MAX_CONNECTIONS``, so the rest stays free for everyone else.
 * **A trusted proxy** (``TRUSTED_PROXY_IPS``) carries everyone's traffic: capping its address as one client would

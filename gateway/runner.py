@@ -65,6 +65,7 @@ class HeaderDeadlineH11Protocol(H11Protocol):
         self._unread_bytes = 0  # of a body answered without being read (then, while lingering: anything)
         self._head_tail = b""  # its last 3 bytes: a blank line may straddle two reads
         self._lingering = False  # answered 413: what still comes is discarded until the close
+        self._served = False  # a request head was complete on this connection
         self._header_deadline: asyncio.TimerHandle | None = None
         self._addresses: AddressTable | None = table_of(self.server_state, self.settings) if self.settings else None
         if self._addresses is not None:
@@ -85,10 +86,16 @@ class HeaderDeadlineH11Protocol(H11Protocol):
         return self.cycle is None or self.cycle.response_complete
 
     def _count_waiting(self) -> None:
-        """Tell the address table whether this connection waits for a request head (an unfinished head)."""
-        if self._addresses is not None:
-            waiting = self._waiting_for_head() and self.transport.get_protocol() is self  # not upgraded
-            self._addresses.waiting_for_head(self.transport, waiting and not self.transport.is_closing())
+        """Tell the address table whether this connection holds an unfinished request head: a new socket until its
+        first head is complete, or a kept-alive one once a next head has begun. A kept-alive connection idle
+        between requests is not one (a proxy keeps a pool of them; uvicorn closes them after 5 s)."""
+        if self._addresses is None:
+            return
+        waiting = self._waiting_for_head() and self.transport.get_protocol() is self  # not upgraded
+        if not waiting:
+            self._served = True
+        unfinished = waiting and (not self._served or self._head_bytes > 0) and not self.transport.is_closing()
+        self._addresses.waiting_for_head(self.transport, unfinished)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -287,3 +287,23 @@ async def test_a_share_too_small_for_max_calls_is_said_at_start(caplog) -> None:
     async with start_gateway(max_calls=30):  # the default share (250) holds them
         pass
     assert not any("MAX_CALLS" in record.getMessage() for record in caplog.records)
+
+
+async def test_kept_alive_connections_idle_between_requests_are_not_unfinished_heads() -> None:
+    """A proxy or a browser keeps connections open between requests: those count against the address's
+    connections, not against its unfinished heads (a next head begun on one does)."""
+    async with start_gateway(max_connections=40, http_header_timeout_s=60.0) as gw:
+        per_address, heads = address_caps(gw.state.settings)
+        assert heads < per_address - 1
+        kept = []
+        try:
+            for _ in range(heads + 1):  # more kept-alive connections than unfinished heads allowed
+                reader, writer = await open_from(ATTACKER, gw.http_url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+                kept.append((reader, writer))
+            reader, writer = await open_from(ATTACKER, gw.http_url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+            writer.close()
+        finally:
+            for _, writer in kept:
+                writer.close()
