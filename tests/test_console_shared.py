@@ -14,12 +14,16 @@ import secrets
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 from typing import Any, AsyncIterator
 
 import httpx
 
 from gateway.api.auth import key_id
+from gateway.call import CallStarted, TranscriptReceived
+from gateway.console.hub import LiveHub
 from gateway.fuzz import _clean_env
+from gateway.observe import metrics
 from gateway.replay import CallerTurn, load_sample, run_call
 from gateway.runner import free_port
 from gateway.state import RedisState
@@ -33,6 +37,7 @@ from .test_workers import wait_healthy
 ALICE = "alice-key-bbbbbbbbbbbbbbbbbbbbbbbb"
 KEYS = dict(api_keys=(ALICE,), operator_api_keys=(OPERATOR,))
 ALICES_CALL = "CA" + "a2" * 16
+CALL = "CA" + "c3" * 16
 
 
 async def one_request(base: str, cookie: str, path: str = "/console/live") -> httpx.Response:
@@ -187,3 +192,36 @@ async def one_stream(base: str, cookie: str) -> AsyncIterator[list[tuple[str, An
             yield seen
         finally:
             reader.cancel()
+
+
+async def test_a_shared_state_that_does_not_answer_costs_the_calls_nothing_and_its_losses_are_counted() -> None:
+    hub = LiveHub(shared=RedisState("redis://127.0.0.1:1/0", timeout_s=0.3), instance="lonely", queue_size=10_000)
+    before = metrics.CONSOLE_RELAY_DROPPED._value.get()
+    try:
+        local = hub.subscribe("op", True, "s1", await hub.remote_calls())  # the others' calls: none to be had
+        assert (await local.next(1)).startswith("event: snapshot")
+        call = SimpleNamespace(call_sid=CALL)
+        hub.feed(call, CallStarted(CALL, "MZ1", {}))
+        for n in range(3000):
+            hub.feed(call, TranscriptReceived("user", f"item{n}", f"words {n}"))
+        # This instance's own streams get every event at once, whatever the shared state does.
+        assert (await local.next(1)).startswith("event: call")
+        for n in range(3000):
+            assert f'"text":"words {n}"' in await local.next(1)
+        deadline = time.monotonic() + 20
+        while hub.relay.dropped < 3001:  # past the queue's bound at once, the rest when the batch could not be written
+            assert time.monotonic() < deadline, hub.relay.dropped
+            await asyncio.sleep(0.05)
+        assert metrics.CONSOLE_RELAY_DROPPED._value.get() - before == hub.relay.dropped
+    finally:
+        await hub.aclose()
+
+
+async def test_the_relay_closes_promptly_while_a_write_to_the_shared_state_fails() -> None:
+    hub = LiveHub(shared=RedisState("redis://127.0.0.1:1/0", timeout_s=0.3), instance="closing")
+    call = SimpleNamespace(call_sid=CALL)
+    hub.feed(call, CallStarted(CALL, "MZ1", {}))
+    hub.feed(call, TranscriptReceived("user", "item1", "words"))
+    await asyncio.sleep(0)  # the relay's writer is under way
+    await asyncio.wait_for(hub.aclose(), 5)
+    assert hub.relay._publisher.done()

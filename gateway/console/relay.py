@@ -2,12 +2,12 @@
 and the instance serving a browser reads every other instance's from there.
 
 A call's stream lives on one instance (its *holder*), and its events reach that instance's :class:`~.hub.LiveHub`
-only. The hub hands each change to :meth:`LiveRelay.publish`, which never waits: it queues the change (bounded;
-past :data:`MAX_PENDING` the change is dropped and counted) and a background task writes the queue in batches
-(:meth:`gateway.state.SharedState.publish_live`): the feed's events, each call's summary (with the key that placed
-it, for scoping) and its last transcript lines, renewed every :data:`RENEW_S` while the call lives, dropped when it
-ends (a crashed holder's expire within :data:`PICTURE_TTL_S`). A shared state that does not answer loses the batch
-(counted, logged) and never slows a call.
+only. The hub hands each change to :meth:`LiveRelay.publish`, which never waits: it queues the change (bounded:
+past :data:`MAX_PENDING` it is dropped, counted in ``gateway_console_relay_dropped_total``) and a background task
+writes the queue in batches (:meth:`gateway.state.SharedState.publish_live`): the feed's events, each call's summary
+(with the key that placed it, for scoping) and its last transcript lines, renewed every :data:`RENEW_S` while the
+call lives, dropped when it ends (a crashed holder's expire within :data:`PICTURE_TTL_S`). A shared state that does
+not answer loses the batch (counted, logged once per outage) and never slows a call.
 
 The instance serving a browser lists the live calls from the shared registry (:meth:`~gateway.state.SharedState.
 live_calls`, with the pictures their holders published) and, while it has open live streams, follows the feed
@@ -23,6 +23,7 @@ import logging
 from collections import deque
 from typing import Any, Callable
 
+from gateway.observe import metrics
 from gateway.state.base import LiveBatch, SharedState, StateUnavailable
 
 log = logging.getLogger("gateway.console")
@@ -61,12 +62,13 @@ class LiveRelay:
         self._cursor = ""
         self.dropped = 0  # changes never published (queue full, or the shared state did not answer)
         self._failing = False
+        self._closed = False  # the loops end on it too: a client library may swallow a cancellation mid-command
 
     # ---- the holder's side: never waits, never raises
 
     def publish(self, call_sid: str, kind: str, data: dict[str, Any], owner: str | None) -> None:
         if len(self._events) >= MAX_PENDING:
-            self.dropped += 1
+            self._lost(1)
             return
         self._events.append({"i": self.instance, "sid": call_sid, "owner": owner, "kind": kind, "data": data})
         if kind == "call":
@@ -81,11 +83,15 @@ class LiveRelay:
         if self._publisher is None:
             self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
 
+    def _lost(self, count: int) -> None:
+        self.dropped += count
+        metrics.CONSOLE_RELAY_DROPPED.inc(count)
+
     def _picture(self, summary: dict[str, Any], owner: str | None) -> dict[str, Any]:
         return {**{k: v for k, v in summary.items() if k != "lines"}, "owner": owner, "instance": self.instance}
 
     async def _publish_loop(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 await asyncio.wait_for(self._wake.wait(), RENEW_S)
             except TimeoutError:  # quiet calls: their pictures are renewed all the same
@@ -102,7 +108,7 @@ class LiveRelay:
                     log.info("console: the live relay publishes again")
                 self._failing = False
             except Exception as error:  # noqa: BLE001 - lost for the other instances' views; the calls go on
-                self.dropped += len(batch.events)
+                self._lost(len(batch.events))
                 if not self._failing:
                     log.warning("console: the live relay cannot publish (%s: %s); other instances' live views miss "
                                 "this instance's calls until it can", type(error).__name__, error)
@@ -137,7 +143,7 @@ class LiveRelay:
     async def _read_loop(self) -> None:
         """Follows the feed while live streams are open here (then stops; the next stream starts it again)."""
         idle = 0
-        while idle < 2:  # the stream that started it subscribes just after: it gets a read's grace
+        while idle < 2 and not self._closed:  # the stream that started it subscribes just after: a read's grace
             idle = 0 if self._listening() else idle + 1
             try:
                 self._cursor, events = await self.shared.read_live(self._cursor, READ_WAIT_S)
@@ -161,6 +167,8 @@ class LiveRelay:
         self._deliver(kind, data, owner if isinstance(owner, str) else None)
 
     async def aclose(self) -> None:
+        self._closed = True
+        self._wake.set()
         tasks = [task for task in (self._publisher, self._reader) if task is not None]
         for task in tasks:
             task.cancel()

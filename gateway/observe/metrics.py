@@ -124,6 +124,9 @@ RECORDS_LOST = Counter("gateway_call_records_lost_total", "Call record writes lo
                        "spooled (spool full or unwritable), or unreadable in the spool, by reason.", ["reason"])
 CALLS_MARKED_LOST = Counter("gateway_calls_marked_lost_total", "Records of calls whose holding instance stopped "
                             "before their end was written, marked lost.")
+CONSOLE_RELAY_DROPPED = Counter("gateway_console_relay_dropped_total", "Live-view events of this instance's calls not "
+                                "relayed to the other instances' consoles (queue full, or the shared state did not "
+                                "answer); the calls are not affected.")
 
 _seen: dict[tuple[str, str], set[str]] = {}
 _seen_lock = threading.Lock()
