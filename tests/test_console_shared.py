@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any, AsyncIterator
 
 import httpx
+import pytest
 
 from gateway.api.auth import key_id
 from gateway.call import CallStarted, TranscriptReceived
@@ -26,7 +27,8 @@ from gateway.fuzz import _clean_env
 from gateway.observe import metrics
 from gateway.replay import CallerTurn, load_sample, run_call
 from gateway.runner import free_port
-from gateway.state import RedisState
+from gateway.state import MemoryState, RedisState, SQLiteState
+from gateway.state.base import LiveBatch
 from gateway.store import CallRecord
 
 from .conftest import GatewayUnderTest, start_gateway
@@ -225,3 +227,47 @@ async def test_the_relay_closes_promptly_while_a_write_to_the_shared_state_fails
     await asyncio.sleep(0)  # the relay's writer is under way
     await asyncio.wait_for(hub.aclose(), 5)
     assert hub.relay._publisher.done()
+
+
+@contextlib.asynccontextmanager
+async def each_state(kind: str, tmp_path: Any) -> AsyncIterator[Any]:
+    if kind == "redis":
+        await redis_or_skip()
+        state = RedisState(REDIS_URL, prefix=f"test-console-{secrets.token_hex(6)}:")
+    else:
+        state = MemoryState() if kind == "memory" else SQLiteState(str(tmp_path / "state.db"))
+    try:
+        yield state
+    finally:
+        await state.aclose()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+async def test_every_state_keeps_sessions_bounded_and_relays_the_live_view(kind, tmp_path) -> None:
+    async with each_state(kind, tmp_path) as state:
+        # Sessions: one key's oldest go past its share, the oldest of all past the limit; a drop is for everyone.
+        for n in range(4):
+            await state.put_session(f"alice-{n}", "alice", {"n": n}, 60, per_key=3, limit=5)
+        assert [await state.get_session(f"alice-{n}") for n in range(4)] == [None, {"n": 1}, {"n": 2}, {"n": 3}]
+        for n in range(3):
+            await state.put_session(f"bob-{n}", "bob", {"n": n}, 60, per_key=3, limit=5)
+        assert await state.get_session("alice-1") is None and await state.get_session("bob-2") == {"n": 2}
+        await state.drop_session("bob-2", "bob")
+        assert await state.get_session("bob-2") is None and await state.get_session("bob-1") == {"n": 1}
+
+        # The live view: the registry lists the calls, pictures keep the last lines, the feed reads from a cursor.
+        await state.register_call(CALL, "holder", 30)
+        cursor, nothing = await state.read_live("", 0)
+        assert nothing == []
+        await state.publish_live(LiveBatch(events=[{"n": n} for n in range(3)], calls={CALL: {"owner": "alice"}},
+                                           lines={CALL: [{"t": n} for n in range(5)]}, max_lines=3))
+        assert (await state.live_calls())[CALL] == "holder"
+        assert await state.live_pictures([CALL, ALICES_CALL]) == {
+            CALL: {"call": {"owner": "alice"}, "lines": [{"t": 2}, {"t": 3}, {"t": 4}]}}
+        cursor, events = await state.read_live(cursor, 5)
+        assert events == [{"n": 0}, {"n": 1}, {"n": 2}]
+        assert await state.read_live(cursor, 0.2) == (cursor, [])
+        await state.publish_live(LiveBatch(ended=[CALL], events=[{"n": 3}]))
+        await state.unregister_call(CALL, "holder")
+        assert CALL not in await state.live_calls() and await state.live_pictures([CALL]) == {}
+        assert (await state.read_live(cursor, 5))[1] == [{"n": 3}]

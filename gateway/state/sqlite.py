@@ -219,7 +219,7 @@ class SQLiteState:
         now = self._clock()
 
         def publish(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM live_pictures WHERE expires <= ?", (now,))
+            gone = db.execute("DELETE FROM live_pictures WHERE expires <= ?", (now,)).rowcount
             for call_sid, summary in batch.calls.items():
                 db.execute("INSERT OR REPLACE INTO live_pictures VALUES (?, ?, ?)",
                            (call_sid, json.dumps(summary), now + batch.ttl_s))
@@ -229,8 +229,9 @@ class SQLiteState:
                 db.execute("DELETE FROM live_lines WHERE call_sid = ? AND id NOT IN (SELECT id FROM live_lines "
                            "WHERE call_sid = ? ORDER BY id DESC LIMIT ?)", (call_sid, call_sid, batch.max_lines))
             db.executemany("DELETE FROM live_pictures WHERE call_sid = ?", [(sid,) for sid in batch.ended])
-            # The lines of ended calls, and of calls whose holder stopped renewing them, go with their picture.
-            db.execute("DELETE FROM live_lines WHERE call_sid NOT IN (SELECT call_sid FROM live_pictures)")
+            if gone or batch.ended:
+                # The lines of ended calls, and of calls whose holder stopped renewing them, go with their picture.
+                db.execute("DELETE FROM live_lines WHERE call_sid NOT IN (SELECT call_sid FROM live_pictures)")
             db.executemany("INSERT INTO live_feed (body) VALUES (?)", [(json.dumps(e),) for e in batch.events])
             db.execute("DELETE FROM live_feed WHERE id <= (SELECT MAX(id) FROM live_feed) - ?", (LIVE_FEED_MAX,))
         await self._run(publish)
