@@ -255,7 +255,10 @@ def _pd(value: Percentiles | None) -> dict[str, float] | None:
 async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
                      say: Callable[[str], None]) -> dict[str, Any]:
     host = "127.0.0.1"
-    env = dict(os.environ, LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
+    # Every phone calls from 127.0.0.1: one address's share of the relay's and the gateway's connections must hold
+    # them all (gateway.connection_caps).
+    env = dict(os.environ, LOG_LEVEL="warning", PYTHONUNBUFFERED="1", MAX_CONNECTIONS=str(max(1000, calls * 4)),
+               MAX_CONNECTIONS_PER_ADDRESS=str(max(250, calls * 2)))
     scheme = "ws"
     model_args: list[str] = []
     if config.tls:
@@ -279,9 +282,6 @@ async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
             server_env = dict(env, REALTIME_URL=upstream, REALTIME_API_KEY="bench", AUDIO_FORMAT=target,
                               TWILIO_AUTH_TOKEN="", INSECURE_DEV_MODE="true", DRAIN_TIMEOUT_S="0",
                               MAX_CALLS=str(max(100, calls * 2)), RECORD_CALLS_DIR="",
-                              # Every phone calls from 127.0.0.1: one address's share must hold them all.
-                              MAX_CONNECTIONS=str(max(1000, calls * 4)),
-                              MAX_CONNECTIONS_PER_ADDRESS=str(max(250, calls * 2)),
                               METRICS_PORT=str(metrics_port))  # a real model's /metrics is off the public port
             server_env.pop("OPENAI_API_KEY", None)
             server_env.pop("AZURE_OPENAI_API_KEY", None)
