@@ -99,9 +99,13 @@ async def test_a_login_on_one_instance_holds_on_another_and_a_logout_on_either_e
             page = await one_request(gateway.http_url, cookie)
             assert page.status_code == 200 and "key " in page.text, page.headers.get("location")
         token = csrf_of(page.text)
-        async with httpx.AsyncClient(base_url=b.http_url, headers={"Origin": b.http_url},
-                                     cookies={"gateway_console": cookie}) as http:
-            assert (await http.post("/console/logout", data={"csrf": token})).status_code == 303
+        async with one_stream(a.http_url, cookie) as seen:
+            await wait_for(seen, lambda kind, data: kind == "snapshot")
+            async with httpx.AsyncClient(base_url=b.http_url, headers={"Origin": b.http_url},
+                                         cookies={"gateway_console": cookie}) as http:
+                assert (await http.post("/console/logout", data={"csrf": token})).status_code == 303
+            # The session's live stream on A ends with the logout on B (not at its next check, 10 s away).
+            await asyncio.wait_for(seen.ended.wait(), 5)
         for gateway in (a, b):
             assert (await one_request(gateway.http_url, cookie)).headers.get("location") == "/console/login"
             assert (await one_request(gateway.http_url, cookie, "/console/live/events")).status_code == 401
@@ -184,16 +188,30 @@ async def test_the_workers_of_one_host_relay_their_calls_through_the_sqlite_stat
 
 
 @contextlib.asynccontextmanager
-async def one_stream(base: str, cookie: str) -> AsyncIterator[list[tuple[str, Any]]]:
+async def one_stream(base: str, cookie: str) -> AsyncIterator[Events]:
     """The live event stream of ``base`` with the session ``cookie``, read into a list as it comes."""
-    seen: list[tuple[str, Any]] = []
+    seen = Events()
     async with httpx.AsyncClient(base_url=base, cookies={"gateway_console": cookie}, timeout=30) as http, \
             http.stream("GET", "/console/live/events") as stream:
-        reader = asyncio.create_task(read_events(stream, seen))
+        async def read() -> None:
+            try:
+                await read_events(stream, seen)
+            finally:
+                seen.ended.set()
+
+        reader = asyncio.create_task(read())
         try:
             yield seen
         finally:
             reader.cancel()
+
+
+class Events(list):  # type: ignore[type-arg]
+    """A stream's events as (kind, data), and whether the stream has ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended = asyncio.Event()
 
 
 async def test_a_shared_state_that_does_not_answer_costs_the_calls_nothing_and_its_losses_are_counted() -> None:

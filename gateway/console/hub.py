@@ -136,7 +136,8 @@ class LiveHub:
         self._tasks: set[asyncio.Task[None]] = set()
         self.relay = None if shared is None else LiveRelay(
             shared, instance, live_calls=lambda: {sid: (live.summary(), live.owner) for sid, live in self.calls.items()},
-            deliver=self._deliver_remote, listening=lambda: bool(self.subscribers), max_lines=MAX_LINES)
+            deliver=self._deliver_remote, listening=lambda: bool(self.subscribers),
+            end_session=lambda session: self.end_session(session, everywhere=False), max_lines=MAX_LINES)
 
     # ---- the calls' side: never waits, never raises
 
@@ -285,11 +286,13 @@ class LiveHub:
         self.dropped_subscribers += 1
         log.info("console: a live stream was dropped (%s)", why)
 
-    def end_session(self, session: str) -> None:
-        """Logout: the session's streams end now."""
+    def end_session(self, session: str, *, everywhere: bool = True) -> None:
+        """Logout: the session's streams end now, here and (``everywhere``, through the relay) on every instance."""
         for subscriber in [s for s in self.subscribers if s.session == session]:
             self.subscribers.discard(subscriber)
             subscriber.end()
+        if everywhere and self.relay is not None:
+            self.relay.publish_logout(session)
 
     async def aclose(self) -> None:
         for subscriber in list(self.subscribers):

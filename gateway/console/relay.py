@@ -13,7 +13,7 @@ The instance serving a browser lists the live calls from the shared registry (:m
 live_calls`, with the pictures their holders published) and, while it has open live streams, follows the feed
 (:meth:`~gateway.state.SharedState.read_live`: Redis's blocking stream reads; the SQLite file polled every 100 ms),
 handing the other instances' events to its hub, which scopes them as its own (an operator sees every call, another
-key the calls it placed).
+key the calls it placed). A logout goes through the feed too: every instance ends that session's streams at once.
 """
 
 from __future__ import annotations
@@ -41,16 +41,18 @@ KINDS = ("call", "line", "ended")
 class LiveRelay:
     """See the module docstring. ``live_calls()`` gives this instance's live calls ({call_sid: (summary, owner)})
     for the renewals; ``deliver(kind, data, owner)`` hands another instance's event to the local streams;
-    ``listening()`` says whether any live stream is open here."""
+    ``listening()`` says whether any live stream is open here; ``end_session(handle)`` ends a session's streams
+    here (a logout on another instance)."""
 
     def __init__(self, shared: SharedState, instance: str, *, live_calls: Callable[[], dict[str, Any]],
                  deliver: Callable[[str, dict[str, Any], str | None], None], listening: Callable[[], bool],
-                 max_lines: int) -> None:
+                 end_session: Callable[[str], None], max_lines: int) -> None:
         self.shared = shared
         self.instance = instance
         self._live_calls = live_calls
         self._deliver = deliver
         self._listening = listening
+        self._end_session = end_session
         self.max_lines = max_lines
         self._events: deque[dict[str, Any]] = deque()
         self._calls: dict[str, dict[str, Any]] = {}
@@ -67,10 +69,8 @@ class LiveRelay:
     # ---- the holder's side: never waits, never raises
 
     def publish(self, call_sid: str, kind: str, data: dict[str, Any], owner: str | None) -> None:
-        if len(self._events) >= MAX_PENDING:
-            self._lost(1)
+        if not self._enqueue({"i": self.instance, "sid": call_sid, "owner": owner, "kind": kind, "data": data}):
             return
-        self._events.append({"i": self.instance, "sid": call_sid, "owner": owner, "kind": kind, "data": data})
         if kind == "call":
             self._calls[call_sid] = self._picture(data, owner)
         elif kind == "line":
@@ -79,9 +79,20 @@ class LiveRelay:
             self._ended.append(call_sid)
             self._calls.pop(call_sid, None)
             self._lines.pop(call_sid, None)
+
+    def publish_logout(self, session: str) -> None:
+        """A logout here: the other instances end that session's live streams at once (not at their next check)."""
+        self._enqueue({"i": self.instance, "kind": "logout", "session": session})
+
+    def _enqueue(self, event: dict[str, Any]) -> bool:
+        if len(self._events) >= MAX_PENDING:
+            self._lost(1)
+            return False
+        self._events.append(event)
         self._wake.set()
         if self._publisher is None:
             self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
+        return True
 
     def _lost(self, count: int) -> None:
         self.dropped += count
@@ -161,6 +172,9 @@ class LiveRelay:
     def _relay(self, event: dict[str, Any]) -> None:
         """One event from the feed, checked (another process wrote it), to the local streams."""
         kind, data, owner = event.get("kind"), event.get("data"), event.get("owner")
+        if kind == "logout" and isinstance(event.get("session"), str) and event.get("i") != self.instance:
+            self._end_session(event["session"])
+            return
         if event.get("i") == self.instance or kind not in KINDS or not isinstance(data, dict) \
                 or not isinstance(data.get("call_sid"), str):
             return  # this instance's own (its streams had it already), or not an event of ours
