@@ -57,10 +57,16 @@ async def test_actions_need_a_session_the_consoles_origin_and_its_csrf_token() -
         assert not phone.done()  # none of them reached the call
         assert (await operator.post(f"/console/live/calls/{call_sid}/dance", data={"csrf": token})).status_code == 404
 
+        too_long = await operator.post(f"/console/live/calls/{call_sid}/say", data={"csrf": token, "text": "é" * 2001})
+        assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "invalid_text"
+        too_big = await operator.post(f"/console/live/calls/{call_sid}/say", data={"csrf": token, "text": "x" * 30_000})
+        assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "body_too_large"
         blank = await operator.post(f"/console/live/calls/{call_sid}/say", data={"csrf": token, "text": "  "})
         assert blank.status_code == 400 and blank.json()["error"]["code"] == "invalid_text"
         no_number = await operator.post(f"/console/live/calls/{call_sid}/transfer", data={"csrf": token})
         assert no_number.status_code == 409 and no_number.json()["error"]["code"] == "transfer_not_configured"
+        said = await operator.post(f"/console/live/calls/{call_sid}/say", data={"csrf": token, "text": "€" * 2000})
+        assert said.status_code == 202, said.text  # the longest text, in characters of 3 UTF-8 bytes
         said = await operator.post(f"/console/live/calls/{call_sid}/say",
                                    data={"csrf": token, "text": "Your order shipped today."})
         assert said.status_code == 202 and said.json()["accepted"] is True, said.text

@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
 from gateway.api.auth import retry_after_header
-from gateway.api.control import authorise_control, control_live_call, say_text
+from gateway.api.control import MAX_SAY_CHARS, authorise_control, control_live_call, say_text
 from gateway.api.errors import ApiError, error_response
 from gateway.console import pages
 from gateway.console.listing import NOT_EXPORTED, csv_lines, next_page, parse_listing
@@ -149,12 +149,12 @@ def _same_origin(request: Request) -> bool:
     return origin.lower() in {value.lower() for value in allowed}
 
 
-async def _form(request: Request) -> dict[str, str] | None:
-    """The form, None when unreadable; BodyTooLarge (413) past MAX_FORM_BYTES."""
+async def _form(request: Request, limit: int = MAX_FORM_BYTES) -> dict[str, str] | None:
+    """The form, None when unreadable; BodyTooLarge (413) past ``limit`` bytes."""
     try:
-        body = await bounded_body(request, MAX_FORM_BYTES)
+        body = await bounded_body(request, limit)
         if body is None:
-            raise BodyTooLarge(MAX_FORM_BYTES)
+            raise BodyTooLarge(limit)
         return parse_webhook_form(body)
     except (TimeoutError, WebhookRejected):
         return None
@@ -265,6 +265,7 @@ async def live_events(request: Request) -> Response:
 
 
 LIVE_ACTIONS = ("hangup", "transfer", "say")
+MAX_ACTION_FORM_BYTES = 12 * MAX_SAY_CHARS + 1024  # a say's text URL-encoded (up to 4 UTF-8 bytes a character, 3 each)
 
 
 async def live_action(request: Request) -> Response:
@@ -281,9 +282,12 @@ async def live_action(request: Request) -> Response:
             raise ApiError(404, "unknown_action", f"the actions are {', '.join(LIVE_ACTIONS)}")
         if not _same_origin(request):
             raise ApiError(403, "foreign_origin", "this request did not come from the console's own page")
-        form = await _form(request)
+        try:
+            form = await _form(request, MAX_ACTION_FORM_BYTES)
+        except BodyTooLarge as error:
+            raise ApiError(413, "body_too_large", str(error)) from None
         if form is None:
-            raise ApiError(400, "invalid_form", f"the form could not be read (at most {MAX_FORM_BYTES} bytes)")
+            raise ApiError(400, "invalid_form", "the form could not be read")
         if not session.csrf_ok(form.get("csrf")):
             raise ApiError(403, "csrf_token_mismatch", "this request did not carry the session's CSRF token")
         text = say_text(form.get("text", "")) if action == "say" else ""
