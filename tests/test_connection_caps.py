@@ -307,3 +307,28 @@ async def test_kept_alive_connections_idle_between_requests_are_not_unfinished_h
         finally:
             for _, writer in kept:
                 writer.close()
+
+
+async def test_a_host_opening_100_sockets_a_second_leaves_calls_in_at_the_default() -> None:
+    """The issue's case at MAX_CONNECTIONS=1000: one host opening about 100 new sockets a second (none finishing
+    its head) used to fill every slot within the header deadline; now it holds its share and calls go on."""
+    async with start_gateway(twilio_auth_token=TOKEN, public_url=PUBLIC_URL, http_header_timeout_s=60.0,
+                             drop_log_interval_s=600.0) as gw:
+        _, heads = address_caps(gw.state.settings)
+        flood: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        answered = []
+        try:
+            async with from_address(TWILIO, gw.http_url) as twilio:
+                for second in range(3):
+                    for _ in range(100):
+                        flood.append(await open_from(ATTACKER, gw.http_url, UNFINISHED_HEAD))
+                        await asyncio.sleep(0.01)  # pacing the flood, not a bound
+                    form, headers = signed_webhook("CA" + secrets.token_hex(16))
+                    response = await twilio.post("/incoming-call", data=form, headers=headers)
+                    answered.append(response.status_code == 200 and "<Stream" in response.text)
+            held = await asyncio.gather(*(still_open(reader) for reader, _ in flood))
+        finally:
+            for _, writer in flood:
+                writer.close()
+        assert answered == [True, True, True]
+        assert sum(held) == heads, (sum(held), heads)  # the rest were closed at once
