@@ -289,3 +289,23 @@ async def test_every_state_keeps_sessions_bounded_and_relays_the_live_view(kind,
         await state.unregister_call(CALL, "holder")
         assert CALL not in await state.live_calls() and await state.live_pictures([CALL]) == {}
         assert (await state.read_live(cursor, 5))[1] == [{"n": 3}]
+
+
+async def test_a_quiet_calls_picture_is_renewed_while_other_calls_keep_the_relay_busy(monkeypatch) -> None:
+    monkeypatch.setattr("gateway.console.relay.RENEW_S", 0.3)
+    monkeypatch.setattr("gateway.console.relay.PICTURE_TTL_S", 1.0)
+    state = MemoryState()
+    hub = LiveHub(shared=state, instance="busy")
+    try:
+        quiet, busy = SimpleNamespace(call_sid=CALL), SimpleNamespace(call_sid=ALICES_CALL)
+        hub.feed(quiet, CallStarted(CALL, "MZ1", {}))
+        hub.feed(busy, CallStarted(ALICES_CALL, "MZ2", {}))
+        ends = time.monotonic() + 3
+        n = 0
+        while time.monotonic() < ends:  # the busy call talks all the time; the quiet one says nothing
+            n += 1
+            hub.feed(busy, TranscriptReceived("user", f"item{n}", f"words {n}"))
+            await asyncio.sleep(0.05)
+        assert set(await state.live_pictures([CALL, ALICES_CALL])) == {CALL, ALICES_CALL}
+    finally:
+        await hub.aclose()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Any, Callable
 
@@ -102,13 +103,17 @@ class LiveRelay:
         return {**{k: v for k, v in summary.items() if k != "lines"}, "owner": owner, "instance": self.instance}
 
     async def _publish_loop(self) -> None:
+        renewed = time.monotonic()
         while not self._closed:
             try:
                 await asyncio.wait_for(self._wake.wait(), RENEW_S)
-            except TimeoutError:  # quiet calls: their pictures are renewed all the same
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if time.monotonic() - renewed >= RENEW_S:  # every call's picture, the quiet ones too, before it expires
+                renewed = time.monotonic()
                 for call_sid, (summary, owner) in self._live_calls().items():
                     self._calls.setdefault(call_sid, self._picture(summary, owner))
-            self._wake.clear()
             batch = LiveBatch(events=list(self._events), calls=self._calls, lines=self._lines, ended=self._ended,
                               ttl_s=PICTURE_TTL_S, max_lines=self.max_lines)
             self._events.clear()
