@@ -4,6 +4,7 @@ Plain HTML from the server (:mod:`.pages`, templates in ``templates/``), one sma
 (``static/``), no build step. Modules:
 
 * :mod:`.routes`: the routes, login and logout, CSRF and origin checks, the live-call actions, the security headers;
+* :mod:`.access`: the request's session, looked up in the shared state before its route (503 when unreachable);
 * :mod:`.session`: login sessions (a random id in an HTTP-only cookie, mapped in the shared state to the API key's
   id: any worker or instance accepts them);
 * :mod:`.hub`: the live view's fan-out of every call's events to the browsers' event streams;

@@ -37,6 +37,7 @@ from gateway.api.auth import retry_after_header
 from gateway.api.control import MAX_SAY_CHARS, authorise_control, control_live_call, say_text
 from gateway.api.errors import ApiError, error_response
 from gateway.console import pages
+from gateway.console.access import STATE_DOWN, SessionLookup, session_of, state_down
 from gateway.console.listing import NOT_EXPORTED, csv_lines, next_page, parse_listing
 from gateway.console.overview import DEFAULT_RANGE, RANGES, overview_page, overview_window
 from gateway.console.session import COOKIE_NAME, COOKIE_PATH, ConsoleSession
@@ -80,39 +81,6 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-SESSION_SCOPE_KEY = "gateway.console_session"
-STATE_DOWN = "The console cannot reach the gateway's shared state (its logins live there): try again shortly."
-
-
-class SessionLookup:
-    """Looks the request's console session up in the shared state once, before its route runs (:func:`_session`
-    reads it): any worker of any instance knows every login. 503 when the shared state cannot be reached."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and "/static/" not in scope["path"]:
-            session = None
-            cookie = Request(scope).cookies.get(COOKIE_NAME)
-            if cookie:
-                try:
-                    session = await scope["app"].state.gateway.console_sessions.get(cookie)
-                except StateUnavailable as error:
-                    log.error("console: the shared state is unavailable, a request is refused: %s", error)
-                    await _state_down(scope["path"])(scope, receive, send)
-                    return
-            scope[SESSION_SCOPE_KEY] = session
-        await self.app(scope, receive, send)
-
-
-def _state_down(path: str) -> Response:
-    if "/live/calls/" in path:  # the live page's buttons read JSON
-        return error_response(ApiError(503, "state_unavailable", "the shared state is unavailable; retry later",
-                                       headers={"Retry-After": "5"}))
-    return _html(pages.message_page("Unavailable", STATE_DOWN), 503, {"Retry-After": "5"})
-
-
 def _state(request: Request) -> Any:
     return request.app.state.gateway
 
@@ -122,7 +90,7 @@ def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _session(request: Request) -> ConsoleSession | None:
-    return request.scope.get(SESSION_SCOPE_KEY)  # looked up by SessionLookup
+    return session_of(request)  # looked up in the shared state by SessionLookup
 
 
 def _to_login() -> Response:
@@ -215,7 +183,7 @@ async def logout(request: Request) -> Response:
         await state.console_sessions.end(request.cookies.get(COOKIE_NAME))
     except StateUnavailable as error:
         log.error("console logout failed: the shared state is unavailable: %s", error)
-        return _state_down(request.url.path)
+        return state_down(request.url.path)
     state.console.end_session(session.handle)
     log.info("console logout: key=%s", session.key_id)
     response = _to_login()
