@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import subprocess
 import sys
@@ -64,6 +65,17 @@ async def test_one_login_holds_on_every_worker_and_a_logout_ends_it_on_all(tmp_p
         pages = [await one_request(base, cookie) for _ in range(24)]
         assert [page.status_code for page in pages] == [200] * 24, [page.headers.get("location") for page in pages]
         token = csrf_of(pages[-1].text)
+
+        # Live streams on whichever workers took them show the calls of every worker, with their transcripts.
+        async with contextlib.AsyncExitStack() as streams:
+            seen = [await streams.enter_async_context(one_stream(base, cookie)) for _ in range(3)]
+            for events in seen:
+                await wait_for(events, lambda kind, data: kind == "snapshot")
+            sids = [f"CA{0xc0ffee00 + n:032x}" for n in range(2)]
+            await asyncio.gather(*(webhook_call(base, port, call_sid) for call_sid in sids))
+            for events in seen:
+                for call_sid in sids:
+                    await wait_for(events, lambda kind, data, sid=call_sid: kind == "line" and data["call_sid"] == sid)
         async with httpx.AsyncClient(base_url=base, headers={"Origin": base, "Connection": "close"},
                                      cookies={"gateway_console": cookie}) as http:
             assert (await http.post("/console/logout", data={"csrf": token})).status_code == 303
@@ -76,6 +88,15 @@ async def test_one_login_holds_on_every_worker_and_a_logout_ends_it_on_all(tmp_p
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+async def webhook_call(base: str, port: int, call_sid: str) -> None:
+    """A call as Twilio makes it: the webhook on one worker, the stream on whichever takes it."""
+    async with httpx.AsyncClient(base_url=base, headers={"Connection": "close"}) as http:
+        twiml = (await http.post("/incoming-call", data={"CallSid": call_sid})).text
+    path = re.search(r'url="wss?://[^/"]+(/media-stream/[^"]+)"', twiml).group(1)
+    await run_call(f"ws://127.0.0.1:{port}{path}", [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
+                   timeout_s=30, hangup_after_ms=1500, call_sid=call_sid)
 
 
 @contextlib.asynccontextmanager
