@@ -148,8 +148,9 @@ class LiveRelay:
         for call_sid in others:
             picture = pictures.get(call_sid, {})
             call = picture.get("call") or {}
-            summary: dict[str, Any] = {"call_sid": call_sid, "direction": "", "from": "", "to": "", "started_at": None,
-                       "cost_usd": 0.0, "turns": 0, "barge_ins": 0, "latency_ms": None}
+            summary: dict[str, Any] = {"call_sid": call_sid, "direction": "", "from": "", "to": "",
+                                       "started_at": None, "cost_usd": 0.0, "turns": 0, "barge_ins": 0,
+                                       "latency_ms": None}
             summary.update({k: v for k, v in call.items() if k in summary and k != "call_sid"})
             summary["lines"] = [line for line in picture.get("lines", []) if isinstance(line, dict)]
             owner = call.get("owner")
@@ -158,19 +159,22 @@ class LiveRelay:
 
     async def _read_loop(self) -> None:
         """Follows the feed while live streams are open here (then stops; the next stream starts it again)."""
-        idle = 0
+        idle, failing = 0, False
         while idle < 2 and not self._closed:  # the stream that started it subscribes just after: a read's grace
             idle = 0 if self._listening() else idle + 1
             try:
                 self._cursor, events = await self.shared.read_live(self._cursor, READ_WAIT_S)
-            except StateUnavailable as error:
-                log.warning("console: the live relay cannot read (%s); retrying", error)
+            except Exception as error:  # never let the reader die with streams open; logged once per outage
+                if not failing:
+                    log.log(logging.WARNING if isinstance(error, StateUnavailable) else logging.ERROR,
+                            "console: the live relay cannot read (%s: %s); other instances' calls wait, retrying",
+                            type(error).__name__, error, exc_info=not isinstance(error, StateUnavailable))
+                failing = True
                 await asyncio.sleep(READ_WAIT_S)
                 continue
-            except Exception:  # never let the reader die with streams open
-                log.exception("console: the live relay's reader failed; retrying")
-                await asyncio.sleep(READ_WAIT_S)
-                continue
+            if failing:
+                log.info("console: the live relay reads again")
+                failing = False
             for event in events:
                 self._relay(event)
 
