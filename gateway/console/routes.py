@@ -53,6 +53,7 @@ log = logging.getLogger("gateway.console")
 MAX_FORM_BYTES = 4096
 STREAM_MAX_S = 25.0  # an event stream ends after this and the browser reconnects: the session is checked again, and
 KEEPALIVE_S = 10.0  # a shutdown never waits long for an open console
+SESSION_CHECK_S = 5.0  # an open live stream's session is read again this often
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                  b"media-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -208,7 +209,7 @@ async def live_events(request: Request) -> Response:
                         headers={"Retry-After": "10"})
     cookie = request.cookies.get(COOKIE_NAME)
 
-    async def signed_in() -> bool:  # logged out on any instance, or expired: the stream ends
+    async def signed_in() -> bool:  # expired, or a logout the relay did not bring: the stream ends
         try:
             return await state.console_sessions.get(cookie) is not None
         except StateUnavailable:
@@ -216,12 +217,19 @@ async def live_events(request: Request) -> Response:
 
     async def events() -> AsyncIterator[str]:
         deadline = time.monotonic() + STREAM_MAX_S
+        checked = time.monotonic()
         try:
             yield "retry: 1000\n\n"
             while True:
                 left = deadline - time.monotonic()
-                if left <= 0 or state.drained() or not await signed_in():
+                if left <= 0 or state.drained():
                     return
+                # A logout ends the stream at once (LiveHub.end_session, on every instance); the shared state is
+                # read again only every SESSION_CHECK_S, not for each of a busy call's events.
+                if time.monotonic() - checked >= SESSION_CHECK_S:
+                    if not await signed_in():
+                        return
+                    checked = time.monotonic()
                 message = await subscriber.next(min(KEEPALIVE_S, left))
                 if message is None:
                     return
