@@ -386,6 +386,8 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
             app.state.gateway.store, retention_days=settings.record_retention_days,
             recording_dirs=[settings.record_calls_dir]))
         state = app.state.gateway
+        if state.console.relay is not None:
+            state.console.relay.start()  # this instance's live calls, published for the other instances' consoles
         # Control requests (hang up, transfer, say) for the calls this instance holds, from any instance.
         control = asyncio.create_task(serve_control(state.shared, settings.instance_id, state.find_session))
         # Spooled records written when the store is back; calls of a stopped instance marked lost.

@@ -85,14 +85,18 @@ class LiveRelay:
         """A logout here: the other instances end that session's live streams at once (not at their next check)."""
         self._enqueue({"i": self.instance, "kind": "logout", "session": session})
 
+    def start(self) -> None:
+        """Start publishing (the app's start-up): one task for the process's life, not one per call."""
+        if self._publisher is None and not self._closed:
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
+
     def _enqueue(self, event: dict[str, Any]) -> bool:
         if len(self._events) >= MAX_PENDING:
             self._lost(1)
             return False
         self._events.append(event)
         self._wake.set()
-        if self._publisher is None:
-            self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
+        self.start()  # started already at start-up; a hub used without the app's lifespan starts it here
         return True
 
     def _lost(self, count: int) -> None:
