@@ -32,11 +32,15 @@ def startup_problem(settings: Settings) -> str | None:
         except OSError as error:
             return (f"DATA_DIR={settings.data_dir}: the directory cannot be created ({error.strerror}); fix: create "
                     "it, writable by the gateway's user, or set DATA_DIR to one that is")
+    from gateway.extras import missing_extra
     from gateway.tools import tools_module_problem
 
     problem = tools_module_problem(settings.tools_module)
     if problem is not None:
         return problem.one_line()
+    missing = missing_extra(settings, os.environ)  # STORE_URL=postgresql://... without the postgres extra, say
+    if missing is not None:
+        return missing
     if urlsplit(settings.store_url).scheme == "sqlite":  # opened (and migrated) here; a server is only tried later
         from gateway.store import StoreOpenError, open_store
 

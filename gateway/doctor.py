@@ -395,7 +395,13 @@ async def check_redis(settings: Settings, timeout_s: float = DEFAULT_TIMEOUT_S) 
     if not settings.redis_url:
         return _skip(name, "REDIS_URL is not set: the rate limit and stream claims are kept in this process (one "
                            "instance only)")
+    from gateway.extras import MissingExtra, require
     from gateway.state import StateUnavailable, open_state
+
+    try:
+        require("redis", "REDIS_URL")
+    except MissingExtra as error:
+        return _fail(name, str(error), f"pip install 'gateway[{error.extra}]', or unset REDIS_URL")
 
     fix = ("start Redis or fix REDIS_URL (redis://[:password@]host:6379/0, rediss:// for TLS): while Redis is down "
            "the gateway refuses media streams and outbound calls")
@@ -465,6 +471,12 @@ async def check_store(settings: Settings, timeout_s: float) -> Check:
 
     where = redact_url(settings.store_url)
     if scheme in ("postgresql", "postgres"):
+        from gateway.extras import MissingExtra, require
+
+        try:
+            require("postgres", f"STORE_URL={scheme}://...")
+        except MissingExtra as error:
+            return _fail(name, str(error), f"pip install 'gateway[{error.extra}]'")
         problem = await _postgres_connects(settings.store_url, timeout_s)
         if problem is not None:
             return _fail(name, f"the call store at {where} cannot be used: {problem[0]}", problem[1])

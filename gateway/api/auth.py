@@ -325,7 +325,10 @@ class RedisRateLimiter:
         self._clock = clock
         # Time to refill from empty, plus a second: after that an absent key means exactly "full".
         self._ttl_ms = int(math.ceil(self.capacity / self.rate * 1000)) + 1000
-        import redis.asyncio as aioredis  # here: only a deployment with Redis pays for the library (about 8 MB)
+        from gateway.extras import require
+
+        require("redis", "REDIS_URL")  # here: only a deployment with Redis pays for the library (about 8 MB)
+        import redis.asyncio as aioredis
         from redis.exceptions import RedisError
 
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)

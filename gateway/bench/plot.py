@@ -6,7 +6,9 @@ from typing import Any
 
 
 def plot_steps(data: dict[str, Any], path: str) -> str:
-    import matplotlib
+    from gateway.extras import require
+
+    matplotlib = require("plots", "gateway bench's PNG")  # matplotlib: the plots extra
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -3,8 +3,9 @@ tool run, and an event per barge-in.
 
 Off and free unless configured: with ``OTEL_EXPORTER_OTLP_ENDPOINT`` set (the standard OpenTelemetry variable;
 ``OTEL_SERVICE_NAME`` too), :func:`configure_tracing` installs the SDK with a batching OTLP/HTTP exporter.
-Otherwise the API's default tracer is a no-op: spans cost a function call. Tests install the SDK with an
-in-memory exporter through :func:`configure_tracing` (``provider=``).
+Otherwise no tracer is made and a span costs a test of None; OpenTelemetry (the ``otel`` extra) is imported only
+when traces are on. Tests install the SDK with an in-memory exporter through :func:`configure_tracing`
+(``provider=``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from typing import Any
-
-from opentelemetry import trace
 
 log = logging.getLogger("gateway.tracing")
 
@@ -25,9 +24,14 @@ def configure_tracing(provider: Any = None) -> bool:
     True when traces are on."""
     global _tracer
     if provider is None:
-        if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and not os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        setting = next((name for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                        if os.environ.get(name)), None)
+        if setting is None:
             _tracer = None
             return False
+        from gateway.extras import require
+
+        require("otel", setting)  # the OpenTelemetry SDK and exporter: the otel extra
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -78,6 +82,8 @@ class CallTrace:
         self._call = self._tracer.start_span(
             "call", start_time=_ns(now_ms, self._offset_ns),
             attributes={"call.sid": call_sid, "call.stream_sid": stream_sid, "call.direction": direction})
+        from opentelemetry import trace  # installed: a tracer is (the otel extra, or a test's provider)
+
         self._context = trace.set_span_in_context(self._call)
 
     def turn(self, start_ms: float, end_ms: float, attributes: dict[str, Any]) -> None:

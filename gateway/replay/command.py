@@ -195,6 +195,8 @@ def _write_png(report: CallReport, path: Path, title: str) -> str | None:
         return f"no timeline plot: gateway.replay.plot is not available ({error})"
     try:
         write_timeline_png(report, path, title=title)
+    except ImportError as error:  # matplotlib is the plots extra: the note names it
+        return f"no timeline plot: {error}"
     except Exception as error:  # noqa: BLE001 - a plotting problem must not hide the verdict
         return f"no timeline plot: {type(error).__name__}: {error}"
     return None

@@ -61,6 +61,9 @@ def envelope(mulaw: bytes, columns: int = COLUMNS) -> tuple[np.ndarray, np.ndarr
 
 def write_timeline_png(report: CallReport, path: str | PathLike[str], title: str = "") -> None:
     """Draw ``report`` as a timeline (see the module docstring) and write it to ``path`` as a PNG."""
+    from gateway.extras import require
+
+    require("plots", "the replay's timeline PNG")  # matplotlib: the plots extra
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D

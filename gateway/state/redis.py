@@ -9,8 +9,13 @@ from typing import Any
 
 import orjson
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from gateway.extras import MissingExtra
+
+try:  # the redis extra: imported only when REDIS_URL is set (gateway.state.open_state)
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+except ImportError as error:
+    raise MissingExtra("redis", "REDIS_URL") from error
 
 from gateway.state.base import LIVE_FEED_MAX, LIVE_READ_MAX, MAX_LIVE_LISTED, LiveBatch, StateUnavailable
 

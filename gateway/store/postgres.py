@@ -58,11 +58,12 @@ class PostgresCallStore(StoreBase):
                  clock: Callable[[], float] = time.time, min_size: int = 1, max_size: int = 10,
                  connect_timeout_s: float = 10.0) -> None:
         super().__init__(settings_ttl_s=settings_ttl_s, clock=clock)
-        try:
-            from psycopg_pool import AsyncConnectionPool
-        except ImportError as error:  # pragma: no cover - both are dependencies of the package
-            raise RuntimeError("STORE_URL=postgresql:// needs psycopg[binary] and psycopg-pool") from error
+        from gateway.extras import require
+
+        scheme = url.split(":", 1)[0] or "postgresql"
+        require("postgres", f"STORE_URL={scheme}://...")  # psycopg and psycopg-pool: the postgres extra
         from psycopg.conninfo import conninfo_to_dict
+        from psycopg_pool import AsyncConnectionPool
 
         self.url = url
         self._connect_timeout_s = connect_timeout_s
