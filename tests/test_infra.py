@@ -112,9 +112,10 @@ def container_env(docs: list[dict[str, Any]]) -> tuple[dict[str, str], set[str]]
 
 
 def settings_names() -> set[str]:
-    """Every environment variable gateway/config.py reads: ``env.get("NAME")`` and ``_int(env, "NAME", ...)``."""
-    source = (ROOT / "gateway" / "config.py").read_text()
-    return set(re.findall(r'env(?:\.get\(|, )"([A-Z][A-Z0-9_]*)"', source))
+    """Every environment variable the gateway's settings declare (gateway/config/: one declaration each)."""
+    from gateway.config import DECLARED
+
+    return {name for setting in DECLARED for name in (setting.env, *setting.also) if name}
 
 
 def effective_settings(env: dict[str, str]) -> Settings:

@@ -11,17 +11,24 @@ from gateway.audio import MULAW_BYTES_PER_MS, converters_for, join_audio, model_
 from gateway.call.arrivals import FrameArrivals
 from gateway.call.control import CallControl
 from gateway.call.conversation import ConversationLog
+from gateway.call.ending import CallEnding
 from gateway.call.limits import (  # noqa: F401 - MAX_TRACKED_ITEMS and the rest are read from here by tests
     BENIGN_MODEL_ERRORS, DTMF_BURST, DTMF_PER_S, GAP_TOLERANCE_MS, MAX_CARRIED_CHARS, MAX_CARRIED_ITEMS,
     MAX_GAP_FILL_MS, MAX_HELD_ITEMS, MAX_PENDING_AUDIO_MS, MAX_TRACKED_FRAMES, MAX_TRACKED_ITEMS,
     TIME_LIMIT_INSTRUCTIONS,
 )
 from gateway.call.outputs import (
-    AgentAudioStarted, BargeIn, CallStarted, CallTimeLimitReached, Dropped, DtmfReceived, EndCall,
+    AgentAudioStarted, BargeIn, CallStarted, Dropped, DtmfReceived, EndCall,
     HangUp, ModelReportedError, Output, Peer, ResponseFinished, RunTool, Send, TranscriptReceived, Transfer,
 )
 from gateway.call.reconnect import Reconnects
 from gateway.call.sessions import ModelSessions
+from gateway.config.model import (  # defaults of the knobs the core shares with Settings: declared once
+    AGENT_SPEAKS_FIRST, AUDIO_FORMAT, CALLER_AUDIO_BATCH_MS, GREETING_INSTRUCTIONS, INTERRUPT_RESPONSE, MARK_INTERVAL_MS,
+    MODEL_RECONNECT,
+)
+from gateway.config.operations import CALL_BUDGET_USD
+from gateway.config.serving import MAX_TOOLS_PER_CALL
 from gateway.playback import PlaybackTracker, parse_mark_name
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
@@ -31,14 +38,15 @@ log = logging.getLogger("gateway.call")
 
 @dataclass(frozen=True, slots=True)
 class CallConfig:
-    """What the core needs to know about the session; built from :class:`gateway.config.Settings`."""
+    """What the core needs to know about the session; built from :class:`gateway.config.Settings` (by
+    ``gateway.media_stream.call_config``); the defaults of the knobs it shares with them are their declarations'."""
 
     session_update: dict[str, Any]
-    audio_format: str = "pcm16"
-    agent_speaks_first: bool = False
-    greeting_instructions: str = ""
-    interrupt_response: bool = True  # the server cancels its own response on speech_started
-    mark_interval_ms: int = 100
+    audio_format: str = AUDIO_FORMAT.default
+    agent_speaks_first: bool = AGENT_SPEAKS_FIRST.default
+    greeting_instructions: str = GREETING_INSTRUCTIONS.default
+    interrupt_response: bool = INTERRUPT_RESPONSE.default  # the server cancels its own response on speech_started
+    mark_interval_ms: int = MARK_INTERVAL_MS.default
     call_control_tools: frozenset[str] = frozenset()  # built-ins the core carries out: end_call, transfer_call
     account_sid: str = ""  # when set, a start from any other Twilio account is refused
     # Bounds (README "Security"): 0 disables one (the core's tests drive calls without them).
@@ -46,7 +54,7 @@ class CallConfig:
     wrap_up_grace_ms: int = 20_000  # ... or this long after the limit, whatever the agent does
     media_idle_timeout_ms: int = 0  # no frame from Twilio for this long ends the call
     caller_audio_burst_ms: int = 0  # caller audio may run this far ahead of the wall clock; beyond, it is dropped
-    max_tools_per_call: int = 1  # user tools running at once; more wait their turn
+    max_tools_per_call: int = MAX_TOOLS_PER_CALL.default  # user tools running at once; more wait their turn
     # Make-before-break: a model session older than session_limit_ms - rollover_margin_ms is replaced at the next
     # quiet point by one prepared beside it (0: the limit is unknown; a session that expires is replaced after).
     session_limit_ms: int = 0
@@ -56,9 +64,10 @@ class CallConfig:
     vad_silence_ms: int = 0
     # Caller audio sent to the model in batches of this many ms (0: each 20 ms frame as it comes). Fewer messages,
     # at the cost of up to this much more delay before the model hears the caller.
-    caller_audio_batch_ms: int = 0
-    model_reconnect: bool = True  # MODEL_RECONNECT: a model session lost (or refused) is replaced; off, the call ends
+    caller_audio_batch_ms: int = CALLER_AUDIO_BATCH_MS.default
+    model_reconnect: bool = MODEL_RECONNECT.default  # a model session lost (or refused) is replaced; off, the call ends
     wait_prompt: bytes = b""  # MODEL_WAIT_PROMPT as mu-law 8 kHz: said at an outage's start, before the comfort noise
+    call_budget_usd: float = CALL_BUDGET_USD.default  # at this cost the agent wraps up (0: no budget; gateway.call.ending)
 
 
 @dataclass(slots=True)
@@ -69,7 +78,7 @@ class _AgentItem:
     received_bytes: int = 0  # model-format audio bytes received (item positions count from these)
 
 
-class Call(ModelSessions, CallControl):
+class Call(ModelSessions, CallControl, CallEnding):
     """One call. Feed it events with :meth:`twilio_event` / :meth:`model_event`; send what it returns."""
 
     def __init__(self, config: CallConfig, *, expected_call_sid: str = "") -> None:
@@ -79,7 +88,10 @@ class Call(ModelSessions, CallControl):
         self.stream_sid = ""
         self.call_sid = ""
         self.custom_parameters: dict[str, str] = {}
-        self.ended = False
+        # The one record of the call's end (None: it goes on): what the shell closes the sockets with, and the
+        # reason in the call's record. The shell never ends a call on its own: it reports what happened and
+        # carries out the EndCall that comes back (gateway.call.ending).
+        self.ending: EndCall | None = None
         self._inbound, self._outbound = converters_for(config.audio_format)
         self._model_bytes_per_ms = model_bytes_per_ms(config.audio_format)
         self._model_ready = False
@@ -99,6 +111,7 @@ class Call(ModelSessions, CallControl):
         self._caller_audio_ms = 0
         self._started_ms: float | None = None
         self._wrap_up_started = False
+        self._budget_reached = False
         self._wrap_up_reason = ""
         self._queued_tools: deque[RunTool] = deque()
         self._orphaned_tools: dict[str, int] = {}  # call_id -> the lost session that asked for it
@@ -146,8 +159,15 @@ class Call(ModelSessions, CallControl):
         self._held_items: list[dict[str, Any]] = []  # conversation items that arrived while (re)connecting
         self._conversation = ConversationLog(MAX_CARRIED_ITEMS, MAX_CARRIED_CHARS)
 
-    def apply_call_settings(self, *, instructions: str = "", voice: str = "", greeting: str = "") -> None:
+    @property
+    def ended(self) -> bool:
+        return self.ending is not None
+
+    def apply_call_settings(self, now_ms: float, *, instructions: str = "", voice: str = "",
+                            greeting: str = "") -> list[Output]:
         """Per-call settings (an outbound call's), before the model connects: they go into session.update."""
+        if self.ending is not None:
+            return []
         session = dict(self.config.session_update.get("session", {}))
         if instructions:
             session["instructions"] = instructions
@@ -160,11 +180,12 @@ class Call(ModelSessions, CallControl):
             changes["agent_speaks_first"] = True
             changes["greeting_instructions"] = f"Start the call by saying, in your own voice: {greeting}"
         self.config = replace(self.config, **changes)
+        return []
 
     # ---- Twilio side ------------------------------------------------------------------------
 
     def twilio_event(self, event: tw.TwilioEvent, now_ms: float) -> list[Output]:
-        if self.ended:
+        if self.ending is not None:
             return []
         if isinstance(event, tw.Media):
             if not self.stream_sid:
@@ -221,9 +242,6 @@ class Call(ModelSessions, CallControl):
         self._dtmf_tokens -= 1
         return True
 
-    def twilio_closed(self) -> list[Output]:
-        return self._end("twilio socket closed")
-
     def _caller_audio(self, media: tw.Media, now_ms: float) -> list[Output]:
         audio = media.payload
         expected = self._next_timestamp_ms
@@ -272,7 +290,7 @@ class Call(ModelSessions, CallControl):
     # ---- model side -------------------------------------------------------------------------
 
     def model_event(self, event: rt.ModelEvent, now_ms: float) -> list[Output]:
-        if self.ended:
+        if self.ending is not None:
             return []
         if isinstance(event, rt.AudioDelta):
             return self._agent_audio(event, now_ms)
@@ -428,40 +446,3 @@ class Call(ModelSessions, CallControl):
             # model hears them and may end or transfer again; hanging up on a talking caller is wrong.
             self._after_playback = None
         return out
-
-    # ---- the clock: time limit and idle media ---------------------------------------------------
-
-    def tick(self, now_ms: float) -> list[Output]:
-        """Called by the shell about once a second: ends a call whose media stopped, and wraps up one that
-        reached its time limit (the agent says goodbye; the call ends once it is heard, or after a grace)."""
-        if self.ended or self._started_ms is None:
-            return []
-        config = self.config
-        last = self._last_media_ms if self._last_media_ms is not None else self._started_ms
-        if config.media_idle_timeout_ms and now_ms - last >= config.media_idle_timeout_ms:
-            return self._end(f"no media from Twilio for {config.media_idle_timeout_ms / 1000:g} s")
-        out = self._model_schedule(now_ms)
-        if self.ended:
-            return out  # gave up on the model
-        out += self._rollover_due(now_ms)
-        if not config.max_call_duration_ms:
-            return out
-        elapsed = now_ms - self._started_ms
-        if elapsed >= config.max_call_duration_ms + config.wrap_up_grace_ms:
-            return self._end(self._wrap_up_reason or "the call reached its time limit")
-        if elapsed >= config.max_call_duration_ms and not self._wrap_up_started:
-            self._wrap_up_started = True
-            return [*out, CallTimeLimitReached(config.max_call_duration_ms),
-                    *self._wrap_up("the call reached its time limit", TIME_LIMIT_INSTRUCTIONS)]
-        return out
-
-    def _end(self, reason: str, *, refused: bool = False) -> list[Output]:
-        if self.ended:
-            return []
-        self.ended = True
-        self._pending_audio.clear()
-        self._pending_arrivals.clear()
-        self._items.clear()
-        self._queued_tools.clear()
-        self._playback = PlaybackTracker()
-        return [EndCall(reason, refused)]
