@@ -5,6 +5,10 @@ runs: a cap on open connections (``MAX_CONNECTIONS``), and on one address's shar
 (``MAX_CONNECTIONS_PER_ADDRESS``, ``MAX_UNFINISHED_HEADS_PER_ADDRESS``: :mod:`gateway.connection_caps`), a deadline
 for a connection to send its request headers (``HTTP_HEADER_TIMEOUT_S``; uvicorn itself has none, so a client that
 opens a socket and trickles bytes would hold it forever), a bounded head size (413 past it) and WebSocket pings.
+
+The server and protocol classes here subclass uvicorn's and use private names of theirs (:data:`H11_PRIVATE`,
+:data:`SERVER_PRIVATE`); like :mod:`gateway.direct_ws`, they are checked at import, and a part whose names are
+missing runs on uvicorn's plain code instead, said once by a warning and ``gateway_uvicorn_fallback{part}``.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import h11
 import uvicorn
 from starlette.applications import Starlette
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from gateway.api.auth import client_key
 from gateway.config import ConfigError, Settings
 from gateway.connection_caps import OVER_HEAD_SIZE, AddressTable, table_of
-from gateway.direct_ws import DirectWebSocketProtocol
+from gateway.direct_ws import MISSING as DIRECT_WS_MISSING
+from gateway.direct_ws import WEBSOCKET_PROTOCOL, missing_internals, report_fallbacks
 
 log = logging.getLogger("gateway.runner")
 
@@ -167,15 +172,33 @@ class HeaderDeadlineH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
+# uvicorn's private names used here: (methods, attributes) of H11Protocol (HeaderDeadlineH11Protocol overrides
+# on_response_complete and reads the rest), of its RequestResponseCycle, and of uvicorn.Server (QuietServer and
+# DrainingServer override capture_signals, handle_exit and on_tick, and read or set started and should_exit).
+H11_PRIVATE = (("on_response_complete",), ("server_state", "client", "connections", "limit_concurrency", "loop",
+                                           "cycle", "conn", "transport"))
+CYCLE_PRIVATE = ((), ("response_complete",))
+SERVER_PRIVATE = (("capture_signals", "handle_exit", "on_tick"), ("started", "should_exit"))
+FALLBACKS: dict[str, list[str]] = {
+    "direct_ws": DIRECT_WS_MISSING,
+    "http": missing_internals(H11Protocol, *H11_PRIVATE) + [
+        f"RequestResponseCycle.{name}" for name in missing_internals(RequestResponseCycle, *CYCLE_PRIVATE)],
+    "server": missing_internals(uvicorn.Server, *SERVER_PRIVATE),
+}
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn.Config keyword arguments for ``settings`` (host, port and app excepted)."""
+    report_fallbacks(FALLBACKS)
     protocol = type("GatewayH11Protocol", (HeaderDeadlineH11Protocol,),
                     {"header_timeout_s": settings.http_header_timeout_s, "settings": settings})
     return dict(
-        http=protocol,
+        # uvicorn's h11 protocol with the bounds it lacks; uvicorn's own when its private names are missing.
+        http="h11" if FALLBACKS["http"] else protocol,
         # uvicorn's websockets-sansio protocol with a direct path for media streams (gateway.direct_ws): an app that
-        # does not attach a receiver (the bench's null relay) gets plain ASGI.
-        ws=DirectWebSocketProtocol,
+        # does not attach a receiver (the bench's null relay) gets plain ASGI, and so does every app when uvicorn
+        # lacks a private name the direct path uses.
+        ws=WEBSOCKET_PROTOCOL,
         ws_max_size=1 << 20,  # hard cap; frames over MAX_FRAME_BYTES are dropped by the gateway itself
         ws_per_message_deflate=False,  # Twilio does not negotiate it and base64 audio barely compresses
         ws_ping_interval=20.0,

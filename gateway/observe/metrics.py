@@ -108,6 +108,10 @@ CALL_COST = Histogram("gateway_call_cost_usd", "Cost of one call in USD.",
                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25))
 DAILY_BUDGET_USED = Gauge("gateway_daily_budget_used_ratio", "Today's cost as a fraction of DAILY_BUDGET_USD.",
                           multiprocess_mode="max")
+UVICORN_FALLBACK = Gauge("gateway_uvicorn_fallback",
+                         "1 when the installed uvicorn lacks a private name a part of the gateway relies on "
+                         "(direct_ws, http, server) and that part runs on uvicorn's plain protocol instead.",
+                         ["part"], multiprocess_mode="livemax")
 DRAINING = Gauge("gateway_draining", "1 while this process drains (SIGTERM): no new calls, live ones go on.",
                  multiprocess_mode="max")
 BUDGET_STOPS = Counter("gateway_budget_stops_total", "Calls wrapped up (call) or refused (daily) by a budget.",
