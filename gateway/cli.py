@@ -84,31 +84,31 @@ def _local_realtime(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.demo import run_demo
+    from gateway.tooling.demo import run_demo
 
     return asyncio.run(run_demo(settings, output=args.output, audio_format=args.audio_format))
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.replay.command import run
+    from gateway.tooling.replay.command import run
 
     return run(args, settings)
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.micro:
-        from gateway.bench.micro import main as micro_main
+        from gateway.tooling.bench.micro import main as micro_main
 
         return micro_main(as_json=args.json)
     if args.steps:
-        from gateway.bench.steps import StepsConfig
-        from gateway.bench.steps import main as steps_main
+        from gateway.tooling.bench.steps import StepsConfig
+        from gateway.tooling.bench.steps import main as steps_main
 
         config = StepsConfig(steps=[int(n) for n in args.steps.split(",") if n.strip()], seconds=args.seconds,
                              ramp=args.ramp, targets=tuple(t for t in args.targets.split(",") if t.strip()),
                              tls=args.tls, out_dir=args.out, gateway_path=args.gateway_path, repeat=args.repeat)
         return steps_main(config, as_json=args.json)
-    from gateway.bench import main as bench_main
+    from gateway.tooling.bench import main as bench_main
 
     return bench_main(args.calls, args.seconds, args.audio_format, args.ramp, args.json)
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     replay = sub.add_parser("replay", help="call a gateway as Twilio would, play scenarios, check expectations",
                             description="Play scenarios (or recorded calls) against a Media Stream gateway and check "
                                         "their expectations. Exit status: 0 all passed, 1 one failed, 2 usage error.")
-    from gateway.replay.command import add_arguments
+    from gateway.tooling.replay.command import add_arguments
 
     add_arguments(replay)
     bench = sub.add_parser("bench", help="measure the gateway's CPU per call-second under concurrent calls",
@@ -174,13 +174,13 @@ def main(argv: list[str] | None = None) -> int:
                                       "malformed, hostile and oversized frames while real calls run, and check that the "
                                       "calls before, during and after are answered and the process and its memory "
                                       "hold. Exit status: 0 all checks pass, 1 one failed, 2 bad options.")
-    from gateway.fuzz import add_arguments as add_fuzz_arguments, command as fuzz_command
+    from gateway.tooling.fuzz import add_arguments as add_fuzz_arguments, command as fuzz_command
 
     add_fuzz_arguments(fuzz)
     soak = sub.add_parser("soak", help="many calls for minutes through a gateway process: does anything grow or leak?",
                           description="Keep N replay phones calling a gateway process (barge-ins, model session "
                                       "rollovers) for M minutes; check memory, descriptors and tasks. Exit 0 or 1.")
-    from gateway.soak import add_arguments as add_soak_arguments, command as soak_command
+    from gateway.tooling.soak import add_arguments as add_soak_arguments, command as soak_command
     add_soak_arguments(soak)
     args = parser.parse_args(argv)
     if args.command in ("doctor", "call"):

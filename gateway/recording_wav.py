@@ -7,7 +7,7 @@
   silence);
 * right, the agent as the caller heard it: outbound ``media`` played in real time from when it was sent, queued
   behind what is still playing, and cut where a ``clear`` dropped it, exactly as Twilio plays a stream (the replay
-  phone's model of Twilio's playback, :class:`gateway.replay.phone.playback.PlaybackQueue`).
+  phone's model of Twilio's playback, :class:`gateway.tooling.replay.phone.playback.PlaybackQueue`).
 
 Consent: a call is recorded when its outbound request said ``"record": true``, or said nothing and ``RECORD_AUDIO``
 is on. A call whose request said ``"record": false`` keeps no audio at all: its frame recording is deleted too.
@@ -50,7 +50,7 @@ def recording_consent(record_audio: bool, requested: bool | None) -> bool:
 
 def call_tracks(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     """(caller, agent as heard): mu-law 8 kHz from the stream's ``start``, equally long, from a frame recording."""
-    from gateway.replay.phone.playback import PlaybackQueue
+    from gateway.tooling.replay.phone.playback import PlaybackQueue
 
     line = PlaybackQueue()  # Twilio's playback of what the gateway sent
     caller = bytearray()

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import secrets
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import httpx
 import numpy as np
@@ -28,9 +28,10 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.protocol import State
 
 from gateway.call import Dropped
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 
 from .conftest import GatewayUnderTest, start_gateway
+from .helpers import eventually
 
 FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
 SILENCE_FRAME = b"\xff" * FRAME_BYTES
@@ -42,17 +43,6 @@ MESSAGE_TOO_BIG = 1009
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 3.0, interval: float = 0.005) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; returns its last value."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() >= deadline:
-            return predicate()
-        await asyncio.sleep(interval)
-    return True
 
 
 def appended_samples(session: Any) -> int:
@@ -125,10 +115,10 @@ async def twilio_call(gateway: GatewayUnderTest, *, start: bool = True) -> Async
             yield client, None
         else:
             await client.start()
-            assert await eventually(lambda: len(sessions) > before), "the gateway never opened a model session"
+            await eventually(lambda: len(sessions) > before, what="the gateway opening a model session")
             yield client, sessions[before]
     # The gateway has finished the call (and logged its last summary of drops) before the test looks at the logs.
-    assert await eventually(lambda: len(gateway.state.active_calls) <= calls_before)
+    await eventually(lambda: len(gateway.state.active_calls) <= calls_before)
 
 
 async def assert_audio_reaches_model(client: TwilioClient, session: Any, frames: int = 3) -> int:
@@ -136,9 +126,7 @@ async def assert_audio_reaches_model(client: TwilioClient, session: Any, frames:
     before = appended_samples(session)
     await client.media(frames)
     want = before + frames * SAMPLES_PER_FRAME
-    assert await eventually(lambda: appended_samples(session) >= want), (
-        f"valid media after bad input never reached the model ({appended_samples(session) - before} samples)"
-    )
+    await eventually(lambda: appended_samples(session) >= want, what="valid media after bad input at the model")
     assert client.open
     return appended_samples(session) - before
 
@@ -293,7 +281,7 @@ async def test_media_before_start_is_dropped(gateway: GatewayUnderTest, caplog: 
         await client.media(5)
         await client.send({"event": "mark", "streamSid": client.stream_sid, "mark": {"name": "g0:20:item_x"}})
         await client.start()
-        assert await eventually(lambda: len(sessions) > before)
+        await eventually(lambda: len(sessions) > before)
         session = sessions[before]
         added = await assert_audio_reaches_model(client, session, frames=2)
         assert added == 2 * SAMPLES_PER_FRAME, "media sent before start reached the model"
@@ -350,7 +338,7 @@ async def test_stop_for_a_foreign_stream_sid_does_not_end_the_call(
         assert len(gateway.state.active_calls) == 1
         # The call's own stop still ends it: the gateway closes the socket.
         await client.send({"event": "stop", "streamSid": client.stream_sid, "stop": {}})
-        assert await eventually(lambda: not gateway.state.active_calls)
+        await eventually(lambda: not gateway.state.active_calls)
         with pytest.raises(websockets.exceptions.ConnectionClosed):
             await asyncio.wait_for(client.ws.recv(), 3)
     reasons = dropped_reasons(gateway)
@@ -392,7 +380,7 @@ async def test_frame_over_one_mib_closes_1009_and_other_calls_go_on(
                 await asyncio.wait_for(client.ws.recv(), 3)
             assert client.ws.close_code == MESSAGE_TOO_BIG
         # The oversized call is over and cleaned up; the other goes on.
-        assert await eventually(lambda: len(gateway.state.active_calls) == 1)
+        await eventually(lambda: len(gateway.state.active_calls) == 1)
         await assert_audio_reaches_model(other, other_session)
         # The process still takes new calls and answers health checks.
         async with twilio_call(gateway) as (third, third_session):
@@ -485,10 +473,10 @@ async def test_garbage_from_the_model_is_dropped_and_a_valid_delta_still_plays(c
             # The call is still up: more caller audio still goes to the model.
             appends = received.count("input_audio_buffer.append")
             await client.media(2)
-            assert await eventually(lambda: received.count("input_audio_buffer.append") >= appends + 2)
+            await eventually(lambda: received.count("input_audio_buffer.append") >= appends + 2)
             assert len(gw.state.active_calls) == 1
         # The caller hung up: the gateway ends the model session with a normal close, not 1011.
-        assert await eventually(lambda: bool(close_codes))
+        await eventually(lambda: bool(close_codes))
     assert close_codes == [1000]
     assert received[0] == "session.update"
     assert logged(caplog, "events from the model", "frame is not JSON")
@@ -580,7 +568,7 @@ async def test_good_call_is_unaffected_by_a_concurrent_garbage_spray(
     assert report.media_received > 0 and report.agent_audio_played_ms > 0
     assert sprayed >= len(garbage_frames("MZ"))
     # The hostile connection's drops were logged; nothing crashed.
-    assert await eventually(lambda: not gateway.state.active_calls)
+    await eventually(lambda: not gateway.state.active_calls)
     assert drops_logged(caplog, "frame is not JSON") >= sprayed // len(garbage_frames("MZ"))
     assert logged(caplog, "binary frame")
     assert logged(caplog, "foreign streamSid")
@@ -588,4 +576,4 @@ async def test_good_call_is_unaffected_by_a_concurrent_garbage_spray(
     # Summarised: a few lines for thousands of frames, never one line per frame.
     assert len(logged(caplog, "dropped")) < sprayed / 10
     assert_nothing_crashed(caplog, allowed=("the parser failed",))
-    assert await eventually(lambda: not gateway.state.active_calls)
+    await eventually(lambda: not gateway.state.active_calls)

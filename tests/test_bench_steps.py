@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from gateway.bench import micro
-from gateway.bench.models import inbound_delays
-from gateway.bench.steps import StepPhone, outbound_delays
+from gateway.tooling.bench import micro
+from gateway.tooling.bench.models import inbound_delays
+from gateway.tooling.bench.steps import StepPhone, outbound_delays
 from gateway.cli import main
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="the bench reads /proc (Linux)")

@@ -17,7 +17,7 @@ import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -26,12 +26,13 @@ from websockets.asyncio.client import connect
 
 from gateway.media_stream import POLICY_VIOLATION
 from gateway.observe.budget import OK, REACHED, UNAVAILABLE, DailyBudget
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.runner import free_port
 from gateway.security import INBOUND
 from gateway.state import MemoryState, RedisState, SQLiteState
 
 from .conftest import PRICED_AS_GPT_REALTIME, start_gateway
+from .helpers import eventually
 from .test_observe import calls_over, scrape, total
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -40,20 +41,6 @@ CALL_SID = "CA" + "7" * 32
 
 def today_key() -> str:
     return "cost:" + datetime.now(timezone.utc).strftime("%Y-%m-%d")
-
-
-async def until(condition: Callable[[], object], timeout_s: float = 20.0, what: str = "") -> None:
-    """Poll ``condition`` (sync or async) until it holds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout_s} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 class PrivateRedis:
@@ -75,7 +62,7 @@ class PrivateRedis:
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        await until(self._answers, 10.0, "redis-server answers PING")
+        await eventually(self._answers, 10.0, "redis-server answers PING")
 
     async def _answers(self) -> bool:
         try:
@@ -213,7 +200,7 @@ async def test_an_unreadable_total_is_its_own_refusal_and_readyz_says_so_until_r
 
         async def not_ready() -> bool:  # the probe's answer is kept up to 1 s
             return (await http.get("/readyz")).status_code == 503
-        await until(not_ready, what="/readyz 503 while Redis is away")
+        await eventually(not_ready, 20.0, what="/readyz 503 while Redis is away")
         ready = await http.get("/readyz")
         assert ready.json()["reason"] == "shared state unavailable"
         assert ready.json()["shared_state"]["available"] is False
@@ -225,7 +212,7 @@ async def test_an_unreadable_total_is_its_own_refusal_and_readyz_says_so_until_r
 
         async def ready_again() -> bool:
             return (await http.get("/readyz")).status_code == 200
-        await until(ready_again, what="/readyz 200 once Redis is back")
+        await eventually(ready_again, 20.0, what="/readyz 200 once Redis is back")
         assert (await http.get("/healthz")).json()["shared_state"]["available"] is True
         twiml, _ = await incoming_call(http)
         assert "<Connect>" in twiml, twiml
@@ -238,21 +225,22 @@ async def test_the_cost_of_calls_during_a_redis_outage_reaches_the_total_once_wh
                                  model_prices=PRICED_AS_GPT_REALTIME) as gw:
             budget = gw.state.budget
             first = await call_cost(gw, await one_call(gw))
-            await until(lambda: budget.unwritten_usd() == 0, what="the first call's cost written")
+            await eventually(lambda: budget.unwritten_usd() == 0, 20.0, what="the first call's cost written")
             assert await shared.get_total(today_key()) == pytest.approx(first)
 
             private_redis.kill()
             # The keyless demo's stream needs no credential claim, and the registry fails open: the call goes on.
             second = await call_cost(gw, await one_call(gw))
-            await until(lambda: budget.unwritten_usd() == pytest.approx(second), what="the second call's cost kept")
+            await eventually(lambda: budget.unwritten_usd() == pytest.approx(second), 20.0,
+                             what="the second call's cost kept")
 
             await private_redis.start()
-            await until(lambda: budget.unwritten_usd() == 0, what="the kept cost written once Redis is back")
+            await eventually(lambda: budget.unwritten_usd() == 0, 20.0, what="the kept cost written once Redis is back")
             assert await shared.get_total(today_key()) == pytest.approx(first + second)
             async with httpx.AsyncClient(base_url=gw.http_url) as http:  # more reads and probes add nothing
                 async def ready() -> bool:
                     return (await http.get("/readyz")).status_code == 200
-                await until(ready, what="/readyz 200 once Redis is back")
+                await eventually(ready, 20.0, what="/readyz 200 once Redis is back")
                 assert (await incoming_call(http))[0].count("<Connect>") == 1
             assert await shared.get_total(today_key()) == pytest.approx(first + second)
     finally:
@@ -296,7 +284,7 @@ async def test_a_shared_state_put_in_after_start_is_the_one_the_budget_and_the_p
 
         async def not_ready() -> bool:
             return (await http.get("/readyz")).status_code == 503
-        await until(not_ready, what="/readyz 503 with an unreachable state")
+        await eventually(not_ready, 20.0, what="/readyz 503 with an unreachable state")
 
 
 async def test_stream_admission_and_leases_are_bounded_and_refused_for_what_they_are_when_redis_hangs() -> None:
@@ -335,7 +323,8 @@ async def test_sqlite_cost_kept_while_the_file_is_locked_is_written_once_it_free
     try:
         await budget_a.add(1.0)
         await budget_b.add(2.0)
-        await until(lambda: budget_a.unwritten_usd() == budget_b.unwritten_usd() == 0, what="both shares written")
+        await eventually(lambda: budget_a.unwritten_usd() == budget_b.unwritten_usd() == 0, 20.0,
+                         what="both shares written")
         assert await budget_a.check() == OK
         locker = sqlite3.connect(path, isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock past the 2 s busy timeout
@@ -349,12 +338,12 @@ async def test_sqlite_cost_kept_while_the_file_is_locked_is_written_once_it_free
         finally:
             locker.execute("ROLLBACK")
             locker.close()
-        await until(lambda: budget_a.unwritten_usd() == 0, what="the kept cost written")
+        await eventually(lambda: budget_a.unwritten_usd() == 0, 20.0, what="the kept cost written")
         assert await worker_b.get_total(today_key()) == pytest.approx(3.5)
         assert await worker_a.get_total(today_key()) == pytest.approx(3.5)
         assert await budget_b.check() == OK and budget_a.available
         await budget_b.add(7.0)
-        await until(lambda: budget_b.unwritten_usd() == 0, what="the worker's new cost written")
+        await eventually(lambda: budget_b.unwritten_usd() == 0, 20.0, what="the worker's new cost written")
         assert await budget_a.check() == REACHED  # 10.5 of 10: every worker sees the whole day
     finally:
         await budget_a.aclose()

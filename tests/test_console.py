@@ -19,7 +19,7 @@ from gateway.api.auth import key_id
 from gateway.call import BargeIn, CallStarted, TranscriptReceived
 from gateway.console.hub import LiveHub
 from gateway.console.session import ConsoleSessions
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.state import MemoryState
 from gateway.store import CallRecord, SessionChange, ToolRun, Turn
 

@@ -10,7 +10,7 @@ import time
 import httpx
 
 from gateway.api.auth import key_id
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.store import CallRecord
 
 from .test_console import ALICE, BOB, OPERATOR, console, client_for, csrf_of, login

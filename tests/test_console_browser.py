@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 
 from .conftest import PRICED_AS_GPT_REALTIME, start_gateway
 

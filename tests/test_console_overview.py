@@ -284,7 +284,7 @@ def test_the_console_draws_its_timeline_without_the_replay_harness():
             "svg = timeline_svg(CallRecord(call_sid='CA' + '0' * 32, to='', from_='', turns=(Turn('a', 'b', "
             "latency_ms=3, t_ms=5),)))\n"
             "assert svg.startswith('<svg')\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('gateway.replay', 'matplotlib'))))\n")
+            "print(sorted(m for m in sys.modules if m.startswith(('gateway.tooling.replay', 'matplotlib'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -300,7 +300,7 @@ say = "Your order has shipped."
 
 
 async def test_a_calls_record_keeps_its_tool_runs_arguments_and_result_for_its_page(tmp_path):
-    from gateway.replay import CallerTurn, load_sample, run_call
+    from gateway.tooling.replay import CallerTurn, load_sample, run_call
 
     script = tmp_path / "script.toml"
     script.write_text(TOOL_SCRIPT)

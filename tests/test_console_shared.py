@@ -24,9 +24,9 @@ import pytest
 from gateway.api.auth import key_id
 from gateway.call import CallStarted, TranscriptReceived
 from gateway.console.hub import LiveHub
-from gateway.fuzz import _clean_env
+from gateway.tooling.fuzz import _clean_env
 from gateway.observe import metrics
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.runner import free_port
 from gateway.state import MemoryState, RedisState, SQLiteState
 from gateway.state.base import LiveBatch

@@ -14,10 +14,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.call import CallStarted
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.state import MemoryState, RedisState
 
 from .conftest import start_gateway
+from .helpers import eventually
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 # Random per run: with Redis, the per-key control rate limit is shared by every run against the same server.
@@ -36,12 +37,20 @@ async def redis_or_skip() -> None:
 
 
 async def call_sid_of(gw, timeout_s: float = 10.0) -> str:
-    for _ in range(int(timeout_s / 0.05)):
-        started = gw.of_type(CallStarted)
-        if started:
-            return started[0].call_sid
-        await asyncio.sleep(0.05)
-    raise AssertionError("no call started")
+    started = await eventually(lambda: gw.of_type(CallStarted), timeout_s, "a call started")
+    return started[0].call_sid
+
+
+async def registered(gw, call_sid: str) -> None:
+    """The call holds its leases and is in the registry of live calls (the session does this in the background,
+    once the call started)."""
+    await eventually(lambda: gw.state.shared.call_holder(call_sid), what=f"{call_sid} registered")
+
+
+async def unregistered(gw, call_sid: str) -> None:
+    async def gone() -> bool:
+        return await gw.state.shared.call_holder(call_sid) is None
+    await eventually(gone, what=f"{call_sid} out of the registry")
 
 
 def long_call(gw):
@@ -55,7 +64,7 @@ async def test_a_call_on_one_instance_is_hung_up_through_another() -> None:
     async with start_gateway(instance_id="gw-a", **common) as a, start_gateway(instance_id="gw-b", **common) as b:
         phone = long_call(a)
         call_sid = await call_sid_of(a)
-        await asyncio.sleep(0.5)  # registered (in the background, once the call started)
+        await registered(a, call_sid)
         async with httpx.AsyncClient(base_url=b.http_url) as http:
             response = await http.post(f"/calls/{call_sid}/hangup", headers=AUTH)
             assert response.status_code == 202, response.text
@@ -63,7 +72,7 @@ async def test_a_call_on_one_instance_is_hung_up_through_another() -> None:
             report = await asyncio.wait_for(phone, 15)
             assert report.ended_by == "gateway_closed"
             # Over: not live anywhere, not known as a record either.
-            await asyncio.sleep(0.3)
+            await unregistered(b, call_sid)
             gone = await http.post(f"/calls/{call_sid}/say", headers=AUTH, json={"text": "hello"})
             assert gone.status_code == 404, gone.text
 
@@ -74,7 +83,7 @@ async def test_say_reaches_the_agent_of_a_call_held_elsewhere_and_instructions_c
     async with start_gateway(instance_id="gw-c", **common) as a, start_gateway(instance_id="gw-d", **common) as b:
         phone = long_call(a)
         call_sid = await call_sid_of(a)
-        await asyncio.sleep(0.5)
+        await registered(a, call_sid)
         async with httpx.AsyncClient(base_url=b.http_url) as http:
             said = await http.post(f"/calls/{call_sid}/say", headers=AUTH,
                                    json={"text": "Tell the caller their order shipped."})
@@ -85,9 +94,9 @@ async def test_say_reaches_the_agent_of_a_call_held_elsewhere_and_instructions_c
             assert instructed.status_code == 202, instructed.text
             bad = await http.post(f"/calls/{call_sid}/say", headers=AUTH, json={"text": ""})
             assert bad.status_code == 400
-            await asyncio.sleep(0.5)
             session = a.local_server.sessions[-1]
-            assert ("system", "Tell the caller their order shipped.") in session.client_texts
+            await eventually(lambda: ("system", "Tell the caller their order shipped.") in session.client_texts,
+                             what="the say at the model")
             assert a.app.state.gateway.find_session(call_sid).call.config.session_update["session"]["instructions"] \
                 == "Speak French from now on."
             await http.post(f"/calls/{call_sid}/hangup", headers=AUTH)
@@ -116,8 +125,7 @@ async def test_the_global_limit_holds_across_instances_and_a_crashed_instances_s
         await state.release_lease("global", "stale")  # a clean slate for this scope
         async with start_gateway(instance_id="gw-f", **common) as a, start_gateway(instance_id="gw-g", **common) as b:
             first = long_call(a)
-            await call_sid_of(a)
-            await asyncio.sleep(0.5)
+            await registered(a, await call_sid_of(a))  # registered once its leases are held
             second = await run_call(b.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
                                     timeout_s=20, hangup_after_ms=5000)
             assert second.ended_by == "gateway_closed"  # refused: the one slot is taken on the other instance

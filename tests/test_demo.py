@@ -3,7 +3,7 @@
 from dataclasses import replace
 
 from gateway.config import Settings
-from gateway.demo import run_demo
+from gateway.tooling.demo import run_demo
 from gateway.wavio import read_wav
 
 

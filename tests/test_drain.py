@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.runner import free_port
 
 

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.call import BargeIn, ModelReportedError, ModelSessionLost
 from gateway.media_stream import MODEL_DOWN_LIMIT_S
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 
 from .conftest import start_gateway
 

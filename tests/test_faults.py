@@ -15,8 +15,8 @@ import pytest
 from gateway.audio import mulaw_decode
 from gateway.call import ModelRolledOver, ModelSessionLost
 from gateway.local.server import Faults
-from gateway.replay import CallerTurn, load_sample, run_call
-from gateway.replay.phone.units import HEARD_RMS
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay.phone.units import HEARD_RMS
 
 from .conftest import start_gateway
 

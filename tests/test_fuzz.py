@@ -1,6 +1,6 @@
 """``gateway fuzz``, small: the gateway runs as a real subprocess on 127.0.0.1, the storm and the calls in this one.
 
-The fuzz is called as a function (``gateway.fuzz.main``, what ``gateway fuzz`` runs), with ``--json``, so the test
+The fuzz is called as a function (``gateway.tooling.fuzz.main``, what ``gateway fuzz`` runs), with ``--json``, so the test
 sees both the exit status and the figures.
 """
 

@@ -7,9 +7,9 @@ import io
 import json
 
 from gateway.local import LocalRealtimeServer
-from gateway.replay import CallerTurn, load_sample, run_call
-from gateway.replay.load import METRICS, ForwardingProbe, LoadReport, Percentiles, run_load
-from gateway.replay.report import CallReport, TurnReport
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay.load import METRICS, ForwardingProbe, LoadReport, Percentiles, run_load
+from gateway.tooling.replay.report import CallReport, TurnReport
 
 from .conftest import start_gateway
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from gateway.config import ConfigError, Settings
-from gateway.fuzz import _clean_env
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.fuzz import _clean_env
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.runner import free_port
 
 from .conftest import start_gateway

@@ -128,8 +128,8 @@ async def test_backpressure_is_reported_not_waited_on_and_drained_wakes_when_the
 
 async def test_wss_verifies_the_server_against_ssl_cert_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("cryptography")
-    from gateway.bench.models import tls_context
-    from gateway.bench.steps import self_signed
+    from gateway.tooling.bench.models import tls_context
+    from gateway.tooling.bench.steps import self_signed
 
     cert, key = self_signed(str(tmp_path))
     received: list[bytes] = []

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.observe.cost import DEFAULT_PRICES, Usage, load_price_table, prices_for, PriceError
 from gateway.observe.logs import CallContextFilter, JsonFormatter, TextFormatter, mask_number
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 
 from .conftest import PRICED_AS_GPT_REALTIME, start_gateway
 

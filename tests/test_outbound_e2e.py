@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from gateway.replay import CallerTurn, CallReport, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, CallReport, load_sample, run_call
 from tests.conftest import GatewayUnderTest, start_gateway
 from tests.fake_twilio import FakeTwilio, start_fake_twilio
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from gateway.audio import MULAW_SILENCE, mulaw_decode, mulaw_encode
-from gateway.replay.phone import FRAME_BYTES, CallerTurn, Phone, run_call
-from gateway.replay.report import (
+from gateway.tooling.replay.phone import FRAME_BYTES, CallerTurn, Phone, run_call
+from gateway.tooling.replay.report import (
     BAD_FIELD,
     BEFORE_START,
     BINARY_FRAME,
@@ -539,7 +539,7 @@ async def test_call_against_a_trivial_gateway() -> None:
 
 
 def test_speech_bounds_come_from_the_callers_audio_not_the_file():
-    from gateway.replay.phone import speech_bounds_ms
+    from gateway.tooling.replay.phone import speech_bounds_ms
 
     tone = mulaw_encode((np.sin(np.arange(8000) * 0.3) * 8000).astype(np.int16))  # 1 s of voice
     clip = bytes([MULAW_SILENCE]) * 8 * 300 + tone + bytes([MULAW_SILENCE]) * 8 * 600

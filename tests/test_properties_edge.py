@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from gateway.audio import Base64Audio
 from gateway.call import Call, CallConfig, Dropped, Send
-from gateway.fuzz import Raw, dumps, key_paths  # JSON with verbatim tokens: the fuzzer's own writer
+from gateway.tooling.fuzz import Raw, dumps, key_paths  # JSON with verbatim tokens: the fuzzer's own writer
 from gateway.playback import PlaybackTracker, mark_name, parse_mark_name
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
@@ -551,7 +551,7 @@ def test_the_core_accounts_echoes_of_its_own_marks_for_any_item_id(item_id: str,
     sid = "MZ" + "0" * 32
     call = Call(CallConfig(session_update={"type": "session.update", "session": {}}, audio_format="pcm16"))
     call.twilio_event(tw.Start(sid, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
-    call.model_connected()
+    call.model_connected(0)
     call.model_event(rt.ResponseCreated("resp_1"), 0)
     out = call.model_event(rt.AudioDelta("resp_1", item_id, b"\x00\x01" * (ms * 24)), 0)
     marks = [o.message for o in out if isinstance(o, Send) and o.message.get("event") == "mark"]

@@ -13,8 +13,8 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from gateway import recording as recording_module
 from gateway.recording import MAX_BYTES_BEFORE_START, CallRecorder
-from gateway.replay import CallerTurn, load_sample, run_call
-from gateway.replay.recording import load_recording
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay.recording import load_recording
 
 from .conftest import start_gateway
 

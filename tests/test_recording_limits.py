@@ -15,9 +15,9 @@ import pytest
 from gateway.observe import metrics
 from gateway.recording import CallRecorder, RecordingsQuota
 from gateway.recording_wav import write_call_wav
-from gateway.replay import CallerTurn, load_sample, run_call
-from gateway.replay.recording import load_recording
-from gateway.replay.scenario import load_scenario, run_scenario
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay.recording import load_recording
+from gateway.tooling.replay.scenario import load_scenario, run_scenario
 from gateway.twilio import media as tw
 
 from .conftest import start_gateway

@@ -18,7 +18,7 @@ from gateway.audio import mulaw_decode, mulaw_encode
 from gateway.config import ConfigError, Settings
 from gateway.recording import CallRecorder
 from gateway.recording_wav import call_tracks, call_wav_bytes, recording_file, write_call_wav
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.store.retention import RECORDING_FILE
 from gateway.wavio import read_wav
 

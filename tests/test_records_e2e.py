@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.observe.cost import Usage
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 
 from .conftest import PRICED_AS_GPT_REALTIME, start_gateway
 from .test_store_postgres import _postgres_unavailable

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.replay import command
-from gateway.replay.expectations import ExpectationResult
-from gateway.replay.report import CallReport, TurnReport
-from gateway.replay.scenario import bundled_names
+from gateway.tooling.replay import command
+from gateway.tooling.replay.expectations import ExpectationResult
+from gateway.tooling.replay.report import CallReport, TurnReport
+from gateway.tooling.replay.scenario import bundled_names
 from gateway.wavio import parse_wav
 
 from .conftest import start_gateway
@@ -135,11 +135,11 @@ def test_load_mode(tmp_path, capsys) -> None:
 def test_without_the_plot_and_summary_modules_the_run_still_reports(tmp_path, monkeypatch) -> None:
     report = CallReport("MZ1", "CA1", "AC1", "hangup", 3000.0,
                         turns=[TurnReport(0, "hello", False, 0.0, 1000.0, response_ms=600.0)])
-    monkeypatch.setitem(sys.modules, "gateway.replay.plot", None)  # import fails
-    monkeypatch.setitem(sys.modules, "gateway.replay.summary", None)
+    monkeypatch.setitem(sys.modules, "gateway.tooling.replay.plot", None)  # import fails
+    monkeypatch.setitem(sys.modules, "gateway.tooling.replay.summary", None)
     note = command._write_png(report, tmp_path / "x.png", "x")
     assert note is not None and note.startswith("no timeline plot") and not (tmp_path / "x.png").exists()
-    from gateway.replay.scenario import Scenario
+    from gateway.tooling.replay.scenario import Scenario
 
     text = command._summary(Scenario("x"), report, [ExpectationResult("max_turn_latency_ms", True, "fine")], True,
                             {"json": "x.json"}, [note])

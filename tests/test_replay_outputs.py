@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from gateway.audio import MULAW_SILENCE, mulaw_encode
-from gateway.replay import CallerTurn, load_sample, run_call
-from gateway.replay.plot import envelope, write_timeline_png
-from gateway.replay.report import (
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay.plot import envelope, write_timeline_png
+from gateway.tooling.replay.report import (
     UNKNOWN_EVENT,
     WRONG_STREAM_SID,
     CallReport,
@@ -24,7 +24,7 @@ from gateway.replay.report import (
     TurnReport,
     Violation,
 )
-from gateway.replay.summary import format_summary, use_color
+from gateway.tooling.replay.summary import format_summary, use_color
 
 from .conftest import start_gateway
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from gateway.call import ModelReportedError
 from gateway.local.server import Faults
-from gateway.replay import CallerTurn, CallReport, load_sample, run_call
-from gateway.replay.phone import SlowReader
-from gateway.replay.summary import format_summary
+from gateway.tooling.replay import CallerTurn, CallReport, load_sample, run_call
+from gateway.tooling.replay.phone import SlowReader
+from gateway.tooling.replay.summary import format_summary
 
 from .conftest import GatewayUnderTest, start_gateway
 

@@ -11,10 +11,10 @@ import json
 
 import pytest
 
-from gateway.replay import CallerTurn
-from gateway.replay.phone import SlowReader, run_call
-from gateway.replay.report import CallReport, Silence
-from gateway.replay.summary import format_summary
+from gateway.tooling.replay import CallerTurn
+from gateway.tooling.replay.phone import SlowReader, run_call
+from gateway.tooling.replay.report import CallReport, Silence
+from gateway.tooling.replay.summary import format_summary
 
 from .test_phone import clear, events, mark, media, opened, run_script, silence, tone
 

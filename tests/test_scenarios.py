@@ -13,11 +13,11 @@ import pytest
 
 from gateway.audio import MULAW_SILENCE, mulaw_decode, mulaw_encode
 from gateway.call import CallStarted, DtmfReceived, TranscriptReceived
-from gateway.replay.expectations import ExpectationResult, all_passed, evaluate
-from gateway.replay.phone import FRAME_BYTES, CallerTurn, Phone
-from gateway.replay.recording import RecordedPhone, RecordingError, load_recording
-from gateway.replay.report import CallReport, TurnReport, Violation
-from gateway.replay.scenario import (
+from gateway.tooling.replay.expectations import ExpectationResult, all_passed, evaluate
+from gateway.tooling.replay.phone import FRAME_BYTES, CallerTurn, Phone
+from gateway.tooling.replay.recording import RecordedPhone, RecordingError, load_recording
+from gateway.tooling.replay.report import CallReport, TurnReport, Violation
+from gateway.tooling.replay.scenario import (
     Expectations,
     Scenario,
     ScenarioError,
@@ -25,7 +25,7 @@ from gateway.replay.scenario import (
     load_scenario,
     run_scenario,
 )
-from gateway.replay.testing import ReplayOutcome, replay_scenario
+from gateway.tooling.replay.testing import ReplayOutcome, replay_scenario
 from gateway.wavio import load_sample, write_wav
 
 from .conftest import start_gateway
@@ -116,7 +116,7 @@ all_turns_played = false
 def test_the_documented_example_is_a_valid_scenario(tmp_path) -> None:
     import textwrap
 
-    import gateway.replay.scenario as module
+    import gateway.tooling.replay.scenario as module
 
     doc = module.__doc__ or ""
     example = textwrap.dedent(doc.split("every field (all optional but one of ``turns`` / ``recording``)::")[1].split("More turn options")[0])
@@ -338,7 +338,7 @@ def test_max_barge_in_stop() -> None:
 
 def test_agent_heard_marks_underruns_ended_by() -> None:
     s = scenario(min_agent_heard_ms=1000, max_agent_heard_ms=2000, all_marks_echoed=True, max_underruns=0, ended_by="hangup")
-    from gateway.replay.report import MarkRecord
+    from gateway.tooling.replay.report import MarkRecord
 
     good = report(agent_heard_ms=1500.0, marks=[MarkRecord("m", 1.0, 2.0, 2.0, "played")])
     assert all(r.passed for r in evaluate(s, good, None))
@@ -603,7 +603,7 @@ async def test_a_recording_against_our_gateway(tmp_path) -> None:
 
 
 def test_strict_mode_fails_skipped_expectations() -> None:
-    from gateway.replay.expectations import all_passed
+    from gateway.tooling.replay.expectations import all_passed
 
     skipped = [ExpectationResult("agent_says", None, "skipped: no transcripts")]
     assert all_passed(skipped) is True

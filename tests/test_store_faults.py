@@ -16,18 +16,18 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import pytest
 
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.runner import free_port
 from gateway.store.spool import SPOOL_FILE
 
 from .conftest import start_gateway
+from .helpers import eventually
 from .test_store_postgres import POSTGRES_URL, fresh_schema
 
 KEY = "k-faults-0123456789abc"
@@ -42,18 +42,6 @@ def talk() -> list[CallerTurn]:
     """A call of a few seconds: two turns, each answered."""
     return [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
             CallerTurn(load_sample("caller_question"), after_silence_ms=2000)]
-
-
-async def poll(condition, timeout_s: float, what: str, interval_s: float = 0.1):
-    """``await condition()`` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(interval_s)
 
 
 # ---- PostgreSQL in a schema of its own, under an application_name of its own
@@ -105,13 +93,13 @@ async def test_three_calls_keep_their_records_when_postgres_connections_are_kill
             rows = await pg_query(pg_schema, "SELECT call_sid, status FROM calls")
             return sorted(sid for sid, status in rows if status == "in-progress") == sorted(sids)
 
-        await poll(all_in_progress, 20, "the three calls' records in progress")
+        await eventually(all_in_progress, 20, "the three calls' records in progress")
         assert await kill_connections(app_name) >= 1  # every connection the gateway's pool holds
         await asyncio.sleep(0.5)
         await kill_connections(app_name)  # and again, whatever it made since
         reports = await asyncio.gather(*calls)
         assert all(report.call_sid in sids for report in reports)
-        await poll(lambda: _none_active(gw), 10, "the calls to end")
+        await eventually(lambda: not gw.state.active_calls, 10, "the calls to end")
         async with httpx.AsyncClient(base_url=gw.http_url) as http:
             for sid in sids:
                 response = await http.get(f"/calls/{sid}", headers=AUTH)
@@ -120,10 +108,6 @@ async def test_three_calls_keep_their_records_when_postgres_connections_are_kill
                 assert record["status"] == "completed" and record["outcome"] == "completed", record
                 assert record["turns"] and record["holder"] == gw.state.settings.instance_id
     assert not (spool / SPOOL_FILE).exists()  # written by retries on fresh connections, not replayed from the spool
-
-
-async def _none_active(gw) -> bool:
-    return not gw.state.active_calls
 
 
 async def test_a_write_whose_connection_is_killed_while_it_runs_is_retried_on_a_fresh_one(pg_schema):
@@ -142,8 +126,12 @@ async def test_a_write_whose_connection_is_killed_while_it_runs_is_retried_on_a_
     try:
         await store.get_call("CA" + "0" * 32)  # opened and migrated
         work = asyncio.create_task(store._run(slow_then_quick))
-        await poll(lambda: asyncio.sleep(0, bool(attempts)), 5, "the first attempt")
-        await asyncio.sleep(0.2)
+        await eventually(lambda: bool(attempts), 5, "the first attempt")
+
+        async def sleeping() -> bool:
+            return bool(await pg_query("public", "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
+                                                 "AND query LIKE 'SELECT pg_sleep%%'", (app_name,)))
+        await eventually(sleeping, 5, "the first attempt's query running")
         await kill_connections(app_name)
         assert await asyncio.wait_for(work, 10) == 42
         assert len(attempts) == 2 and attempts[0] != attempts[1]  # a fresh connection, not the dead one
@@ -227,7 +215,7 @@ async def test_a_call_made_while_the_store_is_down_is_spooled_and_lands_when_it_
             path = spool / SPOOL_FILE
             return path.exists() and b'"op":"finish"' in path.read_bytes()
 
-        await poll(spooled, 15, "the final record in the spool")
+        await eventually(spooled, 15, "the final record in the spool")
         path = spool / SPOOL_FILE
         assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(spool.stat().st_mode) == 0o700
         lines = path.read_bytes().splitlines()
@@ -239,10 +227,10 @@ async def test_a_call_made_while_the_store_is_down_is_spooled_and_lands_when_it_
                 rows = await pg_query(pg_schema, "SELECT status, outcome, holder, turns FROM calls "
                                                  "WHERE call_sid = %s", (sid,))
                 return rows and rows[0][1] == "completed" and rows[0]
-            status, outcome, holder, turns = await poll(landed, 60, "the spooled record in PostgreSQL", 0.5)
+            status, outcome, holder, turns = await eventually(landed, 60, "the spooled record in PostgreSQL", 0.5)
             assert (status, outcome, holder) == ("completed", "completed", gw.state.settings.instance_id)
             assert turns
-            await poll(lambda: asyncio.sleep(0, not any(spool.iterdir())), 10, "the spool to be emptied")
+            await eventually(lambda: not any(spool.iterdir()), 10, "the spool to be emptied")
             async with httpx.AsyncClient(base_url=gw.http_url) as http:
                 record = (await http.get(f"/calls/{sid}", headers=AUTH)).json()
             assert record["status"] == "completed" and record["turns"], record
@@ -257,7 +245,7 @@ async def test_records_spooled_while_the_store_was_down_land_at_the_next_start(p
     async with start_gateway(store_url=pg_url(pg_schema, "gw_test_down", port=free_port()),
                              record_spool_dir=str(spool)) as gw:
         await run_call(gw.ws_url, talk()[:1], call_sid=sid, timeout_s=40, hangup_after_ms=500)
-        await poll(lambda: _none_active(gw), 15, "the call to end")
+        await eventually(lambda: not gw.state.active_calls, 15, "the call to end")
     assert sid.encode() in (spool / SPOOL_FILE).read_bytes()
     async with start_gateway(store_url=pg_url(pg_schema, "gw_test_up"), api_keys=(KEY,),
                              record_spool_dir=str(spool)) as gw:
@@ -265,9 +253,9 @@ async def test_records_spooled_while_the_store_was_down_land_at_the_next_start(p
             async def landed():
                 response = await http.get(f"/calls/{sid}", headers=AUTH)
                 return response.status_code == 200 and response.json()["outcome"] == "completed" and response.json()
-            record = await poll(landed, 20, "the spooled record, written at start-up", 0.2)
+            record = await eventually(landed, 20, "the spooled record, written at start-up", 0.2)
         assert record["turns"] and record["status"] == "completed"
-        await poll(lambda: asyncio.sleep(0, not any(spool.iterdir())), 10, "the spool to be emptied")
+        await eventually(lambda: not any(spool.iterdir()), 10, "the spool to be emptied")
 
 
 # ---- a gateway process killed with -9 in the middle of a call
@@ -295,7 +283,7 @@ async def wait_healthy(url: str, process: subprocess.Popen) -> None:
         with contextlib.suppress(httpx.HTTPError):
             async with httpx.AsyncClient() as http:
                 return (await http.get(url + "/healthz")).status_code == 200
-    await poll(healthy, 30, "the gateway to start", 0.05)
+    await eventually(healthy, 30, "the gateway to start", 0.05)
 
 
 def output(log) -> str:
@@ -324,7 +312,7 @@ async def test_a_call_of_a_gateway_killed_with_9_shows_as_lost_with_what_was_kno
             async def in_progress():
                 response = await http.get(f"/calls/{sid}", headers=AUTH)
                 return response.status_code == 200 and response.json()["status"] == "in-progress" and response.json()
-            record = await poll(in_progress, 20, "the call's record in progress, seen from the other gateway")
+            record = await eventually(in_progress, 20, "the call's record in progress, seen from the other gateway")
             assert record["holder"] == "doomed" and record["direction"] == "inbound" and record["ended_at"] is None
             assert record["started_at"] is not None and record["outcome"] is None
 
@@ -335,7 +323,7 @@ async def test_a_call_of_a_gateway_killed_with_9_shows_as_lost_with_what_was_kno
                 response = await http.get(f"/calls/{sid}", headers=AUTH)
                 return response.json()["status"] == "lost" and response.json()
             # The registry entry lives up to 30 s after its last renewal; the survivor sweeps every 10 s.
-            record = await poll(lost, 60, "the call marked lost", 0.5)
+            record = await eventually(lost, 60, "the call marked lost", 0.5)
             assert record["outcome"] == "lost" and "doomed" in record["end_reason"], record
             assert (record["holder"], record["direction"], record["started_at"]) == ("doomed", "inbound",
                                                                                    record["started_at"])
@@ -379,14 +367,14 @@ async def test_a_gateway_restarted_after_kill_9_marks_its_own_unfinished_calls_l
             finally:
                 db.close()
 
-        await poll(lambda: asyncio.sleep(0, status() == "in-progress"), 20, "the record in progress")
+        await eventually(lambda: status() == "in-progress", 20, "the record in progress")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         assert status() == "in-progress"
         second, url, _ = serve(data_dir, "same-id")
         try:
             await wait_healthy(url, second)
-            await poll(lambda: asyncio.sleep(0, status() == "lost"), 10, "the record marked lost")
+            await eventually(lambda: status() == "lost", 10, "the record marked lost")
         finally:
             second.kill()
             second.wait(10)
@@ -428,13 +416,13 @@ async def test_a_worker_killed_with_9_is_replaced_and_its_call_shows_as_lost(tmp
             async def record_with(status: str):
                 response = await http.get(f"/calls/{sid}", headers=AUTH)
                 return response.status_code == 200 and response.json()["status"] == status and response.json()
-            started = await poll(lambda: record_with("in-progress"), 20, "the call's record in progress")
+            started = await eventually(lambda: record_with("in-progress"), 20, "the call's record in progress")
             assert started["holder"] in ("wk-w0", "wk-w1")
             workers = worker_pids(parent.pid)
             assert len(workers) == 2, workers
             for pid in workers:  # the one holding the call among them
                 os.kill(pid, signal.SIGKILL)
-            lost = await poll(lambda: record_with("lost"), 40, "the call marked lost", 0.3)
+            lost = await eventually(lambda: record_with("lost"), 40, "the call marked lost", 0.3)
         assert (lost["outcome"], lost["holder"], lost["started_at"]) == ("lost", started["holder"],
                                                                         started["started_at"])
         assert parent.poll() is None and "marked lost" in output(log)

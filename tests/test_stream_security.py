@@ -21,12 +21,13 @@ from websockets.asyncio.client import connect
 
 from gateway.config import ConfigError, Settings
 from gateway.app import create_app
-from gateway.replay import CallerTurn, TwilioAccount, load_sample, run_call
-from gateway.replay.dial import StreamInvite, answer_inbound, sign_upgrade, stream_from_twiml
+from gateway.tooling.replay import CallerTurn, TwilioAccount, load_sample, run_call
+from gateway.tooling.replay.dial import StreamInvite, answer_inbound, sign_upgrade, stream_from_twiml
 from gateway.security import CredentialRejected, StreamCredentials, stream_secret
 from gateway.state import MemoryState, RedisState, StateUnavailable
 
 from .conftest import GatewayUnderTest, start_gateway
+from .helpers import eventually
 
 TOKEN = "twilio-auth-token-for-tests-0123"
 PUBLIC_URL = "https://gateway.example.test"
@@ -96,12 +97,11 @@ async def test_a_replayed_upgrade_is_refused_while_and_after_the_first_stream_ru
     genuine = await invite(secure, call_sid)
     async with connect(genuine.connect_url, compression=None, additional_headers=genuine.headers) as ws:
         await ws.send(start_frame(call_sid))
-        await asyncio.sleep(0.3)
-        assert model_sessions(secure) == 1
+        await eventually(lambda: model_sessions(secure) == 1, what="the call's model session")
         # The same URL and signature (captured from a proxy log, say) while the call runs ...
         assert await try_stream(genuine.connect_url, genuine.headers, call_sid) == POLICY_VIOLATION
     # ... and after it ended.
-    await asyncio.sleep(0.2)
+    await eventually(lambda: not secure.state.active_calls, what="the call over")
     assert await try_stream(genuine.connect_url, genuine.headers, call_sid) == POLICY_VIOLATION
     assert model_sessions(secure) == 1
 
@@ -216,10 +216,7 @@ async def test_over_max_calls_the_webhook_says_so_and_streams_are_refused() -> N
         report_task = asyncio.create_task(run_call(
             gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)], timeout_s=20,
             hangup_after_ms=1500))
-        for _ in range(200):
-            if gw.state.active_calls:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: gw.state.active_calls, what="the first call up")
         async with httpx.AsyncClient(base_url=gw.http_url) as http:
             busy = await http.post("/incoming-call", data={"CallSid": new_sid("CA")})
         assert busy.status_code == 200 and "<Say>" in busy.text and "<Hangup" in busy.text and "<Stream" not in busy.text

@@ -15,7 +15,7 @@ import httpx
 from gateway.call import Transfer
 from gateway.call.outputs import Output, Peer
 from gateway.realtime import events as rt
-from gateway.replay import CallerTurn, load_sample
+from gateway.tooling.replay import CallerTurn, load_sample
 from gateway.twilio import media as tw
 from tests.test_call import SID, control_call, delta, of_type, sends
 from tests.test_outbound_e2e import API_KEY, TRANSFER_SCRIPT, outbound_gateway, place_and_answer
@@ -67,14 +67,14 @@ def test_transfer_call_after_the_transfer_left_never_produces_a_second_transfer(
     assert tool_outputs(refused) == [{"error": UNDER_WAY}]
     later += refused + call.model_event(rt.ResponseDone("resp_2", "completed", {}), 410)
     later += call.twilio_event(tw.MarkEcho(SID, "m1"), 500)
-    later += call.transfer_requested()
+    later += call.transfer_requested(0)
     assert of_type(later, Transfer) == []
 
 
 def test_the_api_transfer_during_the_agents_transfer_is_refused_and_the_agents_goes_on():
     call = announced_transfer()
     assert call.transfer_refusal() == ("transfer_in_progress", UNDER_WAY)
-    assert call.transfer_requested() == []
+    assert call.transfer_requested(0) == []
     outputs = call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10)
     outputs += call.twilio_event(tw.MarkEcho(SID, "m0"), 100)
     assert of_type(outputs, Transfer) == [Transfer("the agent transferred the call")]
@@ -84,13 +84,13 @@ def test_a_failed_transfer_is_not_dialled_again():
     call = announced_transfer()
     call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10)
     assert of_type(call.twilio_event(tw.MarkEcho(SID, "m0"), 100), Transfer)
-    call.transfer_failed()  # Twilio answered an error: it may still have redirected the call
+    call.transfer_failed(0)  # Twilio answered an error: it may still have redirected the call
     call.model_event(rt.ResponseCreated("resp_2"), 200)
     refused = call.model_event(rt.FunctionCallRequested("resp_2", "c4", "transfer_call", "{}"), 200)
     assert tool_outputs(refused)[0]["error"].startswith("the transfer was already tried")
     outputs = refused + call.model_event(rt.ResponseDone("resp_2", "completed", {}), 210)
     assert [m["type"] for m in sends(outputs)].count("response.create") == 1  # the agent keeps helping
-    assert of_type(outputs + call.transfer_requested(), Transfer) == []
+    assert of_type(outputs + call.transfer_requested(0), Transfer) == []
     assert call.transfer_refusal()[0] == "transfer_already_failed"
 
 

@@ -13,8 +13,8 @@ import time
 
 import httpx
 
-from gateway.fuzz import _clean_env
-from gateway.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.fuzz import _clean_env
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.runner import free_port
 
 

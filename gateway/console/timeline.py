@@ -9,7 +9,7 @@ The console's script links it to the recording's player: the SVG says where its 
 ``data-right`` in viewBox units, ``data-seconds``), a click on it seeks the player, and the playhead line
 (``#playhead``) follows playback. Every text in it is escaped; it uses presentation attributes only (no ``style``),
 so the console's Content-Security-Policy holds. This module draws for the console only: the replay harness has its
-own PNG timeline (:mod:`gateway.replay.plot`), which the served app never imports.
+own PNG timeline (:mod:`gateway.tooling.replay.plot`), which the served app never imports.
 """
 
 from __future__ import annotations

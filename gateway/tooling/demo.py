@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 
 from gateway.call import BargeIn, Call, CallEvent, ModelReportedError
 from gateway.config import Settings
-from gateway.replay import CallerTurn, CallReport, load_sample, run_call
-from gateway.replay.target import local_gateway
+from gateway.tooling.replay import CallerTurn, CallReport, load_sample, run_call
+from gateway.tooling.replay.target import local_gateway
 
 
 def demo_turns() -> list[CallerTurn]:

@@ -5,7 +5,7 @@ What it does, in order, all on 127.0.0.1 and bounded by ``--frames`` and ``--max
 1. **Start** the gateway as its own process (``gateway serve --host 127.0.0.1 --port <free>``) with a clean
    environment: no API key (so it runs its embedded echo model), no Twilio token, no recording, no tools.
    Wait for ``GET /healthz``. Its resident memory is read from ``/proc/<pid>/status`` (VmRSS).
-2. **Baseline**: ``--calls`` real calls at once, each a replay phone (:func:`gateway.replay.run_call`) that says
+2. **Baseline**: ``--calls`` real calls at once, each a replay phone (:func:`gateway.tooling.replay.run_call`) that says
    the bundled ``caller_hello`` and waits for the agent's answer, then hangs up. RSS is read once they are over.
 3. **Storm**: ``--connections`` hostile workers, each holding one WebSocket at a time (reconnecting when one ends),
    send ``--frames`` frames in all, paced over about one call's length, while ``--calls`` real calls run again
@@ -48,7 +48,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gateway.command import Stopped, run_command
+from gateway.tooling.command import Stopped, run_command
 
 HOST = "127.0.0.1"
 RSS_TOLERANCE_MB = 20.0  # RSS after the storm (and the calls after it) minus RSS after the baseline calls
@@ -596,7 +596,7 @@ class Phase:
 
 
 async def one_call(url: str, audio: bytes) -> CallOutcome:
-    from gateway.replay import CallerTurn, run_call
+    from gateway.tooling.replay import CallerTurn, run_call
 
     t0 = time.monotonic()
     try:
@@ -787,7 +787,7 @@ def _clean_env() -> dict[str, str]:
     """The gateway's environment: only what runs Python, and every setting that could change the run pinned."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "VIRTUAL_ENV", "MALLOC_ARENA_MAX")
     env = {k: os.environ[k] for k in keep if k in os.environ}
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = package_root  # the gateway imports as this process does, installed or not
     env["PYTHONUNBUFFERED"] = "1"
     env["LOG_LEVEL"] = "warning"
@@ -803,7 +803,7 @@ def _clean_env() -> dict[str, str]:
 
 
 async def _healthz(port: int) -> tuple[int, dict[str, Any]]:
-    from gateway.bench import _http_get
+    from gateway.tooling.bench import _http_get
 
     status, body = await asyncio.wait_for(_http_get(HOST, port, "/healthz"), 5.0)
     try:
@@ -829,7 +829,7 @@ async def _settle(port: int, timeout_s: float = 5.0) -> int | None:
 
 async def run_fuzz(config: FuzzConfig, *, progress: bool = False) -> FuzzResult:
     """Run the whole fuzz (see the module docstring). Never raises for a gateway failure: the checks say it."""
-    from gateway.bench import Child, _wait_until, process_rss_mb, stop_children
+    from gateway.tooling.bench import Child, _wait_until, process_rss_mb, stop_children
     from gateway.runner import free_port
     from gateway.wavio import load_sample
 

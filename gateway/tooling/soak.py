@@ -58,7 +58,7 @@ class SoakResult:
 
 
 def _rss(pid: int) -> float | None:
-    from gateway.bench import process_rss_mb
+    from gateway.tooling.bench import process_rss_mb
 
     rss = process_rss_mb(pid)
     return round(rss, 1) if rss is not None else None
@@ -79,7 +79,7 @@ def _percentiles(values: list[float]) -> str:
 
 
 async def _one_call(url: str, result: SoakResult) -> None:
-    from gateway.replay import CallerTurn, load_sample, run_call
+    from gateway.tooling.replay import CallerTurn, load_sample, run_call
 
     turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300, name="hello"),
              CallerTurn(load_sample("caller_bargein"), after_agent_heard_ms=800, name="barge-in"),
@@ -103,8 +103,8 @@ async def _one_call(url: str, result: SoakResult) -> None:
 
 
 async def run_soak(calls: int, minutes: float, session_limit_s: float, warmup_s: float) -> SoakResult:
-    from gateway.bench import Child, _wait_until, stop_children
-    from gateway.fuzz import _clean_env, _healthz, _settle
+    from gateway.tooling.bench import Child, _wait_until, stop_children
+    from gateway.tooling.fuzz import _clean_env, _healthz, _settle
     from gateway.runner import free_port
 
     result = SoakResult()

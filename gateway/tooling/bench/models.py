@@ -1,8 +1,8 @@
-"""The model side of a bench run, in its own process: ``python -m gateway.bench.models realtime|mirror``.
+"""The model side of a bench run, in its own process: ``python -m gateway.tooling.bench.models realtime|mirror``.
 
 * ``realtime``: the embedded Realtime server (``gateway.local``, the echo agent), its audio paced at real time
   (``--speed 1``), for the gateway to talk to.
-* ``mirror``: the model behind the null relay (:mod:`gateway.bench.relay`). It speaks Twilio's Media Streams
+* ``mirror``: the model behind the null relay (:mod:`gateway.tooling.bench.relay`). It speaks Twilio's Media Streams
   protocol, since the relay forwards Twilio's frames verbatim: it runs the same voice activity detector as the
   embedded server on the caller's audio, and when the caller stops it plays back what they said as 100 ms
   ``media`` messages, each followed by a ``mark``, paced at real time (the echo agent's traffic); when the caller
@@ -155,7 +155,7 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.bench.models")
+    parser = argparse.ArgumentParser(prog="python -m gateway.tooling.bench.models")
     parser.add_argument("kind", choices=("realtime", "mirror"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)

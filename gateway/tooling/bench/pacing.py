@@ -1,4 +1,4 @@
-"""``python -m gateway.bench.pacing``: how long the agent keeps talking after a barge-in, with the audio to Twilio
+"""``python -m gateway.tooling.bench.pacing``: how long the agent keeps talking after a barge-in, with the audio to Twilio
 paced at several leads (``TWILIO_AUDIO_LEAD_MS``), on a fast path and on slow ones.
 
 For each lead and each path, a call with a barge-in is played by the replay phone against the gateway with the
@@ -16,8 +16,8 @@ from dataclasses import replace
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.replay import CallerTurn, load_sample, run_call
-from gateway.replay.phone import SlowReader
+from gateway.tooling.replay import CallerTurn, load_sample, run_call
+from gateway.tooling.replay.phone import SlowReader
 from gateway.runner import running_app
 
 PATHS = {
@@ -52,7 +52,7 @@ async def run(leads: list[int], runs: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.bench.pacing", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gateway.tooling.bench.pacing", description=__doc__.split("\n\n")[0])
     parser.add_argument("--leads", default="0,1000,500", help="TWILIO_AUDIO_LEAD_MS values (default 0,1000,500)")
     parser.add_argument("--runs", type=int, default=2, help="calls per lead and path (default 2)")
     args = parser.parse_args(argv)

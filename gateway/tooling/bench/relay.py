@@ -5,7 +5,7 @@ A Starlette WebSocket endpoint (``/media-stream``) under uvicorn with the gatewa
 connection it opens one WebSocket to the model (``--upstream``, as the gateway connects: no compression) and
 forwards every Twilio frame verbatim to it and every model frame verbatim back. It parses nothing, keeps no
 accounting and makes no decision: what the gateway costs beyond it is what its work (parsing, the call core,
-transcoding, barge-in accounting) costs. ``python -m gateway.bench.relay --port P --upstream ws://...``.
+transcoding, barge-in accounting) costs. ``python -m gateway.tooling.bench.relay --port P --upstream ws://...``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.config import Settings
     from gateway.runner import uvicorn_options
 
-    parser = argparse.ArgumentParser(prog="python -m gateway.bench.relay")
+    parser = argparse.ArgumentParser(prog="python -m gateway.tooling.bench.relay")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="the model's WebSocket URL")

@@ -5,7 +5,7 @@ Three processes, so each one's CPU time is its own:
 * the embedded model server (``gateway local-realtime``, the echo agent) in a subprocess;
 * the gateway (``gateway serve``, pointed at it with ``REALTIME_URL`` and an API key, so it does not start
   its own embedded server) in another subprocess;
-* the load generator: ``calls`` replay phones (:mod:`gateway.replay.phone`) in this process, started evenly
+* the load generator: ``calls`` replay phones (:mod:`gateway.tooling.replay.phone`) in this process, started evenly
   over ``ramp`` seconds. Every phone says a bundled phrase, waits for the echo agent's answer (media +
   marks, played back in real time, marks echoed), says it again, and so on: 50 caller frames/s each, the
   whole time.
@@ -38,10 +38,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gateway.command import Stopped, run_command
-from gateway.replay.load import LoadReport, Percentiles, run_load
-from gateway.replay.phone import FRAME_MS, CallerTurn, Phone, call_with
-from gateway.replay.report import CallReport
+from gateway.tooling.command import Stopped, run_command
+from gateway.tooling.replay.load import LoadReport, Percentiles, run_load
+from gateway.tooling.replay.phone import FRAME_MS, CallerTurn, Phone, call_with
+from gateway.tooling.replay.report import CallReport
 from gateway.runner import free_port
 from gateway.wavio import load_sample
 

@@ -8,7 +8,7 @@ For every step (a number of concurrent calls) and every target, in this order:
 * ``pcm16``: the gateway transcoding (mu-law 8 kHz <-> PCM16 24 kHz), same model.
 
 The server under test is pinned to CPU 0; the load generator (this process: the replay phones,
-:mod:`gateway.replay`) and the model process to CPU 1. Every phone says a phrase (about 1.5 s), waits for the
+:mod:`gateway.tooling.replay`) and the model process to CPU 1. Every phone says a phrase (about 1.5 s), waits for the
 echo agent's answer, and barges in 600 ms into it with the next one, for the whole call: every cycle is a
 barge-in. The window starts once every call of the step is up.
 
@@ -46,10 +46,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gateway.command import Stopped, run_command
-from gateway.replay.load import Percentiles, run_load
-from gateway.replay.phone import FRAME_MS, CallerTurn, call_with
-from gateway.replay.report import CallReport
+from gateway.tooling.command import Stopped, run_command
+from gateway.tooling.replay.load import Percentiles, run_load
+from gateway.tooling.replay.phone import FRAME_MS, CallerTurn, call_with
+from gateway.tooling.replay.report import CallReport
 from gateway.runner import free_port
 from gateway.wavio import load_sample
 
@@ -271,12 +271,12 @@ async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
     children: list[Child] = []
     try:
         kind = "mirror" if target == "relay" else "realtime"
-        model = Child("model", [sys.executable, "-m", "gateway.bench.models", kind, "--port", str(model_port),
+        model = Child("model", [sys.executable, "-m", "gateway.tooling.bench.models", kind, "--port", str(model_port),
                                 "--report", report, *model_args], env)
         children.append(model)
         upstream = f"{scheme}://{host}:{model_port}" + ("" if target == "relay" else "/v1/realtime")
         if target == "relay":
-            server = Child("relay", [sys.executable, "-m", "gateway.bench.relay", "--port", str(server_port),
+            server = Child("relay", [sys.executable, "-m", "gateway.tooling.bench.relay", "--port", str(server_port),
                                      "--upstream", upstream], env)
         else:
             server_env = dict(env, REALTIME_URL=upstream, REALTIME_API_KEY="bench", AUDIO_FORMAT=target,
@@ -535,7 +535,7 @@ def format_table(data: dict[str, Any]) -> str:
                 f"/{num((s['outbound_delay_ms'] or {}).get('p99'), '.1f')} ms   lost {s['frames_lost']}"
                 + (f"   load behind in {s['load_behind_rounds']} of {s['rounds']}" if s["load_behind_rounds"] else ""))
     lines += ["", "in: phone -> model, out: model -> phone; per-frame delay beyond the call's fastest frame (see "
-              "gateway/bench/steps.py). lost/late: caller frames, late = > 20 ms. turn/barge: the phones' p50 turn "
+              "gateway/tooling/bench/steps.py). lost/late: caller frames, late = > 20 ms. turn/barge: the phones' p50 turn "
               "latency and barge-in stop time (ms)."]
     return "\n".join(lines)
 

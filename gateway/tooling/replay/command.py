@@ -192,7 +192,7 @@ def _write_png(report: CallReport, path: Path, title: str) -> str | None:
     try:
         from .plot import write_timeline_png
     except ImportError as error:
-        return f"no timeline plot: gateway.replay.plot is not available ({error})"
+        return f"no timeline plot: gateway.tooling.replay.plot is not available ({error})"
     try:
         write_timeline_png(report, path, title=title)
     except ImportError as error:  # matplotlib is the plots extra: the note names it

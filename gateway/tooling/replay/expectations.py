@@ -1,6 +1,6 @@
 """Checking a replayed call against its scenario's ``[expect]`` table.
 
-:func:`evaluate` turns a :class:`~gateway.replay.report.CallReport` (and the assistant's transcripts, when
+:func:`evaluate` turns a :class:`~gateway.tooling.replay.report.CallReport` (and the assistant's transcripts, when
 the backend gave any) into one :class:`ExpectationResult` per expectation the scenario sets:
 ``passed`` is True, False, or None when it could not be checked (e.g. no transcripts, no barge-in).
 """

@@ -51,7 +51,7 @@ More turn options: ``wait_for_agent`` (with ``after_silence_ms``: first wait for
 turn; default true after speech, false after DTMF or on the first turn), ``expect_answer`` (whether a
 say/wav/dtmf turn counts for ``max_turn_latency_ms`` and is waited for; default true for speech).
 
-A recorded call (see :mod:`gateway.replay.recording`) replaces the turns: ``recording = "calls/CA123.jsonl"``
+A recorded call (see :mod:`gateway.tooling.replay.recording`) replaces the turns: ``recording = "calls/CA123.jsonl"``
 (relative to this file); with it, ``[call]`` takes only ``timeout_s`` / ``hangup_after_ms`` / ``audio_format``.
 
 :func:`load_scenario` takes a path or the name of a bundled scenario; every problem is a
@@ -127,7 +127,7 @@ class Scenario:
 
 
 def bundled_dir() -> Path:
-    return Path(str(resources.files("gateway.replay").joinpath("scenarios")))
+    return Path(str(resources.files("gateway.tooling.replay").joinpath("scenarios")))
 
 
 def bundled_names() -> list[str]:

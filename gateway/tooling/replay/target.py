@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.config import Settings
-from gateway.replay.dial import TwilioAccount
+from gateway.tooling.replay.dial import TwilioAccount
 
-REPLAY_PUBLIC_URL = "https://gateway.replay.invalid"  # .invalid: a name that can never resolve (RFC 2606)
+REPLAY_PUBLIC_URL = "https://gateway.tooling.replay.invalid"  # .invalid: a name that can never resolve (RFC 2606)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Replay a scenario inside a test: three lines per check, with pytest (pytest-asyncio) or any asyncio runner.
 
-    from gateway.replay.testing import replay_scenario
+    from gateway.tooling.replay.testing import replay_scenario
 
     async def test_caller_can_interrupt_the_agent():
         outcome = await replay_scenario("early-barge-in")  # a bundled scenario, or a path to your .toml
@@ -9,7 +9,7 @@
 With no ``url`` the scenario calls our gateway, started in-process for the call with the embedded model
 (``audio_format="pcmu"`` for pass-through mode); give ``url="ws://host:port/media-stream"`` to test any
 gateway that speaks Twilio Media Streams. ``outcome.report`` holds every measurement
-(:class:`~gateway.replay.report.CallReport`), ``outcome.results`` each expectation's result.
+(:class:`~gateway.tooling.replay.report.CallReport`), ``outcome.results`` each expectation's result.
 To check transcript expectations against a gateway at a URL, pass ``transcripts``: a function from the
 call's callSid to the assistant's transcripts.
 """

@@ -43,7 +43,7 @@ from .script import (
 from .shell import TWILIO_USER_AGENT, SlowReader, call_with, drive, run_call
 from .units import FRAME_BYTES, FRAME_MS, HEARD_RMS, SPB
 
-_Turn = _script._Turn  # a spoken turn: RecordedPhone (gateway.replay.recording) builds its own from the audio
+_Turn = _script._Turn  # a spoken turn: RecordedPhone (gateway.tooling.replay.recording) builds its own from the audio
 
 __all__ = [
     "DTMF_SPACING_MS",

@@ -4,7 +4,7 @@ Twilio accepts three events from a Media Streams server, each with exactly its f
 (``media.payload``, base64 mu-law), ``mark`` (``mark.name``, a string) and ``clear``; each carries the
 stream's ``streamSid``. A message Twilio would refuse (a binary frame, not JSON, an unknown event, a
 missing or extra field, the wrong stream, a payload that is not base64, anything before ``start``) is
-counted as a :class:`~gateway.replay.report.Violation` and ignored, as Twilio ignores it.
+counted as a :class:`~gateway.tooling.replay.report.Violation` and ignored, as Twilio ignores it.
 """
 
 from __future__ import annotations

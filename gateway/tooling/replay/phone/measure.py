@@ -2,7 +2,7 @@
 
 Inputs are the caller's spoken turns (:mod:`.script`), the playback runs and the per-millisecond "heard" flags
 (:mod:`.playback`), and the key presses sent. Every figure is from the caller's side only; see
-:class:`~gateway.replay.report.TurnReport` and :class:`~gateway.replay.report.Silence` for the definitions.
+:class:`~gateway.tooling.replay.report.TurnReport` and :class:`~gateway.tooling.replay.report.Silence` for the definitions.
 """
 
 from __future__ import annotations
