@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from .redact import is_loopback_host, redact_url, split_url
-from .setting import ConfigError, Setting, Values, comma_list, env_choice
+from .setting import ConfigError, Reader, Setting, Values, comma_list, env_choice
 
 
 def chosen_api_key(values: Values) -> str:
@@ -107,11 +107,15 @@ def keys(setting: Setting[tuple[str, ...]], values: Values) -> tuple[str, ...]:
     return found
 
 
-def metrics_api_key(setting: Setting[str], values: Values) -> str:
-    key = setting.parse(values.env)
-    if key and len(key) < 16:
-        raise ConfigError("METRICS_API_KEY must be at least 16 characters (a short key is guessed)")
-    return key
+def at_least(length: int, why: str) -> Reader:
+    """The reader of a secret that is either unset or at least ``length`` characters long (METRICS_API_KEY,
+    STREAM_SECRET): a short one is guessed. The error names the variable, never the value."""
+    def read(setting: Setting[str], values: Values) -> str:
+        secret = setting.parse(values.env)
+        if secret and len(secret) < length:
+            raise ConfigError(f"{setting.env} must be at least {length} characters ({why})")
+        return secret
+    return read
 
 
 def metrics_port(setting: Setting[int], values: Values) -> int:
@@ -216,11 +220,6 @@ def twilio_api_base_url(setting: Setting[str], values: Values) -> str:
     return url
 
 
-def stream_secret(setting: Setting[str], values: Values) -> str:
-    secret = setting.parse(values.env)
-    if secret and len(secret) < 32:
-        raise ConfigError("STREAM_SECRET must be at least 32 characters (use e.g. `openssl rand -hex 32`)")
-    return secret
 
 
 def trusted_proxies(setting: Setting[tuple[str, ...]], values: Values) -> tuple[str, ...]:

@@ -36,7 +36,7 @@ STREAM_SECRET = Setting(
     "STREAM_SECRET", "",
     "Key (>= 32 chars) of the stream credentials' MAC. Unset: derived from `TWILIO_AUTH_TOKEN` (shared by "
     "every instance), or random per process without one.",
-    secret=True, shown="derived", reader=readers.stream_secret,
+    secret=True, shown="derived", reader=readers.at_least(32, "use e.g. `openssl rand -hex 32`"),
 )
 
 STREAM_CREDENTIAL_TTL_S = Setting(
