@@ -6,8 +6,8 @@
 * left, the caller: each inbound ``media`` frame's mu-law decoded and placed at its own timestamp (a lost frame is
   silence);
 * right, the agent as the caller heard it: outbound ``media`` played in real time from when it was sent, queued
-  behind what is still playing, and cut where a ``clear`` dropped it, exactly as Twilio plays a stream (the replay
-  phone's model of Twilio's playback, :class:`gateway.tooling.replay.phone.playback.PlaybackQueue`).
+  behind what is still playing, and cut where a ``clear`` dropped it, exactly as Twilio plays a stream (the
+  model of Twilio's playback, :class:`gateway.twilio.playback.PlaybackQueue`, which the replay phone plays too).
 
 Consent: a call is recorded when its outbound request said ``"record": true``, or said nothing and ``RECORD_AUDIO``
 is on. A call whose request said ``"record": false`` keeps no audio at all: its frame recording is deleted too.
@@ -32,6 +32,7 @@ import orjson
 from gateway.audio import MULAW_BYTES_PER_MS, MULAW_SILENCE, mulaw_decode
 from gateway.logsafe import safe
 from gateway.recording import RecordingsQuota, recordings_quota
+from gateway.twilio.playback import PlaybackQueue
 from gateway.wavio import PHONE_RATE, wav_bytes
 
 log = logging.getLogger("gateway.recording")
@@ -50,8 +51,6 @@ def recording_consent(record_audio: bool, requested: bool | None) -> bool:
 
 def call_tracks(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     """(caller, agent as heard): mu-law 8 kHz from the stream's ``start``, equally long, from a frame recording."""
-    from gateway.tooling.replay.phone.playback import PlaybackQueue
-
     line = PlaybackQueue()  # Twilio's playback of what the gateway sent
     caller = bytearray()
     origin: float | None = None  # the recording's t_ms of Twilio's start: t = 0 of both tracks

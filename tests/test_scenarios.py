@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.audio import MULAW_SILENCE, mulaw_decode, mulaw_encode
+from gateway.audio import MULAW_SILENCE, mulaw_decode
 from gateway.call import CallStarted, DtmfReceived, TranscriptReceived
 from gateway.tooling.replay.expectations import ExpectationResult, all_passed, evaluate
 from gateway.tooling.replay.phone import FRAME_BYTES, CallerTurn, Phone
@@ -29,11 +29,7 @@ from gateway.tooling.replay.testing import ReplayOutcome, replay_scenario
 from gateway.wavio import load_sample, write_wav
 
 from .conftest import start_gateway
-
-
-def tone(ms: float, freq: float = 440.0, amp: float = 8000.0) -> bytes:
-    n = int(ms * 8)
-    return mulaw_encode((amp * np.sin(2 * np.pi * freq * np.arange(n) / 8000)).astype(np.int16))
+from .helpers import mulaw_tone
 
 
 def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
@@ -230,9 +226,9 @@ def agent(phone: Phone, audio: bytes) -> str:
 
 
 def test_pause_delays_the_next_rule_and_is_not_a_turn() -> None:
-    phone = Phone([CallerTurn(tone(100), after_silence_ms=0), CallerTurn(pause_ms=500),
-                   CallerTurn(tone(100), after_silence_ms=0, name="after")], hangup_after_ms=10_000)
-    drive(phone, 1500, {200.0: [agent(phone, tone(100))]})
+    phone = Phone([CallerTurn(mulaw_tone(100), after_silence_ms=0), CallerTurn(pause_ms=500),
+                   CallerTurn(mulaw_tone(100), after_silence_ms=0, name="after")], hangup_after_ms=10_000)
+    drive(phone, 1500, {200.0: [agent(phone, mulaw_tone(100))]})
     first, after = phone.report().turns
     # The answer (200-300 ms) falls inside the pause (100-600 ms) yet still counts for the first turn.
     assert first.response_ms == 100.0
@@ -240,7 +236,7 @@ def test_pause_delays_the_next_rule_and_is_not_a_turn() -> None:
 
 
 def test_dtmf_turn_expects_no_answer_by_default() -> None:
-    phone = Phone([CallerTurn(dtmf="1", after_silence_ms=0), CallerTurn(tone(100), after_silence_ms=100)],
+    phone = Phone([CallerTurn(dtmf="1", after_silence_ms=0), CallerTurn(mulaw_tone(100), after_silence_ms=100)],
                   hangup_after_ms=10_000)
     drive(phone, 1000)
     dtmf, speech = phone.report().turns
@@ -249,22 +245,22 @@ def test_dtmf_turn_expects_no_answer_by_default() -> None:
 
 
 def test_hangup_turn_while_the_agent_talks() -> None:
-    phone = Phone([CallerTurn(tone(100), after_silence_ms=0), CallerTurn(hangup=True, after_agent_heard_ms=200)])
-    sent = drive(phone, 3000, {300.0: [agent(phone, tone(1000))]})
+    phone = Phone([CallerTurn(mulaw_tone(100), after_silence_ms=0), CallerTurn(hangup=True, after_agent_heard_ms=200)])
+    sent = drive(phone, 3000, {300.0: [agent(phone, mulaw_tone(1000))]})
     assert sent[-1]["event"] == "stop" and phone.ended_by == "hangup" and phone.end_ms == 500.0
     report = phone.report()
     assert len(report.turns) == 1 and report.runs[0].end_ms is None  # still playing when the caller hung up
 
 
 def test_when_agent_stops_starts_the_turn_as_soon_as_playback_drains() -> None:
-    phone = Phone([CallerTurn(tone(100), after_silence_ms=0), CallerTurn(tone(100), after_silence_ms=0, wait_for_agent=True)],
+    phone = Phone([CallerTurn(mulaw_tone(100), after_silence_ms=0), CallerTurn(mulaw_tone(100), after_silence_ms=0, wait_for_agent=True)],
                   hangup_after_ms=10_000)
-    drive(phone, 2000, {400.0: [agent(phone, tone(300))]})
+    drive(phone, 2000, {400.0: [agent(phone, mulaw_tone(300))]})
     assert phone.report().turns[1].start_ms == 700.0
 
 
 def test_line_noise_is_seeded_and_at_the_asked_snr() -> None:
-    speech = tone(1000, amp=4000)
+    speech = mulaw_tone(1000, amp=4000)
 
     def caller_audio(seed: int) -> bytes:
         phone = Phone([CallerTurn(speech, after_silence_ms=1000)], noise_snr_db=20, seed=seed, hangup_after_ms=10_000)
@@ -338,7 +334,7 @@ def test_max_barge_in_stop() -> None:
 
 def test_agent_heard_marks_underruns_ended_by() -> None:
     s = scenario(min_agent_heard_ms=1000, max_agent_heard_ms=2000, all_marks_echoed=True, max_underruns=0, ended_by="hangup")
-    from gateway.tooling.replay.report import MarkRecord
+    from gateway.twilio.playback import MarkRecord
 
     good = report(agent_heard_ms=1500.0, marks=[MarkRecord("m", 1.0, 2.0, 2.0, "played")])
     assert all(r.passed for r in evaluate(s, good, None))
@@ -363,7 +359,7 @@ def test_transcript_expectations() -> None:
 
 
 def test_all_turns_played() -> None:
-    turns = [CallerTurn(tone(100)), CallerTurn(pause_ms=100), CallerTurn(dtmf="1"), CallerTurn(hangup=True)]
+    turns = [CallerTurn(mulaw_tone(100)), CallerTurn(pause_ms=100), CallerTurn(dtmf="1"), CallerTurn(hangup=True)]
     s = Scenario("t", turns=turns)
     two = [turn("a", 1.0), turn("b", None, kind="dtmf", expects_answer=False)]
     assert results(s, report(turns=two))["all_turns_played"].passed is True
@@ -526,7 +522,7 @@ def test_bad_recordings(tmp_path, text: str, message: str) -> None:
 
 
 def test_fresh_sids_rewrite_only_the_sids(tmp_path) -> None:
-    rec = load_recording(write_recording(tmp_path / "r.jsonl", recorded_call(speech=tone(200))))
+    rec = load_recording(write_recording(tmp_path / "r.jsonl", recorded_call(speech=mulaw_tone(200))))
     phone = RecordedPhone(rec, fresh_sids=True)
     sent = phone.open(0.0) + phone.tick(100_000.0)
     assert phone.call_sid != CALL and phone.stream_sid != STREAM and phone.done
@@ -551,7 +547,7 @@ async def test_a_recording_replays_exactly_and_marks_are_echoed_live(tmp_path) -
             received.append(((loop.time() - t0) * 1000, message))
             if len(received) == 30:  # mid-call: 200 ms of agent audio, then a mark
                 await ws.send(json.dumps({"event": "media", "streamSid": STREAM,
-                                          "media": {"payload": base64.b64encode(tone(200)).decode()}}))
+                                          "media": {"payload": base64.b64encode(mulaw_tone(200)).decode()}}))
                 await ws.send(json.dumps({"event": "mark", "streamSid": STREAM, "mark": {"name": "live"}}))
                 sent_at = (loop.time() - t0) * 1000
                 received.append((sent_at, "SENT"))

@@ -1,6 +1,5 @@
-"""Twilio's playback queue: the simulated Twilio side of the gateway's audio.
-
-What Twilio does with what the gateway sends on one stream, in real time, and what the caller hears:
+"""Twilio's playback model: what Twilio does with what the gateway sends on one stream, in real time, and what the
+caller hears:
 
 * ``media`` is queued and played at 8 kHz from when it arrives (nothing is played ahead of time; a queue
   that runs dry leaves silence until more arrives). With ``playback_delay_ms``, audio that reaches an idle
@@ -11,21 +10,60 @@ What Twilio does with what the gateway sends on one stream, in real time, and wh
 * ``clear`` drops the queued audio and echoes every pending mark at once.
 
 :class:`PlaybackQueue` is pure: fed the messages' contents and the time, it returns the marks whose
-echo is due; the :class:`~.core.Phone` words the messages. It keeps the timeline the report is measured
-from: the playback runs, what was heard sample by sample, and which milliseconds were heard at all.
+echo is due; its users word the messages (the replay phone) or read them from a call's frame recording (the
+recording's WAV: the agent's track as the caller heard it). It keeps the timeline a replay report is measured from:
+the playback runs, what was heard sample by sample, and which milliseconds were heard at all.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.audio import mulaw_decode
+from gateway.audio import MULAW_BYTES_PER_MS, MULAW_SILENCE, mulaw_decode
 
-from ..report import ClearRecord, MarkRecord, PlaybackRun
-from .units import HEARD_RMS, SILENCE_FRAME, SPB
+SPB = MULAW_BYTES_PER_MS  # samples (= mu-law bytes) per millisecond
+HEARD_RMS = 200.0  # a millisecond of played audio louder than this (int16 RMS, about -44 dBFS) is heard
+SILENCE_BYTE = bytes([MULAW_SILENCE])
+
+
+@dataclass(slots=True)
+class MarkRecord:
+    """A mark the gateway sent, and its echo.
+
+    ``outcome``: ``"played"`` (echoed once the audio queued before it had played), ``"immediate"``
+    (nothing was queued: echoed at once), ``"cleared"`` (echoed by a clear), ``"pending"`` (never
+    echoed: the call ended first).
+    """
+
+    name: str
+    received_ms: float
+    due_ms: float | None = None  # when playback reached it (the exact echo time)
+    echoed_ms: float | None = None  # when the phone produced the echo
+    outcome: str = "pending"
+
+
+@dataclass(slots=True)
+class ClearRecord:
+    """A ``clear`` from the gateway."""
+
+    time_ms: float
+    played_ms: float  # agent audio played since the queue last started from empty
+    dropped_ms: float  # queued agent audio that was thrown away
+    marks_echoed: int  # pending marks echoed at once
+
+
+@dataclass(slots=True)
+class PlaybackRun:
+    """One stretch of agent playback: from the queue starting from empty to it emptying (drained or cleared)."""
+
+    start_ms: float
+    end_ms: float | None = None  # None: still playing when the call ended
+    ended_by: str = "playing"  # "drained" | "cleared" | "playing" (at the end of the call)
+    played_ms: float = 0.0
 
 
 class PlaybackQueue:
@@ -124,7 +162,7 @@ class PlaybackQueue:
         if self.queued and self.cursor < hold:  # queued audio waits in the jitter buffer: silence until then
             fill = min(hold, target) - self.cursor
             if fill > 0:
-                self.heard += SILENCE_FRAME[:1] * fill
+                self.heard += SILENCE_BYTE * fill
                 self.cursor += fill
         while True:
             while queue and isinstance(queue[0], MarkRecord):
@@ -149,7 +187,7 @@ class PlaybackQueue:
                 queue.popleft()
                 self._head_pos = 0
         if self.cursor < target:
-            self.heard += SILENCE_FRAME[:1] * (target - self.cursor)
+            self.heard += SILENCE_BYTE * (target - self.cursor)
             self.cursor = target
         self._update_heard()
         return self.echoes_due(now_ms)
@@ -196,4 +234,4 @@ class PlaybackQueue:
         return None if i < 0 else i
 
 
-__all__ = ["PlaybackQueue"]
+__all__ = ["HEARD_RMS", "SPB", "ClearRecord", "MarkRecord", "PlaybackQueue", "PlaybackRun"]

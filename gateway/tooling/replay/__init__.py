@@ -7,7 +7,8 @@ Scenarios (TOML: the caller's script and what must hold) are in :mod:`.scenario`
 from .dial import DialError, TwilioAccount
 from .expectations import ExpectationResult, evaluate
 from .phone import CallerTurn, Phone, run_call
-from .report import CallReport, ClearRecord, MarkRecord, PlaybackRun, TurnReport, Violation
+from gateway.twilio.playback import ClearRecord, MarkRecord, PlaybackRun
+from .report import CallReport, TurnReport, Violation
 from .scenario import Scenario, ScenarioError, load_scenario, run_scenario
 from gateway.wavio import load_sample, read_wav, sample_names, to_mulaw_8k, write_wav
 

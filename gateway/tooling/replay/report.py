@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.audio import MULAW_SILENCE
 
+from gateway.twilio.playback import ClearRecord, MarkRecord, PlaybackRun
 from gateway.wavio import PHONE_RATE, write_mulaw_wav
 
 # Violation kinds: what Twilio would reject in a message from the gateway (Twilio's Media Streams error 31951).
@@ -47,42 +48,6 @@ class Violation:
     time_ms: float
     kind: str
     reason: str
-
-
-@dataclass(slots=True)
-class MarkRecord:
-    """A mark the gateway sent, and its echo.
-
-    ``outcome``: ``"played"`` (echoed once the audio queued before it had played), ``"immediate"``
-    (nothing was queued: echoed at once), ``"cleared"`` (echoed by a clear), ``"pending"`` (never
-    echoed: the call ended first).
-    """
-
-    name: str
-    received_ms: float
-    due_ms: float | None = None  # when playback reached it (the exact echo time)
-    echoed_ms: float | None = None  # when the phone produced the echo
-    outcome: str = "pending"
-
-
-@dataclass(slots=True)
-class ClearRecord:
-    """A ``clear`` from the gateway."""
-
-    time_ms: float
-    played_ms: float  # agent audio played since the queue last started from empty
-    dropped_ms: float  # queued agent audio that was thrown away
-    marks_echoed: int  # pending marks echoed at once
-
-
-@dataclass(slots=True)
-class PlaybackRun:
-    """One stretch of agent playback: from the queue starting from empty to it emptying (drained or cleared)."""
-
-    start_ms: float
-    end_ms: float | None = None  # None: still playing when the call ended
-    ended_by: str = "playing"  # "drained" | "cleared" | "playing" (at the end of the call)
-    played_ms: float = 0.0
 
 
 @dataclass(slots=True)

@@ -27,11 +27,12 @@ and chunks do not. Line noise (``noise_snr_db``) is mixed into every frame the c
 
 from __future__ import annotations
 
+from gateway.twilio.playback import PlaybackQueue
+
 from . import script as _script
 from .checks import ProtocolChecker
 from .core import UNDERRUN_GAP_MS, Phone
 from .measure import silences, turn_reports, underruns
-from .playback import PlaybackQueue
 from .script import (
     DTMF_SPACING_MS,
     NOMINAL_SPEECH_RMS,

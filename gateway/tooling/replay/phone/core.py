@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from gateway.audio import MULAW_SILENCE, mulaw_decode, mulaw_encode, to_int16
+from gateway.twilio.playback import ClearRecord, MarkRecord, PlaybackQueue, PlaybackRun
 
-from ..report import CallReport, ClearRecord, MarkRecord, PlaybackRun
+from ..report import CallReport
 from . import measure
 from .checks import ProtocolChecker
-from .playback import PlaybackQueue
 from .script import CallerScript, CallerTurn, _Turn, speech_rms
 from .units import FRAME_BYTES, FRAME_MS, HEARD_RMS, SPB
 

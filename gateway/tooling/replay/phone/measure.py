@@ -1,7 +1,7 @@
 """The report's measurements: what the caller lived, computed from the phone's timeline after (or during) a call.
 
 Inputs are the caller's spoken turns (:mod:`.script`), the playback runs and the per-millisecond "heard" flags
-(:mod:`.playback`), and the key presses sent. Every figure is from the caller's side only; see
+(:mod:`gateway.twilio.playback`), and the key presses sent. Every figure is from the caller's side only; see
 :class:`~gateway.tooling.replay.report.TurnReport` and :class:`~gateway.tooling.replay.report.Silence` for the definitions.
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..report import PlaybackRun, Silence, TurnReport
+from gateway.twilio.playback import PlaybackRun
+
+from ..report import Silence, TurnReport
 from .script import _Turn, speech_bounds_ms
 
 

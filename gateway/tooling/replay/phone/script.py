@@ -18,7 +18,7 @@ from gateway.audio import mulaw_decode
 from .units import FRAME_BYTES, HEARD_RMS, SILENCE_FRAME, SPB
 
 if TYPE_CHECKING:
-    from .playback import PlaybackQueue
+    from gateway.twilio.playback import PlaybackQueue
 
 DTMF_SPACING_MS = 200  # one key press (tone and gap) per 200 ms; the event is sent at the end of each
 NOMINAL_SPEECH_RMS = 3000.0  # the speech level noise is set against when the script has no speech (about -21 dBFS)

@@ -7,11 +7,10 @@ which for 8 kHz mu-law are also bytes (:data:`SPB` per millisecond).
 from __future__ import annotations
 
 from gateway.audio import MULAW_BYTES_PER_MS, MULAW_SILENCE
+from gateway.twilio.playback import HEARD_RMS, SPB
 
 FRAME_MS = 20
 FRAME_BYTES = FRAME_MS * MULAW_BYTES_PER_MS  # 160
-SPB = MULAW_BYTES_PER_MS  # samples (= mu-law bytes) per millisecond
-HEARD_RMS = 200.0  # a millisecond of played audio louder than this (int16 RMS, about -44 dBFS) is heard
 SILENCE_FRAME = bytes([MULAW_SILENCE]) * FRAME_BYTES
 
 __all__ = ["FRAME_BYTES", "FRAME_MS", "HEARD_RMS", "SILENCE_FRAME", "SPB"]
