@@ -65,10 +65,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         logging.getLogger("gateway.cli").error("gateway serve cannot start: %s", problem)
         return 2
     if workers > 1:
-        from gateway.workers import serve_workers
+        from gateway.server.workers import serve_workers
 
         return serve_workers(settings, workers)
-    from gateway.runner import serve_gateway
+    from gateway.server.serve import serve_gateway
 
     return serve_gateway(settings)
 

@@ -153,7 +153,7 @@ def check_tools_module(settings: Settings) -> Check | None:
 
 def check_tools(settings: Settings) -> tuple[Check, Any]:
     """The check, and the tool registry calls would use (None when it cannot be built)."""
-    from gateway.app import build_tool_registry
+    from gateway.server.app import build_tool_registry
     from gateway.twilio.rest import TwilioRest
 
     module_failed = check_tools_module(settings)

@@ -130,7 +130,7 @@ def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddre
 
 def is_trusted_proxy(client_host: str | None, trusted: Iterable[str]) -> bool:
     """True when the peer address is one of TRUSTED_PROXY_IPS (addresses or networks). The networks are parsed
-    once per setting: this runs for every new socket (gateway.connection_caps)."""
+    once per setting: this runs for every new socket (gateway.server.connection_caps)."""
     if not client_host:
         return False
     try:

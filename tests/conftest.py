@@ -8,10 +8,10 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from gateway.app import create_app
+from gateway.server.app import create_app
 from gateway.call import Call, CallEvent
 from gateway.config import Settings
-from gateway.runner import running_app
+from gateway.server.runner import running_app
 
 
 # The embedded model costs nothing; tests of cost accounting price it as gpt-realtime (USD per million tokens).

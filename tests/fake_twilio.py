@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
-from gateway.runner import running_app
+from gateway.server.runner import running_app
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "fake-auth-token-0123456789abcdef"

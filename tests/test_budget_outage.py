@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect
 from gateway.media_stream import POLICY_VIOLATION
 from gateway.observe.budget import OK, REACHED, UNAVAILABLE, DailyBudget
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 from gateway.security import INBOUND
 from gateway.state import MemoryState, RedisState, SQLiteState
 
@@ -40,7 +40,7 @@ CALL_SID = "CA" + "7" * 32
 
 
 def today_key() -> str:
-    return "cost:" + datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    return "cost:" + datetime.now(UTC).strftime("%Y-%m-%d")
 
 
 class PrivateRedis:
@@ -183,7 +183,7 @@ async def test_an_unreadable_total_is_its_own_refusal_and_readyz_says_so_until_r
         before = await scrape(gw.http_url)
 
         private_redis.kill()
-        with captured("gateway.app") as log:
+        with captured("gateway.server.app") as log:
             twiml, elapsed = await incoming_call(http)
         print(f"webhook with Redis killed: {elapsed * 1000:.0f} ms")
         assert said_state_unavailable(twiml), twiml

@@ -184,7 +184,7 @@ def test_a_worker_without_redis_or_twilio_credentials_does_not_load_their_client
     import subprocess
     import sys
 
-    code = ("import sys, gateway.app, gateway.runner, gateway.media_stream; "
+    code = ("import sys, gateway.server.app, gateway.server.runner, gateway.media_stream; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'redis', 'requests', 'urllib3', 'scipy'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.strip() == "[]"

@@ -1,4 +1,4 @@
-"""One address cannot hold the server (``gateway.connection_caps``), over real sockets from several loopback
+"""One address cannot hold the server (``gateway.server.connection_caps``), over real sockets from several loopback
 addresses (127.0.0.2 plays the attacker, 127.0.0.3 Twilio, 127.0.0.4 the health checker).
 
 While one address holds its maximum of open sockets and of unfinished request heads, and keeps opening more, a
@@ -21,9 +21,10 @@ import websockets
 from twilio.request_validator import RequestValidator
 
 from gateway.config import ConfigError, Settings
-from gateway.connection_caps import address_caps
+from gateway.server.connection_caps import address_caps
 
 from .conftest import start_gateway
+from .helpers import eventually
 
 TOKEN = "twilio-auth-token-for-caps-01234"
 PUBLIC_URL = "https://gateway.example.test"
@@ -66,13 +67,6 @@ async def still_open(reader: asyncio.StreamReader) -> bool:
         return False
 
 
-async def poll(condition, what: str, timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.05)
-
-
 def signed_webhook(call_sid: str) -> tuple[dict[str, str], dict[str, str]]:
     form = {"CallSid": call_sid, "From": "+14155550100", "To": "+14155550111", "AccountSid": "AC" + "0" * 32}
     signature = RequestValidator(TOKEN).compute_signature(PUBLIC_URL + "/incoming-call", form)
@@ -106,7 +100,7 @@ async def test_one_address_at_its_maximum_leaves_room_for_twilio_and_health_chec
                 after = await scrape(gw.http_url)
                 return sum(after.values()) - sum(before.values()) >= len(extra)
 
-            await poll(refused_all, "the sockets past the attacker's share were not refused")
+            await eventually(refused_all, what="the sockets past the attacker's share were not refused")
             for reader, _ in extra:  # closed at once, without an answer
                 assert await asyncio.wait_for(reader.read(), 5) == b""
             after = await scrape(gw.http_url)
@@ -138,7 +132,7 @@ async def test_one_address_at_its_maximum_leaves_room_for_twilio_and_health_chec
                 writer.close()
             return free
 
-        await poll(share_is_free, "the attacker's closed sockets still count against its share")
+        await eventually(share_is_free, what="the attacker's closed sockets still count against its share")
 
 
 async def test_twelve_unfinished_heads_from_one_address_at_max_connections_10() -> None:
@@ -154,7 +148,7 @@ async def test_twelve_unfinished_heads_from_one_address_at_max_connections_10() 
                 return after.get("per_address_unfinished_heads", 0) - before.get("per_address_unfinished_heads", 0) \
                     >= 12 - heads
 
-            await poll(refused, "unfinished heads past the per-address cap were not refused")
+            await eventually(refused, what="unfinished heads past the per-address cap were not refused")
             async with from_address(TWILIO, gw.http_url) as twilio:
                 form, headers = signed_webhook("CA" + secrets.token_hex(16))
                 assert (await twilio.post("/incoming-call", data=form, headers=headers)).status_code == 200
@@ -173,7 +167,7 @@ async def test_refusals_are_summarised_with_the_addresses_refused_most(caplog) -
             async def summarised() -> bool:
                 return any("since the last report" in record.getMessage() for record in caplog.records)
 
-            await poll(summarised, "no summary line after the interval")  # no further refusal needed to flush it
+            await eventually(summarised, what="no summary line after the interval")  # no further refusal needed to flush it
         finally:
             for _, writer in sockets:
                 writer.close()
@@ -201,7 +195,7 @@ async def test_a_trusted_proxy_is_not_capped_as_one_client_its_clients_are_per_r
                     response = await proxy.get("/healthz", headers={"X-Forwarded-For": "198.51.100.7"})
                     return response.status_code == 503
 
-                await poll(capped, "the client behind the proxy was not capped per request")
+                await eventually(capped, what="the client behind the proxy was not capped per request")
                 response = await proxy.get("/healthz", headers={"X-Forwarded-For": "198.51.100.7"})
                 assert response.status_code == 503 and "from your address" in response.text
                 assert (await proxy.get("/healthz", headers={"X-Forwarded-For": "203.0.113.9"})).status_code == 200
@@ -226,8 +220,8 @@ def test_the_caps_are_a_fraction_of_max_connections_whatever_it_is_set_to() -> N
 
 
 def test_the_address_table_counts_per_address_ipv6_per_64_and_exempts_trusted_proxies() -> None:
-    """The table itself (gateway.connection_caps.AddressTable), with stand-ins for transports (any hashable)."""
-    from gateway.connection_caps import AddressTable
+    """The table itself (gateway.server.connection_caps.AddressTable), with stand-ins for transports (any hashable)."""
+    from gateway.server.connection_caps import AddressTable
 
     table = AddressTable(replace(Settings(), max_connections=20, trusted_proxy_ips=("10.0.0.0/8",)))
     assert (table.per_address, table.heads_per_address) == (5, 1)
@@ -273,13 +267,13 @@ async def test_a_websocket_keeps_its_place_in_its_address_count_until_it_closes(
             except (OSError, websockets.exceptions.WebSocketException):
                 return False
 
-        await poll(room_again, "closed WebSockets still count against their address")
+        await eventually(room_again, what="closed WebSockets still count against their address")
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert not errors, errors
 
 
 async def test_a_share_too_small_for_max_calls_is_said_at_start(caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="gateway.app")
+    caplog.set_level(logging.WARNING, logger="gateway.server.app")
     async with start_gateway(max_connections=40, max_calls=30):  # a share of 10 connections, 30 calls
         pass
     assert any("fewer than MAX_CALLS=30" in record.getMessage() for record in caplog.records)
@@ -319,7 +313,7 @@ async def test_a_host_opening_100_sockets_a_second_leaves_calls_in_at_the_defaul
         answered = []
         try:
             async with from_address(TWILIO, gw.http_url) as twilio:
-                for second in range(3):
+                for _second in range(3):
                     for _ in range(100):
                         flood.append(await open_from(ATTACKER, gw.http_url, UNFINISHED_HEAD))
                         await asyncio.sleep(0.01)  # pacing the flood, not a bound

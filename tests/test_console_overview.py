@@ -278,7 +278,7 @@ def test_the_console_draws_its_timeline_without_the_replay_harness():
     import subprocess
     import sys
 
-    code = ("import sys, gateway.app\n"
+    code = ("import sys, gateway.server.app\n"
             "from gateway.console.timeline import timeline_svg, recording_envelopes\n"
             "from gateway.store import CallRecord, Turn\n"
             "svg = timeline_svg(CallRecord(call_sid='CA' + '0' * 32, to='', from_='', turns=(Turn('a', 'b', "

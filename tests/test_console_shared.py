@@ -27,7 +27,7 @@ from gateway.console.hub import LiveHub
 from gateway.tooling.fuzz import _clean_env
 from gateway.observe import metrics
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 from gateway.state import MemoryState, RedisState, SQLiteState
 from gateway.state.base import LiveBatch
 from gateway.store import CallRecord
@@ -104,7 +104,7 @@ async def redis_instances(monkeypatch: Any, count: int = 2, **overrides: Any) ->
     """``count`` gateways sharing one Redis under a key prefix of this test's own."""
     await redis_or_skip()
     prefix = f"test-console-{secrets.token_hex(6)}:"
-    monkeypatch.setattr("gateway.app.open_state", lambda url, *args, **kwargs: RedisState(url, prefix=prefix))
+    monkeypatch.setattr("gateway.server.app.open_state", lambda url, *args, **kwargs: RedisState(url, prefix=prefix))
     async with contextlib.AsyncExitStack() as stack:
         yield [await stack.enter_async_context(start_gateway(
             redis_url=REDIS_URL, instance_id=f"console-{n}-{secrets.token_hex(4)}", outbound_rate_limit_per_minute=100,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 from tests.test_infra import INFRA, ROOT, compose_gateways, dockerfile_stages, dockerfile_user, load_compose
 from tests.test_operator_paths import lines_of, run_once, serving
 

@@ -22,10 +22,10 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from gateway.direct_ws import missing_internals
+from gateway.server.direct_ws import missing_internals
 from gateway.extras import MissingExtra, require
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
-from gateway.runner import QuietServer, free_port, running_app
+from gateway.server.runner import QuietServer, free_port, running_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,7 +112,7 @@ async def test_a_uvicorn_without_a_private_name_falls_back_to_its_plain_protocol
 
 
 async def test_the_installed_uvicorn_has_every_private_name_the_gateway_uses() -> None:
-    from gateway.runner import FALLBACKS
+    from gateway.server.runner import FALLBACKS
 
     assert FALLBACKS == {"direct_ws": [], "http": [], "server": []}
 
@@ -241,3 +241,35 @@ def test_the_minimum_constraints_pin_every_declared_lower_bound() -> None:
     assert declared, "no lower bound read from pyproject.toml"
     for name, version in declared.items():
         assert pinned.get(name) == version, f"{name}>={version} in pyproject.toml, {pinned.get(name)} pinned"
+
+
+@pytest.mark.parametrize(("lock", "extras"), [("lock-image.txt", ["all"]), ("lock-ci.txt", ["test"])])
+def test_the_lock_files_pin_every_requirement_within_its_bounds_with_hashes(lock: str, extras: list[str]) -> None:
+    from packaging.requirements import Requirement
+
+    text = (ROOT / "constraints" / lock).read_text()
+    pinned = {name.lower().replace("_", "-"): version
+              for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", text, re.MULTILINE)}
+    assert len(pinned) == len(re.findall(r"^\S+==", text, re.MULTILINE)), "a pin without a hash"
+    assert text.count("--hash=sha256:") >= len(pinned)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted, seen = list(project["dependencies"]), set()
+    while extras:
+        extra = extras.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for item in project["optional-dependencies"][extra]:
+            if item.startswith("gateway["):
+                extras += item[len("gateway["):-1].split(",")
+            else:
+                wanted.append(item)
+    for item in wanted:
+        requirement = Requirement(item)
+        if requirement.marker is not None and not requirement.marker.evaluate({"python_version": "3.11",
+                                                                               "sys_platform": "linux"}):
+            continue
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pinned, f"{name} is not in constraints/{lock}: remake it (its header says how)"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (
+            f"{name}=={pinned[name]} in constraints/{lock} is outside {requirement.specifier}: remake it")

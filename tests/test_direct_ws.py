@@ -1,4 +1,4 @@
-"""uvicorn's WebSocket protocol with the direct path (``gateway.direct_ws``), under a real uvicorn with the gateway's
+"""uvicorn's WebSocket protocol with the direct path (``gateway.server.direct_ws``), under a real uvicorn with the gateway's
 options: an app that attaches a receiver gets text messages by callback, in order with what was queued before it
 attached, and still gets the disconnect through ``receive()``; an app that attaches nothing gets plain ASGI."""
 
@@ -12,8 +12,8 @@ import uvicorn
 from websockets.asyncio.client import connect
 
 from gateway.config import Settings
-from gateway.direct_ws import direct_receive
-from gateway.runner import free_port, uvicorn_options
+from gateway.media_stream.direct import direct_receive
+from gateway.server.runner import free_port, uvicorn_options
 
 
 class Recorder:

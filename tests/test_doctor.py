@@ -17,7 +17,7 @@ from gateway.cli import main
 from gateway.doctor import FAIL, PASS, SKIP, Check, bounded, describe, format_report, run_checks
 from gateway.local import LocalRealtimeServer
 from gateway.local.server import Faults
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 from tests.conftest import start_gateway
 from tests.fake_twilio import FakeTwilio, start_fake_twilio
 

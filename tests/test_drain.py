@@ -13,7 +13,7 @@ import time
 import httpx
 
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 
 
 def serve(**env: str) -> tuple[subprocess.Popen, str, object]:

@@ -1,4 +1,4 @@
-"""Where ``/metrics`` is served (``gateway.metrics_listener``): off the public port with a real model unless
+"""Where ``/metrics`` is served (``gateway.server.metrics_listener``): off the public port with a real model unless
 ``METRICS_PORT`` (a listener of its own, on ``METRICS_HOST``) or ``METRICS_API_KEY`` says otherwise; on the public
 port for the keyless demo; every worker's metrics from the one metrics port with ``--workers``. Real sockets: the
 gateway under uvicorn in this process, and real ``gateway serve`` processes."""
@@ -17,7 +17,7 @@ import pytest
 from gateway.config import ConfigError, Settings
 from gateway.tooling.fuzz import _clean_env
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 
 from .conftest import start_gateway
 from .test_operator_paths import run_once, serving
@@ -29,7 +29,7 @@ METRICS_KEY = "metrics-key-0123456789abcdef"
 
 
 async def test_with_a_real_model_and_neither_setting_metrics_are_not_on_the_public_port(caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="gateway.app")
+    caplog.set_level(logging.WARNING, logger="gateway.server.app")
     async with start_gateway(**REAL_MODEL) as gw, httpx.AsyncClient(base_url=gw.http_url) as http:
         assert (await http.get("/metrics")).status_code == 404
         assert (await http.get("/healthz")).status_code == 200

@@ -35,7 +35,7 @@ import pytest
 from gateway.config import ConfigError, Settings
 from gateway.logsafe import LIFESPAN_FAILED
 from gateway.observe.logs import JsonFormatter, TextFormatter
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 from gateway.tools import load_tools_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,8 +112,9 @@ def serving(argv: list[str], *, cwd: Path | str, env: dict[str, str],
     try:
         # Appended to by the process (its own offset never moves under it), read by the test from its path.
         with open(log, "ab") as stderr:
+            # preexec_fn: test_container.py's switch to the image's user (setgroups, setgid, setuid), nothing else.
             process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-                                       preexec_fn=preexec_fn)
+                                       preexec_fn=preexec_fn)  # noqa: PLW1509
         served = Served(process, log)
         try:
             yield served
@@ -294,9 +295,9 @@ def _record(logger: str, msg: str, *args: Any) -> logging.LogRecord:
 
 @pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
 def test_only_the_servers_own_traceback_message_gets_real_lines(formatter: logging.Formatter) -> None:
-    forged = "Traceback (most recent call last):\n2026-01-01 00:00:00,000 INFO gateway.app: forged line"
+    forged = "Traceback (most recent call last):\n2026-01-01 00:00:00,000 INFO gateway.server.app: forged line"
     for record in (_record("uvicorn.error", "%s", forged),  # a value logged by the server: untrusted
-                   _record("gateway.app", forged),  # another logger's message
+                   _record("gateway.server.app", forged),  # another logger's message
                    _record("uvicorn.error", forged + "\x1b[31m")):  # the server's: lines, but no terminal escapes
         shown = formatter.format(record)
         if record.name == "uvicorn.error" and not record.args:

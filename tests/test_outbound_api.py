@@ -12,7 +12,7 @@ import dataclasses
 import contextlib
 import json
 from typing import Any, AsyncIterator
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pytest
@@ -21,7 +21,7 @@ from twilio.request_validator import RequestValidator
 from gateway.api.auth import ApiKeys, TokenBucketRateLimiter
 from gateway.api.openapi import http_routes
 from gateway.config import ConfigError, Settings
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 from gateway.store import CallRecord, MemoryCallStore, OutboundCallSettings, SQLiteCallStore, open_store
 from gateway.twilio.numbers import destination_refusal, is_e164
 from gateway.twilio.rest import TwilioNotConfigured, TwilioRest
@@ -352,7 +352,7 @@ async def test_openapi_document_validates_and_lists_every_route():
         document = response.json()
     validate(document)
     assert document["openapi"].startswith("3.1") and document["servers"] == [{"url": PUBLIC}]
-    routes = http_routes(gateway.app)
+    routes = http_routes(gateway.server.app)
     assert {("/calls", "post"), ("/calls/{sid}", "get"), ("/calls/{sid}/hangup", "post"),
             ("/twilio/call-status", "post"), ("/openapi.json", "get")} <= set(routes)
     for path, method in routes:

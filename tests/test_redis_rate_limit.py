@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from gateway.api.auth import RateLimiterUnavailable, RedisRateLimiter, key_id
 from gateway.config import ConfigError, Settings
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 from tests.test_outbound_api import API_KEY, OTHER_KEY, error_code, outbound, place
 
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -1,5 +1,5 @@
 """The server's own limits, through real sockets: a slow client cannot hold a connection, the number of open
-connections is capped, oversized headers are refused, and the limits match the settings (``gateway.runner``)."""
+connections is capped, oversized headers are refused, and the limits match the settings (``gateway.server.runner``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import websockets
 
 from gateway.config import Settings
-from gateway.runner import MAX_HEADER_BYTES, uvicorn_options
+from gateway.server.runner import MAX_HEADER_BYTES, uvicorn_options
 
 from .conftest import start_gateway
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 from gateway.store.spool import SPOOL_FILE
 
 from .conftest import start_gateway

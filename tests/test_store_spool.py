@@ -15,7 +15,7 @@ import pytest
 
 from gateway.config import ConfigError, Settings
 from gateway.observe import metrics
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 from gateway.store import CallRecord, PostgresCallStore, SQLiteCallStore
 from gateway.store.records import CallRecords, start_record
 from gateway.store.spool import SPOOL_FILE, RecordSpool

@@ -20,7 +20,7 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
 from gateway.config import ConfigError, Settings
-from gateway.app import create_app
+from gateway.server.app import create_app
 from gateway.tooling.replay import CallerTurn, TwilioAccount, load_sample, run_call
 from gateway.tooling.replay.dial import StreamInvite, answer_inbound, sign_upgrade, stream_from_twiml
 from gateway.security import CredentialRejected, StreamCredentials, stream_secret

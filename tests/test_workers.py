@@ -4,7 +4,6 @@ drains both and the parent exits 0."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import httpx
 
 from gateway.tooling.fuzz import _clean_env
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 
 
 async def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 40.0) -> None:

@@ -1,6 +1,6 @@
 """One call's shell: Twilio's WebSocket on one side, the model's on the other.
 
-Twilio's frames arrive by callback from the server's protocol (:mod:`gateway.direct_ws`; a task reads ASGI receive
+Twilio's frames arrive by callback from the server's protocol (:mod:`gateway.server.direct_ws`; a task reads ASGI receive
 for the rest) and the model's from its socket (:mod:`.model_socket`), in the event loop's turn that read them. Each is parsed at the edge, handed as a typed event to
 :class:`gateway.call.Call`, and what comes back is carried out at once: messages go into each peer's outbox
 (:mod:`gateway.outbox`), which writes them in the same turn unless the socket must wait. The shell owns sockets,
@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.call import (
     AgentAudioStarted,
+    BudgetReached,
     ConnectModel,
     Call,
     CallEvent,
@@ -29,20 +30,24 @@ from gateway.call import (
     Dropped,
     EndCall,
     HangUp,
+    LeaseRefused,
+    ModelGaveUp,
     ModelReportedError,
     ModelRolledOver,
     Output,
     Peer,
     PrepareRollover,
+    RolloverFailed,
     RunTool,
     Send,
     SwitchModel,
     Transfer,
+    TwilioBacklogOverflowed,
     WakeAt,
 )
 from gateway.clock import now_ms as _now_ms
 from gateway.config import Settings
-from gateway.direct_ws import direct_receive
+from gateway.media_stream.direct import direct_receive
 from gateway.droplog import DropCounter
 from gateway.observe import metrics
 from gateway.observe.ledger import CallLedger
@@ -108,7 +113,6 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
         self.ledger = CallLedger("outbound" if grant is not None and grant.outbound else "inbound",
                                  settings.realtime_model, self.services.prices, full_numbers=settings.log_full_numbers)
         self.record: dict[str, Any] | None = None  # the call's record, once it ended
-        self._budget_reached = False
         self._arrived = 0.0  # time.monotonic() of the frame being handled (0: none; nothing to measure)
         self._speech_started_at = 0.0  # when the model said the caller began to speak: barge-in reaction
         self._log_context: dict[str, str] = {}
@@ -122,9 +126,8 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
         self._twilio_out = Outbox(self._write_twilio, max_bytes=TWILIO_BACKLOG_BYTES, written=self._written_to_twilio,
                                   pacer=Pacer(settings.twilio_audio_lead_ms) if settings.twilio_audio_lead_ms else None)
         self._model_task: asyncio.Task[None] | None = None
+        # Set when the core's EndCall is carried out, and only then: the call's end is the core's (Call.ending).
         self._done = asyncio.Event()
-        self._end_reason = ""
-        self._close_code = 1000
         self._dropped_audio_frames = 0
         self._recorder = CallRecorder(
             settings.record_calls_dir, _now_ms(), settings.record_max_bytes, full_numbers=settings.log_full_numbers,
@@ -140,9 +143,9 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
             try:
                 await asyncio.wait_for(self._done.wait(), START_TIMEOUT_S)
             except TimeoutError:
-                if self._model_task is None:
+                self._dispatch(self.call.start_timed_out(_now_ms()))
+                if self._done.is_set():
                     log.warning("closing a media stream that sent no start within %.0f s", START_TIMEOUT_S)
-                    self._end_reason, self._close_code = "no start event", POLICY_VIOLATION
                 else:
                     await self._done.wait()
         finally:
@@ -163,12 +166,14 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
             self._drops.flush()
             self._model_drops.flush()
             metrics.flush_tallies()
-            self.record = record = self.ledger.finish(self._end_reason or "-", _now_ms(),
-                                                      refused=self._close_code == POLICY_VIOLATION)
+            ending = self.call.ending
+            end_reason = ending.reason if ending is not None else "-"
+            self.record = record = self.ledger.finish(end_reason, _now_ms(),
+                                                      refused=ending is not None and ending.refused)
             log.info(
                 "call ended call_sid=%s reason=%s ended_by=%s duration_s=%.1f turns=%d cost_usd=%.4f "
                 "dropped_audio_frames=%d dropped_frames_from_twilio=%d",
-                self.call.call_sid or "-", self._end_reason or "-", record["ended_by"], record["duration_s"],
+                self.call.call_sid or "-", end_reason, record["ended_by"], record["duration_s"],
                 len(record["turns"]), record["cost_usd"], self._dropped_audio_frames, self._drops.total,
             )
             await self._save_record(record)
@@ -183,7 +188,7 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
     # ---- readers ----------------------------------------------------------------------------
 
     async def _twilio_loop(self) -> None:
-        """Twilio's messages: by callback where the server offers it (gateway.direct_ws: no task switch per frame),
+        """Twilio's messages: by callback where the server offers it (gateway.server.direct_ws: no task switch per frame),
         else, and always for what was queued before and for the disconnect, through ASGI receive."""
         attach = direct_receive(self.websocket.scope) if self._send_asgi is not None else None
         if attach is not None:
@@ -208,7 +213,7 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
         finally:
             if attach is not None:
                 attach(None)
-        self._dispatch(self.call.twilio_closed())
+        self._dispatch(self.call.twilio_closed(_now_ms()))
 
     def _twilio_frame(self, text: str | bytes) -> None:
         """One text message from Twilio (UTF-8 bytes by callback, str through ASGI): bounded, parsed, handled."""
@@ -252,16 +257,18 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
     # ---- outputs ----------------------------------------------------------------------------
 
     def _dispatch(self, outputs: list[Output]) -> None:
+        """Carry out what the core decided, in order. An output this shell does not know is a bug (a core that
+        grew an action the shell ignores would decide it in vain): it raises, never passes as an event."""
         for output in outputs:
             if isinstance(output, Send):
                 if output.to is Peer.TWILIO:
                     self._send_twilio(output.message)
-                else:
+                elif output.to is Peer.MODEL:
                     self._send_model(output.message)
+                else:
+                    self._send_next_model(output.message)
             elif isinstance(output, EndCall):
-                if output.refused:
-                    self._close_code = POLICY_VIOLATION
-                self._end(output.reason)
+                self._done.set()  # the close code and the record's reason are read from Call.ending
             elif isinstance(output, PrepareRollover):
                 self._in_background(self._prepare_rollover(output))
             elif isinstance(output, SwitchModel):
@@ -272,13 +279,10 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
                 self._in_background(self._run_tool(output))
             elif isinstance(output, (HangUp, Transfer)):
                 self._in_background(self._call_control(output))
-            else:
+            elif isinstance(output, CallEvent):
                 self._dispatch(self._report(output))
-
-    def _end(self, reason: str) -> None:
-        if not self._done.is_set():
-            self._end_reason = reason
-            self._done.set()
+            else:
+                raise TypeError(f"the call core returned an output the shell does not know: {output!r}")
 
     def _in_background(self, work: Any) -> None:
         """Off the audio path: readers never wait for a tool or a REST request."""
@@ -294,29 +298,29 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
         self.ledger.tool_finished(request.name if self.services.tools.has(request.name) else "unknown", outcome,
                                   time.monotonic() - started, request.arguments, output)
         self._arrived = 0.0
-        self._dispatch(self.call.tool_finished(request.call_id, output))
+        self._dispatch(self.call.tool_finished(request.call_id, output, _now_ms()))
 
     async def _call_control(self, control: HangUp | Transfer) -> None:
         twilio, call_sid = self.services.twilio, self.call.call_sid
         if twilio is None:
             # Without REST credentials, closing the stream is all we can do (it ends <Connect>).
             log.warning("%s without Twilio REST credentials: closing the stream call_sid=%s", control.reason, call_sid)
-            self._end(control.reason)
+            self._dispatch(self.call.hangup_finished(control.reason, _now_ms()))
             return
         try:
             if isinstance(control, HangUp):
                 await twilio.hangup(call_sid)
-                self._end(control.reason)
+                self._dispatch(self.call.hangup_finished(control.reason, _now_ms()))
             else:
                 # Twilio leaves <Connect> for the new TwiML and stops this stream itself.
                 await twilio.update_twiml(call_sid, dial_twiml(self.settings.transfer_number))
         except Exception:
             if isinstance(control, HangUp):
                 log.exception("hang-up failed at Twilio call_sid=%s; closing the stream", call_sid)
-                self._end(control.reason)
+                self._dispatch(self.call.hangup_finished(control.reason, _now_ms()))
             else:
                 log.exception("transfer failed at Twilio call_sid=%s; the call goes on", call_sid)
-                self._dispatch(self.call.transfer_failed())
+                self._dispatch(self.call.transfer_failed(_now_ms()))
 
     def _send_twilio(self, message: dict[str, Any]) -> None:
         """Queue a message for Twilio (never waits: gateway.outbox). ``clear`` goes first, and takes the agent
@@ -333,10 +337,8 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
             return
         play_ms = len(message["media"]["payload"]) * 3 / 4 / 8 if event == "media" else 0.0  # base64 of 8 kHz mu-law
         self._twilio_out.put(text, event, arrived=self._arrived, play_ms=play_ms)
-        if self._twilio_out.overflowed:
-            log.error("Twilio is not reading its socket (%d bytes queued); ending the call call_sid=%s",
-                      self._twilio_out.queued_bytes, self.call.call_sid or "-")
-            self._end("Twilio socket not reading")
+        if self._twilio_out.overflowed:  # the core ends the call (TwilioBacklogOverflowed, then EndCall)
+            self._dispatch(self.call.twilio_backlog_overflowed(self._twilio_out.queued_bytes, _now_ms()))
 
     async def _write_twilio(self, text: str) -> None:
         try:
@@ -347,7 +349,7 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
         except (WebSocketDisconnect, RuntimeError, OSError):
             self._twilio_open = False
             self._twilio_out.close()
-            self._done.set()
+            self._dispatch(self.call.twilio_closed(_now_ms()))
 
     def _report(self, event: CallEvent) -> list[Output]:
         """Log, count and account one core event; what the core wants done about it (a budget reached)."""
@@ -365,6 +367,8 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
         elif isinstance(event, ModelRolledOver):
             log.info("model session rolled over call_sid=%s after %.0f s (%s)", self.call.call_sid or "-",
                      event.session_age_ms / 1000, event.reason)
+        elif isinstance(event, (RolloverFailed, ModelGaveUp, BudgetReached, LeaseRefused, TwilioBacklogOverflowed)):
+            self._report_decision(event)
         elif not isinstance(event, AgentAudioStarted):
             log.debug("call event call_sid=%s %s", self.call.call_sid or "-", event)
         for observer in (self._observer, self.services.feed):
@@ -376,30 +380,49 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
                 log.exception("call observer failed")
         return self._cost_added(cost) if cost else []
 
+    def _report_decision(self, event: RolloverFailed | ModelGaveUp | BudgetReached | LeaseRefused
+                         | TwilioBacklogOverflowed) -> None:
+        """Log and count what the core decided about the call's course (the decision itself is the core's)."""
+        call_sid = self.call.call_sid or "-"
+        if isinstance(event, RolloverFailed):
+            log.warning("the next model session could not be prepared call_sid=%s: %s; the current one goes on",
+                        call_sid, event.reason)
+        elif isinstance(event, ModelGaveUp):
+            log.error("model unavailable call_sid=%s (%s); ending the call", call_sid, event.reason)
+        elif isinstance(event, BudgetReached):
+            metrics.BUDGET_STOPS.labels("call").inc()
+            log.warning("call budget reached call_sid=%s: %.4f USD of CALL_BUDGET_USD %.4f; the agent wraps up",
+                        call_sid, event.cost_usd, event.limit_usd)
+        elif isinstance(event, LeaseRefused):
+            metrics.REFUSED_CALLS.labels(event.cause).inc()
+            if event.cause == "state_unavailable":
+                log.error("concurrency limit unreadable (the shared state does not answer): ending the call")
+            else:
+                log.warning("at %s: ending the call",
+                            "MAX_CALLS_GLOBAL" if event.cause == "global_limit" else "MAX_CALLS_PER_NUMBER")
+        else:
+            log.error("Twilio is not reading its socket (%d bytes queued); ending the call call_sid=%s",
+                      event.queued_bytes, call_sid)
+
     def _cost_added(self, cost: float) -> list[Output]:
+        """The ledger priced more of the call: today's shared budget counts it; the core decides the call's."""
         if self.services.budget is not None:
             self._in_background(self.services.budget.add(cost))
-        limit = self.settings.call_budget_usd
-        if not limit or self._budget_reached or self.ledger.cost_usd < limit:
-            return []
-        self._budget_reached = True
-        metrics.BUDGET_STOPS.labels("call").inc()
-        log.warning("call budget reached call_sid=%s: %.4f USD of CALL_BUDGET_USD %.4f; the agent wraps up",
-                    self.call.call_sid or "-", self.ledger.cost_usd, limit)
-        return self.call.budget_reached(_now_ms())
+        return self.call.cost_reported(self.ledger.cost_usd, _now_ms())
 
     async def control(self, action: str, text: str = "") -> bool:
         """An action on this live call from the HTTP API (through any instance): hangup, transfer, say, instruct."""
         if self._done.is_set() or not self.call.stream_sid:
             return False
+        now = _now_ms()
         if action == "hangup":
-            outputs = self.call.hangup_requested()
+            outputs = self.call.hangup_requested(now)
         elif action == "transfer":
-            outputs = self.call.transfer_requested()
+            outputs = self.call.transfer_requested(now)
         elif action == "say":
-            outputs = self.call.operator_message(text)
+            outputs = self.call.operator_message(text, now)
         elif action == "instruct":
-            outputs = self.call.new_instructions(text)
+            outputs = self.call.new_instructions(text, now)
         else:
             return False
         log.info("call controlled through the API: %s", action)
@@ -420,6 +443,12 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
             self._twilio_open = False
             with contextlib.suppress(Exception):
                 if self._send_asgi is None:
-                    await self.websocket.close(code=self._close_code)
+                    await self.websocket.close(code=self._close_code())
                 else:
-                    await self._send_asgi({"type": "websocket.close", "code": self._close_code, "reason": ""})
+                    await self._send_asgi({"type": "websocket.close", "code": self._close_code(), "reason": ""})
+
+    def _close_code(self) -> int:
+        """1008 (policy violation) for a stream refused or ended for what it did (the core's EndCall says), else
+        1000."""
+        ending = self.call.ending
+        return POLICY_VIOLATION if ending is not None and ending.refused else 1000

@@ -14,6 +14,7 @@ import bisect
 import hmac
 import os
 import threading
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import REGISTRY
@@ -98,7 +99,7 @@ REFUSED_STREAMS = Counter("gateway_refused_streams_total", "Media stream upgrade
 REFUSED_CALLS = Counter("gateway_refused_calls_total", "Calls answered with a polite refusal, by reason.", ["reason"])
 REFUSED_CONNECTIONS = Counter("gateway_refused_connections_total",
                               "Sockets closed at once (or requests refused, behind a trusted proxy) past a connection "
-                              "cap, by reason (gateway.connection_caps).", ["reason"])
+                              "cap, by reason (gateway.server.connection_caps).", ["reason"])
 TOOL_CALLS = Counter("gateway_tool_calls_total", "Tool calls, by tool and outcome.", ["tool", "outcome"])
 TOOL_DURATION = Histogram("gateway_tool_duration_seconds", "Tool run time.", ["tool"],
                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
@@ -170,7 +171,7 @@ def registry() -> CollectorRegistry:
     return combined
 
 
-def metrics_endpoint(api_key: str = ""):
+def metrics_endpoint(api_key: str = "") -> Callable[[Request], Awaitable[Response]]:
     """``GET /metrics``; with ``api_key`` (``METRICS_API_KEY``) it wants ``Authorization: Bearer <key>``."""
 
     async def metrics(request: Request) -> Response:

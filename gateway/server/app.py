@@ -46,8 +46,8 @@ from gateway.security import (
     stream_secret, unsigned_streams_allowed,
 )
 from gateway.api.control import serve_control
-from gateway import metrics_listener
-from gateway.connection_caps import ClientRequestCap, startup_warning as connection_caps_warning
+from gateway.server import metrics_listener
+from gateway.server.connection_caps import ClientRequestCap, startup_warning as connection_caps_warning
 from gateway.observe import metrics
 from gateway.observe.budget import REACHED, UNAVAILABLE, DailyBudget
 from gateway.observe.cost import load_price_table, prices_for
@@ -61,7 +61,7 @@ from gateway.twilio.rest import TwilioRest
 from gateway.twilio.twiml import INCOMING_CALL_PATH, MEDIA_STREAM_PATH, say_and_hang_up_twiml, stream_url
 from gateway.twilio.webhook import BodyTooLarge, WebhookRejected, read_call_webhook, signed_base, stream_twiml
 
-log = logging.getLogger("gateway.app")
+log = logging.getLogger("gateway.server.app")
 
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024
 CLOSE_TIMEOUT_S = 3.0
@@ -85,7 +85,7 @@ class GatewayState:
         self._shared: SharedState = shared if shared is not None else open_state(settings.redis_url,
                                                                                  settings.state_sqlite_path)
         self.warnings = insecure_warnings(settings)  # repeated by /healthz while they hold
-        self.draining = False  # set on SIGTERM: no new calls, the live ones go on (gateway.runner.DrainingServer)
+        self.draining = False  # set on SIGTERM: no new calls, the live ones go on (gateway.server.runner.DrainingServer)
         self.refused_streams = DropCounter(
             log, "media stream upgrades", settings.drop_log_interval_s,
             counted=lambda reason, n: metrics.REFUSED_STREAMS.labels(metrics.label("refused", "reason", reason)).inc(n))
@@ -343,7 +343,7 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
                metrics_port: bool = True) -> Starlette:
     """Build the app. With no API key, the lifespan starts the embedded Realtime server first. With
     ``METRICS_PORT``, the lifespan also serves ``/metrics`` there (unless ``metrics_port`` is False: a worker,
-    whose parent serves it; gateway.metrics_listener).
+    whose parent serves it; gateway.server.metrics_listener).
 
     Raises ConfigError when a real model is configured without what secures it (see ``startup_problems``)."""
     settings = settings or Settings.from_env()
@@ -407,7 +407,7 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
         Route(INCOMING_CALL_PATH, incoming_call, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        # /metrics on this port only for the keyless demo or behind METRICS_API_KEY (gateway.metrics_listener)
+        # /metrics on this port only for the keyless demo or behind METRICS_API_KEY (gateway.server.metrics_listener)
         *([Route("/metrics", metrics.metrics_endpoint(settings.metrics_api_key), methods=["GET"])]
           if metrics_listener.public_metrics(settings) else []),
         WebSocketRoute(MEDIA_STREAM_PATH, MediaStreamEndpoint()),
@@ -423,5 +423,5 @@ def create_app(settings: Settings | None = None, *, observer: CallObserver | Non
         middleware.append(Middleware(ClientRequestCap, settings=settings))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                     exception_handlers={BodyTooLarge: body_too_large})
-    app.state.settings = settings  # the server limits gateway.runner gives uvicorn
+    app.state.settings = settings  # the server limits gateway.server.runner gives uvicorn
     return app

@@ -5,7 +5,7 @@ never finish their request head at ``MAX_CONNECTIONS=10``; about 100 new sockets
 and lock out Twilio's webhooks, its media streams and the health checks. So no address may hold more than a
 fraction of ``MAX_CONNECTIONS``, whatever it is set to (:func:`address_caps`):
 
-* **Socket level** (the h11 protocol of :mod:`gateway.runner`): from one address (IPv6: one /64, as the API's
+* **Socket level** (the h11 protocol of :mod:`gateway.server.runner`): from one address (IPv6: one /64, as the API's
   throttle counts it), at most ``MAX_CONNECTIONS_PER_ADDRESS`` open connections, WebSockets included (default a
   quarter of ``MAX_CONNECTIONS``), and of those at most ``MAX_UNFINISHED_HEADS_PER_ADDRESS`` with an unfinished
   request head (a new socket until its first head is complete, a kept-alive one once its next head has begun, not
@@ -44,7 +44,7 @@ OVER_MAX_CONNECTIONS = "max_connections"
 OVER_PER_ADDRESS = "per_address_connections"
 OVER_HEADS_PER_ADDRESS = "per_address_unfinished_heads"
 OVER_PER_CLIENT = "per_client_requests"  # a client behind a trusted proxy
-OVER_HEAD_SIZE = "head_too_large"  # answered 413 and closed (gateway.runner)
+OVER_HEAD_SIZE = "head_too_large"  # answered 413 and closed (gateway.server.runner)
 MAX_ADDRESSES_NAMED = 256  # distinct addresses a summary keeps counts for; the rest are "other"
 
 

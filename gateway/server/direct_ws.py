@@ -28,18 +28,16 @@ import ast
 import inspect
 import logging
 import textwrap
-from typing import Any, Callable
+from typing import Any
 
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 except ImportError:  # a uvicorn without it: plain ASGI through whatever uvicorn's "auto" is
     from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol as WebSocketsSansIOProtocol  # type: ignore
 
-log = logging.getLogger("gateway.direct_ws")
+from gateway.media_stream.direct import DIRECT_RECEIVE, Receiver
 
-DIRECT_RECEIVE = "gateway.websocket.direct_receive"
-
-Receiver = Callable[[bytes], None]
+log = logging.getLogger("gateway.server.direct_ws")
 
 # uvicorn's private names the direct path relies on: the methods it overrides, the attributes it reads or sets.
 PRIVATE_METHODS = ("handle_connect", "send_receive_event_to_app")
@@ -149,7 +147,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):  # type: ignore[misc, v
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        # The socket came through the h11 protocol's per-address count (gateway.connection_caps); it leaves it when
+        # The socket came through the h11 protocol's per-address count (gateway.server.connection_caps); it leaves it when
         # it closes, which only this protocol sees once upgraded.
         self._addresses = getattr(server_state, "gateway_addresses", None)
 
@@ -167,12 +165,6 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):  # type: ignore[misc, v
         receiver(frames[0] if len(frames) == 1 else b"".join(frames))
 
 
-def direct_receive(scope: dict[str, Any]) -> Callable[[Receiver | None], None] | None:
-    """The attach function of the server this connection came through, or None (another server: plain ASGI)."""
-    extension = scope.get("extensions", {}).get(DIRECT_RECEIVE)
-    return extension.get("attach") if isinstance(extension, dict) else None
-
-
 MISSING = missing_internals(WebSocketsSansIOProtocol, PRIVATE_METHODS, PRIVATE_ATTRIBUTES)
-# What uvicorn is given as ``ws=`` (gateway.runner.uvicorn_options).
+# What uvicorn is given as ``ws=`` (gateway.server.runner.uvicorn_options).
 WEBSOCKET_PROTOCOL: type = PlainWebSocketProtocol if MISSING else DirectWebSocketProtocol

@@ -74,7 +74,7 @@ def _bind(settings: Settings) -> socket.socket:
 
 def _server(settings: Settings) -> uvicorn.Server:
     """Beside the gateway's server (or in a thread of the workers' parent), whose signals are its owner's."""
-    from gateway.runner import QuietServer, uvicorn_options
+    from gateway.server.runner import QuietServer, uvicorn_options
 
     # A scraper may still hold its kept-alive connection when it opens the next one: a few heads per address.
     limits = replace(settings, max_connections=MAX_METRICS_CONNECTIONS, trusted_proxy_ips=(),

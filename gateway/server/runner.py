@@ -2,12 +2,12 @@
 
 :func:`uvicorn_options` turns the settings into uvicorn's options, so what the tests exercise is what production
 runs: a cap on open connections (``MAX_CONNECTIONS``), and on one address's share of them
-(``MAX_CONNECTIONS_PER_ADDRESS``, ``MAX_UNFINISHED_HEADS_PER_ADDRESS``: :mod:`gateway.connection_caps`), a deadline
+(``MAX_CONNECTIONS_PER_ADDRESS``, ``MAX_UNFINISHED_HEADS_PER_ADDRESS``: :mod:`gateway.server.connection_caps`), a deadline
 for a connection to send its request headers (``HTTP_HEADER_TIMEOUT_S``; uvicorn itself has none, so a client that
 opens a socket and trickles bytes would hold it forever), a bounded head size (413 past it) and WebSocket pings.
 
 The server and protocol classes here subclass uvicorn's and use private names of theirs (:data:`H11_PRIVATE`,
-:data:`SERVER_PRIVATE`); like :mod:`gateway.direct_ws`, they are checked at import, and a part whose names are
+:data:`SERVER_PRIVATE`); like :mod:`gateway.server.direct_ws`, they are checked at import, and a part whose names are
 missing runs on uvicorn's plain code instead, said once by a warning and ``gateway_uvicorn_fallback{part}``.
 """
 
@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import sys
 import time
 from types import FrameType
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -28,12 +27,12 @@ from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from gateway.api.auth import client_key
-from gateway.config import ConfigError, Settings
-from gateway.connection_caps import OVER_HEAD_SIZE, AddressTable, table_of
-from gateway.direct_ws import MISSING as DIRECT_WS_MISSING
-from gateway.direct_ws import WEBSOCKET_PROTOCOL, missing_internals, report_fallbacks
+from gateway.config import Settings
+from gateway.server.connection_caps import OVER_HEAD_SIZE, AddressTable, table_of
+from gateway.server.direct_ws import MISSING as DIRECT_WS_MISSING
+from gateway.server.direct_ws import WEBSOCKET_PROTOCOL, missing_internals, report_fallbacks
 
-log = logging.getLogger("gateway.runner")
+log = logging.getLogger("gateway.server.runner")
 
 MAX_HEADER_BYTES = 16 * 1024  # a request head, up to its blank line: Twilio's carry a few hundred bytes
 # What a client may go on sending of a body the app answered without reading (a 401 before the body came): the
@@ -55,14 +54,14 @@ class HeaderDeadlineH11Protocol(H11Protocol):
       parses it: h11 alone bounds only a head still incomplete, and answers 400), and on the bytes of an unread body;
     * a real cap on open connections: uvicorn's ``limit_concurrency`` only answers 503 to plain HTTP requests, it
       never refuses a socket and lets WebSocket upgrades through, so past the cap a new socket is closed at once;
-    * one address's share of them (:mod:`gateway.connection_caps`: open connections and unfinished heads per
+    * one address's share of them (:mod:`gateway.server.connection_caps`: open connections and unfinished heads per
       address, trusted proxies exempt), when ``settings`` is set.
 
     Once the connection became a WebSocket, none of this applies (its frames are bounded by the gateway); its
     socket keeps its place in the per-address count until it closes."""
 
     header_timeout_s = 10.0
-    settings: Settings | None = None  # the per-address caps (gateway.runner.uvicorn_options sets it)
+    settings: Settings | None = None  # the per-address caps (gateway.server.runner.uvicorn_options sets it)
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -195,7 +194,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return dict(
         # uvicorn's h11 protocol with the bounds it lacks; uvicorn's own when its private names are missing.
         http="h11" if FALLBACKS["http"] else protocol,
-        # uvicorn's websockets-sansio protocol with a direct path for media streams (gateway.direct_ws): an app that
+        # uvicorn's websockets-sansio protocol with a direct path for media streams (gateway.server.direct_ws): an app that
         # does not attach a receiver (the bench's null relay) gets plain ASGI, and so does every app when uvicorn
         # lacks a private name the direct path uses.
         ws=WEBSOCKET_PROTOCOL,
@@ -206,7 +205,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=5,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        # X-Forwarded-* are handled by the app itself (gateway.app), which keeps the real peer address to decide
+        # X-Forwarded-* are handled by the app itself (gateway.server.app), which keeps the real peer address to decide
         # whether to believe them; uvicorn's own handling would trust 127.0.0.1 by default and hide the peer.
         proxy_headers=False,
     )
@@ -285,24 +284,3 @@ async def running_app(app: Starlette, host: str = "127.0.0.1", port: int = 0, lo
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
-
-
-def serve_gateway(settings: Settings, sockets: list[socket.socket] | None = None, *,
-                  metrics_port: bool = True) -> int:
-    """Run the gateway under uvicorn with the drain (``gateway serve``, and each of its workers); the exit status.
-    ``sockets``: an already listening socket (workers share their parent's); ``metrics_port``: False in a worker
-    (its parent serves METRICS_PORT for all)."""
-    from gateway.app import create_app
-
-    try:
-        app = create_app(settings, metrics_port=metrics_port)
-    except ConfigError as error:
-        print(f"gateway serve: {error}", file=sys.stderr)
-        return 2
-    # log_config=None: uvicorn's own lines go through the same formatter as ours (gateway.observe.logs).
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            log_config=None, **uvicorn_options(settings))
-    server = DrainingServer(config, start_drain=lambda: app.state.gateway.start_drain(),
-                            drained=lambda: app.state.gateway.drained(), drain_timeout_s=settings.drain_timeout_s)
-    server.run(sockets=sockets)
-    return 0 if server.started else 1

@@ -1,8 +1,8 @@
 """``gateway serve --workers N``: N gateway processes on one host, behind one listening socket.
 
 The parent binds the port once and starts N workers (``multiprocessing`` spawn); each runs the gateway with its
-drain (:func:`gateway.runner.serve_gateway`) on the shared socket, and the kernel hands each new connection to one
-of them. What the workers share, set up here before they start:
+drain (:func:`gateway.server.serve.serve_gateway`) on the shared socket, and the kernel hands each new
+connection to one of them. What the workers share, set up here before they start:
 
 * the stream secret (``STREAM_SECRET``; a random one when none is configured), so a credential issued by one worker
   opens a stream on another;
@@ -10,7 +10,7 @@ of them. What the workers share, set up here before they start:
   ``DATA_DIR``): single-use claims, leases, the live-call registry and control messages, the daily cost total;
 * the metrics (``PROMETHEUS_MULTIPROC_DIR``): ``/metrics`` adds up every worker's samples, on any worker's public
   port (when it is served there) and on ``METRICS_PORT``, which this parent process serves for all of them
-  (:mod:`gateway.metrics_listener`; it binds the port before any worker starts, so one in use stops the start);
+  (:mod:`gateway.server.metrics_listener`; it binds the port before any worker starts, so one in use stops the start);
 * the call store: ``STORE_URL`` (SQLite, the default, or PostgreSQL) is one database for all.
 
 SIGTERM (or Ctrl-C) is passed to every worker: each drains its calls and exits 0; a second one stops them at
@@ -31,7 +31,7 @@ from typing import Any
 
 from gateway.config import Settings
 
-log = logging.getLogger("gateway.workers")
+log = logging.getLogger("gateway.server.workers")
 
 RESTART_BACKOFF_S = 1.0
 EARLY_EXIT_S = 10.0  # a worker that exits this soon after its start failed to start
@@ -39,12 +39,12 @@ MAX_EARLY_EXITS = 3  # ... this many times: the configuration is wrong; stop eve
 
 
 def _worker(sock: socket.socket, index: int, instance: str) -> None:
-    from gateway.cli import _configure_logging
-    from gateway.runner import serve_gateway
+    from gateway.observe.logs import configure_logging
+    from gateway.server.serve import serve_gateway
 
     os.environ["INSTANCE_ID"] = f"{instance}-w{index}"
     settings = Settings.from_env()
-    _configure_logging(settings.log_level, settings)
+    configure_logging(settings.log_level, settings.log_format, full_numbers=settings.log_full_numbers)  # as the CLI
     raise SystemExit(serve_gateway(settings, sockets=[sock], metrics_port=False))  # the parent serves it
 
 
@@ -73,7 +73,7 @@ def serve_workers(settings: Settings, workers: int) -> int:
         os.environ.update(env)  # spawned workers start with it, before they import anything
         metrics_thread = None
         if settings.metrics_port:
-            from gateway.metrics_listener import MetricsThread
+            from gateway.server.metrics_listener import MetricsThread
 
             try:
                 metrics_thread = MetricsThread(settings).start()

@@ -830,7 +830,7 @@ async def _settle(port: int, timeout_s: float = 5.0) -> int | None:
 async def run_fuzz(config: FuzzConfig, *, progress: bool = False) -> FuzzResult:
     """Run the whole fuzz (see the module docstring). Never raises for a gateway failure: the checks say it."""
     from gateway.tooling.bench import Child, _wait_until, process_rss_mb, stop_children
-    from gateway.runner import free_port
+    from gateway.server.runner import free_port
     from gateway.wavio import load_sample
 
     config.validate()

@@ -105,7 +105,7 @@ async def _one_call(url: str, result: SoakResult) -> None:
 async def run_soak(calls: int, minutes: float, session_limit_s: float, warmup_s: float) -> SoakResult:
     from gateway.tooling.bench import Child, _wait_until, stop_children
     from gateway.tooling.fuzz import _clean_env, _healthz, _settle
-    from gateway.runner import free_port
+    from gateway.server.runner import free_port
 
     result = SoakResult()
     port, model_port = free_port(HOST), free_port(HOST)

@@ -37,7 +37,7 @@ class WebhookRejected(Exception):
 
 class BodyTooLarge(Exception):
     """A body past its route's limit, raised by a route that has no refusal of its own to answer with: the app
-    answers 413 with a short text (``gateway.app``)."""
+    answers 413 with a short text (``gateway.server.app``)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body too large (at most {limit} bytes)")

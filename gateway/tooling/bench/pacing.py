@@ -14,11 +14,11 @@ import asyncio
 import logging
 from dataclasses import replace
 
-from gateway.app import create_app
+from gateway.server.app import create_app
 from gateway.config import Settings
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.tooling.replay.phone import SlowReader
-from gateway.runner import running_app
+from gateway.server.runner import running_app
 
 PATHS = {
     "fast": None,

@@ -1,7 +1,7 @@
 """The null relay: the cheapest thing that moves the gateway's messages, on the gateway's own stack.
 
 A Starlette WebSocket endpoint (``/media-stream``) under uvicorn with the gateway's server options
-(:func:`gateway.runner.uvicorn_options`: the same WebSocket implementation, limits and pings). For each Twilio
+(:func:`gateway.server.runner.uvicorn_options`: the same WebSocket implementation, limits and pings). For each Twilio
 connection it opens one WebSocket to the model (``--upstream``, as the gateway connects: no compression) and
 forwards every Twilio frame verbatim to it and every model frame verbatim back. It parses nothing, keeps no
 accounting and makes no decision: what the gateway costs beyond it is what its work (parsing, the call core,
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from gateway.config import Settings
-    from gateway.runner import uvicorn_options
+    from gateway.server.runner import uvicorn_options
 
     parser = argparse.ArgumentParser(prog="python -m gateway.tooling.bench.relay")
     parser.add_argument("--host", default="127.0.0.1")

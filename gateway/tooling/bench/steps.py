@@ -50,7 +50,7 @@ from gateway.tooling.command import Stopped, run_command
 from gateway.tooling.replay.load import Percentiles, run_load
 from gateway.tooling.replay.phone import FRAME_MS, CallerTurn, call_with
 from gateway.tooling.replay.report import CallReport
-from gateway.runner import free_port
+from gateway.server.runner import free_port
 from gateway.wavio import load_sample
 
 from .models import inbound_delays
@@ -256,7 +256,7 @@ async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
                      say: Callable[[str], None]) -> dict[str, Any]:
     host = "127.0.0.1"
     # Every phone calls from 127.0.0.1: one address's share of the relay's and the gateway's connections must hold
-    # them all (gateway.connection_caps).
+    # them all (gateway.server.connection_caps).
     env = dict(os.environ, LOG_LEVEL="warning", PYTHONUNBUFFERED="1", MAX_CONNECTIONS=str(max(1000, calls * 4)),
                MAX_CONNECTIONS_PER_ADDRESS=str(max(250, calls * 2)))
     scheme = "ws"

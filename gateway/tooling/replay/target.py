@@ -46,10 +46,10 @@ async def local_gateway(
 ) -> AsyncIterator[Target]:
     """Serve our gateway with the embedded model (any API key is ignored) until the block exits.
 
-    ``observer`` also sees every call event (as ``gateway.app.create_app``'s observer does)."""
-    from gateway.app import create_app
+    ``observer`` also sees every call event (as ``gateway.server.app.create_app``'s observer does)."""
+    from gateway.server.app import create_app
     from gateway.call import Call, CallEvent, TranscriptReceived
-    from gateway.runner import running_app
+    from gateway.server.runner import running_app
 
     base = settings if settings is not None else Settings.from_env()
     base = replace(base, api_key="", audio_format=audio_format or base.audio_format)
