@@ -8,7 +8,7 @@ import logging
 import sys
 from dataclasses import replace
 
-from gateway.audio import AUDIO_FORMATS
+from gateway.audio.convert import AUDIO_FORMATS
 from gateway.config import ConfigError, Settings
 
 
@@ -33,7 +33,7 @@ def startup_problem(settings: Settings) -> str | None:
             return (f"DATA_DIR={settings.data_dir}: the directory cannot be created ({error.strerror}); fix: create "
                     "it, writable by the gateway's user, or set DATA_DIR to one that is")
     from gateway.extras import missing_extra
-    from gateway.tools import tools_module_problem
+    from gateway.tools.registry import tools_module_problem
 
     problem = tools_module_problem(settings.tools_module)
     if problem is not None:

@@ -145,7 +145,7 @@ def check_signatures(settings: Settings) -> Check:
 def check_tools_module(settings: Settings) -> Check | None:
     """A failed check when ``TOOLS_MODULE`` cannot be imported as ``gateway serve`` imports it (the import path, then
     the working directory), saying why and the fix; None when it loads or is unset."""
-    from gateway.tools import tools_module_problem
+    from gateway.tools.registry import tools_module_problem
 
     problem = tools_module_problem(settings.tools_module)
     return None if problem is None else _fail("tools", problem.reason, problem.fix)
@@ -522,7 +522,7 @@ async def run_checks(env: Mapping[str, str] | None = None, *, skip: tuple[str, .
         return result
 
     from gateway.media_stream import call_config
-    from gateway.tools import ToolRegistry
+    from gateway.tools.registry import ToolRegistry
     from gateway.twilio.rest import TwilioError, TwilioRest
 
     await run("public-url", lambda: check_public_url(settings))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gateway.audio import (
+from gateway.audio.convert import (
     FILTER_DELAY_MS,
     Downsampler,
     MulawToPcm24k,
@@ -14,6 +14,8 @@ from gateway.audio import (
     mulaw_decode,
     mulaw_encode,
 )
+
+from .helpers import pcm_tone
 
 
 def _noise(n: int, seed: int = 0) -> np.ndarray:
@@ -75,11 +77,6 @@ def test_delay_is_at_most_3_ms_and_every_chunk_gives_its_output_at_once():
         assert len(up_stream.process(frame)) == 480
 
 
-def _tone(freq: float, rate: int, seconds: float, amplitude: float = 20000) -> np.ndarray:
-    t = np.arange(int(rate * seconds)) / rate
-    return (np.sin(2 * np.pi * freq * t) * amplitude).astype(np.int16)
-
-
 def _level_db(signal: np.ndarray, reference_amplitude: float) -> float:
     rms = np.sqrt(np.mean(signal.astype(float) ** 2))
     return 20 * np.log10(max(rms, 1e-9) / (reference_amplitude / np.sqrt(2)))
@@ -87,9 +84,9 @@ def _level_db(signal: np.ndarray, reference_amplitude: float) -> float:
 
 def test_6khz_tone_is_at_least_60_db_down_after_24k_to_8k():
     # Measure in float, before rounding, so the result is not just "below 1 LSB".
-    from gateway.audio import lowpass_taps
+    from gateway.audio.convert import lowpass_taps
 
-    tone = _tone(6000, 24000, 1.0)
+    tone = pcm_tone(6000, 24000, 1.0)
     filtered = np.convolve(tone.astype(float), lowpass_taps())[::3][200:-200]
     assert _level_db(filtered, 20000) <= -60.0
     # The streaming object agrees: at most rounding noise comes out.
@@ -98,7 +95,7 @@ def test_6khz_tone_is_at_least_60_db_down_after_24k_to_8k():
 
 
 def test_speech_band_passes_both_ways():
-    tone = _tone(1000, 24000, 0.5)
+    tone = pcm_tone(1000, 24000, 0.5)
     out = Downsampler().process(tone)[100:]
     assert abs(_level_db(out, 20000)) < 0.5
     back = Upsampler().process(out)[300:]

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from gateway.audio import Base64Audio, join_audio
+from gateway.audio.convert import Base64Audio, join_audio
 from gateway.call import Call, CallConfig, Peer, Send
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
@@ -24,7 +24,7 @@ SID = "MZ" + "0" * 32
 def make_call(audio_format: str, **overrides) -> Call:
     call = Call(CallConfig(session_update={"type": "session.update", "session": {}}, audio_format=audio_format, **overrides))
     call.twilio_event(tw.Start(SID, "CA" + "0" * 32, "AC" + "0" * 32, "audio/x-mulaw", 8000, {}), 0)
-    call.model_connected()
+    call.model_connected(0)
     return call
 
 

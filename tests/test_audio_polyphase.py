@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from gateway.audio import (
+from gateway.audio.convert import (
     FILTER_CUTOFF_HZ,
     FILTER_KAISER_BETA,
     FILTER_TAPS,
@@ -158,7 +158,7 @@ def test_mulaw_frames_through_the_ring_match_the_whole_signal_whatever_the_sizes
     """The converter's fast path (frames of whole 40-sample blocks, written one after another into a ring, the
     history never copied until the ring wraps) and its general path (any size) give the samples of one pass over
     the whole signal, across wraps and size changes."""
-    from gateway.audio import MulawToPcm24k, _Ring, mulaw_decode, mulaw_encode
+    from gateway.audio.convert import MulawToPcm24k, _Ring, mulaw_decode, mulaw_encode
 
     rng = np.random.default_rng(5)
     mulaw = mulaw_encode(noise(8000 * 3, seed=5))

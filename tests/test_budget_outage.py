@@ -28,7 +28,7 @@ from gateway.media_stream import POLICY_VIOLATION
 from gateway.observe.budget import OK, REACHED, UNAVAILABLE, DailyBudget
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.server.runner import free_port
-from gateway.security import INBOUND
+from gateway.twilio.security import INBOUND
 from gateway.state import MemoryState, RedisState, SQLiteState
 
 from .conftest import PRICED_AS_GPT_REALTIME, start_gateway

@@ -17,6 +17,7 @@ from gateway.call import (
     CallConfig,
     ConnectModel,
     EndCall,
+    ModelGaveUp,
     ModelSessionLost,
     Peer,
     Send,
@@ -31,7 +32,7 @@ from gateway.call.limits import (
 from gateway.media_stream.model_socket import MAX_RETRY_AFTER_S, parse_retry_after
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
-from gateway.wavio import load_sample
+from gateway.audio.wavio import load_sample
 
 SID = "MZ" + "0" * 32
 NOISE_MS = 1000  # each comfort-noise message: 1 s of mu-law (8000 bytes)
@@ -274,7 +275,7 @@ def test_a_give_up_is_not_reported_as_a_reconnect_and_a_late_open_is_ignored():
     call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
     call.model_connect_failed("HTTP 429", 20, retry_after_ms=60_000)
     out = call.tick(10_000)
-    assert [type(o) for o in out] == [EndCall]  # no ModelSessionLost: nothing is replaced
+    assert [type(o) for o in out] == [ModelGaveUp, EndCall]  # no ModelSessionLost: nothing is replaced
     assert call.model_connected(10_005) == []  # an attempt that opened as the call gave up: nothing to configure
 
 
@@ -285,7 +286,7 @@ def test_a_rollover_refused_with_retry_after_is_not_tried_again_before_it():
     call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
     call.model_connected(0)
     assert [o for o in call.tick(50_000) if isinstance(o, PrepareRollover)]
-    call.rollover_failed(50_010, retry_after_ms=5_000)
+    call.rollover_failed("HTTP 429", 50_010, retry_after_ms=5_000)
     assert not [o for o in call.tick(54_000) if isinstance(o, PrepareRollover)]  # the 2 s retry would be due
     assert [o for o in call.tick(55_010) if isinstance(o, PrepareRollover)]
 
@@ -332,7 +333,7 @@ def test_a_bad_model_wait_prompt_fails_the_start_with_a_clear_error(value, probl
 def test_model_wait_prompt_values(tmp_path):
     from gateway.config import Settings
     from gateway.media_stream import call_config
-    from gateway.wavio import write_mulaw_wav
+    from gateway.audio.wavio import write_mulaw_wav
 
     assert call_config(Settings.from_env({})).wait_prompt == b""  # the default: comfort noise only
     assert call_config(Settings.from_env({"MODEL_WAIT_PROMPT": "one_moment"})).wait_prompt == load_sample("one_moment")

@@ -246,7 +246,7 @@ def _recorded_call(calls_dir: Any, call_sid: str, now: float) -> Any:
     import numpy as np
 
     from gateway.store import CallRecord, ToolRun, Turn
-    from gateway.wavio import PHONE_RATE, write_wav
+    from gateway.audio.wavio import PHONE_RATE, write_wav
 
     t = np.arange(6 * PHONE_RATE) / PHONE_RATE
     caller = np.where((t > 0.5) & (t < 2.0), 9000 * np.sin(2 * np.pi * 220 * t), 0)
@@ -300,7 +300,7 @@ async def test_the_overview_charts_and_a_calls_timeline_linked_to_its_player(tmp
             await until(lambda: driver.current_url.endswith("range=7d"), what="the 7-day overview")
             assert await browser(lambda: driver.find_element(By.ID, "total-calls").text) == "25"
             for chart in ("chart-calls-hour", "chart-calls-day", "chart-spend", "chart-barge-ins"):
-                bars = await browser(lambda: driver.find_elements(By.CSS_SELECTOR, f"#{chart} rect.bar"))
+                bars = await browser(driver.find_elements, By.CSS_SELECTOR, f"#{chart} rect.bar")
                 assert bars, chart
                 box = await browser(driver.execute_script, "return arguments[0].getBBox().height", bars[0])
                 assert box > 0, chart  # drawn, not just present

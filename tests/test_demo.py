@@ -4,7 +4,7 @@ from dataclasses import replace
 
 from gateway.config import Settings
 from gateway.tooling.demo import run_demo
-from gateway.wavio import read_wav
+from gateway.audio.wavio import read_wav
 
 
 async def test_demo_runs_offline_and_writes_what_the_caller_heard(tmp_path, capsys):

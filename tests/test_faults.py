@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.audio import mulaw_decode
+from gateway.audio.convert import mulaw_decode
 from gateway.call import ModelRolledOver, ModelSessionLost
 from gateway.local.server import Faults
 from gateway.tooling.replay import CallerTurn, load_sample, run_call

@@ -20,12 +20,12 @@ from openai.types.realtime import RealtimeServerEvent
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway.audio import Upsampler, mulaw_decode, mulaw_encode
+from gateway.audio.convert import Upsampler, mulaw_decode, mulaw_encode
 from gateway.local import LocalRealtimeServer, RealtimeSession
 from gateway.local.agents import GREETING_TRANSCRIPT, CallerTurn, FunctionCall, Reply, load_greeting, speech_like
 from gateway.local.schema import EventSchemaError, validate_server_event
 
-from gateway.wavio import load_sample
+from gateway.audio.wavio import load_sample
 FORMATS = {"pcm16": {"type": "audio/pcm", "rate": 24000}, "pcmu": {"type": "audio/pcmu"}}
 BYTES_PER_MS = {"pcm16": 48, "pcmu": 8}
 TIMEOUT = 5.0

@@ -1,4 +1,4 @@
-"""Log lines a peer cannot forge: gateway.logsafe's formatter and safe()."""
+"""Log lines a peer cannot forge: gateway.observe.logsafe's formatter and safe()."""
 
 import io
 import logging
@@ -6,7 +6,7 @@ import sys
 
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from gateway.logsafe import MAX_MESSAGE_CHARS, SafeFormatter, escape_controls, safe
+from gateway.observe.logsafe import MAX_MESSAGE_CHARS, SafeFormatter, escape_controls, safe
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SUFFIX_MAX = 40  # "... [truncated, N characters]"

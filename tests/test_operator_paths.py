@@ -33,10 +33,10 @@ import httpx
 import pytest
 
 from gateway.config import ConfigError, Settings
-from gateway.logsafe import LIFESPAN_FAILED
+from gateway.observe.logsafe import LIFESPAN_FAILED
 from gateway.observe.logs import JsonFormatter, TextFormatter
 from gateway.server.runner import free_port
-from gateway.tools import load_tools_module
+from gateway.tools.registry import load_tools_module
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0

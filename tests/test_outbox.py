@@ -1,11 +1,13 @@
-"""One writer per socket (``gateway.outbox``): order kept, control first, a clear takes queued audio with it,
+"""One writer per socket (``gateway.media_stream.outbox``): order kept, control first, a clear takes queued audio with it,
 backpressure decided (drop caller audio, flag the rest), and a put never waits, even on a stalled socket."""
 
 from __future__ import annotations
 
 import asyncio
 
-from gateway.outbox import Outbox
+from gateway.media_stream.outbox import Outbox, Pacer
+
+from .helpers import FakeClock, eventually
 
 
 class SlowSocket:
@@ -29,7 +31,7 @@ async def test_order_is_kept_and_control_goes_first() -> None:
     outbox.put_first("clear", "clear")
     outbox.put("audio-after", "media")
     socket.open.set()
-    await asyncio.sleep(0.05)
+    await eventually(lambda: "audio-after" in socket.written, what="the queue written")
     # "audio0" was already being written when the clear came; the rest of the old audio never left.
     assert socket.written in (["audio0", "clear", "audio-after"], ["clear", "audio-after"])
     outbox.close()
@@ -45,7 +47,7 @@ async def test_held_audio_leaves_before_live_frames() -> None:
     outbox.put("H" * 500, "input_audio_buffer.append", droppable=True)  # the audio held while connecting
     for n in range(3):
         outbox.put(f"live{n}", "input_audio_buffer.append", droppable=True)
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(socket.written) >= 5, what="five messages written")
     assert socket.written == ["session.update", "H" * 500, "live0", "live1", "live2"]  # in order, nothing dropped
     outbox.close()
     await asyncio.wait_for(writer, 1)
@@ -67,32 +69,37 @@ async def test_backpressure_drops_caller_audio_and_flags_the_rest() -> None:
 
 
 async def test_paced_audio_stays_a_bounded_lead_ahead_and_a_clear_is_not_held_behind_it() -> None:
-    from gateway.outbox import Pacer
-
+    """On a fake clock (it moves only when the test says): what leaves when is exact, whatever the machine's load."""
+    clock = FakeClock()
     written: list[tuple[float, str]] = []
-    loop = asyncio.get_running_loop()
 
     async def write(text: str) -> None:
-        written.append((loop.time(), text))
+        written.append((clock(), text))
 
-    outbox = Outbox(write, max_bytes=1_000_000, pacer=Pacer(lead_ms=200))
+    # Durations exact in binary floating point: "at the lead" is exactly at it, not a rounding error past it.
+    outbox = Outbox(write, max_bytes=1_000_000, pacer=Pacer(lead_ms=250, clock=clock))
     writer = asyncio.create_task(outbox.run())
-    started = loop.time()
-    for n in range(10):  # one second of agent audio, put at once
-        outbox.put(f"audio{n}", "media", play_ms=100)
-    await asyncio.sleep(0.05)
+    started = clock()
+    for n in range(8):  # one second of agent audio, put at once
+        outbox.put(f"audio{n}", "media", play_ms=125)
+    await asyncio.sleep(0)  # the writer task takes over the held audio
     # Only the lead (and the chunk that crosses it) went at once; the rest waits in the outbox, to be cleared.
     assert [text for _, text in written] == ["audio0", "audio1", "audio2"]
+    assert outbox.pacer is not None and outbox.pacer.wait_s() == 0.125
     outbox.discard(frozenset({"media", "mark"}))
     outbox.put_first("clear", "clear")
-    await asyncio.sleep(0.02)
-    assert written[-1][1] == "clear" and written[-1][0] - started < 0.1  # not held behind the paced audio
+    # Not held behind the paced audio: written with the clock standing still.
+    await eventually(lambda: written[-1][1] == "clear", what="the clear written")
+    assert written[-1][0] == started
     # After a clear nothing is queued at the peer: new audio goes at once, then is paced again.
     for n in range(4):
-        outbox.put(f"next{n}", "media", play_ms=100)
-    await asyncio.sleep(0.35)
+        outbox.put(f"next{n}", "media", play_ms=125)
+    assert [text for _, text in written[-3:]] == ["next0", "next1", "next2"]
+    assert outbox.pacer.wait_s() == 0.125  # next3 is held until the clock moves
+    clock.advance(0.125)
+    await eventually(lambda: written[-1][1] == "next3", what="next3 released")
     times = {text: at for at, text in written}
-    assert times["next0"] - times["clear"] < 0.05 and times["next3"] - times["next0"] >= 0.05
+    assert times["next0"] == times["clear"] and times["next3"] - times["next0"] == 0.125
     outbox.close()
     await writer
 
@@ -112,7 +119,7 @@ async def test_a_write_that_need_not_wait_costs_no_task_switch() -> None:
     outbox.put_first("clear", "clear")
     assert socket.written == ["first"]
     socket.open.set()
-    await asyncio.sleep(0.02)
+    await eventually(lambda: "after" in socket.written, what="the queue written")
     # "waits" was already being written when the clear came; the clear goes ahead of what is still queued.
     assert socket.written == ["first", "waits", "clear", "after"]
     outbox.put("last", "media")

@@ -12,7 +12,7 @@ import struct
 import numpy as np
 import pytest
 
-from gateway.audio import MULAW_SILENCE, mulaw_decode, mulaw_encode
+from gateway.audio.convert import MULAW_SILENCE, mulaw_decode, mulaw_encode
 from gateway.tooling.replay.phone import FRAME_BYTES, CallerTurn, Phone, run_call
 from gateway.tooling.replay.report import (
     BAD_FIELD,
@@ -25,7 +25,7 @@ from gateway.tooling.replay.report import (
     UNKNOWN_EVENT,
     WRONG_STREAM_SID,
 )
-from gateway.wavio import (
+from gateway.audio.wavio import (
     WAVE_FORMAT_MULAW,
     WavError,
     load_sample,
@@ -38,10 +38,7 @@ from gateway.wavio import (
     write_wav,
 )
 
-
-def tone(ms: float, freq: float = 440.0, amp: float = 8000.0) -> bytes:
-    n = int(ms * 8)
-    return mulaw_encode((amp * np.sin(2 * np.pi * freq * np.arange(n) / 8000)).astype(np.int16))
+from .helpers import mulaw_tone
 
 
 def silence(ms: float) -> bytes:
@@ -142,7 +139,7 @@ def test_random_packet_loss_is_seeded() -> None:
 
 
 def test_turn_audio_goes_out_in_frames_and_silence_after() -> None:
-    audio = tone(50)
+    audio = mulaw_tone(50)
     phone = opened([CallerTurn(audio, after_silence_ms=40)], hangup_after_ms=10_000)
     sent = phone.tick(140.0)
     payloads = [base64.b64decode(m["media"]["payload"]) for m in sent]
@@ -168,7 +165,7 @@ def test_dtmf_turn() -> None:
 
 
 def test_hangup_after_silence_sends_stop() -> None:
-    phone = opened([CallerTurn(tone(100), after_silence_ms=0)], hangup_after_ms=200, hangup_wait_for_agent=False)
+    phone = opened([CallerTurn(mulaw_tone(100), after_silence_ms=0)], hangup_after_ms=200, hangup_wait_for_agent=False)
     sent = run_script(phone, {}, 1000)
     stop = sent[-1]
     assert stop == {
@@ -182,7 +179,7 @@ def test_hangup_after_silence_sends_stop() -> None:
 
 
 def test_timeout_ends_the_call_even_mid_turn() -> None:
-    phone = opened([CallerTurn(tone(2000), after_silence_ms=0)], timeout_ms=500)
+    phone = opened([CallerTurn(mulaw_tone(2000), after_silence_ms=0)], timeout_ms=500)
     sent = run_script(phone, {}, 5000)
     assert sent[-1]["event"] == "stop"
     report = phone.report()
@@ -195,9 +192,9 @@ def test_timeout_ends_the_call_even_mid_turn() -> None:
 
 def test_marks_echo_when_the_audio_before_them_has_played() -> None:
     phone = opened()
-    assert phone.receive(media(phone, tone(100)), 10.0) == []
+    assert phone.receive(media(phone, mulaw_tone(100)), 10.0) == []
     assert phone.receive(mark(phone, "a"), 12.0) == []
-    phone.receive(media(phone, tone(50)), 15.0)
+    phone.receive(media(phone, mulaw_tone(50)), 15.0)
     phone.receive(mark(phone, "b"), 15.0)
     assert phone.next_wakeup_ms() == 20.0  # the frame boundary comes first
     phone.tick(20.0)
@@ -221,7 +218,7 @@ def test_mark_with_nothing_queued_echoes_at_once() -> None:
     phone = opened()
     (echo,) = phone.receive(mark(phone, "now"), 5.0)
     assert echo["mark"]["name"] == "now"
-    phone.receive(media(phone, tone(20)), 10.0)
+    phone.receive(media(phone, mulaw_tone(20)), 10.0)
     assert phone.receive(mark(phone, "after"), 29.0) == []
     # The 20 ms ended at 30 ms: "after" is echoed (played) on the way, then "drained" at once.
     played, late = phone.receive(mark(phone, "drained"), 31.0)
@@ -232,7 +229,7 @@ def test_mark_with_nothing_queued_echoes_at_once() -> None:
 def test_clear_drops_audio_and_echoes_every_pending_mark_at_once() -> None:
     phone = opened()
     for i in range(10):
-        phone.receive(media(phone, tone(100)), 0.0)
+        phone.receive(media(phone, mulaw_tone(100)), 0.0)
         phone.receive(mark(phone, f"m{i}"), 0.0)
     sent = phone.receive(clear(phone), 350.0)
     names = [m["mark"]["name"] for m in events(sent, "mark")]
@@ -260,8 +257,8 @@ def test_clear_with_empty_queue() -> None:
 
 def test_playback_is_tracked_between_ticks() -> None:
     phone = opened()
-    phone.receive(media(phone, tone(30)), 3.0)  # arrives between ticks: plays from 3 ms, not from a tick
-    phone.receive(media(phone, tone(30)), 50.0)  # after a 17 ms hole
+    phone.receive(media(phone, mulaw_tone(30)), 3.0)  # arrives between ticks: plays from 3 ms, not from a tick
+    phone.receive(media(phone, mulaw_tone(30)), 50.0)  # after a 17 ms hole
     phone.tick(100.0)
     report = phone.report()
     assert [(r.start_ms, r.end_ms) for r in report.runs] == [(3.0, 33.0), (50.0, 80.0)]
@@ -277,15 +274,15 @@ def test_playback_is_tracked_between_ticks() -> None:
 def test_response_time_and_barge_in() -> None:
     phone = opened(
         [
-            CallerTurn(tone(200, 300), after_silence_ms=0, name="question"),
-            CallerTurn(tone(400, 300), after_agent_heard_ms=300, name="interrupt"),
+            CallerTurn(mulaw_tone(200, 300), after_silence_ms=0, name="question"),
+            CallerTurn(mulaw_tone(400, 300), after_agent_heard_ms=300, name="interrupt"),
         ],
         hangup_after_ms=100,
         hangup_wait_for_agent=False,
     )
     # The agent answers 350 ms after the question ends (audio that starts with 50 ms of silence),
     # the caller talks over it 300 ms after hearing it, the gateway clears 180 ms later.
-    answer = silence(50) + tone(2000, 600)
+    answer = silence(50) + mulaw_tone(2000, 600)
     sent = run_script(phone, {500.0: [media(phone, answer), mark(phone, "end")], 1070.0: [clear(phone)]}, 5000)
     report = phone.report()
     question, interrupt = report.turns
@@ -304,34 +301,34 @@ def test_response_time_and_barge_in() -> None:
 
 def test_next_turn_waits_for_the_answer_then_silence() -> None:
     phone = opened(
-        [CallerTurn(tone(100), after_silence_ms=0), CallerTurn(tone(100), after_silence_ms=300)],
+        [CallerTurn(mulaw_tone(100), after_silence_ms=0), CallerTurn(mulaw_tone(100), after_silence_ms=300)],
         hangup_after_ms=10_000,
     )
-    run_script(phone, {1000.0: [media(phone, tone(500))]}, 2500)
+    run_script(phone, {1000.0: [media(phone, mulaw_tone(500))]}, 2500)
     first, second = phone.report().turns
     assert first.response_ms == 900.0
     assert second.start_ms == 1800.0  # the answer ended at 1500, then 300 ms of silence
 
 
 def test_first_turn_waits_for_a_greeting_when_asked() -> None:
-    phone = opened([CallerTurn(tone(100), after_silence_ms=200, wait_for_agent=True)], hangup_after_ms=10_000)
-    run_script(phone, {700.0: [media(phone, tone(300))]}, 2000)
+    phone = opened([CallerTurn(mulaw_tone(100), after_silence_ms=200, wait_for_agent=True)], hangup_after_ms=10_000)
+    run_script(phone, {700.0: [media(phone, mulaw_tone(300))]}, 2000)
     assert phone.report().turns[0].start_ms == 1200.0
 
 
 def test_barge_in_after_the_agent_stopped_by_itself() -> None:
     phone = opened(
-        [CallerTurn(tone(100), after_silence_ms=0), CallerTurn(tone(100), after_agent_heard_ms=200)],
+        [CallerTurn(mulaw_tone(100), after_silence_ms=0), CallerTurn(mulaw_tone(100), after_agent_heard_ms=200)],
         hangup_after_ms=10_000,
     )
-    run_script(phone, {300.0: [media(phone, tone(100))]}, 1000)
+    run_script(phone, {300.0: [media(phone, mulaw_tone(100))]}, 1000)
     barge = phone.report().turns[1]
     assert barge.start_ms == 500.0 and not barge.agent_playing_at_start and barge.stop_ms is None
 
 
 def test_report_to_dict_is_json_and_wavs_are_one_timeline(tmp_path) -> None:
-    phone = opened([CallerTurn(tone(100, 300), after_silence_ms=0)], hangup_after_ms=100, hangup_wait_for_agent=False)
-    run_script(phone, {150.0: [media(phone, tone(100, 1000)), mark(phone, "x")]}, 2000)
+    phone = opened([CallerTurn(mulaw_tone(100, 300), after_silence_ms=0)], hangup_after_ms=100, hangup_wait_for_agent=False)
+    run_script(phone, {150.0: [media(phone, mulaw_tone(100, 1000)), mark(phone, "x")]}, 2000)
     report = phone.report()
     data = json.loads(json.dumps(report.to_dict()))
     assert data["marks_received"] == data["marks_echoed"] == 1
@@ -392,7 +389,7 @@ def test_message_before_start() -> None:
 
 def test_valid_messages_raise_no_violation() -> None:
     phone = opened()
-    phone.receive(media(phone, tone(20)), 0.0)
+    phone.receive(media(phone, mulaw_tone(20)), 0.0)
     phone.receive(mark(phone, "m"), 0.0)
     phone.receive(clear(phone), 10.0)
     assert phone.report().violations == []
@@ -402,7 +399,7 @@ def test_valid_messages_raise_no_violation() -> None:
 
 
 def test_mulaw_wav_round_trip_is_byte_exact(tmp_path) -> None:
-    audio = tone(123) + silence(7)
+    audio = mulaw_tone(123) + silence(7)
     data = mulaw_wav_bytes(audio)
     fmt, raw = parse_wav(data)
     assert (fmt.format_tag, fmt.channels, fmt.rate, fmt.bits_per_sample) == (7, 1, 8000, 8)
@@ -473,6 +470,7 @@ async def test_call_against_a_trivial_gateway() -> None:
     got: list[dict] = []
     echoes: dict[str, float] = {}
     timing: dict[str, float] = {}
+    clearing: set[asyncio.Task[None]] = set()  # kept: a task nobody holds can be collected before it runs
 
     async def gateway(ws) -> None:
         sid = None
@@ -484,16 +482,16 @@ async def test_call_against_a_trivial_gateway() -> None:
             elif msg["event"] == "media" and "sent" not in timing:
                 timing["sent"] = loop.time()
                 for i in range(10):
-                    payload = base64.b64encode(tone(100, 500)).decode()
+                    payload = base64.b64encode(mulaw_tone(100, 500)).decode()
                     await ws.send(json.dumps({"event": "media", "streamSid": sid, "media": {"payload": payload}}))
                     await ws.send(json.dumps({"event": "mark", "streamSid": sid, "mark": {"name": f"m{i}"}}))
 
-                async def clear_later() -> None:
+                async def clear_later(stream_sid: str | None) -> None:
                     await asyncio.sleep(0.45)
                     timing["clear"] = loop.time()
-                    await ws.send(json.dumps({"event": "clear", "streamSid": sid}))
+                    await ws.send(json.dumps({"event": "clear", "streamSid": stream_sid}))
 
-                asyncio.create_task(clear_later())
+                clearing.add(asyncio.create_task(clear_later(sid)))
             elif msg["event"] == "mark":
                 echoes[msg["mark"]["name"]] = loop.time()
 
@@ -501,7 +499,7 @@ async def test_call_against_a_trivial_gateway() -> None:
         port = server.sockets[0].getsockname()[1]
         report = await run_call(
             f"ws://127.0.0.1:{port}/media-stream",
-            [CallerTurn(tone(300, 300), after_silence_ms=0, name="hello")],
+            [CallerTurn(mulaw_tone(300, 300), after_silence_ms=0, name="hello")],
             custom_parameters={"from": "+15550001111"},
             hangup_after_ms=300,
             hangup_wait_for_agent=False,

@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.audio import Base64Audio
+from gateway.audio.convert import Base64Audio
 from gateway.call import Call, CallConfig, Dropped, Send
 from gateway.tooling.fuzz import Raw, dumps, key_paths  # JSON with verbatim tokens: the fuzzer's own writer
-from gateway.playback import PlaybackTracker, mark_name, parse_mark_name
+from gateway.call.playback import PlaybackTracker, mark_name, parse_mark_name
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 

@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.security import CredentialRejected, StreamCredentials
+from gateway.twilio.security import CredentialRejected, StreamCredentials
 from gateway.twilio.webhook import MAX_FIELD_CHARS, MAX_FORM_FIELDS, WebhookRejected, parse_webhook_form
 
 CREDENTIALS = StreamCredentials(b"s" * 32, 600)

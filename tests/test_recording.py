@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from gateway import recording as recording_module
-from gateway.recording import MAX_BYTES_BEFORE_START, CallRecorder
+from gateway.recordings.frames import MAX_BYTES_BEFORE_START, CallRecorder
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.tooling.replay.recording import load_recording
 
@@ -119,27 +119,27 @@ def test_when_every_name_is_taken_nothing_is_written_and_one_error_is_logged(tmp
     monkeypatch.setattr(recording_module, "MAX_NAME_ATTEMPTS", 3)
     for name in ("CA1.jsonl", "CA1-2.jsonl", "CA1-3.jsonl"):
         (tmp_path / name).write_text(name)
-    with caplog.at_level(logging.ERROR, logger="gateway.recording"):
+    with caplog.at_level(logging.ERROR, logger="gateway.recordings.frames"):
         recorder = _record_call(tmp_path)
     assert recorder.path is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CA1-2.jsonl", "CA1-3.jsonl", "CA1.jsonl"]
     assert all((tmp_path / name).read_text() == name for name in ("CA1.jsonl", "CA1-2.jsonl", "CA1-3.jsonl"))
-    assert len([r for r in caplog.records if r.name == "gateway.recording"]) == 1
+    assert len([r for r in caplog.records if r.name == "gateway.recordings.frames"]) == 1
 
 
 def test_a_peer_call_sid_cannot_forge_a_log_line(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with caplog.at_level(logging.ERROR, logger="gateway.recording"):
+    with caplog.at_level(logging.ERROR, logger="gateway.recordings.frames"):
         _record_call(blocker / "calls", call_sid="CA1\n2025-01-01 ERROR forged\x1b[2J")
-    (record,) = [r for r in caplog.records if r.name == "gateway.recording"]
+    (record,) = [r for r in caplog.records if r.name == "gateway.recordings.frames"]
     message = record.getMessage()
     assert "\n" not in message and "\x1b" not in message and "forged" in message
 
 
 def test_the_size_cap_stops_growth_and_the_recording_still_loads(tmp_path, caplog):
     max_bytes = 16 * 1024
-    with caplog.at_level(logging.WARNING, logger="gateway.recording"):
+    with caplog.at_level(logging.WARNING, logger="gateway.recordings.frames"):
         recorder = _record_call(tmp_path, frames=500, max_bytes=max_bytes)
     assert recorder.truncated and recorder.path is not None
     size = recorder.path.stat().st_size

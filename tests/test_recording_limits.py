@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.observe import metrics
-from gateway.recording import CallRecorder, RecordingsQuota
-from gateway.recording_wav import write_call_wav
+from gateway.recordings.frames import CallRecorder, RecordingsQuota
+from gateway.recordings.wav import write_call_wav
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.tooling.replay.recording import load_recording
 from gateway.tooling.replay.scenario import load_scenario, run_scenario
@@ -41,7 +41,7 @@ async def short_call(gateway, **kwargs):
 
 
 async def test_a_full_recordings_directory_starts_no_recording_and_the_call_goes_on(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="gateway.recording")
+    caplog.set_level(logging.WARNING, logger="gateway.recordings.frames")
     (tmp_path / "old.jsonl").write_bytes(b"x" * 8192)  # the directory already holds its quota
     before = over_quota("not_started")
     async with start_gateway(record_calls_dir=str(tmp_path), record_total_max_bytes=8192) as gateway:

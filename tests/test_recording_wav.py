@@ -14,25 +14,21 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.audio import mulaw_decode, mulaw_encode
+from gateway.audio.convert import mulaw_decode, mulaw_encode
 from gateway.config import ConfigError, Settings
-from gateway.recording import CallRecorder
-from gateway.recording_wav import call_tracks, call_wav_bytes, recording_file, write_call_wav
+from gateway.recordings.frames import CallRecorder
+from gateway.recordings.wav import call_tracks, call_wav_bytes, recording_file, write_call_wav
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.store.retention import RECORDING_FILE
-from gateway.wavio import read_wav
+from gateway.audio.wavio import read_wav
 
 from .conftest import start_gateway
+from .helpers import mulaw_tone
 from .test_outbound_e2e import outbound_gateway, place_and_answer
 
 SPB = 8  # mu-law samples per ms
 OPERATOR = "operator-key-aaaaaaaaaaaaaaaaaaaa"
 OTHER = "other-key-bbbbbbbbbbbbbbbbbbbbbbbb"
-
-
-def tone(ms: int, level: float = 8000.0) -> bytes:
-    t = np.arange(ms * SPB) / 8000.0
-    return mulaw_encode(np.rint(level * np.sin(2 * np.pi * 440 * t)).astype(np.int16))
 
 
 def _frame(event: str, **fields: object) -> str:
@@ -67,13 +63,13 @@ def loud_ms(track: bytes) -> np.ndarray:
 
 
 def test_agent_audio_plays_from_when_it_was_sent_and_a_clear_cuts_it(tmp_path):
-    caller = [(20.0 * (n + 1), "in", _media(tone(20), timestamp=20 * n)) for n in range(30)]  # 600 ms of caller
+    caller = [(20.0 * (n + 1), "in", _media(mulaw_tone(20), timestamp=20 * n)) for n in range(30)]  # 600 ms of caller
     agent = [
-        (100.0, "out", _media(tone(500))),  # 500 ms sent at 100 ms...
-        (110.0, "out", _media(tone(500))),  # ...and 500 more queued behind it: plays 600..1100
+        (100.0, "out", _media(mulaw_tone(500))),  # 500 ms sent at 100 ms...
+        (110.0, "out", _media(mulaw_tone(500))),  # ...and 500 more queued behind it: plays 600..1100
         (120.0, "out", _frame("mark", mark={"name": "m1"})),
         (800.0, "out", _frame("clear")),  # the caller barged in: heard 100..800 only
-        (1500.0, "out", _media(tone(200))),  # the next answer: 1500..1700
+        (1500.0, "out", _media(mulaw_tone(200))),  # the next answer: 1500..1700
         (1800.0, "in", _frame("stop", stop={})),
     ]
     path = _recording(tmp_path, sorted(caller + agent))
@@ -84,7 +80,7 @@ def test_agent_audio_plays_from_when_it_was_sent_and_a_clear_cuts_it(tmp_path):
     assert heard[1501:1699].all() and not heard[1701:].any()
     said = loud_ms(left)
     assert said[:599].all() and not said[601:].any()
-    assert left[:600 * SPB] == tone(20) * 30  # the caller's own bytes, at their own timestamps
+    assert left[:600 * SPB] == mulaw_tone(20) * 30  # the caller's own bytes, at their own timestamps
 
     samples, rate = read_wav(call_wav_bytes(path))
     assert rate == 8000 and samples.dtype == np.int16 and samples.shape == (1800 * SPB, 2)
@@ -92,9 +88,9 @@ def test_agent_audio_plays_from_when_it_was_sent_and_a_clear_cuts_it(tmp_path):
 
 
 def test_a_lost_caller_frame_is_silence_and_bad_frames_are_skipped(tmp_path):
-    frames = [(20.0, "in", _media(tone(20), timestamp=0)), (60.0, "in", _media(tone(20), timestamp=40)),
+    frames = [(20.0, "in", _media(mulaw_tone(20), timestamp=0)), (60.0, "in", _media(mulaw_tone(20), timestamp=40)),
               (61.0, "in", "not json"), (62.0, "in", _frame("media", media={"payload": "%%%", "timestamp": "60"})),
-              (63.0, "in", _media(tone(20), timestamp=10**9)),  # far beyond the call: not placed
+              (63.0, "in", _media(mulaw_tone(20), timestamp=10**9)),  # far beyond the call: not placed
               (64.0, "out", _media(b"")), (80.0, "in", _frame("stop", stop={}))]
     left, right = call_tracks(_recording(tmp_path, frames))
     said = loud_ms(left)
@@ -103,7 +99,7 @@ def test_a_lost_caller_frame_is_silence_and_bad_frames_are_skipped(tmp_path):
 
 
 def test_the_wav_is_private_and_never_written_over_a_file(tmp_path):
-    path = _recording(tmp_path, [(20.0, "in", _media(tone(20), timestamp=0))])
+    path = _recording(tmp_path, [(20.0, "in", _media(mulaw_tone(20), timestamp=0))])
     written = write_call_wav(path)
     assert written == tmp_path / "CA1.wav" and stat.S_IMODE(written.stat().st_mode) == 0o600
     assert read_wav(written)[0].shape == (20 * SPB, 2)

@@ -15,7 +15,7 @@ from gateway.tooling.replay import command
 from gateway.tooling.replay.expectations import ExpectationResult
 from gateway.tooling.replay.report import CallReport, TurnReport
 from gateway.tooling.replay.scenario import bundled_names
-from gateway.wavio import parse_wav
+from gateway.audio.wavio import parse_wav
 
 from .conftest import start_gateway
 

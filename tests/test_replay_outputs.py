@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from gateway.audio import MULAW_SILENCE, mulaw_encode
+from gateway.audio.convert import MULAW_SILENCE, mulaw_encode
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.tooling.replay.plot import envelope, write_timeline_png
 from gateway.tooling.replay.report import (
@@ -27,6 +27,7 @@ from gateway.tooling.replay.report import (
 from gateway.tooling.replay.summary import format_summary, use_color
 
 from .conftest import start_gateway
+from .helpers import mulaw_tone
 
 ANSI = re.compile(r"\x1b\[")
 
@@ -46,19 +47,14 @@ def png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def tone(ms: float, amp: float = 8000.0) -> bytes:
-    n = int(ms * 8)
-    return mulaw_encode((amp * np.sin(2 * np.pi * 440 * np.arange(n) / 8000)).astype(np.int16))
-
-
 def synthetic_report() -> CallReport:
     """A call with a latency, a barge-in cut by a clear, an unanswered turn, violations and a lost mark."""
     caller = bytearray([MULAW_SILENCE]) * 8 * 9000
     heard = bytearray([MULAW_SILENCE]) * 8 * 9000
-    caller[8 * 500 : 8 * 2000] = tone(1500)
-    heard[8 * 2400 : 8 * 3600] = tone(1200)
-    caller[8 * 3000 : 8 * 4000] = tone(1000)
-    caller[8 * 6000 : 8 * 7000] = tone(1000)
+    caller[8 * 500 : 8 * 2000] = mulaw_tone(1500)
+    heard[8 * 2400 : 8 * 3600] = mulaw_tone(1200)
+    caller[8 * 3000 : 8 * 4000] = mulaw_tone(1000)
+    caller[8 * 6000 : 8 * 7000] = mulaw_tone(1000)
     return CallReport(
         stream_sid="MZ1",
         call_sid="CAtest",
@@ -142,14 +138,14 @@ def test_plot_of_a_ten_minute_call_stays_fast(tmp_path):
 
 
 def test_envelope_keeps_the_peaks_of_each_column():
-    audio = bytes([MULAW_SILENCE]) * 8000 + tone(1000, amp=16000)
+    audio = bytes([MULAW_SILENCE]) * 8000 + mulaw_tone(1000, amp=16000)
     t, low, high = envelope(audio, columns=100)
     assert len(t) == len(low) == len(high) == 100
     assert t[0] < t[-1] <= 2.0
     assert np.all(np.abs(low[:45]) < 0.01) and np.all(np.abs(high[:45]) < 0.01)  # the silent first second
     assert high[60:].min() > 0.45 and low[60:].max() < -0.45  # the tone's peaks (16000 / 32768 ~ 0.49)
     assert envelope(b"")[0].size == 0
-    t, low, high = envelope(tone(1), columns=1000)  # fewer samples than columns: one per sample
+    t, low, high = envelope(mulaw_tone(1), columns=1000)  # fewer samples than columns: one per sample
     assert len(t) == 8
 
 

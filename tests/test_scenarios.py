@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.audio import MULAW_SILENCE, mulaw_decode
+from gateway.audio.convert import MULAW_SILENCE, mulaw_decode
 from gateway.call import CallStarted, DtmfReceived, TranscriptReceived
 from gateway.tooling.replay.expectations import ExpectationResult, all_passed, evaluate
 from gateway.tooling.replay.phone import FRAME_BYTES, CallerTurn, Phone
@@ -26,7 +26,7 @@ from gateway.tooling.replay.scenario import (
     run_scenario,
 )
 from gateway.tooling.replay.testing import ReplayOutcome, replay_scenario
-from gateway.wavio import load_sample, write_wav
+from gateway.audio.wavio import load_sample, write_wav
 
 from .conftest import start_gateway
 from .helpers import mulaw_tone

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.audio import mulaw_encode
+from gateway.audio.convert import mulaw_encode
 from gateway.local import LocalRealtimeServer, RealtimeSession
 from gateway.local import make_agent
 from gateway.local.agents import speech_like
 from gateway.local.schema import validate_server_event
 from gateway.local.script import MISMATCH, ScriptError, ScriptedAgent, bundled_scripts, load_script, say_ms
-from gateway.wavio import load_sample
+from gateway.audio.wavio import load_sample
 
 TIMEOUT = 5.0
 PCMU = {"type": "audio/pcmu"}

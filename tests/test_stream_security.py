@@ -23,7 +23,7 @@ from gateway.config import ConfigError, Settings
 from gateway.server.app import create_app
 from gateway.tooling.replay import CallerTurn, TwilioAccount, load_sample, run_call
 from gateway.tooling.replay.dial import StreamInvite, answer_inbound, sign_upgrade, stream_from_twiml
-from gateway.security import CredentialRejected, StreamCredentials, stream_secret
+from gateway.twilio.security import CredentialRejected, StreamCredentials, stream_secret
 from gateway.state import MemoryState, RedisState, StateUnavailable
 
 from .conftest import GatewayUnderTest, start_gateway

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from gateway.tools import ToolContext, ToolRegistry, end_call_tool, load_tools_module, tool_from_function
+from gateway.tools.registry import ToolContext, ToolRegistry, end_call_tool, load_tools_module, tool_from_function
 
 CONTEXT = ToolContext("CA1", "MZ1", {})
 

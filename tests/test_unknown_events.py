@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from gateway.droplog import DropCounter
+from gateway.observe.droplog import DropCounter
 from gateway.observe import metrics
 from gateway.twilio import media as tw
 

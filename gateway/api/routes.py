@@ -2,7 +2,7 @@
 
 An outbound call is placed with ``url=`` the answer webhook (``/twilio/answer``), not inline TwiML: when the callee
 picks up, Twilio asks that URL, signed, with the CallSid, and the gateway answers ``<Connect><Stream>`` with a stream
-credential bound to that CallSid (:mod:`gateway.security`). The call's own settings (instructions, voice, greeting)
+credential bound to that CallSid (:mod:`gateway.twilio.security`). The call's own settings (instructions, voice, greeting)
 are saved under the CallSid Twilio returned and taken once by that call's media stream: nothing about them travels
 in a URL, a TwiML parameter or a callback.
 
@@ -33,9 +33,9 @@ from gateway.api.errors import ApiError, error_response, json_body
 from gateway.state.base import StateUnavailable
 from gateway.api.requests import MAX_BODY_BYTES, parse_call_query, parse_call_request
 from gateway.config import Settings
-from gateway.recording_wav import recording_file
+from gateway.recordings.wav import recording_file
 from gateway.store import CALL_STATUSES, FINAL_STATUSES, CallRecord, CallStore
-from gateway.security import OUTBOUND, StreamCredentials
+from gateway.twilio.security import OUTBOUND, StreamCredentials
 from gateway.twilio.rest import TwilioError, TwilioNotConfigured, TwilioRest
 from gateway.twilio.sids import is_call_sid
 from gateway.twilio.twiml import say_and_hang_up_twiml
@@ -228,7 +228,7 @@ async def get_call(request: Request) -> Response:
 
 
 async def get_recording(request: Request) -> Response:
-    """``GET /calls/{sid}/recording``: the call's stereo WAV (``gateway.recording_wav``), scoped as ``GET /calls/{sid}``."""
+    """``GET /calls/{sid}/recording``: the call's stereo WAV (``gateway.recordings.wav``), scoped as ``GET /calls/{sid}``."""
     api = _api(request)
     try:
         key = api.authenticate(request)

@@ -11,7 +11,7 @@ Modules: :mod:`~gateway.call.core` (the :class:`Call`: Twilio's events, the mode
 :mod:`~gateway.call.conversation` (what a new session is told), :mod:`~gateway.call.outputs` (what the core
 returns) and :mod:`~gateway.call.limits` (every bound and timing).
 
-Playback accounting (what the caller actually heard) lives in :mod:`gateway.playback`: every chunk of
+Playback accounting (what the caller actually heard) lives in :mod:`gateway.call.playback`: every chunk of
 model audio sent to Twilio is followed by a mark; on a barge-in the gateway clears Twilio's queue and
 truncates every item in flight at what the caller will have heard when the ``clear`` arrives, anchored
 on Twilio's echoes, never on a guess from the response's start.
@@ -45,6 +45,11 @@ from gateway.call.outputs import (
     CallTimeLimitReached,
     Dropped,
     Output,
+    RolloverFailed,
+    ModelGaveUp,
+    BudgetReached,
+    LeaseRefused,
+    TwilioBacklogOverflowed,
 )
 
-__all__ = ["END_CALL", "TRANSFER_CALL", "AgentAudioStarted", "ConnectModel", "BargeIn", "Call", "CallConfig", "CallEvent", "CallStarted", "CallTimeLimitReached", "Dropped", "DtmfReceived", "EndCall", "HangUp", "ModelReportedError", "ModelRolledOver", "ModelSessionLost", "PrepareRollover", "SwitchModel", "Output", "Peer", "ResponseFinished", "RunTool", "Send", "ToolCalled", "TranscriptReceived", "Transfer", "WakeAt"]
+__all__ = ["END_CALL", "TRANSFER_CALL", "AgentAudioStarted", "ConnectModel", "BargeIn", "BudgetReached", "Call", "CallConfig", "CallEvent", "CallStarted", "CallTimeLimitReached", "Dropped", "DtmfReceived", "EndCall", "HangUp", "LeaseRefused", "ModelGaveUp", "ModelReportedError", "ModelRolledOver", "ModelSessionLost", "PrepareRollover", "RolloverFailed", "SwitchModel", "Output", "Peer", "ResponseFinished", "RunTool", "Send", "ToolCalled", "TranscriptReceived", "Transfer", "TwilioBacklogOverflowed", "WakeAt"]

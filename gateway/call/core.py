@@ -7,7 +7,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.audio import MULAW_BYTES_PER_MS, converters_for, join_audio, model_bytes_per_ms, mulaw_silence
+from gateway.audio.convert import MULAW_BYTES_PER_MS, converters_for, join_audio, model_bytes_per_ms, mulaw_silence
 from gateway.call.arrivals import FrameArrivals
 from gateway.call.control import CallControl
 from gateway.call.conversation import ConversationLog
@@ -29,7 +29,7 @@ from gateway.config.model import (  # defaults of the knobs the core shares with
 )
 from gateway.config.operations import CALL_BUDGET_USD
 from gateway.config.serving import MAX_TOOLS_PER_CALL
-from gateway.playback import PlaybackTracker, parse_mark_name
+from gateway.call.playback import PlaybackTracker, parse_mark_name
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 

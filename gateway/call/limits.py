@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.audio import comfort_noise
+from gateway.audio.convert import comfort_noise
 
 # A media timestamp further ahead than this is treated as lost packets and filled with silence.
 GAP_TOLERANCE_MS = 10

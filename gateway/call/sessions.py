@@ -10,20 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.audio import MULAW_BYTES_PER_MS, join_audio
+from gateway.audio.convert import MULAW_BYTES_PER_MS, join_audio
 from gateway.call.limits import (
     COMFORT_NOISE, COMFORT_NOISE_AFTER_MS, COMFORT_NOISE_LEAD_MS, COMFORT_NOISE_MS, MAX_QUEUED_TOOLS,
     RESUME_INSTRUCTIONS, ROLLOVER_RETRY_MS,
 )
 from gateway.call.outputs import (
-    ConnectModel, ModelRolledOver, ModelSessionLost, Output, Peer, PrepareRollover, Send, SwitchModel, WakeAt,
+    ConnectModel, ModelGaveUp, ModelRolledOver, ModelSessionLost, Output, Peer, PrepareRollover, RolloverFailed,
+    Send, SwitchModel, WakeAt,
 )
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 
 
 class ModelSessions:
-    def model_connected(self, now_ms: float | None = None) -> list[Output]:
+    def model_connected(self, now_ms: float) -> list[Output]:
         """The model socket is open: configure the session, then flush caller audio held meanwhile.
 
         In a replacement session the conversation so far is re-created as text items first (a new session
@@ -34,7 +35,7 @@ class ModelSessions:
         self._session += 1
         self._session_started_ms = now_ms
         self._rollover_pending = False
-        self._reconnects.opened(now_ms if now_ms is not None else 0.0)
+        self._reconnects.opened(now_ms)
         # Comfort noise still queued at Twilio plays on (no dead air while the session is configured and answers);
         # the agent's first audio clears what is left of it (_agent_audio), so its words are not queued behind it.
         out: list[Output] = [Send(Peer.MODEL, message) for message in self._session_setup(carry=self._session > 1)]
@@ -89,9 +90,13 @@ class ModelSessions:
         self._rollover_pending = True
         return [PrepareRollover(f"session {(now_ms - started) / 1000:.0f} s old, limit {config.session_limit_ms / 1000:g} s")]
 
-    def rollover_setup(self) -> list[dict[str, Any]]:
-        """The messages that configure the session being prepared (sent to it, not to the current one)."""
-        return self._session_setup(carry=True)
+    def rollover_setup(self, now_ms: float) -> list[Output]:
+        """What configures the session being prepared: sent to it (:attr:`Peer.NEXT_MODEL`), not to the current
+        one. Nothing once the call ended, or when no rollover is pending (a loss dropped it): the shell's prepare
+        then fails on its own timeout and reports it."""
+        if self.ending is not None or not self._rollover_pending:
+            return []
+        return [Send(Peer.NEXT_MODEL, message) for message in self._session_setup(carry=True)]
 
     def rollover_ready(self, now_ms: float) -> list[Output]:
         """The prepared session answered ``session.updated``: switch to it now if the call is still quiet; if not
@@ -111,24 +116,27 @@ class ModelSessions:
         reason = "session limit ahead"
         return [SwitchModel(reason), ModelRolledOver(reason, age_ms)]
 
-    def rollover_failed(self, now_ms: float, retry_after_ms: float | None = None) -> None:
-        """The next session could not be prepared: the current one goes on; try again later (not before a
-        refusal's ``Retry-After``)."""
+    def rollover_failed(self, reason: str, now_ms: float, retry_after_ms: float | None = None) -> list[Output]:
+        """The next session could not be prepared (refused, with its ``Retry-After`` parsed by the shell as a delay;
+        timed out; the current session went meanwhile): the current one goes on; the rollover is tried again at a
+        quiet point, not before ROLLOVER_RETRY_MS nor the ``Retry-After``."""
+        if self.ending is not None:
+            return []
         self._rollover_pending = False
         self._rollover_not_before_ms = now_ms + max(ROLLOVER_RETRY_MS, retry_after_ms or 0.0)
+        return [RolloverFailed(reason, self._rollover_not_before_ms)]
 
-    def model_lost(self, reason: str, now_ms: float | None = None) -> list[Output]:
+    def model_lost(self, reason: str, now_ms: float) -> list[Output]:
         """The model session is gone but the call goes on: the shell is opening a new one.
 
         Caller audio is held (bounded) until then; what the old session was doing is dropped: its response,
         its pending tool calls (their ids mean nothing to the new session) and any request for a response."""
-        if self.ended:
+        if self.ending is not None:
             return []
-        now = now_ms if now_ms is not None else 0.0
-        self._reconnects.lost(reason, now)
+        self._reconnects.lost(reason, now_ms)
         if self._reconnects.give_up_reason:  # MODEL_RECONNECT is off, or too many losses: no replacement
             self._model_ready = False
-            return self._model_schedule(now)
+            return self._model_schedule(now_ms)
         lost = self._active_response
         if lost is not None and lost in self._responses_with_audio and lost not in self._interrupted_responses \
                 and lost != self._greeting_response and self._after_playback is None:
@@ -137,7 +145,7 @@ class ModelSessions:
         self._model_ready = False
         if self._batch:  # a batch not sent yet: held, and sent first to the next session
             self._pending_audio.append(join_audio(self._batch))
-            self._pending_arrivals.append((self._batch_ms, now_ms or 0.0))
+            self._pending_arrivals.append((self._batch_ms, now_ms))
             self._pending_audio_bytes += len(self._pending_audio[-1])
             self._batch, self._batch_ms = [], 0
         self._rollover_pending = False  # a session being prepared is dropped by the shell with the lost one
@@ -157,7 +165,7 @@ class ModelSessions:
             self._want_response, self._response_instructions = False, ""
         # A goodbye (or transfer announcement) heard in full before the loss: act on it now.
         out = [ModelSessionLost(reason), *self._control_if_heard()]
-        return out if self.ended else out + self._model_schedule(now)
+        return out if self.ending is not None else out + self._model_schedule(now_ms)
 
     def model_connect_failed(self, reason: str, now_ms: float, retry_after_ms: float | None = None) -> list[Output]:
         """An attempt asked for by :class:`ConnectModel` did not open a session: refused (``retry_after_ms``: the
@@ -169,7 +177,8 @@ class ModelSessions:
         out = self._model_schedule(now_ms)
         return out if self.ended else [ModelSessionLost(reason), *out]  # a reconnect follows, unless it gave up
 
-    def model_closed(self, reason: str) -> list[Output]:
+    def model_closed(self, reason: str, now_ms: float) -> list[Output]:
+        """The model is gone for good (the give-up): the call ends, with its spoken message."""
         self._model_ready = False
         return self._end(f"model socket closed: {reason}")
 
@@ -181,7 +190,8 @@ class ModelSessions:
         if action == "give_up":
             reconnects = self._reconnects
             last = f"; last: {reconnects.last_reason}" if reconnects.last_reason else ""
-            return self.model_closed(f"{reconnects.give_up_reason}{last}")
+            reason = f"{reconnects.give_up_reason}{last}"
+            return [ModelGaveUp(reason), *self.model_closed(reason, now_ms)]
         out: list[Output] = [ConnectModel(value)] if action == "connect" else []
         # Waiting: until the next attempt or the give-up. Connecting: the give-up still ends the call on time, even
         # if the shell's attempt began late (its timeout counts from when it began).

@@ -4,7 +4,7 @@ generated from them (``python -m gateway.config --markdown``)."""
 
 from __future__ import annotations
 
-from gateway.audio import AUDIO_FORMATS
+from gateway.audio.convert import AUDIO_FORMATS
 
 from . import readers
 from .setting import Setting, declared_in

@@ -50,7 +50,7 @@ def public_url(setting: Setting[str], values: Values) -> str:
 
 
 def wait_prompt(setting: Setting[str], values: Values) -> str:
-    from gateway.wavio import wait_prompt as load
+    from gateway.audio.wavio import wait_prompt as load
 
     spec = setting.parse(values.env)
     try:

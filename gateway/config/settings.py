@@ -85,7 +85,7 @@ class Settings:
     twilio_api_base_url: str = operations.TWILIO_API_BASE_URL.field()
     outbound_time_limit_s: int = operations.OUTBOUND_TIME_LIMIT_S.field()
     redis_url: str = operations.REDIS_URL.field()
-    # Security and bounds (gateway.security; README "Security")
+    # Security and bounds (gateway.twilio.security; README "Security")
     insecure_dev_mode: bool = serving.INSECURE_DEV_MODE.field()
     stream_secret: str = serving.STREAM_SECRET.field()
     stream_credential_ttl_s: int = serving.STREAM_CREDENTIAL_TTL_S.field()

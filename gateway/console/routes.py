@@ -42,7 +42,7 @@ from gateway.console.listing import NOT_EXPORTED, csv_lines, next_page, parse_li
 from gateway.console.overview import DEFAULT_RANGE, RANGES, overview_page, overview_window
 from gateway.console.session import COOKIE_NAME, COOKIE_PATH, ConsoleSession
 from gateway.console.timeline import recording_envelopes, timeline_svg
-from gateway.recording_wav import recording_file
+from gateway.recordings.wav import recording_file
 from gateway.state.base import StateUnavailable
 from gateway.store import CallQuery, CallRecord
 from gateway.twilio.sids import is_call_sid

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from gateway.store import CallRecord
-from gateway.wavio import PHONE_RATE, read_wav
+from gateway.audio.wavio import PHONE_RATE, read_wav
 
 WIDTH, HEIGHT = 1000, 262
 LEFT, RIGHT = 118, 990  # the lanes' labels sit left of LEFT, right-aligned: "agent (heard)" fits whole

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.signal import lfilter
 
-from gateway.audio import mulaw_decode
-from gateway.wavio import WavError, load_sample
+from gateway.audio.convert import mulaw_decode
+from gateway.audio.wavio import WavError, load_sample
 
 RATE = 8000
 GREETING_SAMPLE = "greeting"

@@ -2,7 +2,7 @@
 
 A ``session.update`` is validated as a whole and then applied (a bad field changes nothing), the way
 the real service answers either ``session.updated`` or an ``error``. Audio formats are named as in
-``gateway.audio``: ``"pcm16"`` (``audio/pcm`` at 24 kHz) and ``"pcmu"`` (G.711 mu-law at 8 kHz).
+``gateway.audio.convert``: ``"pcm16"`` (``audio/pcm`` at 24 kHz) and ``"pcmu"`` (G.711 mu-law at 8 kHz).
 """
 
 from __future__ import annotations

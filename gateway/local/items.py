@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gateway.audio import Downsampler, Upsampler, mulaw_decode, mulaw_encode, pcm16_from_bytes
+from gateway.audio.convert import Downsampler, Upsampler, mulaw_decode, mulaw_encode, pcm16_from_bytes
 
 from .errors import ClientError, check_type, require
 

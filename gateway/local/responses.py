@@ -16,7 +16,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from gateway.audio import Upsampler, mulaw_encode
+import numpy as np
+
+from gateway.audio.convert import Upsampler, mulaw_encode
 
 from .agents import FunctionCall
 from .items import ASSISTANT_AUDIO_MS_PER_TOKEN, SAMPLES_PER_MS, Item, audio_tokens, text_tokens, usage
@@ -61,8 +63,13 @@ class ResponseStream:
     pending_call: PendingCall | None = None  # said once the audio is complete
 
     @property
+    def audio(self) -> np.ndarray:
+        """Everything the agent will say (a response's item is always made with its audio; none reads as silence)."""
+        return self.item.audio if self.item.audio is not None else np.zeros(0, dtype=np.int16)
+
+    @property
     def total_chunks(self) -> int:
-        return -(-len(self.item.audio) // CHUNK_SAMPLES)
+        return -(-len(self.audio) // CHUNK_SAMPLES)
 
     @property
     def next_deadline(self) -> float:
@@ -78,7 +85,7 @@ class ResponseStream:
         """Send the chunks due by ``now_ms``; True once all the audio is out."""
         # The epsilon makes a tick at exactly next_deadline send its chunk despite float rounding ((5 * 0.1) // 0.1 == 4.0).
         due = min(self.total_chunks, int((now_ms - self.started_ms) / self.interval_ms + 1e-6) + 1)
-        audio = self.item.audio
+        audio = self.audio
         while self.next_chunk < due:
             chunk = audio[self.next_chunk * CHUNK_SAMPLES : (self.next_chunk + 1) * CHUNK_SAMPLES]
             if self.upsampler is not None:

@@ -68,7 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.wavio import WavError, sample_names
+from gateway.audio.wavio import WavError, sample_names
 
 from .agents import CallerTurn, EchoAgent, FunctionCall, Reply, sample_audio, speech_like
 

@@ -26,7 +26,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway.clock import now_ms
+from gateway.call.clock import now_ms
 
 from .agents import AGENTS, Agent
 from .errors import ClientError

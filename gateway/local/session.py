@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gateway.audio import Downsampler, Upsampler, mulaw_decode, pcm16_from_bytes
+from gateway.audio.convert import Downsampler, Upsampler, mulaw_decode, pcm16_from_bytes
 
 from .agents import Agent, CallerTurn, EchoAgent, Reply
-from .config import SessionConfig, apply_update, format_wire
+from .config import SessionConfig, TurnDetection, apply_update, format_wire
 from .errors import ClientError, check_type, require
 from .items import SAMPLES_PER_MS, Item, decode_b64, encode_audio, item_tokens, parse_client_item, text_tokens
 from .responses import CHUNK_MS, PendingCall, ResponseStream, copy_json, function_call_response
@@ -228,7 +228,7 @@ class RealtimeSession:
             return
         for vad_event in self._vad.feed(samples):
             if vad_event.kind == "start":
-                self._on_speech_started(vad_event.sample, now_ms)
+                self._on_speech_started(td, vad_event.sample, now_ms)
             else:
                 self._on_speech_stopped(vad_event.sample, now_ms)
         if self._speech_item_id is None:
@@ -243,8 +243,7 @@ class RealtimeSession:
             del self._buffer[: count * 2]
             self._buffer_start = position
 
-    def _on_speech_started(self, sample: int, now_ms: float) -> None:
-        td = self.config.turn_detection
+    def _on_speech_started(self, td: TurnDetection, sample: int, now_ms: float) -> None:
         start = max(self._buffer_start, sample - td.prefix_padding_ms * SAMPLES_PER_MS)
         self._drop_before(start)
         self._speech_item_id = self._next_id("item")
@@ -438,9 +437,9 @@ class RealtimeSession:
         # The whole conversation so far is the response's input.
         input_text, input_audio = text_tokens(instructions), 0
         for item in self.items:
-            text, audio = item_tokens(item)
+            text, audio_tokens = item_tokens(item)
             input_text += text
-            input_audio += audio
+            input_audio += audio_tokens
         reply: Reply = self.agent.reply(self._caller_turn(instructions))
         response_id = self._next_id("resp")
         self.response_instructions[response_id] = instructions

@@ -7,7 +7,8 @@ A mixin of :class:`gateway.media_stream.session.MediaStreamSession`: it works on
 from __future__ import annotations
 
 import logging
-from gateway.observe import metrics
+
+from gateway.call.clock import now_ms as _now_ms
 from gateway.state.base import StateDeadline, StateUnavailable
 
 log = logging.getLogger("gateway.media_stream")
@@ -17,7 +18,6 @@ log = logging.getLogger("gateway.media_stream")
 # instance's calls free their slots within the TTL.
 LEASE_TTL_S = 30.0
 LEASE_RENEW_S = 10.0
-STATE_UNAVAILABLE_REASON = "shared state unavailable"  # the call's end reason: refused (gateway.observe.ledger)
 
 
 class CallLeases:
@@ -27,7 +27,7 @@ class CallLeases:
         """Hold this call's slots (MAX_CALLS_GLOBAL across instances, MAX_CALLS_PER_NUMBER per called number) and
         register it (control from any instance), all within 300 ms. Limits fail closed: a full limit, or a shared
         state that does not answer in time, ends the call with the spoken message (each counted and logged for
-        what it is). The registry fails open: the call goes on uncontrolled."""
+        what it is, by the core: :meth:`Call.lease_refused`). The registry fails open: the call goes on uncontrolled."""
         shared, settings, call_sid = self.services.shared, self.settings, self.call.call_sid
         deadline = StateDeadline()
         limits = [("global", settings.max_calls_global)]
@@ -41,14 +41,12 @@ class CallLeases:
             try:
                 taken = await deadline.run(shared.acquire_lease(scope, call_sid, limit, LEASE_TTL_S))
             except StateUnavailable as error:
-                metrics.REFUSED_CALLS.labels("state_unavailable").inc()
-                log.error("concurrency limit unreadable (the shared state does not answer: %s): ending the call", error)
-                self._end(STATE_UNAVAILABLE_REASON)
+                log.error("the shared state does not answer: %s", error)
+                self._dispatch(self.call.lease_refused("state_unavailable", _now_ms()))  # counted, logged, ended
                 return
             if not taken:
-                metrics.REFUSED_CALLS.labels("global_limit" if scope == "global" else "number_limit").inc()
-                log.warning("at %s: ending the call", "MAX_CALLS_GLOBAL" if scope == "global" else "MAX_CALLS_PER_NUMBER")
-                self._end("at MAX_CALLS_GLOBAL" if scope == "global" else "at MAX_CALLS_PER_NUMBER")
+                self._dispatch(self.call.lease_refused("global_limit" if scope == "global" else "number_limit",
+                                                       _now_ms()))
                 return
         self._registered = True  # renewals write it again: a registration that failed is retried with them
         try:

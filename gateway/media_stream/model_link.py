@@ -20,15 +20,14 @@ from websockets.exceptions import WebSocketException
 
 from gateway.call import ConnectModel, PrepareRollover, WakeAt
 from gateway.call.limits import MODEL_DOWN_LIMIT_MS, MODEL_OPEN_TIMEOUT_MS
-from gateway.clock import now_ms as _now_ms
+from gateway.call.clock import now_ms as _now_ms
 from gateway.observe import metrics
 from gateway.observe.logs import in_call_context
-from gateway.outbox import Outbox
+from gateway.media_stream.outbox import Outbox
 from gateway.realtime import events as rt
 from gateway.twilio.media import encode_json
 
 from .model_socket import ModelSocket, ModelSocketClosed, UpgradeRefused
-from .services import POLICY_VIOLATION
 
 log = logging.getLogger("gateway.media_stream")
 
@@ -40,10 +39,10 @@ MODEL_PING_INTERVAL_S = 2.0
 MODEL_PING_TIMEOUT_S = 3.0
 MODEL_DOWN_LIMIT_S = MODEL_DOWN_LIMIT_MS / 1000.0
 # Caller audio queued towards a model that is not reading it (about 15 s of PCM16 as base64): past this, live
-# frames are dropped and counted; the reader never waits on the model socket (gateway.outbox). The audio held
+# frames are dropped and counted; the reader never waits on the model socket (gateway.media_stream.outbox). The audio held
 # while a session (re)connects is one message put into an empty queue, so it is never dropped.
 MODEL_BACKLOG_BYTES = 1024 * 1024
-# What goes ahead of everything queued for a peer (gateway.outbox): what stops the agent at once.
+# What goes ahead of everything queued for a peer (gateway.media_stream.outbox): what stops the agent at once.
 _MODEL_CONTROL = frozenset({"conversation.item.truncate", "response.cancel"})
 MODEL_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # A session prepared for a rollover must answer its session.update within this, or it is dropped (and tried later).
@@ -106,9 +105,9 @@ class ModelLinks:
             # get the inbound agent by mistake.
             log.error("no stored settings for this outbound call; ending it call_sid=%s", self.call.call_sid)
             raise _UnknownCallSettings
-        self.call.apply_call_settings(
-            instructions=found.instructions or "", voice=found.voice or "", greeting=found.greeting or ""
-        )
+        self._dispatch(self.call.apply_call_settings(
+            _now_ms(), instructions=found.instructions or "", voice=found.voice or "", greeting=found.greeting or ""
+        ))
 
     def _model_output(self, output: ConnectModel | WakeAt) -> None:
         """Carry out the core's model-session schedule (gateway.call.reconnect decides it): an attempt now, or a
@@ -145,12 +144,11 @@ class ModelLinks:
         try:
             await self._apply_per_call_settings()
         except _UnknownCallSettings:
-            self._close_code = POLICY_VIOLATION
-            self._end("unknown per-call settings")
+            self._dispatch(self.call.call_settings_missing(_now_ms()))
             return
         except Exception:  # the store failed (a database hiccup): end the call with its message, not in silence
             log.exception("per-call settings could not be read; ending the call call_sid=%s", self.call.call_sid)
-            self._end("per-call settings unavailable")
+            self._dispatch(self.call.call_settings_unavailable(_now_ms()))
             return
         while not self._done.is_set():
             request, self._connect_request = self._connect_request, None
@@ -170,9 +168,6 @@ class ModelLinks:
             else:
                 retry_after_ms = retry_after_s * 1000.0 if retry_after_s is not None else None
                 self._dispatch(self.call.model_connect_failed(reason, now, retry_after_ms))
-            if self.call.ended:
-                log.error("model unavailable call_sid=%s (%s); ending the call", self.call.call_sid or "-",
-                          self._end_reason or reason)
 
     async def _one_model_session(self, request: ConnectModel | None) -> tuple[bool, str, float | None]:
         """Connect (or take over the session a rollover switched to) and read until the socket closes:
@@ -302,21 +297,19 @@ class ModelLinks:
         try:
             link = await self._open_model_link()
             link.ready = asyncio.get_running_loop().create_future()
-            for message in self.call.rollover_setup():
-                link.outbox.put(encode_json(message), message["type"])
+            self._standby = link  # what the core sends to Peer.NEXT_MODEL goes to it
+            self._dispatch(self.call.rollover_setup(_now_ms()))
             await asyncio.wait_for(asyncio.shield(link.ready), ROLLOVER_READY_TIMEOUT_S)
-            if self._done.is_set() or self._model_link is None:
-                self.call.rollover_failed(_now_ms())
+            if self._model_link is None:
+                self._dispatch(self.call.rollover_failed("the current session went meanwhile", _now_ms()))
                 return
-            self._standby = link
             self._dispatch(self.call.rollover_ready(_now_ms()))
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            log.warning("the next model session could not be prepared call_sid=%s: %s: %s; the current one goes on",
-                        self.call.call_sid or "-", type(error).__name__, error)
             retry_after_s = error.retry_after_s if isinstance(error, UpgradeRefused) else None
-            self.call.rollover_failed(_now_ms(), retry_after_s * 1000.0 if retry_after_s is not None else None)
+            self._dispatch(self.call.rollover_failed(f"{type(error).__name__}: {error}", _now_ms(),
+                                                     retry_after_s * 1000.0 if retry_after_s is not None else None))
         finally:
             self._standby = None
             if link is not None and self._model_link is not link and self._handover is not link:
@@ -357,6 +350,12 @@ class ModelLinks:
             except ModelSocketClosed:
                 pass  # the socket's close ends the session, and it is replaced
         return write
+
+    def _send_next_model(self, message: dict[str, Any]) -> None:
+        """Queue a message for the session being prepared for a rollover (nothing when none is)."""
+        link = self._standby
+        if link is not None:
+            link.outbox.put(encode_json(message), message["type"])
 
     def _send_model(self, message: dict[str, Any]) -> None:
         """Queue a message for the model session (never waits). Truncates and cancels go first; live caller audio

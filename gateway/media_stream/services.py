@@ -9,8 +9,8 @@ from typing import Any, Callable
 from gateway.call import END_CALL, TRANSFER_CALL, Call, CallConfig, CallEvent
 from gateway.config import Settings
 from gateway.realtime import events as rt
-from gateway.tools import ToolRegistry
-from gateway.wavio import wait_prompt
+from gateway.tools.registry import ToolRegistry
+from gateway.audio.wavio import wait_prompt
 
 POLICY_VIOLATION = 1008  # the close code for a stream refused or ended for what it did (Twilio's side)
 CallObserver = Callable[[Call, CallEvent], None]
@@ -79,4 +79,5 @@ def call_config(settings: Settings, registry: ToolRegistry | None = None) -> Cal
         caller_audio_batch_ms=settings.caller_audio_batch_ms,
         model_reconnect=settings.model_reconnect,
         wait_prompt=wait_prompt(settings.model_wait_prompt),
+        call_budget_usd=settings.call_budget_usd,
     )

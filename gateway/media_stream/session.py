@@ -3,7 +3,7 @@
 Twilio's frames arrive by callback from the server's protocol (:mod:`gateway.server.direct_ws`; a task reads ASGI receive
 for the rest) and the model's from its socket (:mod:`.model_socket`), in the event loop's turn that read them. Each is parsed at the edge, handed as a typed event to
 :class:`gateway.call.Call`, and what comes back is carried out at once: messages go into each peer's outbox
-(:mod:`gateway.outbox`), which writes them in the same turn unless the socket must wait. The shell owns sockets,
+(:mod:`gateway.media_stream.outbox`), which writes them in the same turn unless the socket must wait. The shell owns sockets,
 timeouts and logging; it makes no decisions about the call. The model side is in :mod:`.model_link`, the
 shared-state leases in :mod:`.leases` and the call's record in :mod:`.records`, mixins of :class:`MediaStreamSession`.
 """
@@ -45,17 +45,17 @@ from gateway.call import (
     TwilioBacklogOverflowed,
     WakeAt,
 )
-from gateway.clock import now_ms as _now_ms
+from gateway.call.clock import now_ms as _now_ms
 from gateway.config import Settings
 from gateway.media_stream.direct import direct_receive
-from gateway.droplog import DropCounter
+from gateway.observe.droplog import DropCounter
 from gateway.observe import metrics
 from gateway.observe.ledger import CallLedger
 from gateway.observe.logs import bind_call, in_call_context
-from gateway.outbox import Outbox, Pacer
-from gateway.recording import CallRecorder, recordings_quota
-from gateway.security import StreamGrant
-from gateway.tools import ToolContext
+from gateway.media_stream.outbox import Outbox, Pacer
+from gateway.recordings.frames import CallRecorder, recordings_quota
+from gateway.twilio.security import StreamGrant
+from gateway.tools.registry import ToolContext
 from gateway.twilio.media import MediaStreamError, encode_message, parse_twilio_message
 from gateway.twilio.twiml import dial_twiml
 
@@ -179,9 +179,9 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
             await self._save_record(record)
             await self._release_leases()
             # Hook (call recordings): the call's stereo WAV from its frame recording, when it may be recorded
-            # (RECORD_AUDIO, or POST /calls' "record"), named in its record (gateway.recording_wav).
+            # (RECORD_AUDIO, or POST /calls' "record"), named in its record (gateway.recordings.wav).
             if self._recorder is not None:
-                from gateway.recording_wav import save_call_recording
+                from gateway.recordings.wav import save_call_recording
 
                 await save_call_recording(self.services.store, self.settings, self._recorder.path, record["call_sid"])
 
@@ -233,7 +233,7 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
         except Exception:  # a parser bug costs one frame, never the call
             log.exception("dropped frame from twilio call_sid=%s: the parser failed", self.call.call_sid or "-")
             return
-        if self._recorder is not None:  # what the gateway accepted, never the raw frame (gateway.recording)
+        if self._recorder is not None:  # what the gateway accepted, never the raw frame (gateway.recordings.frames)
             self._recorder.record_event(event, now)
         try:
             self._dispatch(self.call.twilio_event(event, now))
@@ -323,7 +323,7 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
                 self._dispatch(self.call.transfer_failed(_now_ms()))
 
     def _send_twilio(self, message: dict[str, Any]) -> None:
-        """Queue a message for Twilio (never waits: gateway.outbox). ``clear`` goes first, and takes the agent
+        """Queue a message for Twilio (never waits: gateway.media_stream.outbox). ``clear`` goes first, and takes the agent
         audio still queued with it."""
         if not self._twilio_open:
             return

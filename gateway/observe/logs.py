@@ -2,7 +2,7 @@
 
 Every line logged while a call is handled carries its ``call_sid`` and ``stream_sid``: the media-stream shell
 binds them with :func:`bind_call` in a context variable that every task of the call inherits, and
-:class:`CallContextFilter` adds them to each record. Lines are escaped and bounded as :mod:`gateway.logsafe` does;
+:class:`CallContextFilter` adds them to each record. Lines are escaped and bounded as :mod:`gateway.observe.logsafe` does;
 phone numbers (E.164) are masked unless ``LOG_FULL_NUMBERS``; a media-stream URL's credential is never printed
 (uvicorn logs each WebSocket's path).
 """
@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 
 import orjson
 
-from gateway.logsafe import LIFESPAN_FAILED, MAX_MESSAGE_CHARS, SafeFormatter, escape_controls, lifespan_traceback
+from gateway.observe.logsafe import LIFESPAN_FAILED, MAX_MESSAGE_CHARS, SafeFormatter, escape_controls, lifespan_traceback
 
 _E164 = re.compile(r"(?:\+|%2[Bb])\d{6,15}")  # as written, or URL-encoded in a query string
 _STREAM_CREDENTIAL = re.compile(r"(/media-stream/)[^\s\"']+")

@@ -12,7 +12,7 @@ from typing import Any, Union
 
 import orjson
 
-from gateway.audio import MODEL_RATE, AudioBytes, Base64Audio, audio_base64
+from gateway.audio.convert import MODEL_RATE, AudioBytes, Base64Audio, audio_base64
 
 
 class ModelEventError(ValueError):

@@ -1,10 +1,10 @@
 """The Starlette application: routes and wiring, nothing else.
 
 * ``GET|POST /incoming-call``: Twilio's voice webhook; answers ``<Connect><Stream>`` TwiML whose URL carries a
-  stream credential for this CallSid (``gateway.security``), or a polite refusal when every line is busy.
+  stream credential for this CallSid (``gateway.twilio.security``), or a polite refusal when every line is busy.
 * ``WS /media-stream/<credential>``: the Media Stream, bridged to a Realtime session (``gateway.media_stream``),
   admitted only with a valid credential (and signature, with ``TWILIO_AUTH_TOKEN``), once. ``WS /media-stream``
-  without one is for the keyless demo and tests only (see :func:`gateway.security.unsigned_streams_allowed`).
+  without one is for the keyless demo and tests only (see :func:`gateway.twilio.security.unsigned_streams_allowed`).
 * ``GET /healthz``: liveness, with the number of calls in progress and any insecure-mode warnings.
 * ``/calls``, ``/calls/{sid}``, ``/calls/{sid}/recording``, ``/calls/{sid}/hangup``, ``/twilio/answer``,
   ``/twilio/call-status``, ``/openapi.json``: the HTTP API (``gateway.api``).
@@ -39,9 +39,9 @@ from gateway.api import routes as api_routes
 from gateway.api.routes import AT_CAPACITY_MESSAGE
 from gateway.config import ConfigError, Settings
 from gateway.console import ConsoleSessions, LiveHub, console_routes
-from gateway.droplog import DropCounter
+from gateway.observe.droplog import DropCounter
 from gateway.media_stream import POLICY_VIOLATION, CallObserver, CallServices, MediaStreamSession
-from gateway.security import (
+from gateway.twilio.security import (
     INBOUND, PEER_SCOPE_KEY, CredentialRejected, StreamCredentials, StreamGrant, insecure_warnings, startup_problems,
     stream_secret, unsigned_streams_allowed,
 )
@@ -53,7 +53,7 @@ from gateway.observe.budget import REACHED, UNAVAILABLE, DailyBudget
 from gateway.observe.cost import load_price_table, prices_for
 from gateway.observe.tracing import configure_tracing_once
 from gateway.state import SharedState, StateDeadline, StateUnavailable, open_state
-from gateway.tools import ToolRegistry, end_call_tool, load_tools_module, transfer_call_tool
+from gateway.tools.registry import ToolRegistry, end_call_tool, load_tools_module, transfer_call_tool
 from gateway.store import CallStore, MemoryCallStore, open_store, run_retention
 from gateway.store.records import CallRecords
 from gateway.store.spool import RecordSpool
@@ -327,7 +327,7 @@ async def body_too_large(request: Request, error: Exception) -> Response:
 
 class PeerAddressMiddleware:
     """Keeps the TCP peer's address in the scope before X-Forwarded-For replaces the client: only the peer can say
-    whether a request came through a trusted proxy (``gateway.security.signature_base``)."""
+    whether a request came through a trusted proxy (``gateway.twilio.security.signature_base``)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

@@ -33,9 +33,9 @@ from typing import Any
 
 from gateway.api.auth import client_key
 from gateway.config import Settings
-from gateway.droplog import DropCounter
+from gateway.observe.droplog import DropCounter
 from gateway.observe import metrics
-from gateway.security import PEER_SCOPE_KEY, is_trusted_proxy
+from gateway.twilio.security import PEER_SCOPE_KEY, is_trusted_proxy
 
 log = logging.getLogger("gateway.connections")
 

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from gateway.sqlite_wal import switch_to_wal
+from gateway.state.sqlite_wal import switch_to_wal
 from gateway.state.base import LIVE_FEED_MAX, LIVE_READ_MAX, MAX_LIVE_LISTED, LiveBatch, StateUnavailable
 
 _SCHEMA = """

@@ -71,7 +71,7 @@ class StoreOpenError(RuntimeError):
 
 def _sqlite_open_error(url: str, path: str, error: Exception) -> StoreOpenError:
     from gateway.config import redact_url
-    from gateway.logsafe import escape_controls
+    from gateway.observe.logsafe import escape_controls
 
     file = os.path.abspath(path)
     folder = os.path.dirname(file)

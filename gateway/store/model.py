@@ -89,7 +89,7 @@ class OutboundCallSettings:
     metadata: dict[str, str] = field(default_factory=dict)
     machine_detection: str = "none"  # "none" | "hangup" | "voicemail"
     api_key_id: str | None = None  # the key that placed the call (its id, never the key): only it may see the call
-    record: bool | None = None  # record the call's audio (gateway.recording_wav); None: RECORD_AUDIO decides
+    record: bool | None = None  # record the call's audio (gateway.recordings.wav); None: RECORD_AUDIO decides
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,7 +158,7 @@ class SessionChange:
 
 
 # The record's structured parts: each has a JSON column of its own (migration 2), and a type for its items.
-STRUCTURED: dict[str, type | None] = {
+STRUCTURED: dict[str, type[Turn] | type[ToolRun] | type[SessionChange] | None] = {
     "turns": Turn, "tool_calls": ToolRun, "reconnects": SessionChange, "rollovers": SessionChange, "usage": None,
 }
 

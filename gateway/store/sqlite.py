@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from gateway.sqlite_wal import switch_to_wal
+from gateway.state.sqlite_wal import switch_to_wal
 from gateway.store.base import Change, StoreBase
 from gateway.store.figures import Overview, order_by, overview_from_rows, overview_query, overview_sql
 from gateway.store.migrate import migrate_sqlite

@@ -831,7 +831,7 @@ async def run_fuzz(config: FuzzConfig, *, progress: bool = False) -> FuzzResult:
     """Run the whole fuzz (see the module docstring). Never raises for a gateway failure: the checks say it."""
     from gateway.tooling.bench import Child, _wait_until, process_rss_mb, stop_children
     from gateway.server.runner import free_port
-    from gateway.wavio import load_sample
+    from gateway.audio.wavio import load_sample
 
     config.validate()
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)

@@ -13,7 +13,7 @@ from typing import Any, Union
 
 import orjson
 
-from gateway.audio import AudioBytes, Base64Audio, audio_base64
+from gateway.audio.convert import AudioBytes, Base64Audio, audio_base64
 from gateway.twilio.sids import is_account_sid, is_call_sid, is_stream_sid
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.audio import MULAW_BYTES_PER_MS, MULAW_SILENCE, mulaw_decode
+from gateway.audio.convert import MULAW_BYTES_PER_MS, MULAW_SILENCE, mulaw_decode
 
 SPB = MULAW_BYTES_PER_MS  # samples (= mu-law bytes) per millisecond
 HEARD_RMS = 200.0  # a millisecond of played audio louder than this (int16 RMS, about -44 dBFS) is heard

@@ -1,7 +1,7 @@
 """Reading a Twilio webhook at the edge: a bounded form body, read in bounded time, and the signature check.
 
 Used by every route Twilio calls (``/incoming-call``, ``/twilio/answer``, ``/twilio/call-status``), so the rules
-live once. The URL a signature is checked against comes from :func:`gateway.security.signature_base`
+live once. The URL a signature is checked against comes from :func:`gateway.twilio.security.signature_base`
 (``PUBLIC_URL``, or a trusted proxy's ``X-Forwarded-*``), never from the client's own ``Host``.
 """
 
@@ -15,7 +15,7 @@ from starlette.requests import HTTPConnection, Request
 from twilio.request_validator import RequestValidator
 
 from gateway.config import Settings
-from gateway.security import PEER_SCOPE_KEY, StreamCredentials, signature_base, twiml_base
+from gateway.twilio.security import PEER_SCOPE_KEY, StreamCredentials, signature_base, twiml_base
 from gateway.twilio.sids import is_call_sid
 from gateway.twilio.twiml import MEDIA_STREAM_PATH, connect_stream_twiml, stream_url
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gateway.audio import Downsampler, MulawToPcm24k, Pcm24kToMulaw, Upsampler, mulaw_decode, mulaw_encode
+from gateway.audio.convert import Downsampler, MulawToPcm24k, Pcm24kToMulaw, Upsampler, mulaw_decode, mulaw_encode
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 

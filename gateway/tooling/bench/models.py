@@ -63,7 +63,7 @@ class MirrorCall:
     """One call seen through the null relay: Twilio's frames in, the echo agent's Twilio messages out."""
 
     def __init__(self, ws: Any, probe: ArrivalProbe, session_id: str) -> None:
-        from gateway.audio import mulaw_decode
+        from gateway.audio.convert import mulaw_decode
         from gateway.local.vad import VoiceActivityDetector
 
         self.ws = ws

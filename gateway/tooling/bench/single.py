@@ -43,7 +43,7 @@ from gateway.tooling.replay.load import LoadReport, Percentiles, run_load
 from gateway.tooling.replay.phone import FRAME_MS, CallerTurn, Phone, call_with
 from gateway.tooling.replay.report import CallReport
 from gateway.server.runner import free_port
-from gateway.wavio import load_sample
+from gateway.audio.wavio import load_sample
 
 MARGIN_S = 1.0  # between the last call's start and the window, and between the window and the first call's end
 STARTUP_TIMEOUT_S = 30.0

@@ -51,7 +51,7 @@ from gateway.tooling.replay.load import Percentiles, run_load
 from gateway.tooling.replay.phone import FRAME_MS, CallerTurn, call_with
 from gateway.tooling.replay.report import CallReport
 from gateway.server.runner import free_port
-from gateway.wavio import load_sample
+from gateway.audio.wavio import load_sample
 
 from .models import inbound_delays
 from .single import (

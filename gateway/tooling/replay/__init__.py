@@ -10,7 +10,7 @@ from .phone import CallerTurn, Phone, run_call
 from gateway.twilio.playback import ClearRecord, MarkRecord, PlaybackRun
 from .report import CallReport, TurnReport, Violation
 from .scenario import Scenario, ScenarioError, load_scenario, run_scenario
-from gateway.wavio import load_sample, read_wav, sample_names, to_mulaw_8k, write_wav
+from gateway.audio.wavio import load_sample, read_wav, sample_names, to_mulaw_8k, write_wav
 
 __all__ = [
     "CallReport",

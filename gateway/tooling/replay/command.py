@@ -20,7 +20,7 @@ from typing import Any
 
 from gateway.config import Settings
 
-from gateway.audio import AUDIO_FORMATS
+from gateway.audio.convert import AUDIO_FORMATS
 
 from .dial import DialError, TwilioAccount
 from .expectations import ExpectationResult, all_passed, evaluate

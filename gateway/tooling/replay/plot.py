@@ -22,7 +22,7 @@ from __future__ import annotations
 from os import PathLike
 import numpy as np
 
-from gateway.audio import mulaw_decode
+from gateway.audio.convert import mulaw_decode
 
 from .report import CallReport
 

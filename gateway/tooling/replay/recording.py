@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.audio import MULAW_SILENCE, mulaw_decode
+from gateway.audio.convert import MULAW_SILENCE, mulaw_decode
 
 from .phone import FRAME_BYTES, FRAME_MS, SPB, CallerTurn, Phone, _Turn
 from .report import CallReport

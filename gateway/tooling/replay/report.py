@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 from os import PathLike
 from typing import Any
 
-from gateway.audio import MULAW_SILENCE
+from gateway.audio.convert import MULAW_SILENCE
 
 from gateway.twilio.playback import ClearRecord, MarkRecord, PlaybackRun
-from gateway.wavio import PHONE_RATE, write_mulaw_wav
+from gateway.audio.wavio import PHONE_RATE, write_mulaw_wav
 
 # Violation kinds: what Twilio would reject in a message from the gateway (Twilio's Media Streams error 31951).
 BINARY_FRAME = "binary_frame"  # Twilio error 31950

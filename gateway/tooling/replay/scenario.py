@@ -68,8 +68,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gateway.audio import AUDIO_FORMATS
-from gateway.wavio import WavError, load_sample, sample_names, to_mulaw_8k
+from gateway.audio.convert import AUDIO_FORMATS
+from gateway.audio.wavio import WavError, load_sample, sample_names, to_mulaw_8k
 
 from .dial import TwilioAccount
 from .phone import CallerTurn, call_with, run_call

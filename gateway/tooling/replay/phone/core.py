@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.audio import MULAW_SILENCE, mulaw_decode, mulaw_encode, to_int16
+from gateway.audio.convert import MULAW_SILENCE, mulaw_decode, mulaw_encode, to_int16
 from gateway.twilio.playback import ClearRecord, MarkRecord, PlaybackQueue, PlaybackRun
 
 from ..report import CallReport

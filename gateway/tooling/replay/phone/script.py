@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gateway.audio import mulaw_decode
+from gateway.audio.convert import mulaw_decode
 
 from .units import FRAME_BYTES, HEARD_RMS, SILENCE_FRAME, SPB
 

@@ -6,7 +6,7 @@ which for 8 kHz mu-law are also bytes (:data:`SPB` per millisecond).
 
 from __future__ import annotations
 
-from gateway.audio import MULAW_BYTES_PER_MS, MULAW_SILENCE
+from gateway.audio.convert import MULAW_BYTES_PER_MS, MULAW_SILENCE
 from gateway.twilio.playback import HEARD_RMS, SPB
 
 FRAME_MS = 20

@@ -1,6 +1,6 @@
 """Call recordings as audio: the call as a stereo WAV, made from its frame recording when the call ends.
 
-``<dir>/<CallSid>.wav`` (the name of the call's ``.jsonl`` frame recording, :mod:`gateway.recording`, with ``.wav``):
+``<dir>/<CallSid>.wav`` (the name of the call's ``.jsonl`` frame recording, :mod:`gateway.recordings.frames`, with ``.wav``):
 8 kHz PCM16, two channels on one timeline that starts with Twilio's ``start``:
 
 * left, the caller: each inbound ``media`` frame's mu-law decoded and placed at its own timestamp (a lost frame is
@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.audio import MULAW_BYTES_PER_MS, MULAW_SILENCE, mulaw_decode
-from gateway.logsafe import safe
-from gateway.recording import RecordingsQuota, recordings_quota
+from gateway.audio.convert import MULAW_BYTES_PER_MS, MULAW_SILENCE, mulaw_decode
+from gateway.observe.logsafe import safe
+from gateway.recordings.frames import RecordingsQuota, recordings_quota
 from gateway.twilio.playback import PlaybackQueue
-from gateway.wavio import PHONE_RATE, wav_bytes
+from gateway.audio.wavio import PHONE_RATE, wav_bytes
 
-log = logging.getLogger("gateway.recording")
+log = logging.getLogger("gateway.recordings.frames")
 
 STORE_TIMEOUT_S = 5.0
 # A caller frame stamped further ahead of the gateway's own clock than this is not placed (a bogus timestamp must

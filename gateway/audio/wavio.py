@@ -7,7 +7,7 @@ headers, odd-sized chunks and unknown chunks handled, and writes mu-law or PCM16
 
 :func:`to_mulaw_8k` turns any of these into the phone's format (mono mu-law at 8 kHz). Another rate is
 converted with ``scipy.signal.resample_poly`` over the whole file at once: right for files, offline; the
-streaming path uses :mod:`gateway.audio`'s resamplers instead.
+streaming path uses :mod:`gateway.audio.convert`'s resamplers instead.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from gateway.audio import mulaw_decode, mulaw_encode, to_int16
+from gateway.audio.convert import mulaw_decode, mulaw_encode, to_int16
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

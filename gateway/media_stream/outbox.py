@@ -31,7 +31,7 @@ import types
 from collections import deque
 from typing import Any, Awaitable, Callable, Coroutine, Generator
 
-log = logging.getLogger("gateway.outbox")
+log = logging.getLogger("gateway.media_stream.outbox")
 
 
 def start_eagerly(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:

@@ -45,7 +45,7 @@ import pydantic
 
 from gateway.call.outputs import END_CALL, TRANSFER_CALL
 
-log = logging.getLogger("gateway.tools")
+log = logging.getLogger("gateway.tools.registry")
 
 MAX_TOOL_OUTPUT_CHARS = 16_000
 _ARG_LINE = re.compile(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
@@ -174,7 +174,7 @@ def _own_names(module_name: str) -> set[str]:
 
 def _import_error(module_name: str, error: BaseException, where: str) -> ToolsModuleError:
     """Why importing ``module_name`` failed, in one line an operator can act on."""
-    from gateway.logsafe import escape_controls
+    from gateway.observe.logsafe import escape_controls
 
     message = escape_controls(str(error))[:300]
     if isinstance(error, ModuleNotFoundError):
@@ -262,7 +262,7 @@ def tools_module_problem(module_name: str) -> ToolsModuleError | None:
     except ToolsModuleError as error:
         return error
     except Exception as error:  # a function whose parameters cannot be described to the model
-        from gateway.logsafe import escape_controls
+        from gateway.observe.logsafe import escape_controls
 
         return ToolsModuleError(f"TOOLS_MODULE={module_name}: its tools cannot be described to the model: "
                                 f"{type(error).__name__}: {escape_controls(str(error))[:300]}",

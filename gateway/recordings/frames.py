@@ -44,12 +44,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Callable
 
-from gateway.logsafe import safe
+from gateway.observe.logsafe import safe
 from gateway.observe import metrics
 from gateway.observe.logs import redact
 from gateway.twilio import media as tw
 
-log = logging.getLogger("gateway.recording")
+log = logging.getLogger("gateway.recordings.frames")
 
 RECORDING_VERSION = 1
 MAX_BYTES_BEFORE_START = 256 * 1024
