@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from gateway import bench
+from gateway.tooling import bench
 from gateway.cli import main
 
 SMALL = ["bench", "--calls", "2", "--seconds", "3", "--ramp", "0.5"]

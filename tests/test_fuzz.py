@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from gateway import fuzz
+from gateway.tooling import fuzz
 
 FRAMES, CONNECTIONS, CALLS = 600, 3, 2
 

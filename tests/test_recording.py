@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from gateway import recording as recording_module
+from gateway.recordings import frames as recording_module
 from gateway.recordings.frames import MAX_BYTES_BEFORE_START, CallRecorder
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.tooling.replay.recording import load_recording
