@@ -27,7 +27,7 @@ def make_call(**overrides) -> Call:
     config.update(overrides)
     call = Call(CallConfig(**config))
     call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {"k": "v"}), 0)
-    call.model_connected()
+    call.model_connected(0)
     return call
 
 
@@ -49,7 +49,7 @@ def test_start_then_media_goes_to_model_as_24k_pcm():
     assert of_type(out, CallStarted)[0].custom_parameters == {"From": "+1"}
     # Audio before the model is connected is held, then flushed after session.update.
     assert call.twilio_event(tw.Media(SID, 0, b"\xff" * 160), 0) == []
-    out = call.model_connected()
+    out = call.model_connected(0)
     messages = sends(out, Peer.MODEL)
     assert messages[0]["type"] == "session.update"
     assert messages[1]["type"] == "input_audio_buffer.append"
@@ -190,7 +190,7 @@ def test_dtmf_stop_and_model_close_end_the_call():
     assert of_type(call.twilio_event(tw.Stop(SID), 0), EndCall)
     assert call.twilio_event(tw.Media(SID, 0, b"\xff"), 0) == []
     other = make_call()
-    assert of_type(other.model_closed("1000"), EndCall)
+    assert of_type(other.model_closed("1000", 0), EndCall)
 
 
 def test_pcmu_pass_through_counts_8_bytes_per_ms():
@@ -302,20 +302,20 @@ def test_user_tool_runs_off_the_audio_path_and_a_response_follows_its_output():
     assert sends(call.twilio_event(tw.Media(SID, 0, b"\xff" * 160), 0))[0]["type"] == "input_audio_buffer.append"
     out = call.model_event(rt.ResponseDone("resp_1", "completed", {}), 10)
     assert sends(out) == []  # nothing to ask for yet: the tool is still running
-    out = call.tool_finished("call_1", '{"status":"shipped"}')
+    out = call.tool_finished("call_1", '{"status":"shipped"}', 0)
     assert sends(out, Peer.MODEL) == [
         {"type": "conversation.item.create",
          "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"status":"shipped"}'}},
         {"type": "response.create"},
     ]
-    assert call.tool_finished("call_1", "again") == []  # once only
+    assert call.tool_finished("call_1", "again", 0) == []  # once only
 
 
 def test_tool_output_waits_for_the_active_response_to_finish():
     call = make_call()
     call.model_event(rt.ResponseCreated("resp_1"), 0)
     call.model_event(rt.FunctionCallRequested("resp_1", "c1", "slow", "{}"), 0)
-    out = call.tool_finished("c1", "{}")
+    out = call.tool_finished("c1", "{}", 0)
     assert [m["type"] for m in sends(out)] == ["conversation.item.create"]
     out = call.model_event(rt.ResponseDone("resp_1", "completed", {}), 5)
     assert [m["type"] for m in sends(out)] == ["response.create"]
@@ -381,9 +381,9 @@ def test_dtmf_reaches_the_model_as_a_conversation_item():
 def test_per_call_settings_go_into_session_update_and_greeting():
     call = Call(CallConfig(session_update={"type": "session.update", "session": {"instructions": "base",
                                                                                   "audio": {"output": {"voice": "marin"}}}}))
-    call.apply_call_settings(instructions="Remind Ann of her 3 pm appointment.", voice="cedar", greeting="Hi Ann!")
+    call.apply_call_settings(0, instructions="Remind Ann of her 3 pm appointment.", voice="cedar", greeting="Hi Ann!")
     call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0)
-    update = sends(call.model_connected())[0]["session"]
+    update = sends(call.model_connected(0))[0]["session"]
     assert update["instructions"] == "Remind Ann of her 3 pm appointment."
     assert update["audio"]["output"]["voice"] == "cedar"
     out = call.model_event(rt.SessionUpdated(), 0)
@@ -427,7 +427,7 @@ def test_end_call_again_without_audio_does_not_loop():
 
 def test_a_failed_transfer_keeps_the_call_and_tells_the_agent():
     call = control_call()
-    out = call.transfer_failed()
+    out = call.transfer_failed(0)
     assert "transfer to a colleague failed" in sends(out)[0]["response"]["instructions"]
     assert of_type(out, EndCall) == []
 
@@ -449,10 +449,10 @@ def test_a_lost_model_session_is_replaced_with_the_conversation_carried_as_text(
     call.model_event(rt.Transcript("assistant", "a1", "It ships tomorrow."), 0)
     call.model_event(rt.ResponseCreated("resp_1"), 0)
     call.model_event(delta(ms=300), 0)
-    assert of_type(call.model_lost("code 1001"), ModelSessionLost)
+    assert of_type(call.model_lost("code 1001", 0), ModelSessionLost)
     # While the new session connects, caller audio is held, not sent to a dead socket.
     assert call.twilio_event(tw.Media(SID, 0, b"\xff" * 160), 0) == []
-    out = call.model_connected()
+    out = call.model_connected(0)
     messages = sends(out, Peer.MODEL)
     assert messages[0]["type"] == "session.update"
     assert [(m["item"]["role"], m["item"]["content"][0]["text"]) for m in messages[1:3]] == [
@@ -466,9 +466,9 @@ def test_a_lost_model_session_is_replaced_with_the_conversation_carried_as_text(
 
 def test_keys_pressed_while_the_model_reconnects_reach_it_once_it_is_back():
     call = make_call()
-    call.model_lost("code 1006")
+    call.model_lost("code 1006", 0)
     assert sends(call.twilio_event(tw.Dtmf(SID, "7"), 0)) == []
-    out = call.model_connected()
+    out = call.model_connected(0)
     texts = [m["item"]["content"][0]["text"] for m in sends(out, Peer.MODEL) if m["type"] == "conversation.item.create"]
     assert texts == ["The caller pressed 7 on the phone keypad."]
     assert sends(out, Peer.MODEL)[-1] == {"type": "response.create"}  # and the answer to it is asked for
@@ -553,7 +553,7 @@ def test_tools_of_one_call_run_one_at_a_time_and_queue_boundedly():
     first = call.model_event(rt.FunctionCallRequested("resp_1", "c1", "lookup", "{}"), 0)
     second = call.model_event(rt.FunctionCallRequested("resp_1", "c2", "lookup", "{}"), 0)
     assert of_type(first, RunTool) and not of_type(second, RunTool)  # waits for a free slot
-    out = call.tool_finished("c1", "{}")
+    out = call.tool_finished("c1", "{}", 0)
     assert of_type(out, RunTool) == [RunTool("c2", "lookup", "{}")]
     for n in range(3, 20):  # a model asking for tool after tool: the queue is bounded, the rest fail at once
         out = call.model_event(rt.FunctionCallRequested("resp_1", f"c{n}", "lookup", "{}"), 0)
@@ -574,8 +574,8 @@ def test_items_are_keyed_per_session_so_a_replacement_may_reuse_item_ids():
     call.model_event(delta("r1", "item_1", ms=300), 0)  # m0..m2
     call.twilio_event(tw.MarkEcho(SID, "m2"), 300)
     call.model_event(rt.ResponseDone("r1", "completed", {}), 300)
-    call.model_lost("socket dropped")
-    call.model_connected()  # a server that numbers its items per session starts at item_1 again
+    call.model_lost("socket dropped", 0)
+    call.model_connected(0)  # a server that numbers its items per session starts at item_1 again
     call.model_event(rt.ResponseCreated("r2"), 400)
     call.model_event(delta("r2", "item_1", ms=200), 400)  # m3, m4: a new item, from 0
     out = call.model_event(rt.SpeechStarted(0, "u"), 450)
@@ -623,14 +623,14 @@ def test_a_greeting_lost_with_its_session_is_asked_of_the_next_one():
     call = greeting_call()
     call.model_event(rt.ResponseCreated("r1"), 10)
     call.model_event(delta("r1", "item_1", ms=100), 20)  # the first words, then the session dies
-    call.model_lost("socket dropped")
-    assert creates(call.model_connected()) == 0  # not before the new session is configured
+    call.model_lost("socket dropped", 0)
+    assert creates(call.model_connected(0)) == 0  # not before the new session is configured
     assert creates(call.model_event(rt.SessionUpdated(), 100)) == 1
     call.model_event(rt.ResponseCreated("r2"), 110)
     call.model_event(delta("r2", "item_1", ms=300), 120)
     call.model_event(rt.ResponseDone("r2", "completed", {}), 130)
-    call.model_lost("expired")
-    call.model_connected()
+    call.model_lost("expired", 0)
+    call.model_connected(0)
     assert creates(call.model_event(rt.SessionUpdated(), 200)) == 0  # it was all sent: never twice
 
 
@@ -657,7 +657,7 @@ def test_a_response_is_not_asked_for_while_the_caller_is_mid_sentence():
     call.model_event(rt.FunctionCallRequested("r1", "c1", "lookup", "{}"), 0)
     call.model_event(rt.ResponseDone("r1", "completed", {}), 10)
     call.model_event(rt.SpeechStarted(100, "u1"), 100)  # the caller starts talking while the tool runs
-    out = call.tool_finished("c1", '{"ok": true}')
+    out = call.tool_finished("c1", '{"ok": true}', 0)
     assert [m["type"] for m in sends(out, Peer.MODEL)] == ["conversation.item.create"]  # the result, no response yet
     out = call.twilio_event(tw.Dtmf(SID, "3"), 200)  # a key pressed mid-sentence: the item, still no response
     assert [m["type"] for m in sends(out, Peer.MODEL)] == ["conversation.item.create"]
@@ -685,9 +685,9 @@ def test_the_carried_conversation_is_in_order_truncated_to_what_was_heard_and_ha
     call.model_event(rt.Transcript("user", "u2", "Can you check order 42?"), 1500)
     call.model_event(rt.ResponseCreated("r2"), 1600)
     call.model_event(rt.FunctionCallRequested("r2", "c1", "check_order", '{"order_id": "42"}'), 1600)
-    call.tool_finished("c1", '{"status": "shipped"}')
-    call.model_lost("socket dropped")
-    items = carried(call.model_connected())
+    call.tool_finished("c1", '{"status": "shipped"}', 0)
+    call.model_lost("socket dropped", 0)
+    items = carried(call.model_connected(0))
     assert [role for role, _ in items] == ["user", "assistant", "user", "assistant"]
     assert items[0][1] == "Where is my order?"
     heard = items[1][1]  # about half of the answer, cut on a word, and marked as interrupted
@@ -699,8 +699,8 @@ def test_an_answer_cut_by_a_lost_session_is_resumed_in_the_new_one():
     call = make_call()
     call.model_event(rt.ResponseCreated("r1"), 0)
     call.model_event(delta("r1", "a1", ms=300), 0)  # mid-answer, the socket dies
-    call.model_lost("socket dropped")
-    out = call.model_connected()
+    call.model_lost("socket dropped", 0)
+    out = call.model_connected(0)
     [create] = [m for m in sends(out, Peer.MODEL) if m["type"] == "response.create"]
     assert "cut off" in create["response"]["instructions"]
     # An answer the caller had interrupted is not resumed.
@@ -708,18 +708,18 @@ def test_an_answer_cut_by_a_lost_session_is_resumed_in_the_new_one():
     other.model_event(rt.ResponseCreated("r1"), 0)
     other.model_event(delta("r1", "a1", ms=300), 0)
     other.model_event(rt.SpeechStarted(0, "u"), 100)
-    other.model_lost("socket dropped")
-    assert not [m for m in sends(other.model_connected(), Peer.MODEL) if m["type"] == "response.create"]
+    other.model_lost("socket dropped", 0)
+    assert not [m for m in sends(other.model_connected(0), Peer.MODEL) if m["type"] == "response.create"]
 
 
 def test_a_tool_result_after_a_reconnect_reaches_the_new_session_and_the_agent_goes_on():
     call = make_call()
     call.model_event(rt.ResponseCreated("r1"), 0)
     call.model_event(rt.FunctionCallRequested("r1", "c1", "check_order", '{"order_id": "42"}'), 0)
-    call.model_lost("socket dropped")
-    call.model_connected()
+    call.model_lost("socket dropped", 0)
+    call.model_connected(0)
     call.model_event(rt.SessionUpdated(), 10)
-    out = call.tool_finished("c1", '{"status": "shipped"}')
+    out = call.tool_finished("c1", '{"status": "shipped"}', 0)
     messages = sends(out, Peer.MODEL)
     assert [m["type"] for m in messages] == ["conversation.item.create", "response.create"]
     assert "shipped" in messages[0]["item"]["content"][0]["text"]  # as a note: c1 means nothing to this session
@@ -732,7 +732,7 @@ def test_a_goodbye_heard_before_the_loss_still_hangs_up():
     call.model_event(rt.FunctionCallRequested("r1", "c1", "end_call", "{}"), 0)
     mark = sends(out, Peer.TWILIO)[-1]["mark"]["name"]
     assert not of_type(call.twilio_event(tw.MarkEcho(SID, mark), 100), HangUp)  # heard, but the response is open
-    assert of_type(call.model_lost("socket dropped"), HangUp)  # the session died before response.done: act now
+    assert of_type(call.model_lost("socket dropped", 0), HangUp)  # the session died before response.done: act now
 
 
 def test_comfort_noise_while_a_replacement_session_takes_long_and_none_after():
@@ -779,7 +779,7 @@ def test_a_rollover_is_prepared_before_the_session_limit_only_at_a_quiet_point()
     call.twilio_event(tw.MarkEcho(SID, "m2"), 51_700)
     prepare = of_type(call.tick(52_000), PrepareRollover)
     assert prepare and not of_type(call.tick(53_000), PrepareRollover)  # once
-    setup = call.rollover_setup()
+    setup = sends(call.rollover_setup(52_100), Peer.NEXT_MODEL)  # to the session being prepared, not the current
     assert [m["type"] for m in setup] == ["session.update", "conversation.item.create", "conversation.item.create"]
     assert [m["item"]["role"] for m in setup[1:]] == ["user", "assistant"]
     out = call.rollover_ready(53_500)
@@ -799,7 +799,7 @@ def test_a_rollover_is_abandoned_when_the_caller_speaks_while_it_is_prepared():
     call.model_event(rt.SpeechStopped(audio_end_ms=0, item_id="item_u1"), 56_000)
     assert not of_type(call.tick(56_500), PrepareRollover)  # not again at once
     assert of_type(call.tick(57_500), PrepareRollover)
-    call.rollover_failed(57_600)  # could not be prepared: the current session goes on, tried again later
+    call.rollover_failed("timed out", 57_600)  # could not be prepared: the current session goes on, tried again later
     assert not of_type(call.tick(58_000), PrepareRollover)
     assert of_type(call.tick(59_700), PrepareRollover)
     assert of_type(call.rollover_ready(59_800), SwitchModel)

@@ -1,6 +1,6 @@
 """Turn-taking around tools and call control: running tools (fairly, boundedly), asking for responses only when
 nobody is talking, ending or transferring a call once what the agent said has been heard (one transfer per call),
-wrapping a call up at a limit or a budget, and the actions the HTTP API takes on a live call.
+wrapping a call up (at its time limit or budget: gateway.call.ending), and the actions the HTTP API takes on a live call.
 
 A mixin of :class:`gateway.call.core.Call`: it works on the call's own state (see ``Call.__init__``).
 """
@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from gateway.call.limits import (
     GOODBYE_INSTRUCTIONS, MAX_CARRIED_CHARS, MAX_GREETING_ATTEMPTS, MAX_HELD_ITEMS, MAX_QUEUED_TOOLS,
-    TRANSFER_INSTRUCTIONS, BUDGET_INSTRUCTIONS,
+    TRANSFER_INSTRUCTIONS,
 )
 from gateway.call.outputs import END_CALL, HangUp, Output, Peer, RunTool, Send, ToolCalled, Transfer
 from gateway.realtime import events as rt
@@ -64,7 +64,7 @@ class CallControl:
             out.extend(self._request_response_if_ready())
         return out
 
-    def tool_finished(self, call_id: str, output: str) -> list[Output]:
+    def tool_finished(self, call_id: str, output: str, now_ms: float) -> list[Output]:
         """A tool run by the shell finished (or failed: ``output`` then says so, as JSON)."""
         if self.ended:
             return []
@@ -96,7 +96,7 @@ class CallControl:
 
     # ---- control from the HTTP API (any instance; gateway.api.control) ----------------------------------------
 
-    def operator_message(self, text: str) -> list[Output]:
+    def operator_message(self, text: str, now_ms: float) -> list[Output]:
         """A word to the agent from the operator (a system message); it answers once the caller is not speaking."""
         if self.ended:
             return []
@@ -108,7 +108,7 @@ class CallControl:
             return []
         return [Send(Peer.MODEL, item), *self._request_response_if_ready()]
 
-    def new_instructions(self, instructions: str) -> list[Output]:
+    def new_instructions(self, instructions: str, now_ms: float) -> list[Output]:
         """New instructions for the rest of the call, this session and every later one."""
         if self.ended:
             return []
@@ -128,7 +128,7 @@ class CallControl:
             return TRANSFER_UNDER_WAY, "a transfer is already under way"
         return None
 
-    def transfer_requested(self) -> list[Output]:
+    def transfer_requested(self, now_ms: float) -> list[Output]:
         """Transfer the call (the API asked): the agent announces it, then the transfer once that is heard.
         The API asks :meth:`transfer_refusal` first (409); refused here too, whoever asks."""
         if self.ended or self._after_playback is not None or self.transfer_refusal() is not None:
@@ -137,14 +137,14 @@ class CallControl:
         self._want_response, self._response_instructions = True, TRANSFER_INSTRUCTIONS
         return self._request_response_if_ready() + self._control_if_heard()
 
-    def hangup_requested(self) -> list[Output]:
+    def hangup_requested(self, now_ms: float) -> list[Output]:
         """Hang up now (the API asked)."""
         if self.ended or self._control_done:
             return []
         self._control_done = True
         return [HangUp("hung up through the API")]
 
-    def transfer_failed(self) -> list[Output]:
+    def transfer_failed(self, now_ms: float) -> list[Output]:
         """Twilio refused the transfer: the call goes on, and the agent is told so it can say something."""
         if self.ended:
             return []
@@ -192,17 +192,6 @@ class CallControl:
             self._transfer_sent = True
         self._control_done = True
         return [control]
-
-    def budget_reached(self, now_ms: float) -> list[Output]:
-        """The call's cost reached its budget: the agent says goodbye, the call ends once it is heard (or after
-        the wrap-up grace, through the time limit's clock)."""
-        if self.ended or self._wrap_up_started:
-            return []
-        self._wrap_up_started = True
-        if self._started_ms is not None:  # the grace runs from now
-            limit_ms = int(now_ms - self._started_ms)
-            self.config = replace(self.config, max_call_duration_ms=max(1, limit_ms))
-        return self._wrap_up("the call budget was reached", BUDGET_INSTRUCTIONS)
 
     def _wrap_up(self, reason: str, instructions: str) -> list[Output]:
         """Ask the agent for a goodbye, then hang up once it has been heard (as ``end_call`` does)."""

@@ -1,8 +1,10 @@
 """What the call core returns: messages to send, actions for the shell, and events (for logs, metrics, records).
 
-Every method of :class:`gateway.call.Call` returns a list of these; the shell (``gateway.media_stream``) carries
-out :class:`Send`, :class:`EndCall`, :class:`RunTool`, :class:`HangUp` and :class:`Transfer`, and reports the
-:class:`CallEvent` subclasses.
+Every method of :class:`gateway.call.Call` returns a list of these: they are the whole of what the core decides
+(the shell decides nothing about the call). The shell (``gateway.media_stream``) carries out :class:`Send`,
+:class:`EndCall`, :class:`ConnectModel`, :class:`WakeAt`, :class:`PrepareRollover`, :class:`SwitchModel`,
+:class:`RunTool`, :class:`HangUp` and :class:`Transfer`, reports the :class:`CallEvent` subclasses, and refuses
+(raises) anything else: an output it does not know is a bug, never an event.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any, Union
 
 class Peer(Enum):
     TWILIO = "twilio"
-    MODEL = "model"
+    MODEL = "model"  # the current model session
+    NEXT_MODEL = "next_model"  # the session being prepared for a rollover (PrepareRollover), not yet current
 
 
 @dataclass(slots=True)
@@ -53,8 +56,9 @@ class WakeAt:
 
 @dataclass(slots=True)
 class PrepareRollover:
-    """Open the next model session beside the current one (make-before-break, before the session limit): send
-    it :meth:`Call.rollover_setup`, wait for its ``session.updated``, then call :meth:`Call.rollover_ready`."""
+    """Open the next model session beside the current one (make-before-break, before the session limit): carry
+    out :meth:`Call.rollover_setup` (its messages go to :attr:`Peer.NEXT_MODEL`), wait for its ``session.updated``,
+    then call :meth:`Call.rollover_ready`; or, when it could not be prepared, :meth:`Call.rollover_failed`."""
 
     reason: str
 
@@ -168,6 +172,45 @@ class ModelRolledOver(CallEvent):
 
     reason: str
     session_age_ms: int
+
+
+@dataclass(slots=True)
+class RolloverFailed(CallEvent):
+    """The next model session could not be prepared (or was not current any more): the current one goes on, and
+    the rollover is tried again at a quiet point from ``retry_at_ms`` (the core's clock)."""
+
+    reason: str
+    retry_at_ms: float
+
+
+@dataclass(slots=True)
+class ModelGaveUp(CallEvent):
+    """No model session could be had (gateway.call.reconnect): the call ends, with its spoken message."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class BudgetReached(CallEvent):
+    """The call's cost reached CALL_BUDGET_USD: the agent wraps up (a goodbye, then the hang-up once heard)."""
+
+    cost_usd: float
+    limit_usd: float
+
+
+@dataclass(slots=True)
+class LeaseRefused(CallEvent):
+    """The call got no concurrency slot (``cause``: ``global_limit``, ``number_limit``) or the shared state did not
+    answer (``state_unavailable``): the call ends at once, with the spoken message after ``</Connect>``."""
+
+    cause: str
+
+
+@dataclass(slots=True)
+class TwilioBacklogOverflowed(CallEvent):
+    """Twilio is not reading its socket: more than the bound is queued for it, and the call ends."""
+
+    queued_bytes: int
 
 
 @dataclass(slots=True)
