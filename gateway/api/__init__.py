@@ -14,6 +14,7 @@ Twilio's REST API is reached only through ``gateway.twilio.rest``; records and p
 ``gateway.store``.
 """
 
-from gateway.api.routes import ANSWER_PATH, CALL_STATUS_PATH, OutboundApi, routes
+from gateway.api.outbound import OutboundApi
+from gateway.api.routes import ANSWER_PATH, CALL_STATUS_PATH, routes
 
 __all__ = ["ANSWER_PATH", "CALL_STATUS_PATH", "OutboundApi", "routes"]

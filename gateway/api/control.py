@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api.errors import ApiError, error_response, json_body
+from gateway.api.outbound import known_call, outbound_api
 from gateway.api.requests import SayRequest
 from gateway.call.control import TRANSFER_FAILED, TRANSFER_UNDER_WAY
 from gateway.state.base import SharedState, StateUnavailable
@@ -43,9 +44,7 @@ REFUSALS = {
 
 
 async def _authorised(request: Request, call_sid: str) -> None:
-    from gateway.api.routes import _api
-
-    api = _api(request)
+    api = outbound_api(request)
     key = api.authenticate(request)
     await authorise_control(request, key, api.keys.is_operator(key), call_sid)
 
@@ -53,14 +52,12 @@ async def _authorised(request: Request, call_sid: str) -> None:
 async def authorise_control(request: Request, key: str, operator: bool, call_sid: str) -> None:
     """May the key ``key`` (already authenticated: a bearer key, or a console session's) act on ``call_sid``?
     Rate-limited per key; an operator key any call, another key only the calls it placed (404 otherwise)."""
-    from gateway.api.routes import _api, _known_call
-
-    api = _api(request)
+    api = outbound_api(request)
     await limit_control_rate(api, key)
     if not is_call_sid(call_sid):
         raise ApiError(404, "call_not_found", f"no call {call_sid[:40]!r} is known to this gateway")
     if not operator:
-        await _known_call(request, api, key)  # 404 unless this key placed the call
+        await known_call(request, api, key)  # 404 unless this key placed the call
 
 
 async def limit_control_rate(api: Any, key: str) -> None:
@@ -90,9 +87,10 @@ async def _say_body(request: Request) -> tuple[str, str]:
         if problem["type"] == "json_invalid":
             raise ApiError(400, "invalid_json", "the body is not JSON") from None
         code = {"text": "invalid_text", "as": "invalid_as"}.get(where, "invalid_request")
+        field: dict[str, Any] = {"field": where} if where else {}  # Any: never taken for ApiError's headers
         raise ApiError(400, code, f'expected {{"text": "1 to {MAX_SAY_CHARS} characters", '
                                   f'"as": "message" | "instructions"}} ({where or "body"}: {problem["msg"]})',
-                       **({"field": where} if where else {})) from None
+                       **field) from None
     return ("say" if say.as_ == "message" else "instruct"), say_text(say.text)
 
 

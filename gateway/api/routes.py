@@ -18,25 +18,23 @@ import asyncio
 import dataclasses
 import logging
 import re
-from typing import Any, Awaitable, Callable, Coroutine
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.api.auth import (
-    ApiKeys, AuthFailureLimiter, RateLimiter, RateLimiterUnavailable, RedisRateLimiter, TokenBucketRateLimiter,
-    presented_key, retry_after_header,
-)
+from gateway.api.auth import RateLimiterUnavailable, retry_after_header
 from gateway.api.control import control_call, control_endpoint, limit_control_rate
 from gateway.api.errors import ApiError, error_response, json_body
+from gateway.api.outbound import OutboundApi, known_call, outbound_api
 from gateway.state.base import StateUnavailable
 from gateway.api.requests import MAX_BODY_BYTES, parse_call_query, parse_call_request
 from gateway.config import Settings
 from gateway.recordings.wav import recording_file
-from gateway.store import CALL_STATUSES, FINAL_STATUSES, CallRecord, CallStore
-from gateway.twilio.security import OUTBOUND, StreamCredentials
-from gateway.twilio.rest import TwilioError, TwilioNotConfigured, TwilioRest
+from gateway.store import CALL_STATUSES, FINAL_STATUSES, CallRecord
+from gateway.twilio.security import OUTBOUND
+from gateway.twilio.rest import TwilioError, TwilioNotConfigured
 from gateway.twilio.sids import is_call_sid
 from gateway.twilio.twiml import say_and_hang_up_twiml
 from gateway.twilio.webhook import WebhookRejected, read_call_webhook, stream_twiml
@@ -53,78 +51,6 @@ _ANSWERED_BY = re.compile(r"[a-z_]{1,32}")
 MACHINE_ANSWERS = frozenset({"machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other"})
 
 
-class OutboundApi:
-    """What the API handlers share: keys, the rate limiter, the store, the Twilio client, background actions."""
-
-    def __init__(self, settings: Settings, store: CallStore, twilio: TwilioRest,
-                 rate_limiter: RateLimiter | None = None, *, credentials: StreamCredentials | None = None,
-                 at_capacity: Callable[[], bool] = lambda: False, draining: Callable[[], bool] = lambda: False,
-                 budget_exhausted: Callable[[], Awaitable[bool]] | None = None) -> None:
-        self.settings = settings
-        self.store = store
-        self.twilio = twilio
-        self.credentials = credentials  # issues the stream credential of an answered outbound call
-        self.at_capacity = at_capacity  # True when this instance holds MAX_CALLS calls
-        self.draining = draining  # True once SIGTERM arrived: no new calls here
-        # True once today's cost reached DAILY_BUDGET_USD; raises StateUnavailable when it cannot be read.
-        self.budget_exhausted = budget_exhausted
-        self.keys = ApiKeys(settings.api_keys, settings.operator_api_keys)
-        # Failed authentications per client address: key guessing is throttled before any key is checked.
-        self.auth_failures = AuthFailureLimiter(settings.api_auth_failures_per_minute)
-        self._owns_rate_limiter = rate_limiter is None
-        self.rate_limiter: RateLimiter = rate_limiter or _default_rate_limiter(settings)
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def authenticate(self, request: Request) -> str:
-        """The caller's key id; ApiError 503 when no key is configured (never open by default); for a key that is
-        not valid, 429 when that key, or unknown keys together, failed too often from the client's address this
-        minute (API_AUTH_FAILURES_PER_MINUTE), 401 otherwise. A valid key is never throttled."""
-        if not self.keys.enabled:
-            raise ApiError(503, "outbound_disabled", "the HTTP API is disabled: set API_KEYS to enable it")
-        authorization = request.headers.get("authorization")
-        identifier = self.keys.authenticate(authorization)
-        if identifier is not None:
-            return identifier  # a valid key always authenticates, whatever failed from the same address
-        # The peer, or the client a trusted proxy (TRUSTED_PROXY_IPS) names in X-Forwarded-For.
-        client = request.client.host if request.client else None
-        presented = presented_key(authorization)
-        wait = self.auth_failures.retry_after(client, presented)
-        if wait > 0:
-            raise ApiError(429, "too_many_auth_failures",
-                           "too many failed authentications from this address; retry later",
-                           headers={"Retry-After": retry_after_header(wait)})
-        self.auth_failures.record_failure(client, ApiKeys.failure_reason(authorization), presented)
-        raise ApiError(401, "unauthorized", "missing or invalid bearer API key",
-                       headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
-
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        """Run a REST action after the webhook has been answered (Twilio waits at most 15 s for us)."""
-        task = asyncio.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def aclose(self) -> None:
-        tasks = list(self._tasks)
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
-        for task in tasks:
-            task.cancel()
-        if self._owns_rate_limiter:
-            await self.rate_limiter.aclose()
-
-
-def _default_rate_limiter(settings: Settings) -> RateLimiter:
-    """Shared through Redis when REDIS_URL is set (several instances, one limit per key), else in-process."""
-    per_minute = settings.outbound_rate_limit_per_minute
-    if settings.redis_url:
-        return RedisRateLimiter(settings.redis_url, per_minute)
-    return TokenBucketRateLimiter(per_minute)
-
-
-def _api(request: Request) -> OutboundApi:
-    return request.app.state.gateway.outbound
-
-
 def _twilio_failure(error: TwilioError) -> ApiError:
     if isinstance(error, TwilioNotConfigured):
         return ApiError(503, "twilio_not_configured", error.message)
@@ -134,7 +60,7 @@ def _twilio_failure(error: TwilioError) -> ApiError:
 
 
 async def create_call(request: Request) -> Response:
-    api = _api(request)
+    api = outbound_api(request)
     settings = api.settings
     try:
         key = api.authenticate(request)
@@ -205,23 +131,13 @@ def _record_for(call_sid: str, call_settings: Any, status: str, key: str | None)
     )
 
 
-async def _known_call(request: Request, api: OutboundApi, key_id: str, *, operator: bool = False) -> CallRecord:
-    """The call, if the caller's key placed it (or, with ``operator``, any call): one team's key neither reads nor
-    hangs up another's calls."""
-    call_sid = request.path_params["sid"]
-    record = await api.store.get_call(call_sid) if is_call_sid(call_sid) else None
-    if record is None or (record.api_key_id != key_id and not operator):
-        raise ApiError(404, "call_not_found", f"no call {call_sid[:40]!r} is known to this gateway")
-    return record
-
-
 async def get_call(request: Request) -> Response:
     """A call's record, with its turns, tool calls and timeline: the calls the key placed; every call (inbound
     ones included) for an operator key."""
-    api = _api(request)
+    api = outbound_api(request)
     try:
         key = api.authenticate(request)
-        record = await _known_call(request, api, key, operator=api.keys.is_operator(key))
+        record = await known_call(request, api, key, operator=api.keys.is_operator(key))
         return JSONResponse(record.public_json())
     except ApiError as error:
         return error_response(error)
@@ -229,10 +145,10 @@ async def get_call(request: Request) -> Response:
 
 async def get_recording(request: Request) -> Response:
     """``GET /calls/{sid}/recording``: the call's stereo WAV (``gateway.recordings.wav``), scoped as ``GET /calls/{sid}``."""
-    api = _api(request)
+    api = outbound_api(request)
     try:
         key = api.authenticate(request)
-        record = await _known_call(request, api, key, operator=api.keys.is_operator(key))
+        record = await known_call(request, api, key, operator=api.keys.is_operator(key))
         path = recording_file(api.settings.record_calls_dir, record.recording)
         if path is None:
             raise ApiError(404, "recording_not_found", "this call has no recording")
@@ -245,7 +161,7 @@ async def get_recording(request: Request) -> Response:
 async def list_calls(request: Request) -> Response:
     """``GET /calls``: call records newest first, filtered and paged (``gateway.api.requests.parse_call_query``);
     a key lists the calls it placed, an operator key every call."""
-    api = _api(request)
+    api = outbound_api(request)
     try:
         key = api.authenticate(request)
         query = parse_call_query(request.query_params.multi_items(),
@@ -260,7 +176,7 @@ async def list_calls(request: Request) -> Response:
 async def hangup_call(request: Request) -> Response:
     """A live call (its stream open on any instance) is hung up by the instance holding it
     (gateway.api.control); one still ringing, through Twilio's REST API."""
-    api = _api(request)
+    api = outbound_api(request)
     try:
         key = api.authenticate(request)
         operator = api.keys.is_operator(key)
@@ -268,7 +184,7 @@ async def hangup_call(request: Request) -> Response:
         shared = request.app.state.gateway.shared
         if is_call_sid(call_sid) and await _is_live(shared, call_sid):
             if not operator:
-                await _known_call(request, api, key)
+                await known_call(request, api, key)
             await limit_control_rate(api, key)
             try:
                 await control_call(shared, call_sid, "hangup")  # the holder hangs up at Twilio, closes the stream
@@ -283,7 +199,7 @@ async def hangup_call(request: Request) -> Response:
                 except TwilioError as twilio_error:
                     raise _twilio_failure(twilio_error) from None
                 return JSONResponse({"call_sid": call_sid, "status": "completed"}, status_code=202)
-        record = await _known_call(request, api, key, operator=operator)
+        record = await known_call(request, api, key, operator=operator)
         if record.status in FINAL_STATUSES:
             raise ApiError(409, "call_already_ended", f"the call has already ended ({record.status})",
                            call_status=record.status)
@@ -307,7 +223,7 @@ async def _is_live(shared: Any, call_sid: str) -> bool:
 
 async def call_status(request: Request) -> Response:
     """Twilio's status callbacks (and the async AMD callback, same URL): update the record, act on machines."""
-    api = _api(request)
+    api = outbound_api(request)
     read = await _call_webhook(request, api)
     if isinstance(read, Response):
         return read
@@ -357,7 +273,7 @@ async def _wait_for_record(api: OutboundApi, call_sid: str) -> CallRecord | None
 
 async def answer_outbound(request: Request) -> Response:
     """Twilio's request for the TwiML of an outbound call the callee just answered: a stream for this CallSid."""
-    api = _api(request)
+    api = outbound_api(request)
     read = await _call_webhook(request, api)
     if isinstance(read, Response):
         return read
