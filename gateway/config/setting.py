@@ -99,6 +99,8 @@ class Setting(Generic[T]):
     def __post_init__(self) -> None:
         if self.name == "":
             object.__setattr__(self, "name", self.env.lower())
+        if self.kind in (int, float) and (self.low is None or self.high is None):
+            raise TypeError(f"{self.env or self.name}: a number is declared with its bounds (low=, high=)")
 
     @property
     def kind(self) -> type:
@@ -121,9 +123,9 @@ class Setting(Generic[T]):
         if kind is bool:
             return cast(T, env_bool(env, self.env, cast(bool, default)))
         if kind in (int, float):
-            assert self.low is not None and self.high is not None, f"{self.env}: a number needs bounds"
-            value = env_number(env, self.env, cast(float, default) // self.scale if self.scale > 1 else
-                               cast(float, default), self.low, self.high, kind)
+            low, high = cast(float, self.low), cast(float, self.high)  # both set (__post_init__)
+            given = cast(float, default) // self.scale if self.scale > 1 else cast(float, default)
+            value = env_number(env, self.env, given, low, high, kind)
             return cast(T, value * self.scale)
         if kind is tuple:
             return cast(T, comma_list(env.get(self.env)) or default)
