@@ -29,12 +29,13 @@ def markdown_table(declared: Iterable[Setting[Any]]) -> str:
 
 
 def readme_block(text: str) -> str:
-    """The generated part of a README: the table between the markers (ValueError when they are missing)."""
+    """The generated part of a README: the table between the markers (ValueError when they are missing); a blank
+    line ends the table before the closing marker."""
     start, end = text.index(BEGIN) + len(BEGIN) + 1, text.index(END)
-    return text[start:end]
+    return text[start:end].removesuffix("\n")
 
 
 def with_table(text: str, table: str) -> str:
     """``text`` with the block between the markers replaced by ``table``."""
     start, end = text.index(BEGIN) + len(BEGIN) + 1, text.index(END)
-    return text[:start] + table + text[end:]
+    return text[:start] + table + "\n" + text[end:]
