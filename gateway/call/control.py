@@ -15,6 +15,7 @@ from gateway.call.limits import (
     TRANSFER_INSTRUCTIONS,
 )
 from gateway.call.outputs import END_CALL, HangUp, Output, Peer, RunTool, Send, ToolCalled, Transfer
+from gateway.call.state import ControlPhase, GreetingPhase, LinkPhase, ResponsePhase, TransferPhase
 from gateway.realtime import events as rt
 
 # Why a transfer is refused (:meth:`CallControl.transfer_refusal`); the API answers them with 409 and these codes.
@@ -33,22 +34,25 @@ class CallControl:
                 error = json.dumps({"error": refusal[1]})
                 out.append(Send(Peer.MODEL, rt.function_call_output(event.call_id, error)))
                 if refusal[0] == TRANSFER_FAILED:
-                    self._want_response = True
+                    self._responses.wanted = True
                 return out + self._request_response_if_ready()
-            already_pending = self._after_playback is not None
+            line = self._line
+            already_pending = line.control is not None
             if event.name == END_CALL:
-                self._after_playback, say = HangUp("the agent ended the call"), GOODBYE_INSTRUCTIONS
+                line.control, say = HangUp("the agent ended the call"), GOODBYE_INSTRUCTIONS
             else:
-                self._after_playback, say = Transfer("the agent transferred the call"), TRANSFER_INSTRUCTIONS
+                line.control, say = Transfer("the agent transferred the call"), TRANSFER_INSTRUCTIONS
+            if line.control_phase is ControlPhase.NONE:
+                line.control_phase = ControlPhase.AWAITING_PLAYBACK
             note = "Done: the call will be handed over once the caller has heard you."
             out.append(Send(Peer.MODEL, rt.function_call_output(event.call_id, json.dumps({"ok": True, "note": note}))))
-            if event.response_id not in self._responses_with_audio and not already_pending:
+            if event.response_id not in self._responses.with_audio and not already_pending:
                 # The agent acted before saying anything: let it say goodbye (or announce the transfer) first.
-                self._want_response, self._response_instructions = True, say
+                self._responses.wanted, self._responses.instructions = True, say
             return out + self._request_response_if_ready()
         run = RunTool(event.call_id, event.name, event.arguments)
         # The new session of a call that loses its model must know what was looked up, and what came back.
-        self._conversation.text(("tool", self._session, event.call_id), "assistant",
+        self._conversation.text(("tool", self._link.session, event.call_id), "assistant",
                                 f"[I used the tool {event.name} with {event.arguments[:500]}]")
         if len(self._running_tools) - len(self._queued_tools) < self.config.max_tools_per_call:
             self._running_tools.add(event.call_id)
@@ -60,7 +64,7 @@ class CallControl:
         else:
             busy = json.dumps({"error": f"too many tool calls at once; {event.name} was not run"})
             out.append(Send(Peer.MODEL, rt.function_call_output(event.call_id, busy)))
-            self._want_response = True
+            self._responses.wanted = True
             out.extend(self._request_response_if_ready())
         return out
 
@@ -73,8 +77,8 @@ class CallControl:
         if call_id not in self._running_tools:
             return []
         self._running_tools.discard(call_id)
-        self._want_response = True
-        self._conversation.extend(("tool", self._session, call_id), f" [it returned {output[:1000]}]")
+        self._responses.wanted = True
+        self._conversation.extend(("tool", self._link.session, call_id), f" [it returned {output[:1000]}]")
         out: list[Output] = [Send(Peer.MODEL, rt.function_call_output(call_id, output))]
         if self._queued_tools:
             out.append(self._queued_tools.popleft())
@@ -87,8 +91,8 @@ class CallControl:
         self._conversation.extend(("tool", session, call_id), f" [it returned {output[:1000]}]")
         note = rt.user_text(f"(A note from the system, not the caller: the tool you called before the line "
                             f"glitched has returned {output[:MAX_CARRIED_CHARS]}. Go on with the caller.)")
-        self._want_response = True
-        if not self._model_ready:
+        self._responses.wanted = True
+        if self._link.phase is LinkPhase.DOWN:
             if len(self._held_items) < MAX_HELD_ITEMS:
                 self._held_items.append(note)
             return []
@@ -101,8 +105,8 @@ class CallControl:
         if self.ended:
             return []
         item = rt.system_text(text)
-        self._want_response = True
-        if not self._model_ready:
+        self._responses.wanted = True
+        if self._link.phase is LinkPhase.DOWN:
             if len(self._held_items) < MAX_HELD_ITEMS:
                 self._held_items.append(item)
             return []
@@ -114,7 +118,7 @@ class CallControl:
             return []
         session = {**self.config.session_update.get("session", {}), "instructions": instructions}
         self.config = replace(self.config, session_update={**self.config.session_update, "session": session})
-        return [Send(Peer.MODEL, rt.instructions_update(instructions))] if self._model_ready else []
+        return [Send(Peer.MODEL, rt.instructions_update(instructions))] if self._link.phase is not LinkPhase.DOWN else []
 
     def transfer_refusal(self) -> tuple[str, str] | None:
         """Why the call may not be transferred now, as ``(code, message)``, or None: one transfer per call.
@@ -122,54 +126,59 @@ class CallControl:
         A transfer is under way from the moment it is asked for (the agent announces it) until Twilio dialled or
         refused; a refused one is not tried again either (a REST request that failed may still have reached
         Twilio, and a second dial is what this guards against)."""
-        if self._transfer_failed:
+        if self._line.transfer is TransferPhase.FAILED:
             return TRANSFER_FAILED, "the transfer was already tried in this call and failed; it is not tried again"
-        if self._transfer_sent or isinstance(self._after_playback, Transfer):
+        if self._line.transfer is TransferPhase.SENT or isinstance(self._line.control, Transfer):
             return TRANSFER_UNDER_WAY, "a transfer is already under way"
         return None
 
     def transfer_requested(self, now_ms: float) -> list[Output]:
         """Transfer the call (the API asked): the agent announces it, then the transfer once that is heard.
         The API asks :meth:`transfer_refusal` first (409); refused here too, whoever asks."""
-        if self.ended or self._after_playback is not None or self.transfer_refusal() is not None:
+        if self.ended or self._line.control is not None or self.transfer_refusal() is not None:
             return []
-        self._after_playback, self._control_done = Transfer("transferred through the API"), False
-        self._want_response, self._response_instructions = True, TRANSFER_INSTRUCTIONS
+        self._line.control, self._line.control_phase = Transfer("transferred through the API"), ControlPhase.AWAITING_PLAYBACK
+        self._responses.wanted, self._responses.instructions = True, TRANSFER_INSTRUCTIONS
         return self._request_response_if_ready() + self._control_if_heard()
 
     def hangup_requested(self, now_ms: float) -> list[Output]:
         """Hang up now (the API asked)."""
-        if self.ended or self._control_done:
+        if self.ended or self._line.control_phase is ControlPhase.CARRIED_OUT:
             return []
-        self._control_done = True
+        self._line.control_phase = ControlPhase.CARRIED_OUT
         return [HangUp("hung up through the API")]
 
     def transfer_failed(self, now_ms: float) -> list[Output]:
         """Twilio refused the transfer: the call goes on, and the agent is told so it can say something."""
         if self.ended:
             return []
-        self._after_playback, self._control_done = None, False
-        self._transfer_failed = True
-        self._want_response = True
-        self._response_instructions = "The transfer to a colleague failed. Apologise briefly and keep helping the caller."
+        self._line.control, self._line.control_phase = None, ControlPhase.NONE
+        self._line.transfer = TransferPhase.FAILED
+        self._responses.wanted = True
+        self._responses.instructions = "The transfer to a colleague failed. Apologise briefly and keep helping the caller."
         return self._request_response_if_ready()
 
     def _ask_for_greeting(self) -> list[Output]:
-        if not self.config.agent_speaks_first or self._greeting_done or self._greeting_attempts >= MAX_GREETING_ATTEMPTS:
+        greeting = self._greeting
+        if not self.config.agent_speaks_first or greeting.phase is GreetingPhase.DONE \
+                or greeting.attempts >= MAX_GREETING_ATTEMPTS:
             return []
-        self._greeting_attempts += 1
-        self._greeting_session = self._session
-        self._want_response = True
-        self._response_instructions = self.config.greeting_instructions
+        greeting.attempts += 1
+        greeting.session = self._link.session
+        if greeting.response_id is None:
+            greeting.phase = GreetingPhase.ASKED
+        self._responses.wanted = True
+        self._responses.instructions = self.config.greeting_instructions
         return self._request_response_if_ready()
 
     def _request_response_if_ready(self) -> list[Output]:
-        if not self._want_response or self._running_tools or self._active_response or self._response_requested:
+        responses = self._responses
+        if not responses.wanted or self._running_tools or responses.active or responses.phase is ResponsePhase.REQUESTED:
             return []
         if self._caller_speaking:
             return []  # never talk over a caller mid-sentence: asked for once they stop
-        self._want_response, self._response_requested = False, True
-        instructions, self._response_instructions = self._response_instructions, ""
+        responses.wanted, responses.phase = False, ResponsePhase.REQUESTED
+        instructions, self._responses.instructions = self._responses.instructions, ""
         return [Send(Peer.MODEL, rt.response_create(self._instructions_plus(instructions)))]
 
     def _instructions_plus(self, extra: str) -> str:
@@ -181,23 +190,24 @@ class CallControl:
 
     def _control_if_heard(self) -> list[Output]:
         """Hang up or transfer once nothing is left to say or to hear."""
-        control = self._after_playback
-        if control is None or self._control_done or self._playback.awaiting_echoes:
+        line, responses = self._line, self._responses
+        control = line.control
+        if control is None or line.control_phase is not ControlPhase.AWAITING_PLAYBACK or self._playback.awaiting_echoes:
             return []
-        if self._active_response or self._want_response or self._response_requested or self._running_tools:
+        if responses.active or responses.wanted or responses.phase is ResponsePhase.REQUESTED or self._running_tools:
             return []
         if isinstance(control, Transfer):
-            if self._transfer_sent:
+            if line.transfer is not TransferPhase.NONE:
                 return []  # never a second dial, whatever state led here
-            self._transfer_sent = True
-        self._control_done = True
+            line.transfer = TransferPhase.SENT
+        line.control_phase = ControlPhase.CARRIED_OUT
         return [control]
 
     def _wrap_up(self, reason: str, instructions: str) -> list[Output]:
         """Ask the agent for a goodbye, then hang up once it has been heard (as ``end_call`` does)."""
-        self._after_playback, self._control_done = HangUp(reason), False
+        self._line.control, self._line.control_phase = HangUp(reason), ControlPhase.AWAITING_PLAYBACK
         self._wrap_up_reason = reason
-        self._want_response = True
-        self._response_instructions = instructions
+        self._responses.wanted = True
+        self._responses.instructions = instructions
         return self._request_response_if_ready() + self._control_if_heard()
 

@@ -19,10 +19,13 @@ from gateway.call.limits import (  # noqa: F401 - MAX_TRACKED_ITEMS and the rest
 )
 from gateway.call.outputs import (
     AgentAudioStarted, BargeIn, CallStarted, Dropped, DtmfReceived, EndCall,
-    HangUp, ModelReportedError, Output, Peer, ResponseFinished, RunTool, Send, TranscriptReceived, Transfer,
+    ModelReportedError, Output, Peer, ResponseFinished, RunTool, Send, TranscriptReceived,
 )
 from gateway.call.reconnect import Reconnects
 from gateway.call.sessions import ModelSessions
+from gateway.call.state import (
+    ControlPhase, Greeting, GreetingPhase, Line, LinePhase, LinkPhase, ModelLink, ResponsePhase, Responses,
+)
 from gateway.config.model import (  # defaults of the knobs the core shares with Settings: declared once
     AGENT_SPEAKS_FIRST, AUDIO_FORMAT, CALLER_AUDIO_BATCH_MS, GREETING_INSTRUCTIONS, INTERRUPT_RESPONSE, MARK_INTERVAL_MS,
     MODEL_RECONNECT,
@@ -34,6 +37,8 @@ from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 
 log = logging.getLogger("gateway.call")
+
+_DOWN = LinkPhase.DOWN  # read on every caller frame: one global, not an enum attribute lookup
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +99,12 @@ class Call(ModelSessions, CallControl, CallEnding):
         self.ending: EndCall | None = None
         self._inbound, self._outbound = converters_for(config.audio_format)
         self._model_bytes_per_ms = model_bytes_per_ms(config.audio_format)
-        self._model_ready = False
+        # The call's state, composed of small objects with explicit phases (gateway.call.state): the model
+        # sessions, the response under way, the greeting, the line and the call control waiting on it.
+        self._link = ModelLink(Reconnects(enabled=config.model_reconnect))
+        self._responses = Responses()
+        self._greeting = Greeting()
+        self._line = Line()
         self._pending_audio: deque[bytes] = deque()
         self._pending_arrivals: deque[tuple[int, float]] = deque()  # (ms, arrival) of each held frame
         self._batch: list[Any] = []  # caller audio of the batch being gathered (CallConfig.caller_audio_batch_ms)
@@ -110,52 +120,24 @@ class Call(ModelSessions, CallControl, CallEnding):
         self._last_media_ms: float | None = None
         self._caller_audio_ms = 0
         self._started_ms: float | None = None
-        self._wrap_up_started = False
-        self._budget_reached = False
+        self._wrap_up_started = False  # the time limit or the budget asked for the goodbye
+        self._budget_reached = False  # reported once
         self._wrap_up_reason = ""
         self._queued_tools: deque[RunTool] = deque()
         self._orphaned_tools: dict[str, int] = {}  # call_id -> the lost session that asked for it
         self._caller_speaking = False  # between the model's speech_started and speech_stopped
-        # For turn measurements: the caller's latest utterance, when it ended, and when the response began.
+        # For turn measurements: the caller's latest utterance, and when it ended.
         self._caller_item = ""
         self._caller_stopped_ms: float | None = None
-        self._response_created_ms: tuple[str, float] | None = None
-        # When to (re)open the model session and when to give up (gateway.call.reconnect); the one wake-up asked of
-        # the shell (WakeAt) not yet due; when the comfort noise sent so far ends playing (while there is no session).
-        self._reconnects = Reconnects(enabled=config.model_reconnect)
-        self._wake_pending_ms: float | None = None
-        self._noise_until_ms = 0.0
-        self._prompted_outage: float | None = None  # the outage (its start) the wait prompt was said in
-        self._session_started_ms: float | None = None  # when the current model session was connected
-        self._rollover_pending = False  # a next session is being prepared by the shell
-        self._rollover_not_before_ms = 0.0
-        self._comfort_noise_sent = False
         self._dtmf_tokens = DTMF_BURST
         self._dtmf_at: float | None = None
-        # The greeting (agent_speaks_first) is asked for in every session until it was all sent to Twilio, or the
-        # caller spoke: a session that dies before it plays, or a refused request, does not lose it.
-        self._greeting_done = False
-        self._greeting_session = 0  # the session it was last asked of
-        self._greeting_response: str | None = None
-        self._greeting_attempts = 0
-        self._active_response: str | None = None
-        self._interrupted_responses: set[str] = set()
         # Keyed by (session, item_id): a replacement session may number its items as the old one did.
         self._items: OrderedDict[tuple[int, str], _AgentItem] = OrderedDict()
         self._playback = PlaybackTracker()
         self._chunk_bytes = config.mark_interval_ms * self._model_bytes_per_ms
         # Turn-taking around tools: a response is requested once every tool output is in and none is active.
         self._running_tools: set[str] = set()
-        self._want_response = False
-        self._response_instructions = ""
-        self._response_requested = False
-        self._responses_with_audio: set[str] = set()
-        self._after_playback: HangUp | Transfer | None = None  # call control waiting for the audio to be heard
-        self._control_done = False
-        # One transfer per call (gateway.call.control): set once the Transfer output left, and if Twilio refused it.
-        self._transfer_sent = self._transfer_failed = False
         # What was said, as text, to carry the conversation into a new model session if this one is lost.
-        self._session = 0
         self._held_items: list[dict[str, Any]] = []  # conversation items that arrived while (re)connecting
         self._conversation = ConversationLog(MAX_CARRIED_ITEMS, MAX_CARRIED_CHARS)
 
@@ -212,16 +194,16 @@ class Call(ModelSessions, CallControl, CallEnding):
             self.stream_sid = event.stream_sid
             self.call_sid = event.call_sid
             self.custom_parameters = dict(event.custom_parameters)
-            self._reconnects.start(now_ms)  # the first attempt now; the give-up counts from now
+            self._link.reconnects.start(now_ms)  # the first attempt now; the give-up counts from now
             return [CallStarted(event.call_sid, event.stream_sid, self.custom_parameters), *self._model_schedule(now_ms)]
         if isinstance(event, tw.Dtmf):
             if event.stream_sid != self.stream_sid:
                 return [Dropped("twilio", "dtmf for a foreign streamSid")]
             if not self._take_dtmf_token(now_ms):
                 return [Dropped("twilio", "dtmf faster than a keypad")]
-            self._want_response = True
+            self._responses.wanted = True
             pressed = rt.user_text(f"The caller pressed {event.digit} on the phone keypad.")
-            if not self._model_ready:  # (re)connecting: the key reaches the model with the held audio
+            if self._link.phase is _DOWN:  # (re)connecting: the key reaches the model with the held audio
                 if len(self._held_items) < MAX_HELD_ITEMS:
                     self._held_items.append(pressed)
                 return [DtmfReceived(event.digit)]
@@ -267,7 +249,7 @@ class Call(ModelSessions, CallControl, CallEnding):
         if gap_ms:
             audio = mulaw_silence(gap_ms) + audio
         converted = self._inbound.convert(audio)
-        if self._model_ready:
+        if self._link.phase is not _DOWN:
             self._input_ms += frame_ms
             self._arrivals.append(self._input_ms, now_ms)
             if not self.config.caller_audio_batch_ms:
@@ -297,7 +279,7 @@ class Call(ModelSessions, CallControl, CallEnding):
         if isinstance(event, rt.SpeechStarted):
             self._caller_speaking = True
             self._caller_item, self._caller_stopped_ms = event.item_id, None
-            self._conversation.begin((self._session, event.item_id), "user")
+            self._conversation.begin((self._link.session, event.item_id), "user")
             return self._caller_started_speaking(now_ms)
         if isinstance(event, rt.SpeechStopped):
             # The caller finished: a response we held back (a tool's result, a key press) may be asked for now.
@@ -305,62 +287,68 @@ class Call(ModelSessions, CallControl, CallEnding):
             self._caller_stopped_ms = self._caller_stopped_at(event.audio_end_ms - self.config.vad_silence_ms, now_ms)
             return self._request_response_if_ready()
         if isinstance(event, rt.ResponseCreated):
-            if self._response_requested and self._greeting_session == self._session and not self._greeting_done \
-                    and self._greeting_response is None:
-                self._greeting_response = event.response_id
-            self._active_response = event.response_id
-            self._response_requested = False
-            self._response_created_ms = (event.response_id, now_ms)
+            responses, greeting = self._responses, self._greeting
+            if responses.phase is ResponsePhase.REQUESTED and greeting.session == self._link.session \
+                    and greeting.phase is not GreetingPhase.DONE and greeting.response_id is None:
+                greeting.response_id, greeting.phase = event.response_id, GreetingPhase.PLAYING
+            responses.active, responses.phase = event.response_id, ResponsePhase.ACTIVE
+            responses.created = (event.response_id, now_ms)
             return []
         if isinstance(event, rt.ResponseDone):
-            if self._active_response == event.response_id:
-                self._active_response = None
-            self._interrupted_responses.discard(event.response_id)
-            had_audio = event.response_id in self._responses_with_audio
-            self._responses_with_audio.discard(event.response_id)
+            responses, greeting = self._responses, self._greeting
+            if responses.active == event.response_id:
+                responses.active = None
+                if responses.phase is ResponsePhase.ACTIVE:
+                    responses.phase = ResponsePhase.IDLE
+            responses.interrupted.discard(event.response_id)
+            had_audio = event.response_id in responses.with_audio
+            responses.with_audio.discard(event.response_id)
             out: list[Output] = [ResponseFinished(event.response_id, event.status, event.usage)]
-            if event.response_id == self._greeting_response and not self._greeting_done:
-                self._greeting_response = None
+            if event.response_id == greeting.response_id and greeting.phase is not GreetingPhase.DONE:
+                greeting.response_id = None
                 if event.status == "completed" and had_audio:
-                    self._greeting_done = True  # all of it is at Twilio: it plays, whatever the model does next
+                    greeting.phase = GreetingPhase.DONE  # all of it is at Twilio: it plays, whatever the model does next
                 else:
+                    greeting.phase = GreetingPhase.UNASKED
                     out += self._ask_for_greeting()  # failed (a rate limit, say): ask again, a bounded number of times
             return out + self._request_response_if_ready() + self._control_if_heard()
         if isinstance(event, rt.FunctionCallRequested):
             return self._function_call(event)
         if isinstance(event, rt.Transcript):
             if event.text:
-                self._conversation.text((self._session, event.item_id), event.role, event.text)
+                self._conversation.text((self._link.session, event.item_id), event.role, event.text)
             return [TranscriptReceived(event.role, event.item_id, event.text)]
         if isinstance(event, rt.SessionUpdated):
-            if self._greeting_session != self._session:
+            if self._greeting.session != self._link.session:
                 return self._ask_for_greeting()
             return []
         if isinstance(event, rt.ModelError):
             # Whatever went wrong, a response.create of ours may have been refused: do not wait for it forever.
-            self._response_requested = False
+            if self._responses.phase is ResponsePhase.REQUESTED:
+                self._responses.phase = ResponsePhase.IDLE
             if event.code in BENIGN_MODEL_ERRORS:
                 return self._control_if_heard()
             return [ModelReportedError(event.code, event.message), *self._control_if_heard()]
         return []
 
     def _agent_audio(self, delta: rt.AudioDelta, now_ms: float) -> list[Output]:
-        key = (self._session, delta.item_id)
+        key = (self._link.session, delta.item_id)
         item = self._items.get(key)
         if item is None:
             item = self._items[key] = _AgentItem(delta.response_id)
             self._forget_old_items()
             self._conversation.begin(key, "assistant")
-        first = delta.response_id not in self._responses_with_audio
-        self._responses_with_audio.add(delta.response_id)
-        if delta.response_id in self._interrupted_responses or not self.stream_sid:
+        first = delta.response_id not in self._responses.with_audio
+        self._responses.with_audio.add(delta.response_id)
+        if delta.response_id in self._responses.interrupted or not self.stream_sid:
             item.received_bytes += len(delta.audio)  # the model's item holds it, though nobody hears it
             return []  # a late delta of an interrupted response, or no stream to play it on
         out: list[Output] = [self._turn_began(delta, now_ms)] if first else []
-        if self._comfort_noise_sent and self._model_ready:
+        line = self._line
+        if line.phase is LinePhase.COMFORT_NOISE and self._link.phase is not _DOWN:
             # What is left of the comfort noise at Twilio goes, so the agent's words are not queued behind it.
-            self._comfort_noise_sent = False
-            self._noise_until_ms = 0.0
+            line.phase = LinePhase.AGENT
+            self._line.noise_until_ms = 0.0
             if not self._playback.awaiting_echoes:
                 out.append(Send(Peer.TWILIO, tw.clear_message(self.stream_sid)))
         audio = delta.audio
@@ -378,7 +366,7 @@ class Call(ModelSessions, CallControl, CallEnding):
         return out
 
     def _turn_began(self, delta: rt.AudioDelta, now_ms: float) -> AgentAudioStarted:
-        stopped, created = self._caller_stopped_ms, self._response_created_ms
+        stopped, created = self._caller_stopped_ms, self._responses.created
         self._caller_stopped_ms = None  # one latency per caller turn
         caller_item = self._caller_item if stopped is not None else ""
         ttfa = now_ms - created[1] if created is not None and created[0] == delta.response_id else None
@@ -391,8 +379,8 @@ class Call(ModelSessions, CallControl, CallEnding):
             return [Dropped("twilio", "mark with a name we never sent")]
         if not self._playback.mark_echoed(parsed, now_ms):
             return [Dropped("twilio", "echo of a mark that is not pending")]
-        out = self._control_if_heard() if self._after_playback is not None else []
-        if self._reconnects.down_since is not None and not self._playback.awaiting_echoes and not self.ended:
+        out = self._control_if_heard() if self._line.control is not None else []
+        if self._link.reconnects.down_since is not None and not self._playback.awaiting_echoes and not self.ended:
             out += self._model_schedule(now_ms)  # a lost session's last words played: comfort noise from now
         return out
 
@@ -402,7 +390,7 @@ class Call(ModelSessions, CallControl, CallEnding):
 
     def heard_ms(self, item_id: str) -> int:
         """How much of an item (of the current model session) the caller has heard, as confirmed by Twilio."""
-        return self._playback.heard_ms((self._session, item_id))
+        return self._playback.heard_ms((self._link.session, item_id))
 
     def _forget_old_items(self) -> None:
         """A call can last hours: only the latest items are kept (far more than can be queued at Twilio)."""
@@ -411,15 +399,16 @@ class Call(ModelSessions, CallControl, CallEnding):
             self._playback.forget(key)
 
     def _caller_started_speaking(self, now_ms: float) -> list[Output]:
-        if not self._greeting_done and self._want_response and not self._response_requested \
-                and self._response_instructions == self.config.greeting_instructions:
-            self._want_response, self._response_instructions = False, ""  # a greeting still waiting: not wanted now
-        self._greeting_done = True  # the caller spoke: the conversation has begun, greeting or not
+        greeting, responses = self._greeting, self._responses
+        if greeting.phase is not GreetingPhase.DONE and responses.wanted and responses.phase is not ResponsePhase.REQUESTED \
+                and self._responses.instructions == self.config.greeting_instructions:
+            self._responses.wanted, self._responses.instructions = False, ""  # a greeting still waiting: not wanted now
+        greeting.phase = GreetingPhase.DONE  # the caller spoke: the conversation has begun, greeting or not
         out: list[Output] = []
-        response_id = self._active_response
+        response_id = responses.active
         cancelled = False
-        if response_id is not None and response_id not in self._interrupted_responses:
-            self._interrupted_responses.add(response_id)  # its late deltas are dropped
+        if response_id is not None and response_id not in self._responses.interrupted:
+            self._responses.interrupted.add(response_id)  # its late deltas are dropped
             if not self.config.interrupt_response:
                 out.append(Send(Peer.MODEL, rt.response_cancel(response_id)))
                 cancelled = True
@@ -434,15 +423,15 @@ class Call(ModelSessions, CallControl, CallEnding):
             heard[key] = heard_ms = min(heard_ms, received_ms)  # never more than the item holds
             # Every item with audio in Twilio's queue is cut where the caller stopped hearing it (an item of
             # a session that has since been replaced no longer exists at the model: nothing to cut there).
-            if session == self._session and self._model_ready:
+            if session == self._link.session and self._link.phase is not _DOWN:
                 out.append(Send(Peer.MODEL, rt.item_truncate(item_id, heard_ms)))
             out.append(BargeIn(item_id, heard_ms, received_ms, cancelled))
             if received_ms:
                 self._conversation.heard(key, heard_ms / received_ms)
         self._playback.clear(heard)
         self._outbound.reset()  # the filter's tail belongs to the audio just dropped
-        if self._after_playback is not None and not self._control_done:
+        if self._line.control_phase is ControlPhase.AWAITING_PLAYBACK:
             # The caller talked over the goodbye (or the transfer announcement): they are not done. The
             # model hears them and may end or transfer again; hanging up on a talking caller is wrong.
-            self._after_playback = None
+            self._line.control, self._line.control_phase = None, ControlPhase.NONE
         return out

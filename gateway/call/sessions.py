@@ -19,6 +19,7 @@ from gateway.call.outputs import (
     ConnectModel, ModelGaveUp, ModelRolledOver, ModelSessionLost, Output, Peer, PrepareRollover, RolloverFailed,
     Send, SwitchModel, WakeAt,
 )
+from gateway.call.state import GreetingPhase, LinePhase, LinkPhase, ResponsePhase
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 
@@ -31,14 +32,14 @@ class ModelSessions:
         starts empty; audio cannot be carried over), so the agent goes on where it was."""
         if self.ended:
             return []  # opened as the call gave up: the shell closes it
-        self._model_ready = True
-        self._session += 1
-        self._session_started_ms = now_ms
-        self._rollover_pending = False
-        self._reconnects.opened(now_ms)
+        link = self._link
+        link.phase = LinkPhase.READY
+        link.session += 1
+        link.started_ms = now_ms
+        link.reconnects.opened(now_ms)
         # Comfort noise still queued at Twilio plays on (no dead air while the session is configured and answers);
         # the agent's first audio clears what is left of it (_agent_audio), so its words are not queued behind it.
-        out: list[Output] = [Send(Peer.MODEL, message) for message in self._session_setup(carry=self._session > 1)]
+        out: list[Output] = [Send(Peer.MODEL, message) for message in self._session_setup(carry=self._link.session > 1)]
         self._restart_input_clock()
         for frame_ms, arrived in self._pending_arrivals:
             self._input_ms += frame_ms
@@ -74,27 +75,30 @@ class ModelSessions:
 
     def _quiet(self) -> bool:
         """Nobody is talking and nothing is in flight: a session can be swapped for another unheard."""
-        return (self._model_ready and not self.ended and self._active_response is None and not self._response_requested
-                and not self._want_response and not self._caller_speaking and not self._playback.awaiting_echoes
-                and not self._running_tools and not self._orphaned_tools and self._after_playback is None
-                and (self._greeting_done or not self.config.agent_speaks_first))
+        responses = self._responses
+        return (self._link.phase is not LinkPhase.DOWN and not self.ended and responses.active is None
+                and responses.phase is not ResponsePhase.REQUESTED and not responses.wanted and not self._caller_speaking
+                and not self._playback.awaiting_echoes and not self._running_tools and not self._orphaned_tools
+                and self._line.control is None
+                and (self._greeting.phase is GreetingPhase.DONE or not self.config.agent_speaks_first))
 
     def _rollover_due(self, now_ms: float) -> list[Output]:
         config = self.config
-        started = self._session_started_ms
-        if not config.session_limit_ms or started is None or self._rollover_pending or now_ms < self._rollover_not_before_ms:
+        started = self._link.started_ms
+        if not config.session_limit_ms or started is None or self._link.phase is LinkPhase.PREPARING \
+                or now_ms < self._link.rollover_not_before_ms:
             return []
         margin = min(config.rollover_margin_ms, config.session_limit_ms // 2)
         if now_ms - started < config.session_limit_ms - margin or not self._quiet():
             return []
-        self._rollover_pending = True
+        self._link.phase = LinkPhase.PREPARING
         return [PrepareRollover(f"session {(now_ms - started) / 1000:.0f} s old, limit {config.session_limit_ms / 1000:g} s")]
 
     def rollover_setup(self, now_ms: float) -> list[Output]:
         """What configures the session being prepared: sent to it (:attr:`Peer.NEXT_MODEL`), not to the current
         one. Nothing once the call ended, or when no rollover is pending (a loss dropped it): the shell's prepare
         then fails on its own timeout and reports it."""
-        if self.ending is not None or not self._rollover_pending:
+        if self.ending is not None or self._link.phase is not LinkPhase.PREPARING:
             return []
         return [Send(Peer.NEXT_MODEL, message) for message in self._session_setup(carry=True)]
 
@@ -102,17 +106,17 @@ class ModelSessions:
         """The prepared session answered ``session.updated``: switch to it now if the call is still quiet; if not
         (the caller began to speak), the shell drops it and the rollover is tried again at a later quiet point
         (the conversation it was given would be stale)."""
-        if not self._rollover_pending:
+        if self._link.phase is not LinkPhase.PREPARING:
             return []
-        self._rollover_pending = False
+        self._link.phase = LinkPhase.READY
         if not self._quiet():
-            self._rollover_not_before_ms = now_ms + ROLLOVER_RETRY_MS
+            self._link.rollover_not_before_ms = now_ms + ROLLOVER_RETRY_MS
             return []
-        age_ms = int(now_ms - self._session_started_ms) if self._session_started_ms is not None else 0
-        self._session += 1
-        self._session_started_ms = now_ms
+        age_ms = int(now_ms - self._link.started_ms) if self._link.started_ms is not None else 0
+        self._link.session += 1
+        self._link.started_ms = now_ms
         self._restart_input_clock()
-        self._interrupted_responses.clear()
+        self._responses.interrupted.clear()
         reason = "session limit ahead"
         return [SwitchModel(reason), ModelRolledOver(reason, age_ms)]
 
@@ -122,9 +126,10 @@ class ModelSessions:
         quiet point, not before ROLLOVER_RETRY_MS nor the ``Retry-After``."""
         if self.ending is not None:
             return []
-        self._rollover_pending = False
-        self._rollover_not_before_ms = now_ms + max(ROLLOVER_RETRY_MS, retry_after_ms or 0.0)
-        return [RolloverFailed(reason, self._rollover_not_before_ms)]
+        if self._link.phase is LinkPhase.PREPARING:
+            self._link.phase = LinkPhase.READY
+        self._link.rollover_not_before_ms = now_ms + max(ROLLOVER_RETRY_MS, retry_after_ms or 0.0)
+        return [RolloverFailed(reason, self._link.rollover_not_before_ms)]
 
     def model_lost(self, reason: str, now_ms: float) -> list[Output]:
         """The model session is gone but the call goes on: the shell is opening a new one.
@@ -133,36 +138,38 @@ class ModelSessions:
         its pending tool calls (their ids mean nothing to the new session) and any request for a response."""
         if self.ending is not None:
             return []
-        self._reconnects.lost(reason, now_ms)
-        if self._reconnects.give_up_reason:  # MODEL_RECONNECT is off, or too many losses: no replacement
-            self._model_ready = False
+        self._link.reconnects.lost(reason, now_ms)
+        if self._link.reconnects.give_up_reason:  # MODEL_RECONNECT is off, or too many losses: no replacement
+            self._link.phase = LinkPhase.DOWN
             return self._model_schedule(now_ms)
-        lost = self._active_response
-        if lost is not None and lost in self._responses_with_audio and lost not in self._interrupted_responses \
-                and lost != self._greeting_response and self._after_playback is None:
+        responses, greeting = self._responses, self._greeting
+        lost = responses.active
+        if lost is not None and lost in responses.with_audio and lost not in responses.interrupted \
+                and lost != greeting.response_id and self._line.control is None:
             # An answer cut by the loss: the new session goes on with it (asked once it is configured).
-            self._want_response, self._response_instructions = True, RESUME_INSTRUCTIONS
-        self._model_ready = False
+            self._responses.wanted, self._responses.instructions = True, RESUME_INSTRUCTIONS
+        # A session being prepared for a rollover is dropped by the shell with the lost one.
+        self._link.phase = LinkPhase.DOWN
         if self._batch:  # a batch not sent yet: held, and sent first to the next session
             self._pending_audio.append(join_audio(self._batch))
             self._pending_arrivals.append((self._batch_ms, now_ms))
             self._pending_audio_bytes += len(self._pending_audio[-1])
             self._batch, self._batch_ms = [], 0
-        self._rollover_pending = False  # a session being prepared is dropped by the shell with the lost one
-        self._active_response = None
-        self._response_requested = False
+        responses.active, responses.phase = None, ResponsePhase.IDLE
         # Tools still running belong to the lost session: their results come back as text to the new one.
         for call_id in self._running_tools:
             if len(self._orphaned_tools) < MAX_QUEUED_TOOLS:
-                self._orphaned_tools[call_id] = self._session
+                self._orphaned_tools[call_id] = self._link.session
         self._running_tools.clear()
         self._queued_tools.clear()
-        self._interrupted_responses.clear()
+        self._responses.interrupted.clear()
         self._caller_speaking = False  # the new session reports speech afresh
-        if self._greeting_response is not None or (self._greeting_session and not self._greeting_done):
+        if greeting.response_id is not None or (greeting.session and greeting.phase is not GreetingPhase.DONE):
             # Not all sent: the next session is asked again, once it is configured (not before).
-            self._greeting_response = None
-            self._want_response, self._response_instructions = False, ""
+            greeting.response_id = None
+            if greeting.phase is not GreetingPhase.DONE:
+                greeting.phase = GreetingPhase.UNASKED
+            responses.wanted, responses.instructions = False, ""
         # A goodbye (or transfer announcement) heard in full before the loss: act on it now.
         out = [ModelSessionLost(reason), *self._control_if_heard()]
         return out if self.ending is not None else out + self._model_schedule(now_ms)
@@ -173,38 +180,38 @@ class ModelSessions:
         decides the next attempt, or the give-up."""
         if self.ended:
             return []
-        self._reconnects.failed(reason, now_ms, retry_after_ms)
+        self._link.reconnects.failed(reason, now_ms, retry_after_ms)
         out = self._model_schedule(now_ms)
         return out if self.ended else [ModelSessionLost(reason), *out]  # a reconnect follows, unless it gave up
 
     def model_closed(self, reason: str, now_ms: float) -> list[Output]:
         """The model is gone for good (the give-up): the call ends, with its spoken message."""
-        self._model_ready = False
+        self._link.phase = LinkPhase.DOWN
         return self._end(f"model socket closed: {reason}")
 
     def _model_schedule(self, now_ms: float) -> list[Output]:
         """What the model-session schedule asks for now: an attempt, the give-up, a wake-up (comfort noise too)."""
         if self.ended or self._started_ms is None:
             return []
-        action, value = self._reconnects.check(now_ms)
+        action, value = self._link.reconnects.check(now_ms)
         if action == "give_up":
-            reconnects = self._reconnects
+            reconnects = self._link.reconnects
             last = f"; last: {reconnects.last_reason}" if reconnects.last_reason else ""
             reason = f"{reconnects.give_up_reason}{last}"
             return [ModelGaveUp(reason), *self.model_closed(reason, now_ms)]
         out: list[Output] = [ConnectModel(value)] if action == "connect" else []
         # Waiting: until the next attempt or the give-up. Connecting: the give-up still ends the call on time, even
         # if the shell's attempt began late (its timeout counts from when it began).
-        wake = value if action == "wait" else self._reconnects.give_up_at_ms or float("inf")
+        wake = value if action == "wait" else self._link.reconnects.give_up_at_ms or float("inf")
         noise, noise_wake = self._comfort_noise(now_ms)
         return out + noise + self._wake_at(min(wake, noise_wake), now_ms)
 
     def _wake_at(self, at_ms: float, now_ms: float) -> list[Output]:
         """One pending wake-up at a time (the earliest wanted): the shell is asked again only for an earlier one."""
-        pending = self._wake_pending_ms
+        pending = self._link.wake_pending_ms
         if at_ms == float("inf") or (pending is not None and now_ms < pending <= at_ms):
             return []
-        self._wake_pending_ms = at_ms
+        self._link.wake_pending_ms = at_ms
         return [WakeAt(at_ms)]
 
     def _comfort_noise(self, now_ms: float) -> tuple[list[Output], float]:
@@ -212,19 +219,19 @@ class ModelSessions:
         prompt, when one is set), kept at least COMFORT_NOISE_LEAD_MS ahead of its playback so that it never runs
         dry between two clock checks; and when it is next needed. Nothing while agent audio of a lost session still
         plays (the line is not silent)."""
-        down = self._reconnects.down_since
-        if down is None or self._model_ready:
+        down = self._link.reconnects.down_since
+        if down is None or self._link.phase is not LinkPhase.DOWN:
             return [], float("inf")
         if now_ms < down + COMFORT_NOISE_AFTER_MS:
             return [], down + COMFORT_NOISE_AFTER_MS
         if self._playback.awaiting_echoes:
             return [], float("inf")  # the clock's next tick looks again
         # The noise plays back to back from when the first piece was sent: it ends at _noise_until_ms.
-        until = max(self._noise_until_ms, now_ms)
+        until = max(self._line.noise_until_ms, now_ms)
         out: list[Output] = []
         prompt = self.config.wait_prompt
-        if prompt and self._prompted_outage != down:  # MODEL_WAIT_PROMPT: once an outage, ahead of its noise
-            self._prompted_outage = down
+        if prompt and self._line.prompted_outage != down:  # MODEL_WAIT_PROMPT: once an outage, ahead of its noise
+            self._line.prompted_outage = down
             piece = COMFORT_NOISE_MS * MULAW_BYTES_PER_MS
             out.extend(Send(Peer.TWILIO, tw.media_message(self.stream_sid, prompt[at : at + piece]))
                        for at in range(0, len(prompt), piece))
@@ -232,7 +239,8 @@ class ModelSessions:
         while until - now_ms <= COMFORT_NOISE_LEAD_MS:
             out.append(Send(Peer.TWILIO, tw.media_message(self.stream_sid, COMFORT_NOISE)))
             until += COMFORT_NOISE_MS
-        self._noise_until_ms = until
-        self._comfort_noise_sent = self._comfort_noise_sent or bool(out)
+        self._line.noise_until_ms = until
+        if out:
+            self._line.phase = LinePhase.COMFORT_NOISE
         return out, until - COMFORT_NOISE_LEAD_MS
 
