@@ -22,7 +22,6 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.protocol import State

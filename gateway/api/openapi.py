@@ -133,7 +133,7 @@ def path_parameters(path: str) -> list[dict[str, Any]]:
 
 
 _SID_PARAMETER = PATH_PARAMETERS["sid"]
-_BEARER = [{"bearerAuth": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 _AUTH_ERRORS = {str(status): _render_answer(answer) for status, answer in AUTH_ANSWERS.items() if status != 429}
 
 _CALL_SUMMARY_PROPERTIES: dict[str, Any] = {

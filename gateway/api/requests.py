@@ -244,7 +244,7 @@ def _bad_parameter(name: str, message: str) -> ApiError:
 
 def _parse_time(name: str, value: str) -> float:
     """ISO 8601 (``2025-01-31T09:00:00Z``; without an offset: UTC) or seconds since the epoch."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     if _EPOCH.fullmatch(value):
         return float(value)
@@ -254,7 +254,7 @@ def _parse_time(name: str, value: str) -> float:
         raise _bad_parameter(name, "must be an ISO 8601 time (2025-01-31T09:00:00Z) or seconds since the epoch, "
                                    f"got {_shown(value)}") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     try:
         return moment.timestamp()
     except (OverflowError, ValueError):

@@ -40,7 +40,9 @@ class ConsoleSession:
     expires_at: float
 
     def csrf_ok(self, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(token.encode("utf-8", "replace"), self.csrf.encode("ascii"))
+        if not token:
+            return False
+        return hmac.compare_digest(token.encode("utf-8", "replace"), self.csrf.encode("ascii"))
 
 
 def _digest(session_id: str) -> str:

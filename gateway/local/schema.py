@@ -7,6 +7,7 @@ except the few the real API sends beyond the published models (:data:`KNOWN_EXTR
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any, get_args
 
@@ -34,7 +35,8 @@ def validate_server_event(event: dict[str, Any]) -> Any:
     """Validate one server event; returns the model instance or raises :class:`EventSchemaError`."""
     import pydantic
 
-    model = _models().get(event.get("type")) if isinstance(event, dict) else None
+    kind = event.get("type") if isinstance(event, dict) else None
+    model = _models().get(kind) if isinstance(kind, str) else None
     if model is None:
         raise EventSchemaError(f"unknown server event type {event.get('type') if isinstance(event, dict) else event!r}")
     try:
@@ -47,7 +49,7 @@ def validate_server_event(event: dict[str, Any]) -> Any:
     return instance
 
 
-def _undeclared(value: Any, path: str):
+def _undeclared(value: Any, path: str) -> Iterator[str]:
     import pydantic
 
     if isinstance(value, pydantic.BaseModel):

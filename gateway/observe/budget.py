@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Callable
 
 from gateway.observe import metrics
@@ -61,7 +61,7 @@ class DailyBudget:
         self._health_lock = asyncio.Lock()
 
     def _day(self) -> str:
-        return datetime.fromtimestamp(self._clock(), timezone.utc).strftime("%Y-%m-%d")
+        return datetime.fromtimestamp(self._clock(), UTC).strftime("%Y-%m-%d")
 
     def unwritten_usd(self) -> float:
         """Cost counted here and not yet in the shared total (kept until the state answers)."""
@@ -115,7 +115,7 @@ class DailyBudget:
         return True
 
     def _forget_old_days(self) -> None:
-        oldest = datetime.fromtimestamp(self._clock() - _KEEP_DAYS_S, timezone.utc).strftime("%Y-%m-%d")
+        oldest = datetime.fromtimestamp(self._clock() - _KEEP_DAYS_S, UTC).strftime("%Y-%m-%d")
         for day in [day for day in self._spent if day < oldest]:
             lost = self._spent.pop(day) - self._written.pop(day, 0.0)
             if lost > 0:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import ProcessCollector
 from prometheus_client.metrics_core import Metric
@@ -34,6 +34,11 @@ def _parent_of(pid: int) -> int | None:
     # The command name (field 2) is in parentheses and may hold spaces: the fields after its last ")" are fixed.
     fields = stat[stat.rfind(b")") + 2:].split()
     return int(fields[1]) if len(fields) > 1 else None
+
+
+def _fixed(pid: int) -> Callable[[], int]:
+    """ProcessCollector's ``pid`` argument: a function naming one process."""
+    return lambda: pid
 
 
 def group_pids(directory: str, supervisor: int) -> list[int]:
@@ -57,7 +62,7 @@ class WorkerProcessCollector:
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}
         for pid in group_pids(self.directory, self.supervisor):
-            one = ProcessCollector(pid=lambda pid=pid: pid, registry=None)
+            one = ProcessCollector(pid=_fixed(pid), registry=None)
             for family in one.collect():
                 into = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type,
                                                              family.unit))

@@ -182,5 +182,5 @@ async def migrate_postgres(conn: Any, *, clock: Callable[[], float] = time.time)
     finally:
         try:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (PG_SCHEMA_LOCK,))
-        except Exception as error:  # a broken connection: the server released the lock with the session
+        except Exception as error:  # noqa: BLE001 - a broken connection: the server released the lock with the session
             log.warning("could not release the schema lock: %s", error)

@@ -102,7 +102,7 @@ async def run_retention(store: CallStore, *, retention_days: float, recording_di
             result = await prune(store, retention_days=retention_days, recording_dirs=directories, now=clock())
         except asyncio.CancelledError:
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure is logged and retried; the loop must not die
             log.error("retention: pruning call records failed (retried in %.0f s): %s: %s", interval_s,
                       type(error).__name__, error)
         else:

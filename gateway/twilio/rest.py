@@ -138,7 +138,7 @@ class TwilioRest:
     async def _run(self, what: str, function: Any, /, **kwargs: Any) -> Any:
         try:
             return await asyncio.to_thread(function, **kwargs)
-        except Exception as error:  # noqa: BLE001 - every failure becomes one typed error
+        except Exception as error:  # every failure becomes one typed error (raised below)
             mapped = _twilio_error(error)
             log.warning("Twilio %s failed: status=%s code=%s %s", what, mapped.status, mapped.code, mapped.message)
             raise mapped from error
