@@ -113,9 +113,25 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     return bench_main(args.calls, args.seconds, args.audio_format, args.ramp, args.json)
 
 
+def _fuzz(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.tooling.fuzz import command
+
+    return command(args, settings)
+
+
+def _soak(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.tooling.soak import command
+
+    return command(args, settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Twilio phone calls <-> OpenAI Realtime agents.")
     sub = parser.add_subparsers(dest="command", required=True)
+    # The tooling's options come from its own modules, imported only for the command being run: `gateway serve`
+    # loads none of the tooling (docs/ARCHITECTURE.md, "Layers"). The command is the first argument.
+    given = sys.argv[1:] if argv is None else argv
+    chosen = next((arg for arg in given if not arg.startswith("-")), None)
     serve = sub.add_parser("serve", help="run the gateway (webhook + media stream)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
@@ -149,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     replay = sub.add_parser("replay", help="call a gateway as Twilio would, play scenarios, check expectations",
                             description="Play scenarios (or recorded calls) against a Media Stream gateway and check "
                                         "their expectations. Exit status: 0 all passed, 1 one failed, 2 usage error.")
-    from gateway.tooling.replay.command import add_arguments
+    if chosen == "replay":
+        from gateway.tooling.replay.command import add_arguments
 
-    add_arguments(replay)
+        add_arguments(replay)
     bench = sub.add_parser("bench", help="measure the gateway's CPU per call-second under concurrent calls",
                            description="Run the gateway and the embedded model in their own processes, call the "
                                        "gateway from N replay phones talking in a loop, and print each process's "
@@ -174,14 +191,17 @@ def main(argv: list[str] | None = None) -> int:
                                       "malformed, hostile and oversized frames while real calls run, and check that the "
                                       "calls before, during and after are answered and the process and its memory "
                                       "hold. Exit status: 0 all checks pass, 1 one failed, 2 bad options.")
-    from gateway.tooling.fuzz import add_arguments as add_fuzz_arguments, command as fuzz_command
+    if chosen == "fuzz":
+        from gateway.tooling.fuzz import add_arguments as add_fuzz_arguments
 
-    add_fuzz_arguments(fuzz)
+        add_fuzz_arguments(fuzz)
     soak = sub.add_parser("soak", help="many calls for minutes through a gateway process: does anything grow or leak?",
                           description="Keep N replay phones calling a gateway process (barge-ins, model session "
                                       "rollovers) for M minutes; check memory, descriptors and tasks. Exit 0 or 1.")
-    from gateway.tooling.soak import add_arguments as add_soak_arguments, command as soak_command
-    add_soak_arguments(soak)
+    if chosen == "soak":
+        from gateway.tooling.soak import add_arguments as add_soak_arguments
+
+        add_soak_arguments(soak)
     args = parser.parse_args(argv)
     if args.command in ("doctor", "call"):
         # Neither runs a gateway here: doctor reads the settings itself (a bad one is what it reports), and call
@@ -195,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _configure_logging(settings.log_level, settings)
     handlers = {"serve": _serve, "local-realtime": _local_realtime, "demo": _demo, "replay": _replay,
-                "bench": _bench, "fuzz": fuzz_command, "soak": soak_command}
+                "bench": _bench, "fuzz": _fuzz, "soak": _soak}
     return handlers[args.command](args, settings)
 
 

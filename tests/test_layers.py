@@ -15,6 +15,8 @@ from __future__ import annotations
 import ast
 import re
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,6 +222,15 @@ def test_the_top_level_shows_the_architecture():
 def test_every_module_keeps_to_its_layer_and_none_imports_the_tooling():
     modules = package_modules(ROOT / "gateway")
     assert wall_violations(list(modules), read_imports(modules), LAYERS) == []
+
+
+def test_serving_loads_none_of_the_tooling():
+    """The entry point imports a tooling module only for the tooling command being run (its options included)."""
+    code = ("import sys, gateway.cli as cli, gateway.server.serve, gateway.server.workers\n"
+            "status = cli.main(['serve', '--workers', '0'])  # parsed, then refused: nothing is served\n"
+            "print(status, sorted(m for m in sys.modules if m.startswith('gateway.tooling')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.stdout.strip() == "2 []", (done.stdout, done.stderr)
 
 
 def test_no_import_cycle():
