@@ -16,7 +16,8 @@ from gateway.tooling.replay.phone import SlowReader, run_call
 from gateway.tooling.replay.report import CallReport, Silence
 from gateway.tooling.replay.summary import format_summary
 
-from .test_phone import clear, events, mark, media, opened, run_script, silence, tone
+from .helpers import mulaw_tone
+from .test_phone import clear, events, mark, media, opened, run_script, silence
 
 
 # ---------------------------------------------------------------------- mark jitter
@@ -25,7 +26,7 @@ from .test_phone import clear, events, mark, media, opened, run_script, silence,
 def _jittered_marks(seed: int, jitter_ms: float = 60.0) -> tuple[list[str], list[tuple[float, float]]]:
     phone = opened(mark_jitter_ms=jitter_ms, seed=seed)
     for i in range(20):  # a mark every 20 ms of audio: closer together than the jitter
-        phone.receive(media(phone, tone(20)), 0.0)
+        phone.receive(media(phone, mulaw_tone(20)), 0.0)
         phone.receive(mark(phone, f"m{i}"), 0.0)
     sent = run_script(phone, {}, 1000)
     marks = phone.report().marks
@@ -53,7 +54,7 @@ def test_without_jitter_every_echo_leaves_the_moment_its_audio_has_played() -> N
 def test_jittered_echoes_wake_the_phone_and_a_clear_echoes_after_the_ones_already_due() -> None:
     phone = opened(mark_jitter_ms=50, seed=3)
     for i in range(5):
-        phone.receive(media(phone, tone(100)), 0.0)
+        phone.receive(media(phone, mulaw_tone(100)), 0.0)
         phone.receive(mark(phone, f"m{i}"), 0.0)
     sent = run_script(phone, {250.0: [clear(phone)]}, 600)
     assert [m["mark"]["name"] for m in events(sent, "mark")] == [f"m{i}" for i in range(5)]
@@ -76,7 +77,7 @@ def test_jittered_echoes_wake_the_phone_and_a_clear_echoes_after_the_ones_alread
 
 def test_a_mark_still_held_by_jitter_when_the_call_ends_is_pending() -> None:
     phone = opened(mark_jitter_ms=1000, seed=1)
-    phone.receive(media(phone, tone(20)), 0.0)
+    phone.receive(media(phone, mulaw_tone(20)), 0.0)
     phone.receive(mark(phone, "late"), 0.0)
     phone.tick(40.0)
     phone.hangup(41.0)
@@ -90,9 +91,9 @@ def test_a_mark_still_held_by_jitter_when_the_call_ends_is_pending() -> None:
 
 
 def test_silence_waiting_for_an_answer_and_a_hole_inside_it() -> None:
-    phone = opened([CallerTurn(tone(200, 300), after_silence_ms=0, name="q")], hangup_after_ms=1000)
+    phone = opened([CallerTurn(mulaw_tone(200, 300), after_silence_ms=0, name="q")], hangup_after_ms=1000)
     # The answer starts 300 ms after the question, drains at 800 ms, goes on at 1500 ms: a 700 ms hole.
-    run_script(phone, {500.0: [media(phone, tone(300))], 1500.0: [media(phone, tone(300))]}, 4000)
+    run_script(phone, {500.0: [media(phone, mulaw_tone(300))], 1500.0: [media(phone, mulaw_tone(300))]}, 4000)
     report = phone.report()
     assert report.turns[0].response_ms == 300.0
     assert report.silences == [Silence(200.0, 300.0, "answer", "q"), Silence(800.0, 700.0, "inside_answer", "q")]
@@ -109,15 +110,15 @@ def test_silence_waiting_for_an_answer_and_a_hole_inside_it() -> None:
 
 def test_silence_is_counted_from_where_the_voice_ends_to_where_the_answer_is_heard() -> None:
     # The clip ends with 100 ms of silence; the answer's audio starts with 50 ms of it.
-    phone = opened([CallerTurn(tone(200, 300) + silence(100), after_silence_ms=0, name="q")], hangup_after_ms=500)
-    run_script(phone, {600.0: [media(phone, silence(50) + tone(300))]}, 3000)
+    phone = opened([CallerTurn(mulaw_tone(200, 300) + silence(100), after_silence_ms=0, name="q")], hangup_after_ms=500)
+    run_script(phone, {600.0: [media(phone, silence(50) + mulaw_tone(300))]}, 3000)
     (only,) = phone.report().silences
     assert (only.start_ms, only.duration_ms, only.kind) == (200.0, 450.0, "answer")
 
 
 def test_an_unanswered_turn_is_silent_until_the_caller_goes_on_or_hangs_up() -> None:
-    phone = opened([CallerTurn(tone(200, 300), after_silence_ms=0, name="q"),
-                    CallerTurn(tone(200, 300), after_silence_ms=400, wait_for_agent=False, name="again")],
+    phone = opened([CallerTurn(mulaw_tone(200, 300), after_silence_ms=0, name="q"),
+                    CallerTurn(mulaw_tone(200, 300), after_silence_ms=400, wait_for_agent=False, name="again")],
                    hangup_after_ms=600, hangup_wait_for_agent=False)
     run_script(phone, {}, 3000)
     report = phone.report()
@@ -130,13 +131,13 @@ def test_an_unanswered_turn_is_silent_until_the_caller_goes_on_or_hangs_up() -> 
 
 def test_a_barge_in_clear_and_dtmf_do_not_count_as_holes() -> None:
     phone = opened(
-        [CallerTurn(tone(200, 300), after_silence_ms=0, name="question"),
-         CallerTurn(tone(400, 300), after_agent_heard_ms=300, name="interrupt"),
+        [CallerTurn(mulaw_tone(200, 300), after_silence_ms=0, name="question"),
+         CallerTurn(mulaw_tone(400, 300), after_agent_heard_ms=300, name="interrupt"),
          CallerTurn(dtmf="1", after_silence_ms=100, wait_for_agent=False, name="key")],
         hangup_after_ms=300, hangup_wait_for_agent=False)
-    answer = silence(50) + tone(2000, 600)
+    answer = silence(50) + mulaw_tone(2000, 600)
     # The agent is cleared by the barge-in; it answers the interrupt after the key press only.
-    run_script(phone, {500.0: [media(phone, answer)], 1070.0: [clear(phone)], 2500.0: [media(phone, tone(200))]},
+    run_script(phone, {500.0: [media(phone, answer)], 1070.0: [clear(phone)], 2500.0: [media(phone, mulaw_tone(200))]},
                5000)
     report = phone.report()
     kinds = [(s.kind, s.after_turn, s.answered) for s in report.silences]
@@ -154,9 +155,9 @@ def test_a_call_where_the_caller_never_waited_has_no_silence() -> None:
 
 
 def test_a_hole_in_a_greeting() -> None:
-    phone = opened([CallerTurn(tone(100), after_silence_ms=1500, wait_for_agent=True)], hangup_after_ms=200,
+    phone = opened([CallerTurn(mulaw_tone(100), after_silence_ms=1500, wait_for_agent=True)], hangup_after_ms=200,
                    hangup_wait_for_agent=False)
-    run_script(phone, {100.0: [media(phone, tone(200))], 1100.0: [media(phone, tone(200))]}, 5000)
+    run_script(phone, {100.0: [media(phone, mulaw_tone(200))], 1100.0: [media(phone, mulaw_tone(200))]}, 5000)
     hole = next(s for s in phone.report().silences if s.kind == "inside_answer")
     assert (hole.start_ms, hole.duration_ms, hole.after_turn) == (300.0, 800.0, "")
     assert "a hole inside the greeting" in format_summary(phone.report(), color=False)
