@@ -352,7 +352,7 @@ async def test_openapi_document_validates_and_lists_every_route():
         document = response.json()
     validate(document)
     assert document["openapi"].startswith("3.1") and document["servers"] == [{"url": PUBLIC}]
-    routes = http_routes(gateway.server.app)
+    routes = http_routes(gateway.app)
     assert {("/calls", "post"), ("/calls/{sid}", "get"), ("/calls/{sid}/hangup", "post"),
             ("/twilio/call-status", "post"), ("/openapi.json", "get")} <= set(routes)
     for path, method in routes:
