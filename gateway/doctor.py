@@ -38,6 +38,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -162,7 +163,7 @@ def check_tools(settings: Settings) -> tuple[Check, Any]:
     rest = TwilioRest.from_settings(settings)
     try:
         registry = build_tool_registry(settings, can_transfer=rest.configured)
-    except Exception as error:  # an import error, a bad signature: anything the user's module raises
+    except Exception as error:  # noqa: BLE001 - an import error, a bad signature: anything the user's module raises
         return _fail("tools", f"TOOLS_MODULE={settings.tools_module} cannot be loaded: {type(error).__name__}: "
                               f"{error}", "fix the module, or make it importable from where the gateway runs "
                                           "(PYTHONPATH)"), None
@@ -226,7 +227,7 @@ async def check_reach(settings: Settings, timeout_s: float) -> Check:
 
 
 def _http_get(url: str, timeout_s: float) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers={"User-Agent": "gateway-doctor"})
+    request = urllib.request.Request(url, headers={"User-Agent": "gateway-doctor"})  # noqa: S310 - see below
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - https or http, by design
             return response.status, response.read(65536)
@@ -457,7 +458,7 @@ async def _postgres_connects(url: str, timeout_s: float) -> tuple[str, str] | No
         return (f"no answer from {host} within {timeout_s:g} s (a firewall dropping packets, a wrong host, or a "
                 "server too busy to accept)", "check the host and port in STORE_URL and that this machine can "
                                              "reach them")
-    except Exception as error:  # psycopg.OperationalError and friends: the message says which
+    except Exception as error:  # noqa: BLE001 - psycopg.OperationalError and friends: the message says which
         return _postgres_problem(error, host)
     return None
 
@@ -484,7 +485,7 @@ async def check_store(settings: Settings, timeout_s: float) -> Check:
         store = open_store(settings.store_url)
     except StoreOpenError as error:  # the file, why and the fix, as `gateway serve` says them
         return _fail(name, error.reason, error.fix)
-    except Exception as error:  # a SQLite file that cannot be created or opened
+    except Exception as error:  # noqa: BLE001 - a SQLite file that cannot be created or opened
         return _fail(name, f"the call store at {where} cannot be opened: {describe(error)}",
                      "make the file's directory writable by the gateway's user, or point STORE_URL elsewhere")
     try:
@@ -493,7 +494,7 @@ async def check_store(settings: Settings, timeout_s: float) -> Check:
             await store.get_call("CA" + "0" * 32)
     except TimeoutError:
         return _fail(name, f"the call store at {where} did not answer within {timeout_s:g} s", _STORE_FIX)
-    except Exception as error:  # a driver's connection, authentication or permission error
+    except Exception as error:  # noqa: BLE001 - a driver's connection, authentication or permission error
         return _fail(name, f"the call store at {where} cannot be used: {describe(error)}", _STORE_FIX)
     finally:
         with contextlib.suppress(Exception):
@@ -555,7 +556,7 @@ async def run_checks(env: Mapping[str, str] | None = None, *, skip: tuple[str, .
                                     f"{error.message})", "check the account's permissions")
         for name, check in (("caller-ids", lambda: check_caller_ids(settings, rest, numbers)),
                             ("webhook", lambda: check_webhook(settings, numbers))):
-            await run(name, (lambda name=name: replace(instead, name=name)) if instead else check)
+            await run(name, partial(replace, instead, name=name) if instead else check)
     finally:
         rest.close()
     await run("redis", lambda: check_redis(settings, timeout_s))
@@ -591,7 +592,7 @@ async def bounded(name: str, check: Callable[[], Awaitable[Check] | Check], time
             return await outcome if isinstance(outcome, Awaitable) else outcome
     except TimeoutError:
         return _fail(name, f"no answer within {limit:g} s", fix)
-    except Exception as error:  # a check must report, never crash the others
+    except Exception as error:  # noqa: BLE001 - a check must report, never crash the others
         return _fail(name, f"the check failed: {describe(error)}", fix)
 
 

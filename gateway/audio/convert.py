@@ -309,7 +309,7 @@ def _clip_into_ufunc() -> Callable[[np.ndarray, np.ndarray], None]:
     """Saturate float samples to int16 and store them as int16, in one call of numpy's clip ufunc (``np.clip``
     wraps it in ~2 us of Python); three calls where the ufunc is not importable."""
     try:
-        from numpy._core.umath import clip
+        from numpy._core.umath import clip  # type: ignore[attr-defined]  # numpy's stubs omit the private module
     except ImportError:  # numpy < 2
         return _clip_into_two_calls
     return lambda values, into: clip(values, -32768.0, 32767.0, out=into, casting="unsafe")

@@ -40,7 +40,7 @@ import os
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Callable
 
@@ -164,7 +164,7 @@ class CallRecorder:
         self.over_quota = False  # not started: the directory was full
         self._written = 0  # bytes in the file
         self._started_ms = started_ms
-        self._started_at = datetime.now(timezone.utc).isoformat()
+        self._started_at = datetime.now(UTC).isoformat()
         self._held: list[tuple[str, float]] = []  # (line, t_ms) before the file exists
         self._held_bytes = 0
         self._file: IO[str] | None = None

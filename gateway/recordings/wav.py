@@ -160,7 +160,7 @@ def recording_file(directory: str, name: str | None) -> Path | None:
 async def save_call_recording(store: Any, settings: Any, jsonl: Path | None, call_sid: str) -> str | None:
     """At a call's end (after its record was saved): write its WAV if it may be recorded and name it in the record;
     delete its frame recording if its request refused recording. The WAV's file name, or None."""
-    if jsonl is None or not call_sid or not jsonl.exists():
+    if jsonl is None or not call_sid or not await asyncio.to_thread(jsonl.exists):  # a stat can block on a slow disk
         return None
     stored = None
     if store is not None:

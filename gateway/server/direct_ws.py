@@ -33,7 +33,9 @@ from typing import Any
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 except ImportError:  # a uvicorn without it: plain ASGI through whatever uvicorn's "auto" is
-    from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol as WebSocketsSansIOProtocol  # type: ignore
+    from uvicorn.protocols.websockets.auto import (  # type: ignore[assignment]  # the same role, another class
+        AutoWebSocketsProtocol as WebSocketsSansIOProtocol,
+    )
 
 from gateway.media_stream.direct import DIRECT_RECEIVE, Receiver
 
@@ -110,7 +112,7 @@ def _uvicorn_version() -> str:
     return str(getattr(uvicorn, "__version__", "?"))
 
 
-class PlainWebSocketProtocol(WebSocketsSansIOProtocol):  # type: ignore[misc, valid-type]
+class PlainWebSocketProtocol(WebSocketsSansIOProtocol):
     """The fallback: uvicorn's protocol unchanged (plain ASGI), only leaving the per-address count when its socket
     closes (as :class:`DirectWebSocketProtocol` does), through asyncio's public protocol methods alone."""
 
@@ -130,7 +132,7 @@ class PlainWebSocketProtocol(WebSocketsSansIOProtocol):  # type: ignore[misc, va
             self._gateway_addresses.release(self._gateway_transport)
 
 
-class DirectWebSocketProtocol(WebSocketsSansIOProtocol):  # type: ignore[misc, valid-type]
+class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
     """``ws=`` for uvicorn: its websockets-sansio protocol plus the :data:`DIRECT_RECEIVE` extension."""
 
     _receiver: Receiver | None = None

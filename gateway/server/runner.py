@@ -63,7 +63,7 @@ class HeaderDeadlineH11Protocol(H11Protocol):
     header_timeout_s = 10.0
     settings: Settings | None = None  # the per-address caps (gateway.server.runner.uvicorn_options sets it)
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._head_bytes = 0  # of the head under way, while no request is
         self._unread_bytes = 0  # of a body answered without being read (then, while lingering: anything)

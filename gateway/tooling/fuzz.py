@@ -430,7 +430,7 @@ async def hostile_worker(
     force_big: bool,
 ) -> None:
     """Send ``quota`` frames over successive connections, paced to last about ``pace_s`` seconds."""
-    from websockets.asyncio.client import connect
+    from websockets.asyncio.client import ClientConnection, connect
     from websockets.exceptions import ConnectionClosed, InvalidStatus
     from websockets.protocol import State
 
@@ -474,7 +474,8 @@ async def hostile_worker(
             continue
         failures = 0
 
-        async def drain() -> None:
+        # The socket and the stream are arguments: a closure would read the loop's next ones if this one outlived it.
+        async def drain(ws: ClientConnection, stream: HostileStream) -> None:
             with contextlib.suppress(ConnectionClosed):
                 async for message in ws:
                     stats.received += 1
@@ -483,7 +484,7 @@ async def hostile_worker(
                             stream.marks_seen.append(json.loads(message)["mark"]["name"])
                             del stream.marks_seen[:-50]
 
-        reader = asyncio.create_task(drain())
+        reader = asyncio.create_task(drain(ws, stream))
         stalled = False
         kind = "nothing"
         try:

@@ -30,6 +30,11 @@ from typing import Any
 HOST = "127.0.0.1"
 
 
+def _at_most(measured: int | None, limit: int) -> bool:
+    """A count measured (None: it could not be) and within its limit."""
+    return measured is not None and measured <= limit
+
+
 @dataclass
 class SoakResult:
     calls_ok: int = 0
@@ -50,9 +55,9 @@ class SoakResult:
             (growth is not None and growth < max_growth,
              f"RSS after warm-up {warm} MB -> end {end} MB ({growth * 100:+.1f} %, limit {max_growth * 100:.0f} %)"
              if growth is not None else "RSS not measured"),
-            (self.fds.get("rest") is not None and self.fds["rest"] <= (self.fds.get("baseline") or 0) + 2,
+            (_at_most(self.fds.get("rest"), (self.fds.get("baseline") or 0) + 2),
              f"open descriptors at rest: {self.fds.get('baseline')} before, {self.fds.get('rest')} after"),
-            (self.tasks.get("rest") is not None and self.tasks["rest"] <= (self.tasks.get("baseline") or 0) + 2,
+            (_at_most(self.tasks.get("rest"), (self.tasks.get("baseline") or 0) + 2),
              f"asyncio tasks at rest: {self.tasks.get('baseline')} before, {self.tasks.get('rest')} after"),
         ]
 

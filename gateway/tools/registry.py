@@ -117,7 +117,7 @@ def tool_from_function(function: Callable[..., Any], name: str | None = None) ->
     signature = inspect.signature(function)
     try:
         annotations = typing.get_type_hints(function)
-    except Exception:  # forward references that do not resolve: fall back to the raw annotations
+    except Exception:  # noqa: BLE001 - forward references that do not resolve: fall back to the raw annotations
         annotations = dict(getattr(function, "__annotations__", {}))
     hints = {k: v for k, v in annotations.items() if k != "return"}
     summary, param_docs = _docstring_parts(function.__doc__ or "")
@@ -261,7 +261,7 @@ def tools_module_problem(module_name: str) -> ToolsModuleError | None:
         load_tools_module(module_name)
     except ToolsModuleError as error:
         return error
-    except Exception as error:  # a function whose parameters cannot be described to the model
+    except Exception as error:  # noqa: BLE001 - a function whose parameters cannot be described to the model
         from gateway.observe.logsafe import escape_controls
 
         return ToolsModuleError(f"TOOLS_MODULE={module_name}: its tools cannot be described to the model: "

@@ -59,6 +59,8 @@ def cases() -> list[tuple[str, Callable[[], Any]]]:
     transcript = json.dumps({"type": "response.output_audio_transcript.delta", **ids, "delta": "hello there"})
     parsed_media = tw.parse_twilio_message(media)
     parsed_delta = rt.parse_model_event(delta_pcmu)
+    if not isinstance(parsed_media, tw.Media) or not isinstance(parsed_delta, rt.AudioDelta):
+        raise TypeError("the bench's sample frames no longer parse as a media frame and an audio delta")
     return [
         ("mu-law decode, 20 ms frame", lambda: mulaw_decode(mulaw)),
         ("mu-law encode, 20 ms frame", lambda: mulaw_encode(frame8)),

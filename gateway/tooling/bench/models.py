@@ -142,7 +142,7 @@ async def serve_realtime(host: str, port: int, probe: ArrivalProbe, tls: ssl.SSL
     import gateway.local.server as local
 
     if tls is not None:
-        local.serve = partial(local.serve, ssl=tls)  # type: ignore[assignment]  # this process only: wss://
+        local.serve = partial(local.serve, ssl=tls)  # this process only: wss://
     async with local.LocalRealtimeServer(host, port, speed=speed) as server:
         server.probe = probe
         await asyncio.Future()

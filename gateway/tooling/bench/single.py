@@ -68,7 +68,7 @@ def process_cpu_times(pid: int) -> tuple[float, float]:
     except FileNotFoundError:
         if os.path.isdir("/proc/self"):
             raise ProcessLookupError(pid) from None
-        import psutil  # type: ignore[import-not-found]  # not on Linux: optional
+        import psutil  # not on Linux: optional
 
         times = psutil.Process(pid).cpu_times()
         return float(times.user), float(times.system)
@@ -132,7 +132,7 @@ def machine() -> dict[str, Any]:
 def _event_loop_name() -> str:
     """What ``uvicorn`` picks for the gateway (``loop="auto"``): uvloop when installed, else asyncio."""
     try:
-        import uvloop  # type: ignore[import-not-found]  # noqa: F401
+        import uvloop  # noqa: F401
     except ImportError:
         return "asyncio"
     return "uvloop"
@@ -250,7 +250,7 @@ class Child:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C in the terminal reaches the bench, which stops us in order
-            preexec_fn=_die_with_parent(),
+            preexec_fn=_die_with_parent(),  # noqa: PLW1509 - one prctl call, resolved before the fork
         )
 
     @property

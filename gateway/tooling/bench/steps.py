@@ -159,7 +159,7 @@ def self_signed(directory: str) -> tuple[str, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway bench")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -355,10 +355,7 @@ async def run_target(config: StepsConfig, target: str, calls: int, workdir: str,
     window = (t0, t1)
     call_s = live * (t1 - t0)
     cpu_s = (u1 - u0) + (s1 - s0)
-    arrivals: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        with open(report) as f:
-            arrivals = json.load(f)["arrivals"]
+    arrivals = await asyncio.to_thread(_read_arrivals, report)  # off the loop: the file grows with the calls
     inbound, received_ms = inbound_delays(arrivals, window)
     outbound = outbound_delays(phones, window)
     sent_frames = sent1.get("media", 0) - sent0.get("media", 0)
@@ -449,32 +446,41 @@ async def _run_rounds(config: StepsConfig, say: Callable[[str], None], pinned: b
             "summary": summarize(results)}
 
 
+def _read_arrivals(report: str) -> dict[str, Any]:
+    """The relay's or the gateway's ``--report`` file: its arrivals, or none when it is missing or not JSON."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(report) as f:
+            arrivals: dict[str, Any] = json.load(f)["arrivals"]
+            return arrivals
+    return {}
+
+
+def _spread(rows: list[dict[str, Any]], key: str) -> dict[str, float] | None:
+    """The median of ``key`` over the rounds that have it, and its min-max."""
+    found = [r[key] for r in rows if r.get(key) is not None]
+    return None if not found else {"median": round(float(np.median(found)), 3),
+                                   "min": round(min(found), 3), "max": round(max(found), 3)}
+
+
+def _worst(rows: list[dict[str, Any]], key: str) -> dict[str, float] | None:
+    """Each percentile of ``key`` (a dict of them per round): its worst over the rounds."""
+    found = [r[key] for r in rows if r.get(key)]
+    return None if not found else {pct: max(d[pct] for d in found) for pct in found[0]}
+
+
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per step and target, over its rounds: the median CPU per call-second and ratio to the relay (the spread
     shown as min-max), the worst delays and losses, and whether any round had the load generator behind."""
     summary: list[dict[str, Any]] = []
     for calls, target in dict.fromkeys((r["calls"], r["target"]) for r in results):
         rows = [r for r in results if r["calls"] == calls and r["target"] == target]
-
-        def values(key: str) -> list[float]:
-            return [r[key] for r in rows if r.get(key) is not None]
-
-        def spread(key: str) -> dict[str, float] | None:
-            found = values(key)
-            return None if not found else {"median": round(float(np.median(found)), 3),
-                                           "min": round(min(found), 3), "max": round(max(found), 3)}
-
-        def worst(key: str) -> dict[str, float] | None:
-            found = [r[key] for r in rows if r.get(key)]
-            return None if not found else {pct: max(d[pct] for d in found) for pct in found[0]}
-
         summary.append({
             "calls": calls, "target": target, "rounds": len(rows),
-            "cpu_ms_per_call_second": spread("cpu_ms_per_call_second"),
-            "cpu_ratio_to_relay": spread("cpu_ratio_to_relay"),
-            "inbound_delay_ms": worst("inbound_delay_ms"), "outbound_delay_ms": worst("outbound_delay_ms"),
+            "cpu_ms_per_call_second": _spread(rows, "cpu_ms_per_call_second"),
+            "cpu_ratio_to_relay": _spread(rows, "cpu_ratio_to_relay"),
+            "inbound_delay_ms": _worst(rows, "inbound_delay_ms"), "outbound_delay_ms": _worst(rows, "outbound_delay_ms"),
             "frames_lost": sum(r["frames_lost"] for r in rows), "frames_late": sum(r["frames_late"] for r in rows),
-            "base_rss_mb": spread("base_rss_mb"), "rss_per_call_mb": spread("rss_per_call_mb"),
+            "base_rss_mb": _spread(rows, "base_rss_mb"), "rss_per_call_mb": _spread(rows, "rss_per_call_mb"),
             "load_behind_rounds": sum(1 for r in rows if r["load_behind"]),
         })
     return summary

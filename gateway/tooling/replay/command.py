@@ -118,7 +118,7 @@ async def _target(args: argparse.Namespace, settings: Settings | None) -> AsyncI
 async def _run_all(scenarios: list[Scenario], args: argparse.Namespace, settings: Settings | None,
                    headers: dict[str, str]) -> int:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     documents: list[dict[str, Any]] = []
     stems: set[str] = set()
     async with _target(args, settings) as target:
@@ -163,7 +163,7 @@ async def _one(scenario: Scenario, target: Target, args: argparse.Namespace, bas
 
     try:
         report = await run_scenario(scenario, target.ws_url, extra_headers=headers, twilio=target.twilio)
-    except (OSError, asyncio.TimeoutError, WebSocketException, DialError) as error:  # no call: a failed run
+    except (OSError, TimeoutError, WebSocketException, DialError) as error:  # no call: a failed run
         message = f"could not call {target.ws_url}: {type(error).__name__}: {error}"
         if not args.json:
             print(f"\nscenario {scenario.name}: ERROR: {message}")
@@ -180,7 +180,7 @@ async def _one(scenario: Scenario, target: Target, args: argparse.Namespace, bas
         info["notes"].append(png_note)
     document = {"scenario": info, "passed": passed, "expectations": [r.to_dict() for r in results],
                 "transcripts": transcripts, "files": files, "report": report.to_dict()}
-    Path(files["json"]).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    await asyncio.to_thread(Path(files["json"]).write_text, json.dumps(document, indent=2) + "\n", encoding="utf-8")
     if not args.json:
         print(_summary(scenario, report, results, passed, files, info["notes"]))
     document.pop("report")  # in the file; the --json document stays small

@@ -163,7 +163,7 @@ class RecordedPhone(Phone):
         self._next_frame = 0
         self._next_ts: int | None = None
 
-    def open(self, now_ms: float = 0.0) -> list[Any]:  # type: ignore[override]
+    def open(self, now_ms: float = 0.0) -> list[Any]:
         self.started = True
         return self._play(now_ms)
 
@@ -176,7 +176,7 @@ class RecordedPhone(Phone):
         due = self._mark_due_ms()
         return min(wake, self.timeout_ms) if due is None else min(wake, due, self.timeout_ms)
 
-    def tick(self, now_ms: float) -> list[Any]:  # type: ignore[override]
+    def tick(self, now_ms: float) -> list[Any]:
         if self.done:
             return []
         out: list[Any] = self._advance(now_ms)
@@ -222,7 +222,7 @@ class RecordedPhone(Phone):
         """Put a recorded frame's audio on the caller's timeline at its timestamp (gaps: lost frames)."""
         try:
             audio = base64.b64decode(media.get("payload") or "", validate=True)
-            ts = int(media.get("timestamp"))
+            ts = int(media.get("timestamp", ""))  # missing: ValueError, like a malformed one
         except (ValueError, TypeError):
             return  # replayed as recorded all the same; only the report's caller track misses it
         pos = ts * SPB

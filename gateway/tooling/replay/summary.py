@@ -16,9 +16,16 @@ from .report import CallReport
 
 
 class ExpectationResult(Protocol):
-    name: str
-    passed: bool | None
-    detail: str
+    """What the summary reads of a result (read-only: expectations.ExpectationResult is frozen)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def passed(self) -> bool | None: ...  # None: skipped
+
+    @property
+    def detail(self) -> str: ...
 
 
 _GREEN, _RED, _YELLOW, _BOLD, _DIM, _RESET = "\033[32m", "\033[31m", "\033[33m", "\033[1m", "\033[2m", "\033[0m"
