@@ -67,6 +67,45 @@ class FakeClock:
         self.now_s += seconds
 
 
+# ---------------------------------------------------------------------- a gateway under test (tests/conftest.py)
+
+
+async def call_sid_of(gw: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
+    """The CallSid of the first call the gateway started."""
+    from gateway.call import CallStarted
+
+    started = await eventually(lambda: gw.of_type(CallStarted), timeout_s, "a call started")
+    return started[0].call_sid
+
+
+async def registered(gw: Any, call_sid: str) -> None:
+    """The call holds its leases and is in the shared registry of live calls (the session does this in the
+    background, once the call started): controllable from any instance."""
+    await eventually(lambda: gw.state.shared.call_holder(call_sid), what=f"{call_sid} registered")
+
+
+async def unregistered(gw: Any, call_sid: str) -> None:
+    """The call is out of the shared registry of live calls."""
+    async def gone() -> bool:
+        return await gw.state.shared.call_holder(call_sid) is None
+    await eventually(gone, what=f"{call_sid} out of the registry")
+
+
+async def calls_over(gw: Any) -> None:
+    """The phone hung up; the gateway ends its side a moment later (its record and metrics then)."""
+    await eventually(lambda: not gw.state.active_calls, what="the gateway letting go of its calls")
+
+
+async def scrape(http_url: str, **headers: str) -> str:
+    """The gateway's ``/metrics`` text."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=http_url) as http:
+        response = await http.get("/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
 # ---------------------------------------------------------------------- audio
 
 

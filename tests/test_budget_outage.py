@@ -32,8 +32,7 @@ from gateway.twilio.security import INBOUND
 from gateway.state import MemoryState, RedisState, SQLiteState
 
 from .conftest import PRICED_AS_GPT_REALTIME, start_gateway
-from .helpers import eventually
-from .test_observe import calls_over, scrape, total
+from .helpers import calls_over, eventually, metric, scrape
 
 REDIS_SERVER = shutil.which("redis-server")
 CALL_SID = "CA" + "7" * 32
@@ -192,7 +191,7 @@ async def test_an_unreadable_total_is_its_own_refusal_and_readyz_says_so_until_r
         after = await scrape(gw.http_url)
 
         def delta(name: str, **labels: str) -> float:
-            return total(after, name, **labels) - total(before, name, **labels)
+            return metric(after, name, **labels) - metric(before, name, **labels)
 
         assert delta("gateway_refused_calls_total", reason="budget_unavailable") == 1
         assert delta("gateway_refused_calls_total", reason="daily_budget") == 0
@@ -306,10 +305,10 @@ async def test_stream_admission_and_leases_are_bounded_and_refused_for_what_they
         await calls_over(gw)
         record = await gw.state.store.get_call(report.call_sid)
         after = await scrape(gw.http_url)
-    assert total(after, "gateway_refused_calls_total", reason="state_unavailable") - \
-        total(before, "gateway_refused_calls_total", reason="state_unavailable") == 1
-    assert total(after, "gateway_refused_calls_total", reason="global_limit") == \
-        total(before, "gateway_refused_calls_total", reason="global_limit")
+    assert metric(after, "gateway_refused_calls_total", reason="state_unavailable") - \
+        metric(before, "gateway_refused_calls_total", reason="state_unavailable") == 1
+    assert metric(after, "gateway_refused_calls_total", reason="global_limit") == \
+        metric(before, "gateway_refused_calls_total", reason="global_limit")
     assert record is not None and record.ended_by == "refused" and "state unavailable" in (record.end_reason or ""), record
 
 

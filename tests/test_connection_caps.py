@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 from dataclasses import replace
 
@@ -24,7 +23,7 @@ from gateway.config import ConfigError, Settings
 from gateway.server.connection_caps import address_caps
 
 from .conftest import start_gateway
-from .helpers import eventually
+from .helpers import eventually, metric_by_label
 
 TOKEN = "twilio-auth-token-for-caps-01234"
 PUBLIC_URL = "https://gateway.example.test"
@@ -35,14 +34,9 @@ BODY_PENDING = (b"POST /incoming-call HTTP/1.1\r\nHost: x\r\nContent-Type: appli
                 b"Content-Length: 1000\r\n\r\n")
 
 
-def refused_total(text: str) -> dict[str, float]:
-    return {match[1]: float(match[2]) for match in
-            re.finditer(r'^gateway_refused_connections_total\{reason="([a-z_]+)"\} ([0-9.e+]+)$', text, re.MULTILINE)}
-
-
 async def scrape(base: str) -> dict[str, float]:
     async with httpx.AsyncClient(base_url=base) as http:
-        return refused_total((await http.get("/metrics")).text)
+        return metric_by_label((await http.get("/metrics")).text, "gateway_refused_connections_total", "reason")
 
 
 async def open_from(source: str, base: str, payload: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

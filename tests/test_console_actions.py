@@ -14,7 +14,7 @@ from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.store import CallRecord
 
 from .test_console import ALICE, BOB, OPERATOR, console, client_for, csrf_of, login
-from .test_control import call_sid_of
+from .helpers import call_sid_of, eventually, registered, unregistered
 
 OWN_CALL = "CA" + "a1" * 16
 
@@ -30,18 +30,11 @@ async def signed_in(client: httpx.AsyncClient, key: str) -> str:
     return csrf_of((await client.get("/console/live")).text)
 
 
-async def wait_registered(gateway, call_sid: str) -> None:
-    deadline = time.monotonic() + 10
-    while await gateway.state.shared.call_holder(call_sid) is None:
-        assert time.monotonic() < deadline, "the call was never registered"
-        await asyncio.sleep(0.05)
-
-
 async def test_actions_need_a_session_the_consoles_origin_and_its_csrf_token() -> None:
     async with console() as gateway, client_for(gateway) as operator:
         phone = long_call(gateway.ws_url)
         call_sid = await call_sid_of(gateway)
-        await wait_registered(gateway, call_sid)
+        await registered(gateway, call_sid)
         url = f"/console/live/calls/{call_sid}/hangup"
         async with client_for(gateway) as stranger:
             refused = await stranger.post(url, data={"csrf": "x"})
@@ -70,17 +63,15 @@ async def test_actions_need_a_session_the_consoles_origin_and_its_csrf_token() -
         said = await operator.post(f"/console/live/calls/{call_sid}/say",
                                    data={"csrf": token, "text": "Your order shipped today."})
         assert said.status_code == 202 and said.json()["accepted"] is True, said.text
-        deadline = time.monotonic() + 10
-        while ("system", "Your order shipped today.") not in gateway.local_server.sessions[-1].client_texts:
-            assert time.monotonic() < deadline, gateway.local_server.sessions[-1].client_texts
-            await asyncio.sleep(0.05)
+        await eventually(lambda: ("system", "Your order shipped today.") in gateway.local_server.sessions[-1].client_texts,
+                         what="the say at the model")
 
         hung = await operator.post(url, data={"csrf": token})
         assert hung.status_code == 202 and hung.json() == {"call_sid": call_sid, "action": "hangup", "accepted": True,
                                                            "instance": gateway.state.settings.instance_id}
         report = await asyncio.wait_for(phone, 15)
         assert report.ended_by == "gateway_closed"
-        await asyncio.sleep(0.2)
+        await unregistered(gateway, call_sid)
         gone = await operator.post(url, data={"csrf": token})
         assert gone.status_code == 404 and gone.json()["error"]["code"] in ("call_not_live", "call_not_found")
 
@@ -92,7 +83,7 @@ async def test_a_key_controls_only_the_calls_it_placed_and_silent_or_unknown_hol
             call_sid=OWN_CALL, to="+14155550123", from_="+14155550100", direction="outbound-api",
             status="in-progress", api_key_id=key_id(ALICE), created_at=time.time()))
         hers = long_call(gateway.ws_url, call_sid=OWN_CALL)
-        await wait_registered(gateway, OWN_CALL)
+        await registered(gateway, OWN_CALL)
         alice_token, bob_token = await signed_in(alice, ALICE), await signed_in(bob, BOB)
         foreign = await bob.post(f"/console/live/calls/{OWN_CALL}/hangup", data={"csrf": bob_token})
         assert foreign.status_code == 404 and foreign.json()["error"]["code"] == "call_not_found"
@@ -103,14 +94,10 @@ async def test_a_key_controls_only_the_calls_it_placed_and_silent_or_unknown_hol
         assert (await alice.post(f"/console/live/calls/{OWN_CALL}/hangup", data={"csrf": bob_token})).status_code == 403
 
         inbound = long_call(gateway.ws_url)
-        inbound_sid = None
-        deadline = time.monotonic() + 10
-        while inbound_sid is None:
-            inbound_sid = next((call.call.call_sid for call in gateway.state.active_calls
-                                if call.call.call_sid not in ("", OWN_CALL)), None)
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
-        await wait_registered(gateway, inbound_sid)
+        inbound_sid = await eventually(lambda: next((call.call.call_sid for call in gateway.state.active_calls
+                                                     if call.call.call_sid not in ("", OWN_CALL)), None),
+                                       what="the inbound call up")
+        await registered(gateway, inbound_sid)
         assert (await alice.post(f"/console/live/calls/{inbound_sid}/hangup",
                                  data={"csrf": alice_token})).status_code == 404
         assert (await alice.post(f"/console/live/calls/{OWN_CALL}/hangup", data={"csrf": alice_token})).status_code \

@@ -34,7 +34,8 @@ from gateway.store import CallRecord
 
 from .conftest import GatewayUnderTest, start_gateway
 from .test_console import OPERATOR, client_for, csrf_of, login, read_events, wait_for
-from .test_control import REDIS_URL, call_sid_of, redis_or_skip
+from .helpers import call_sid_of
+from .test_control import REDIS_URL, redis_or_skip
 from .test_workers import wait_healthy
 
 ALICE = "alice-key-bbbbbbbbbbbbbbbbbbbbbbbb"

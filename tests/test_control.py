@@ -13,12 +13,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.call import CallStarted
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.state import MemoryState, RedisState
 
 from .conftest import start_gateway
-from .helpers import eventually
+from .helpers import call_sid_of, eventually, registered, unregistered
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 # Random per run: with Redis, the per-key control rate limit is shared by every run against the same server.
@@ -34,23 +33,6 @@ async def redis_or_skip() -> None:
         pytest.skip(f"Redis not reachable at {REDIS_URL}: {type(error).__name__}: {error}")
     finally:
         await client.aclose()
-
-
-async def call_sid_of(gw, timeout_s: float = 10.0) -> str:
-    started = await eventually(lambda: gw.of_type(CallStarted), timeout_s, "a call started")
-    return started[0].call_sid
-
-
-async def registered(gw, call_sid: str) -> None:
-    """The call holds its leases and is in the registry of live calls (the session does this in the background,
-    once the call started)."""
-    await eventually(lambda: gw.state.shared.call_holder(call_sid), what=f"{call_sid} registered")
-
-
-async def unregistered(gw, call_sid: str) -> None:
-    async def gone() -> bool:
-        return await gw.state.shared.call_holder(call_sid) is None
-    await eventually(gone, what=f"{call_sid} out of the registry")
 
 
 def long_call(gw):

@@ -21,7 +21,7 @@ from gateway.server.runner import free_port
 
 from .conftest import start_gateway
 from .test_operator_paths import run_once, serving
-from .test_workers import metric_total
+from .helpers import metric
 
 TOKEN = "twilio-auth-token-for-metrics-01"
 REAL_MODEL = {"api_key": "sk-test-not-a-real-key", "twilio_auth_token": TOKEN, "public_url": "https://gw.example.test"}
@@ -126,11 +126,11 @@ async def test_every_workers_metrics_from_the_one_metrics_port(tmp_path) -> None
             assert (await http.get(base + "/metrics")).status_code == 404  # not on the public port of any worker
             for _ in range(100):
                 text = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
-                if metric_total(text, "gateway_calls_total") >= 4 and metric_total(text, "gateway_calls_active") == 0:
+                if metric(text, "gateway_calls_total") >= 4 and metric(text, "gateway_calls_active") == 0:
                     break
                 await asyncio.sleep(0.1)
         # Whichever worker held a call, the one port counts it.
-        assert metric_total(text, "gateway_calls_total") == 4, text
+        assert metric(text, "gateway_calls_total") == 4, text
         assert gw.output().count(f"127.0.0.1:{metrics_port}/metrics") == 1, gw.output()  # the parent's, no worker's
 
 

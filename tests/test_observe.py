@@ -3,10 +3,8 @@ call's cost checked against a hand computation from the usage the embedded model
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import re
 
 import httpx
 import pytest
@@ -16,40 +14,7 @@ from gateway.observe.logs import CallContextFilter, JsonFormatter, TextFormatter
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 
 from .conftest import PRICED_AS_GPT_REALTIME, start_gateway
-
-
-def sample(text: str, name: str, labels: str = "") -> float:
-    """One sample's value from the Prometheus text format (0 when absent)."""
-    pattern = re.escape(name) + (r"\{" + labels + r"\}" if labels else r"(?:\{\})?") + r" ([0-9.e+-]+)"
-    found = re.search("^" + pattern + "$", text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
-def total(text: str, name: str, **labels: str) -> float:
-    """The sum of every sample of ``name`` whose labels include ``labels``."""
-    out = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{key}="{value}"' in line for key, value in labels.items()):
-            out += float(line.rsplit(" ", 1)[1])
-    return out
-
-
-async def calls_over(gw) -> None:
-    """The phone hung up; the gateway ends its side a moment later (its record and metrics then)."""
-    for _ in range(100):
-        if not gw.app.state.gateway.active_calls:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the gateway still holds the call")
-
-
-async def scrape(http_url: str, **headers: str) -> str:
-    async with httpx.AsyncClient(base_url=http_url) as http:
-        response = await http.get("/metrics", headers=headers)
-    assert response.status_code == 200, response.text
-    return response.text
+from .helpers import calls_over, metric, metric_sample, scrape
 
 
 def test_usage_follows_openais_billing_rule_and_prices_resolve_snapshots():
@@ -104,9 +69,9 @@ async def test_a_keyless_demo_call_counts_its_tokens_and_costs_nothing():
         await calls_over(gw)
         after = await scrape(gw.http_url)
         record = await gw.state.store.get_call(report.call_sid)
-    assert total(after, "gateway_model_tokens_total", kind="audio_out") > total(before, "gateway_model_tokens_total",
+    assert metric(after, "gateway_model_tokens_total", kind="audio_out") > metric(before, "gateway_model_tokens_total",
                                                                                kind="audio_out")
-    assert total(after, "gateway_cost_usd_total") == total(before, "gateway_cost_usd_total")
+    assert metric(after, "gateway_cost_usd_total") == metric(before, "gateway_cost_usd_total")
     assert record is not None and record.cost_usd == 0
 
 
@@ -124,10 +89,10 @@ async def test_a_scripted_call_shows_in_the_metrics_and_costs_what_its_usage_say
     assert answered == 2, report.turns
 
     def delta(name: str, **labels: str) -> float:
-        return total(after, name, **labels) - total(before, name, **labels)
+        return metric(after, name, **labels) - metric(before, name, **labels)
 
     assert delta("gateway_calls_total", direction="inbound", outcome="completed", ended_by="caller") == 1
-    assert sample(after, "gateway_calls_active") == 0
+    assert metric_sample(after, "gateway_calls_active") == 0
     assert delta("gateway_turn_latency_seconds_count") == answered
     assert delta("gateway_model_time_to_first_audio_seconds_count") >= answered
     assert delta("gateway_call_duration_seconds_count") == 1
@@ -179,8 +144,8 @@ async def test_the_daily_budget_refuses_new_calls_politely():
             twiml = (await http.post("/incoming-call", data={"CallSid": "CA" + "2" * 32})).text
         metrics_text = await scrape(gw.http_url)
     assert "<Say>" in twiml and "tomorrow" in twiml and "<Connect>" not in twiml, twiml
-    assert total(metrics_text, "gateway_refused_calls_total", reason="daily_budget") >= 1
-    assert sample(metrics_text, "gateway_daily_budget_used_ratio") >= 1
+    assert metric(metrics_text, "gateway_refused_calls_total", reason="daily_budget") >= 1
+    assert metric_sample(metrics_text, "gateway_daily_budget_used_ratio") >= 1
 
 
 class _Lines(logging.Handler):
@@ -279,10 +244,10 @@ async def test_audio_held_by_the_pacer_does_not_count_as_forwarding_delay():
         await calls_over(gw)
         after = await scrape(gw.http_url)
     # The echo answer (~3 s of audio) is paced 500 ms ahead of playback: most chunks wait in the gateway on purpose.
-    slow = (total(after, "gateway_frame_forward_delay_seconds_count", direction="to_twilio")
-            - total(after, "gateway_frame_forward_delay_seconds_bucket", direction="to_twilio", le="0.1")) \
-        - (total(before, "gateway_frame_forward_delay_seconds_count", direction="to_twilio")
-           - total(before, "gateway_frame_forward_delay_seconds_bucket", direction="to_twilio", le="0.1"))
+    slow = (metric(after, "gateway_frame_forward_delay_seconds_count", direction="to_twilio")
+            - metric(after, "gateway_frame_forward_delay_seconds_bucket", direction="to_twilio", le="0.1")) \
+        - (metric(before, "gateway_frame_forward_delay_seconds_count", direction="to_twilio")
+           - metric(before, "gateway_frame_forward_delay_seconds_bucket", direction="to_twilio", le="0.1"))
     assert slow == 0
 
 

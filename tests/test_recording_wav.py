@@ -4,7 +4,6 @@ GET /calls/{sid}/recording with the API's scoping."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import stat
@@ -23,7 +22,7 @@ from gateway.store.retention import RECORDING_FILE
 from gateway.audio.wavio import read_wav
 
 from .conftest import start_gateway
-from .helpers import mulaw_tone
+from .helpers import calls_over, mulaw_tone
 from .test_outbound_e2e import outbound_gateway, place_and_answer
 
 SPB = 8  # mu-law samples per ms
@@ -126,14 +125,6 @@ def test_a_recording_is_served_only_from_its_directory_and_never_through_a_link(
 def near(flags: np.ndarray, ms: int = 30) -> np.ndarray:
     """Each ms within ``ms`` of a flagged one."""
     return np.convolve(flags.astype(np.int32), np.ones(2 * ms + 1, np.int32), mode="same") > 0
-
-
-async def calls_over(gateway) -> None:
-    for _ in range(200):
-        if not gateway.state.active_calls:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the gateway still holds the call")
 
 
 async def test_a_recorded_call_is_a_stereo_wav_of_what_each_side_heard_and_is_served_as_scoped(tmp_path):

@@ -16,6 +16,8 @@ from gateway.tooling.fuzz import _clean_env
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.server.runner import free_port
 
+from .helpers import metric
+
 
 async def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 40.0) -> None:
     deadline = time.monotonic() + timeout_s
@@ -29,11 +31,6 @@ async def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 40.0
                 pass
             await asyncio.sleep(0.2)
     raise AssertionError("the workers did not become ready")
-
-
-def metric_total(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))
 
 
 async def test_two_workers_share_credentials_state_and_metrics(tmp_path) -> None:
@@ -61,16 +58,16 @@ async def test_two_workers_share_credentials_state_and_metrics(tmp_path) -> None
         async with httpx.AsyncClient(base_url=base) as http:
             for _ in range(50):
                 text = (await http.get("/metrics")).text
-                if metric_total(text, "gateway_calls_active") == 0 and metric_total(text, "gateway_calls_total") >= 4:
+                if metric(text, "gateway_calls_active") == 0 and metric(text, "gateway_calls_total") >= 4:
                     break
                 await asyncio.sleep(0.1)
         # Whichever worker answered /metrics, it counts every worker's calls.
-        assert metric_total(text, "gateway_calls_total") == 4, text
-        assert metric_total(text, "gateway_turn_latency_seconds_count") == 4
+        assert metric(text, "gateway_calls_total") == 4, text
+        assert metric(text, "gateway_turn_latency_seconds_count") == 4
         # Memory and CPU of each process of the group (the supervisor and both workers), for the alerts.
         pids = set(re.findall(r'^process_resident_memory_bytes\{pid="(\d+)"\} [0-9.e+]+$', text, re.M))
         assert str(proc.pid) in pids and len(pids) == 3, pids
-        assert metric_total(text, "process_cpu_seconds_total") > 0
+        assert metric(text, "process_cpu_seconds_total") > 0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
