@@ -130,7 +130,8 @@ def layer_of(module: str, layers: list[Layer]) -> int | None:
 def wall_violations(modules: list[str], imports: list[Import], layers: list[Layer]) -> list[str]:
     """What breaks the map, one line each: a module in no layer, an import upwards, the tooling imported by the
     product (other than lazily by the entry point)."""
-    problems = [f"{m}: in no layer of the table in docs/ARCHITECTURE.md" for m in modules if layer_of(m, layers) is None]
+    problems = [f"{m}: in no layer of the table in docs/ARCHITECTURE.md"
+                for m in modules if layer_of(m, layers) is None]
     tooling = next(i for i, layer in enumerate(layers) if layer.name == TOOLING)
     for imp in imports:
         source, target = layer_of(imp.source, layers), layer_of(imp.target, layers)
@@ -256,7 +257,8 @@ def _append(path: Path, code: str) -> None:
 
 def test_a_product_module_importing_the_tooling_fails(tmp_path):
     package = _copy(tmp_path)
-    _append(package / "server" / "app.py", "def _plot():\n    from gateway.tooling.replay.plot import write_timeline_png")
+    _append(package / "server" / "app.py",
+            "def _plot():\n    from gateway.tooling.replay.plot import write_timeline_png")
     problems = check(package, LAYERS)
     assert len(problems) == 1 and "gateway.server.app" in problems[0] and "imports the tooling" in problems[0], problems
 

@@ -1,4 +1,4 @@
-"""WAV files for the replay harness: a small RIFF reader/writer that knows G.711, and the bundled samples.
+"""WAV files: a small RIFF reader/writer that knows G.711, and the bundled samples (prompts, callers of the harness).
 
 Python's :mod:`wave` reads and writes PCM only, but a phone line carries mu-law (``WAVE_FORMAT_MULAW`` = 7),
 which is what the bundled samples and the harness's recordings are. This module reads PCM (8/16/24/32-bit

@@ -17,7 +17,9 @@ from typing import Any, Callable, TypeVar
 
 import orjson
 
-from gateway.observe.logsafe import LIFESPAN_FAILED, MAX_MESSAGE_CHARS, SafeFormatter, escape_controls, lifespan_traceback
+from gateway.observe.logsafe import (
+    LIFESPAN_FAILED, MAX_MESSAGE_CHARS, SafeFormatter, escape_controls, lifespan_traceback,
+)
 
 _E164 = re.compile(r"(?:\+|%2[Bb])\d{6,15}")  # as written, or URL-encoded in a query string
 _STREAM_CREDENTIAL = re.compile(r"(/media-stream/)[^\s\"']+")

@@ -1,7 +1,7 @@
 """Call recordings as audio: the call as a stereo WAV, made from its frame recording when the call ends.
 
-``<dir>/<CallSid>.wav`` (the name of the call's ``.jsonl`` frame recording, :mod:`gateway.recordings.frames`, with ``.wav``):
-8 kHz PCM16, two channels on one timeline that starts with Twilio's ``start``:
+``<dir>/<CallSid>.wav`` (the name of the call's ``.jsonl`` frame recording, :mod:`gateway.recordings.frames`, with
+``.wav``): 8 kHz PCM16, two channels on one timeline that starts with Twilio's ``start``:
 
 * left, the caller: each inbound ``media`` frame's mu-law decoded and placed at its own timestamp (a lost frame is
   silence);

@@ -85,7 +85,7 @@ class GatewayState:
         self._shared: SharedState = shared if shared is not None else open_state(settings.redis_url,
                                                                                  settings.state_sqlite_path)
         self.warnings = insecure_warnings(settings)  # repeated by /healthz while they hold
-        self.draining = False  # set on SIGTERM: no new calls, the live ones go on (gateway.server.runner.DrainingServer)
+        self.draining = False  # set on SIGTERM: no new calls, the live ones go on (runner.DrainingServer)
         self.refused_streams = DropCounter(
             log, "media stream upgrades", settings.drop_log_interval_s,
             counted=lambda reason, n: metrics.REFUSED_STREAMS.labels(metrics.label("refused", "reason", reason)).inc(n))

@@ -194,8 +194,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return dict(
         # uvicorn's h11 protocol with the bounds it lacks; uvicorn's own when its private names are missing.
         http="h11" if FALLBACKS["http"] else protocol,
-        # uvicorn's websockets-sansio protocol with a direct path for media streams (gateway.server.direct_ws): an app that
-        # does not attach a receiver (the bench's null relay) gets plain ASGI, and so does every app when uvicorn
+        # uvicorn's websockets-sansio protocol with a direct path for media streams (gateway.server.direct_ws): an app
+        # that does not attach a receiver (the bench's null relay) gets plain ASGI, and so does every app when uvicorn
         # lacks a private name the direct path uses.
         ws=WEBSOCKET_PROTOCOL,
         ws_max_size=1 << 20,  # hard cap; frames over MAX_FRAME_BYTES are dropped by the gateway itself

@@ -52,7 +52,8 @@ async def run(leads: list[int], runs: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.tooling.bench.pacing", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gateway.tooling.bench.pacing",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--leads", default="0,1000,500", help="TWILIO_AUDIO_LEAD_MS values (default 0,1000,500)")
     parser.add_argument("--runs", type=int, default=2, help="calls per lead and path (default 2)")
     args = parser.parse_args(argv)
