@@ -8,14 +8,15 @@ parsed. The contract lives here, with the shell that uses it, so the shell impor
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 DIRECT_RECEIVE = "gateway.websocket.direct_receive"
 
 Receiver = Callable[[bytes], None]
 
 
-def direct_receive(scope: dict[str, Any]) -> Callable[[Receiver | None], None] | None:
+def direct_receive(scope: Mapping[str, Any]) -> Callable[[Receiver | None], None] | None:
     """The attach function of the server this connection came through, or None (another server: plain ASGI)."""
     extension = scope.get("extensions", {}).get(DIRECT_RECEIVE)
     return extension.get("attach") if isinstance(extension, dict) else None
