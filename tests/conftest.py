@@ -69,10 +69,29 @@ async def gateway() -> AsyncIterator[GatewayUnderTest]:
         yield running
 
 
+# Modules whose tests all start no server (no gateway, no embedded model, no subprocess serving) and wait for no
+# real time: the `fast` marker (`pytest -m fast`, under a minute in all; CI runs them on the minimum versions too).
+# A module joins when every test in it is such a test; a fast test elsewhere carries @pytest.mark.fast itself.
+FAST_MODULES = frozenset({
+    "test_audio", "test_audio_passthrough", "test_audio_polyphase", "test_call", "test_call_contracts",
+    "test_call_reconnect", "test_logsafe", "test_messages", "test_outbox", "test_properties_api",
+    "test_properties_edge", "test_properties_security", "test_settings_declared", "test_store_figures",
+    "test_store_spool",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in FAST_MODULES:
+            item.add_marker(pytest.mark.fast)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _load_openai_models_before_any_call() -> None:
+def _load_openai_models_before_any_call(request: pytest.FixtureRequest) -> None:
     """Importing openai and building its models takes seconds; do it once, before a call's clock runs,
     so the first validated event of the run does not stall a live call's event loop."""
+    if all(item.get_closest_marker("fast") for item in request.session.items):
+        return  # no call in this run (pytest -m fast): nothing to warm up
     from gateway.local.schema import EventSchemaError, validate_server_event
 
     try:
