@@ -318,12 +318,16 @@ async def test_a_call_of_a_gateway_killed_with_9_shows_as_lost_with_what_was_kno
 
             doomed.send_signal(signal.SIGKILL)
             doomed.wait(10)
+            # Its registry entry would expire within 30 s of its last renewal (LEASE_TTL_S): expired now, as if
+            # those seconds had passed (the TTL itself is the shared state's, tested there), not waited for.
+            with sqlite3.connect(os.path.join(data_dir, "state.db")) as state:
+                assert state.execute("UPDATE calls SET expires = 0 WHERE call_sid = ?", (sid,)).rowcount == 1
 
             async def lost():
                 response = await http.get(f"/calls/{sid}", headers=AUTH)
                 return response.json()["status"] == "lost" and response.json()
-            # The registry entry lives up to 30 s after its last renewal; the survivor sweeps every 10 s.
-            record = await eventually(lost, 60, "the call marked lost", 0.5)
+            # The survivor sweeps every 10 s (SWEEP_INTERVAL_S).
+            record = await eventually(lost, 30, "the call marked lost", 0.2)
             assert record["outcome"] == "lost" and "doomed" in record["end_reason"], record
             assert (record["holder"], record["direction"], record["started_at"]) == ("doomed", "inbound",
                                                                                    record["started_at"])
