@@ -2,7 +2,8 @@
 
 The layer map is the table under "## Layers" in docs/ARCHITECTURE.md (one place: this test parses it, so the page
 cannot drift from the code). Every module's imports are read with ``ast``, at the top of the module and inside
-functions alike (a lazy import is still a dependency), and three rules are enforced:
+functions alike (a lazy import is still a dependency), and three rules are enforced (``python tests/test_layers.py``
+lists what breaks them):
 
 * every module of the package belongs to exactly one layer of the table;
 * a module imports only from its own layer and the layers below it; the tooling is imported by no product module,
@@ -303,3 +304,9 @@ def test_relative_and_submodule_imports_are_resolved():
         ("gateway.audio.convert", False), ("gateway.audio.convert", False), ("gateway.cli", True)]
     assert wall_violations(list(modules), reader.found, layers) == [
         "gateway.tooling.fuzz (line 5) imports gateway.cli: tooling imports the higher layer entry"]
+
+
+if __name__ == "__main__":  # `python tests/test_layers.py`: every module's layer problem and every cycle, one a line
+    found = check(ROOT / "gateway", LAYERS)
+    print("\n".join(found) or "no problem: every import keeps to the layer map, no cycle")
+    sys.exit(1 if found else 0)
