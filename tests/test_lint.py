@@ -22,18 +22,20 @@ def _tool(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+@pytest.mark.fast
 def test_ruff_finds_nothing_in_the_package_and_the_tests() -> None:
     done = subprocess.run([*_tool("ruff"), "check", "--no-cache", "gateway", "tests"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_mypy_finds_nothing_in_the_package() -> None:
+def test_mypy_finds_nothing_in_the_package() -> None:  # about 20 s from a cold cache: not in the fast set
     done = subprocess.run([*_tool("mypy")], cwd=ROOT, capture_output=True, text=True, timeout=280, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Success: no issues found" in done.stdout
 
 
+@pytest.mark.fast
 def test_the_configuration_checks_what_issue_18_asks() -> None:
     mypy = PYPROJECT["tool"]["mypy"]
     assert mypy["python_version"] == "3.11" and mypy["files"] == ["gateway"]
@@ -53,6 +55,7 @@ def test_the_configuration_checks_what_issue_18_asks() -> None:
     assert any(d.startswith("mypy>=") for d in test_extra) and any(d.startswith("ruff>=") for d in test_extra)
 
 
+@pytest.mark.fast
 def test_ci_runs_both_after_the_install_and_before_the_tests() -> None:
     commands = [shlex.split(line) for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
