@@ -133,7 +133,8 @@ class LiveRelay:
                     log.warning("console: the live relay cannot publish (%s: %s); other instances' live views miss "
                                 "this instance's calls until it can", type(error).__name__, error)
                 self._failing = True
-            await asyncio.sleep(PUBLISH_EVERY_S)
+            if not self._closed:  # closing (its cancellation may have been swallowed mid-publish): end now
+                await asyncio.sleep(PUBLISH_EVERY_S)
 
     # ---- the browser's side
 
