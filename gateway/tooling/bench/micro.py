@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gateway.audio.convert import Downsampler, MulawToPcm24k, Pcm24kToMulaw, Upsampler, mulaw_decode, mulaw_encode
+from gateway.call import Call, CallConfig
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 
@@ -81,7 +82,21 @@ def cases() -> list[tuple[str, Callable[[], Any]]]:
         ("encode twilio mark", lambda: tw.encode_message(tw.mark_message(SID, "m12"))),
         ("encode twilio clear", lambda: tw.encode_message(tw.clear_message(SID))),
         ("encode truncate", lambda: tw.encode_message(rt.item_truncate("item_1", 1234))),
+        ("call core: caller frame, pcm16 20 ms", _caller_frames(mulaw)),
     ]
+
+
+def _caller_frames(mulaw: bytes) -> Callable[[], Any]:
+    """One 20 ms frame through the call core (a call with its model session up), on the stream's clock."""
+    call = Call(CallConfig(session_update={"type": "session.update", "session": {}}))
+    call.twilio_event(tw.Start(SID, "CA1", "AC1", "audio/x-mulaw", 8000, {}), 0.0)
+    call.model_connected(0.0)
+    clock = [0]
+
+    def frame() -> Any:
+        clock[0] += 20
+        return call.twilio_event(tw.Media(SID, clock[0], mulaw), float(clock[0]))
+    return frame
 
 
 def _us_after_idle(fn: Callable[[], Any], idle_s: float = 0.0005, runs: int = 400) -> float:
