@@ -15,6 +15,8 @@ import httpx
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.server.runner import free_port
 
+from .helpers import eventually
+
 
 def serve(**env: str) -> tuple[subprocess.Popen, str, object]:
     port = free_port()
@@ -42,6 +44,14 @@ async def wait_ready(url: str, process: subprocess.Popen) -> None:
     raise AssertionError("the gateway never became healthy")
 
 
+async def call_up(url: str) -> None:
+    """The gateway holds the call (its stream started)."""
+    async with httpx.AsyncClient(base_url=url) as http:
+        async def one_call() -> bool:
+            return (await http.get("/healthz")).json()["active_calls"] == 1
+        await eventually(one_call, 15, "the call up")
+
+
 def output(log) -> str:
     log.seek(0)
     return log.read().decode("utf-8", "replace")
@@ -55,11 +65,13 @@ async def test_sigterm_lets_the_live_call_finish_refuses_new_ones_and_exits_0() 
                  CallerTurn(load_sample("caller_question"), after_silence_ms=1500, name="after")]
         call = asyncio.create_task(run_call(url.replace("http", "ws") + "/media-stream", turns, timeout_s=30,
                                             hangup_after_ms=500))
-        await asyncio.sleep(1.0)  # the call is up and talking
+        await call_up(url)
         process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
         async with httpx.AsyncClient(base_url=url) as http:
-            ready = await http.get("/readyz")
+            async def draining() -> httpx.Response | None:
+                ready = await http.get("/readyz")
+                return ready if ready.status_code == 503 else None
+            ready = await eventually(draining, 10, "/readyz 503 once SIGTERM is handled")
             webhook = await http.post("/incoming-call", data={"CallSid": "CA" + "1" * 32})
             health = (await http.get("/healthz")).json()
         assert ready.status_code == 503 and ready.json()["reason"] == "draining"
@@ -100,7 +112,7 @@ async def test_the_drain_timeout_bounds_the_wait() -> None:
         call = asyncio.create_task(run_call(url.replace("http", "ws") + "/media-stream",
                                             [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
                                             timeout_s=30, hangup_after_ms=20_000))
-        await asyncio.sleep(1.0)
+        await call_up(url)
         process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         assert await asyncio.to_thread(process.wait, 10) == 0, output(log)
