@@ -3,8 +3,8 @@
 * :class:`Greeting` (:class:`GreetingPhase`): the agent's first words, asked of every session until heard;
 * :class:`Responses` (:class:`ResponsePhase`): the model response under way, or asked for, and one wanted next;
 * :class:`ModelLink` (:class:`LinkPhase`): the current model session, and a next one prepared beside it;
-* :class:`Line` (:class:`LinePhase`): what the caller's line plays besides the agent (comfort noise, the wait
-  prompt), and the call control (hang-up, transfer) that waits for the agent's words to be heard
+* :class:`Line` (:class:`LinePhase`), the playback state: what the caller's line plays besides the agent (comfort
+  noise, the wait prompt; the agent's own audio is accounted in :mod:`gateway.call.playback`), and the call control (hang-up, transfer) that waits for the agent's words to be heard
   (:class:`ControlPhase`, :class:`TransferPhase`).
 
 Plain slotted objects: the hot path (a caller frame every 20 ms, agent audio) reads one attribute of one of them and
