@@ -306,7 +306,7 @@ class ModelLinks:
             self._dispatch(self.call.rollover_ready(_now_ms()))
         except asyncio.CancelledError:
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - whatever failed, reported to the core (logged there); the call goes on
             retry_after_s = error.retry_after_s if isinstance(error, UpgradeRefused) else None
             self._dispatch(self.call.rollover_failed(f"{type(error).__name__}: {error}", _now_ms(),
                                                      retry_after_s * 1000.0 if retry_after_s is not None else None))
