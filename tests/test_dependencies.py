@@ -120,6 +120,7 @@ async def test_the_installed_uvicorn_has_every_private_name_the_gateway_uses() -
     assert FALLBACKS == {"direct_ws": [], "http": [], "server": []}
 
 
+@pytest.mark.fast
 def test_missing_internals_reads_the_methods_and_the_attributes_a_class_assigns() -> None:
     class Base:
         kept = 1
@@ -179,6 +180,7 @@ def test_a_setting_whose_extra_is_not_installed_stops_serve_with_one_line_naming
     assert len([line for line in output.splitlines() if message in line]) == 1
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("extra", "module"), [("postgres", "psycopg_pool"), ("redis", "redis"),
                                                 ("otel", "opentelemetry.sdk.trace"), ("plots", "matplotlib")])
 def test_require_names_the_extra(monkeypatch: pytest.MonkeyPatch, extra: str, module: str) -> None:
@@ -233,6 +235,7 @@ def declared_minimums() -> dict[str, str]:
     return minimums
 
 
+@pytest.mark.fast
 def test_the_minimum_constraints_pin_every_declared_lower_bound() -> None:
     pinned = {}
     for line in (ROOT / "constraints" / "minimum.txt").read_text().splitlines():
@@ -246,6 +249,7 @@ def test_the_minimum_constraints_pin_every_declared_lower_bound() -> None:
         assert pinned.get(name) == version, f"{name}>={version} in pyproject.toml, {pinned.get(name)} pinned"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("lock", "extras"), [("lock-image.txt", ["all"]), ("lock-ci.txt", ["test"])])
 def test_the_lock_files_pin_every_requirement_within_its_bounds_with_hashes(lock: str, extras: list[str]) -> None:
     from packaging.requirements import Requirement
