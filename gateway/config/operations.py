@@ -111,7 +111,8 @@ STORE_URL = Setting(
     "Call records and per-call settings: `sqlite:///path.db` (the default, a file in `DATA_DIR`: records "
     "survive a restart; several workers of one host share it), `memory://` (one process, lost on restart) "
     "or `postgresql://user@host:5432/db` (several hosts behind a load balancer). The schema is created, "
-    "or migrated in place, at start-up.",
+    "or migrated in place, at start-up. PostgreSQL needs the `postgres` extra (`pip install "
+    "'gateway[postgres]'`).",
     reader=readers.store_url,
 )
 
@@ -145,7 +146,8 @@ REDIS_URL = Setting(
     "messages, the daily cost total, the console's logins and its live view's relay. Unset: in-process "
     "(or `STATE_SQLITE_PATH`). Unreachable, refusing or hung: limits and credentials fail closed within "
     "300 ms (503, refused streams, calls ended with the spoken message) and `/readyz` answers 503 (see "
-    "[Run many](#run-many-instances-workers-redis-and-control-from-anywhere)).",
+    "[Run many](#run-many-instances-workers-redis-and-control-from-anywhere)). Needs the `redis` extra "
+    "(`pip install 'gateway[redis]'`).",
     secret=True, reader=readers.redis_url,
 )
 
@@ -218,7 +220,7 @@ METRICS_HOST = Setting(
 OTEL_EXPORTER_OTLP_ENDPOINT = Setting(
     "OTEL_EXPORTER_OTLP_ENDPOINT", "",
     "OpenTelemetry traces over OTLP/HTTP (standard variable; `OTEL_SERVICE_NAME` too). Unset: tracing is "
-    "off and costs nothing.",
+    "off and costs nothing. Needs the `otel` extra (`pip install 'gateway[otel]'`).",
     name=None,
 )
 
