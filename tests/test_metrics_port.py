@@ -131,6 +131,9 @@ async def test_every_workers_metrics_from_the_one_metrics_port(tmp_path) -> None
                 await asyncio.sleep(0.1)
         # Whichever worker held a call, the one port counts it.
         assert metric(text, "gateway_calls_total") == 4, text
+        # Memory and CPU of every process of the group, served by the supervisor's thread (not its own parent's).
+        pids = set(re.findall(r'^process_resident_memory_bytes\{pid="(\d+)"\} [0-9.e+]+$', text, re.M))
+        assert str(gw.process.pid) in pids and len(pids) == 3, pids
         assert gw.output().count(f"127.0.0.1:{metrics_port}/metrics") == 1, gw.output()  # the parent's, no worker's
 
 

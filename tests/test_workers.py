@@ -4,6 +4,7 @@ drains both and the parent exits 0."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
@@ -16,21 +17,7 @@ from gateway.tooling.fuzz import _clean_env
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.server.runner import free_port
 
-from .helpers import metric
-
-
-async def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient() as http:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                if (await http.get(url + "/readyz", timeout=1)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError("the workers did not become ready")
+from .helpers import metric, serving
 
 
 async def test_two_workers_share_credentials_state_and_metrics(tmp_path) -> None:
@@ -40,7 +27,7 @@ async def test_two_workers_share_credentials_state_and_metrics(tmp_path) -> None
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        await wait_healthy(base, proc)
+        await serving(base, proc, "/readyz")
 
         async def one_call(index: int) -> bool:
             async with httpx.AsyncClient(base_url=base) as http:
@@ -93,3 +80,52 @@ def test_a_sigterm_while_the_workers_start_is_a_clean_stop(tmp_path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(b")") + 2:].split()[1]) == pid:
+                children.append(int(entry))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().split(b") ", 1)[1][:1] != b"Z"  # a zombie is gone, only not yet reaped
+    except OSError:
+        return False
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(tmp_path) -> None:
+    """kill -9 of the supervisor: its workers drain and exit instead of serving the port with nobody over them."""
+    port = free_port()
+    env = {**_clean_env(), "STORE_URL": f"sqlite:///{tmp_path}/records.db", "LOG_LEVEL": "warning"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--workers", "2", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    workers: list[int] = []
+    try:
+        await serving(f"http://127.0.0.1:{port}", proc, "/readyz")
+        workers = [pid for pid in _children(proc.pid)
+                   if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        assert len(workers) == 2, workers
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), "workers outlived their supervisor"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

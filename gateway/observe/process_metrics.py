@@ -3,8 +3,8 @@
 A single process exposes them through prometheus-client's own ``ProcessCollector`` in the default registry. With
 workers, ``/metrics`` is answered from the multi-process directory, which holds only the ``gateway_*`` samples: the
 process metrics of the worker that happens to answer would be wrong, and prometheus-client leaves them out. This
-collector reports them for each process of the group instead, with a ``pid`` label: the supervisor (the scraping
-worker's parent) and every live worker, found by the sample files each worker keeps in the directory
+collector reports them for each process of the group instead, with a ``pid`` label: the supervisor (named by
+``GATEWAY_SUPERVISOR_PID``, which ``gateway serve --workers`` sets for the group) and every live worker, found by the sample files each worker keeps in the directory
 (``<kind>_<pid>.db``) and confirmed as a child of the same supervisor (a pid the kernel reused is not counted). The
 figures are read from ``/proc`` by ``ProcessCollector`` at scrape time, so they are never stale. On a system without
 ``/proc`` it reports nothing, as ``ProcessCollector`` does.
@@ -22,6 +22,9 @@ from prometheus_client import ProcessCollector
 from prometheus_client.metrics_core import Metric
 
 _PID_IN_FILE_NAME = re.compile(r"_(\d+)\.db$")
+# Set by ``gateway serve --workers`` for the whole group: the supervisor scrapes too (METRICS_PORT is served by
+# its thread), and a worker's parent may be anything when the supervisor is not the one who started it.
+SUPERVISOR_PID_VARIABLE = "GATEWAY_SUPERVISOR_PID"
 
 
 def _parent_of(pid: int) -> int | None:
@@ -52,12 +55,17 @@ def group_pids(directory: str, supervisor: int) -> list[int]:
     return ([supervisor] if _parent_of(supervisor) is not None else []) + sorted(alive)
 
 
+def _supervisor_pid() -> int:
+    named = os.environ.get(SUPERVISOR_PID_VARIABLE, "")
+    return int(named) if named.isdigit() else os.getppid()
+
+
 class WorkerProcessCollector:
     """``process_*`` of every process of the group, one ``pid`` label each (see the module docstring)."""
 
     def __init__(self, directory: str, supervisor: int | None = None) -> None:
         self.directory = directory
-        self.supervisor = supervisor if supervisor is not None else os.getppid()
+        self.supervisor = supervisor if supervisor is not None else _supervisor_pid()
 
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}

@@ -15,6 +15,8 @@ connection to one of them. What the workers share, set up here before they start
 
 SIGTERM (or Ctrl-C) is passed to every worker: each drains its calls and exits 0; a second one stops them at
 once. A worker that dies unexpectedly is replaced. Each worker is named ``INSTANCE_ID-w<i>`` (host-pid by default).
+A supervisor that dies, even by SIGKILL, takes its workers with it: each gets SIGTERM from the kernel and drains (on
+Linux), so no orphan keeps serving the port.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import tempfile
 import time
 from typing import Any
 
 from gateway.config import Settings
+from gateway.observe.process_metrics import SUPERVISOR_PID_VARIABLE
 
 log = logging.getLogger("gateway.server.workers")
 
@@ -38,10 +42,31 @@ EARLY_EXIT_S = 10.0  # a worker that exits this soon after its start failed to s
 MAX_EARLY_EXITS = 3  # ... this many times: the configuration is wrong; stop every worker and exit 1
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies (Linux)
+
+
+def _drain_when_orphaned(supervisor: int) -> None:
+    """SIGTERM to this worker when the supervisor dies, even by SIGKILL (it then drains like any other stop), so
+    no worker keeps serving the port with nobody to replace it or pass on a stop. Linux only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.warning("workers: this system cannot stop a worker whose supervisor died; stop them by hand if it does")
+        return
+    if os.getppid() != supervisor:  # it died before the prctl: nobody will send the signal
+        raise SystemExit(0)
+
+
 def _worker(sock: socket.socket, index: int, instance: str) -> None:
     from gateway.observe.logs import configure_logging
     from gateway.server.serve import serve_gateway
 
+    _drain_when_orphaned(int(os.environ[SUPERVISOR_PID_VARIABLE]))
     os.environ["INSTANCE_ID"] = f"{instance}-w{index}"
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format, full_numbers=settings.log_full_numbers)  # as the CLI
@@ -50,7 +75,8 @@ def _worker(sock: socket.socket, index: int, instance: str) -> None:
 
 def shared_environment(settings: Settings, workdir: str) -> dict[str, str]:
     """What the workers must agree on, as settings (see the module docstring)."""
-    env = {"PROMETHEUS_MULTIPROC_DIR": os.path.join(workdir, "metrics")}
+    env = {"PROMETHEUS_MULTIPROC_DIR": os.path.join(workdir, "metrics"),
+           SUPERVISOR_PID_VARIABLE: str(os.getpid())}  # process_* of the group, from any of its processes
     if not settings.stream_secret and not settings.twilio_auth_token:
         env["STREAM_SECRET"] = secrets.token_hex(32)
     if not settings.redis_url and not settings.state_sqlite_path:
