@@ -540,7 +540,9 @@ async def run_checks(env: Mapping[str, str] | None = None, *, skip: tuple[str, .
     session_update = call_config(settings, registry).session_update if registry is not None else None
     await run("model", lambda: check_model(settings, session_update, timeout_s))
 
-    rest = TwilioRest.from_settings(settings)
+    # Each request within the timeout: a request runs in a thread that a cancelled check cannot stop, and the
+    # process would wait for it at exit.
+    rest = TwilioRest.from_settings(settings, timeout=timeout_s)
     try:
         account = await run("twilio-account", lambda: check_twilio_account(settings, rest))
         numbers: list[Any] = []

@@ -265,3 +265,25 @@ async def test_a_check_that_stalls_or_breaks_fails_with_its_reason():
     assert stalled.status == FAIL and "no answer within 1.2 s" in stalled.reason and "REALTIME_URL" in stalled.fix
     assert broken.status == FAIL and broken.reason == "no answer within 1.2 s" and "STORE_URL" in broken.fix
     assert describe(TimeoutError()) == "TimeoutError" and describe(OSError("a\nb")) == "OSError: a b"
+
+
+async def test_a_hung_twilio_api_fails_within_the_timeout_and_doctor_exits_then():
+    """The request runs in a thread a cancelled check cannot stop: it must carry the timeout itself, or the process
+    waits for it at exit (10 s) whatever --timeout says."""
+    import sys
+
+    from gateway.tooling.fuzz import _clean_env
+
+    async with silent_server() as twilio_port:
+        env = {**_clean_env(), "TWILIO_API_BASE_URL": f"http://127.0.0.1:{twilio_port}",
+               "TWILIO_ACCOUNT_SID": "AC" + "1" * 32, "TWILIO_AUTH_TOKEN": "token-0123456789abcdef",
+               "PUBLIC_URL": PUBLIC, "STORE_URL": "memory://"}
+        started = time.monotonic()
+        doctor_run = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "doctor", "--skip", "reach", "--skip", "model", "--timeout", "2",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(doctor_run.communicate(), 60)
+        elapsed = time.monotonic() - started
+    report = out.decode()
+    assert doctor_run.returncode == 1 and "FAIL  twilio-account" in report, report
+    assert elapsed < 8, (elapsed, report)  # 2 s per check and start-up, not the REST client's 10 s default

@@ -122,8 +122,10 @@ class TwilioRest:
             self._client = Client(account_sid, auth_token, account_sid=account_sid, http_client=http_client)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "TwilioRest":
-        return cls(settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base_url)
+    def from_settings(cls, settings: Settings, *, timeout: float = REQUEST_TIMEOUT_S) -> "TwilioRest":
+        """``timeout``: seconds each request may take (``gateway doctor`` passes its own ``--timeout``)."""
+        return cls(settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base_url,
+                   timeout=timeout)
 
     @property
     def configured(self) -> bool:
