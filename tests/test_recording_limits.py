@@ -64,7 +64,7 @@ def test_a_recording_reaching_the_quota_is_cut_short_and_still_loads(tmp_path):
         recorder.record_event(tw.Media("MZ1", 20 * n, b"\xff" * 160), 2.0 + 20 * n)
     recorder.close()
     assert recorder.truncated and recorder.path is not None
-    assert recorder.path.stat().st_size <= 6000 + 200  # the quota, plus the truncated line
+    assert recorder.path.stat().st_size <= 6000  # the truncated line's room was counted when the file began
     last = json.loads(recorder.path.read_text().splitlines()[-1])
     assert last["type"] == "truncated" and last["reason"] == "total quota" and last["max_bytes"] == 6000
     assert load_recording(recorder.path).truncated
@@ -72,6 +72,18 @@ def test_a_recording_reaching_the_quota_is_cut_short_and_still_loads(tmp_path):
     before = over_quota("wav_skipped")
     assert write_call_wav(recorder.path, quota) is None
     assert not recorder.path.with_suffix(".wav").exists() and over_quota("wav_skipped") == before + 1
+    # The next calls: no file at all (not a header and a truncated line each), and the directory stays within it.
+    before = over_quota("not_started")
+    for n in range(2, 5):
+        later = CallRecorder(tmp_path, 0.0, quota=quota)
+        later.record_event(tw.Start(f"MZ{n}", f"CA{n}", "", "audio/x-mulaw", 8000, {}), 1.0)
+        later.call_started(f"CA{n}", f"MZ{n}")
+        later.record_event(tw.Media(f"MZ{n}", 0, b"\xff" * 160), 2.0)
+        later.close()
+        assert later.path is None and later.over_quota
+    assert [path.name for path in tmp_path.iterdir()] == [recorder.path.name]
+    assert over_quota("not_started") - before == 3
+    assert sum(path.stat().st_size for path in tmp_path.iterdir()) <= 6000
 
 
 async def test_only_parsed_frames_are_recorded_never_junk_whole(tmp_path):

@@ -196,7 +196,12 @@ class CallRecorder:
         """Open the file once the SIDs are known, and write the header and the frames held so far."""
         if self._file is not None or self._closed:
             return
-        if self.quota is not None and not self.quota.has_room():
+        header = json.dumps({"type": "header", "version": RECORDING_VERSION, "call_sid": call_sid,
+                             "stream_sid": stream_sid, "started_at": self._started_at})
+        # The header and the room for a truncated line are counted before the file exists: a full directory gets
+        # no new file at all (not an empty recording), and what a recording writes past the quota's count (that
+        # line) was counted in advance, so the directory never passes RECORD_TOTAL_MAX_BYTES.
+        if self.quota is not None and not self.quota.take(len(header) + 1 + _TRUNCATED_LINE_ROOM):
             self.over_quota = True
             self.quota.refused("not_started", f"call {safe(call_sid)} is not recorded")
             self.close()
@@ -216,11 +221,10 @@ class CallRecorder:
             self._closed = True
             return
         self._file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
-        header = {"type": "header", "version": RECORDING_VERSION, "call_sid": call_sid,
-                  "stream_sid": stream_sid, "started_at": self._started_at}
         held, self._held = self._held, []
-        # The header always goes in, even past a (tiny) cap: without it the file is not a recording.
-        self._write(json.dumps(header), 0.0, always=True)
+        # The header always goes in, even past a (tiny) cap: without it the file is not a recording. (Its room in the
+        # quota is taken above.)
+        self._write(header, 0.0, always=True)
         for line, t_ms in held:
             if self._file is None:  # the cap was reached
                 break
