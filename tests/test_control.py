@@ -194,3 +194,24 @@ def test_a_metrics_key_must_be_long() -> None:
 
     with pytest.raises(ConfigError, match="METRICS_API_KEY"):
         Settings.from_env({"METRICS_API_KEY": "short"})
+
+
+async def test_an_outage_of_the_shared_state_is_logged_once_by_the_control_loop(caplog: pytest.LogCaptureFixture):
+    """Redis down: the control loop retries every second but says so once, not once a second per process."""
+    import logging
+
+    from gateway.api.control import serve_control
+    from gateway.server.runner import free_port
+    from gateway.state import open_state
+
+    caplog.set_level(logging.INFO, logger="gateway")
+    down = open_state(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    loop = asyncio.create_task(serve_control(down, "instance-a", lambda call_sid: None))
+    try:
+        await asyncio.sleep(3.5)  # the scenario: three retries at least
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await down.aclose()
+    said = [r.getMessage() for r in caplog.records if "control requests" in r.getMessage()]
+    assert len(said) == 1 and "unavailable" in said[0], said

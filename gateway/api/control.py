@@ -151,18 +151,28 @@ def control_endpoint(action: str) -> Callable[[Request], Any]:
 
 
 async def serve_control(shared: SharedState, instance: str, find_session: Callable[[str], Any]) -> None:
-    """Take the control requests addressed to this instance, act on the call, reply. Runs for the app's life."""
+    """Take the control requests addressed to this instance, act on the call, reply. Runs for the app's life. An
+    outage of the shared state is logged once when it starts and once when it ends, never once a second."""
+    failing = False
     while True:
         try:
             message = await shared.next_control(instance, 1.0)
         except StateUnavailable as error:
-            log.warning("control requests unavailable (%s); retrying", error)
+            if not failing:
+                log.warning("control requests unavailable (%s); retrying every second, quietly until they are back",
+                            error)
+            failing = True
             await asyncio.sleep(1.0)
             continue
         except Exception:  # never let the loop die: this instance's calls would be uncontrollable until a restart
-            log.exception("control requests: unexpected failure; retrying")
+            if not failing:
+                log.exception("control requests: unexpected failure; retrying every second, quietly until back")
+            failing = True
             await asyncio.sleep(1.0)
             continue
+        if failing:
+            log.info("control requests: the shared state answers again")
+            failing = False
         if not message or not isinstance(message.get("id"), str):
             continue
         action, text = message.get("action"), message.get("text") or ""
