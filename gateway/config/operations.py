@@ -69,7 +69,8 @@ API_AUTH_FAILURES_PER_MINUTE = Setting(
     "presented key in a minute, and 5 times as many for all unknown keys from one address together; "
     "beyond, further failed attempts get 429 `too_many_auth_failures` with `Retry-After` until the minute "
     "ends. A valid key is never throttled (neighbours behind one NAT cannot lock each other out). Behind "
-    "a proxy, list it in `TRUSTED_PROXY_IPS` or every client shares the proxy's address.",
+    "a proxy, list it in `TRUSTED_PROXY_IPS` or every client shares the proxy's address. Counted in each "
+    "process: with `--workers N` (or N instances) an address gets up to N times as many tries.",
     low=1, high=100_000,
 )
 
