@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -114,7 +115,7 @@ async def test_workers_stop_when_their_supervisor_is_killed(tmp_path) -> None:
     try:
         await serving(f"http://127.0.0.1:{port}", proc, "/readyz")
         workers = [pid for pid in _children(proc.pid)
-                   if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+                   if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]  # closed at once
         assert len(workers) == 2, workers
         proc.kill()
         proc.wait()
