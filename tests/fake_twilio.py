@@ -38,6 +38,8 @@ from twilio.request_validator import RequestValidator
 
 from gateway.server.runner import running_app
 
+from .helpers import eventually
+
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "fake-auth-token-0123456789abcdef"
 
@@ -127,14 +129,7 @@ class FakeTwilio:
         self._failures.append((status, code, message))
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError("fake Twilio: condition not met in time")
-            await asyncio.sleep(0.01)
+        return await eventually(predicate, timeout, "fake Twilio: condition", 0.01)
 
     async def send_status(self, gateway_url: str, call_sid: str, *, signature: str | None = None,
                           **params: str) -> httpx.Response:

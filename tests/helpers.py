@@ -106,6 +106,23 @@ async def scrape(http_url: str, **headers: str) -> str:
     return response.text
 
 
+async def serving(url: str, process: Any, path: str = "/healthz", timeout_s: float = 40.0) -> None:
+    """A gateway started as a subprocess (``process``, a Popen) answers 200 on ``path``; fails at once, with what it
+    wrote on a piped stderr, if it exits first."""
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        async def answering() -> bool:
+            if process.poll() is not None:
+                said = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                raise AssertionError(f"the gateway exited during start-up ({process.returncode}): {said}")
+            try:
+                return (await http.get(url + path, timeout=1)).status_code == 200
+            except httpx.HTTPError:
+                return False
+        await eventually(answering, timeout_s, f"{url}{path} answering 200", 0.05)
+
+
 # ---------------------------------------------------------------------- audio
 
 

@@ -24,6 +24,7 @@ from gateway.state import MemoryState
 from gateway.store import CallRecord, SessionChange, ToolRun, Turn
 
 from .conftest import PRICED_AS_GPT_REALTIME, GatewayUnderTest, start_gateway
+from .helpers import eventually
 
 OPERATOR = "operator-key-aaaaaaaaaaaaaaaaaaaa"
 ALICE = "alice-key-bbbbbbbbbbbbbbbbbbbbbbbb"
@@ -239,10 +240,8 @@ async def read_events(stream: httpx.Response, into: list[tuple[str, Any]]) -> No
 
 
 async def wait_for(events: list[tuple[str, Any]], check: Any, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not any(check(kind, data) for kind, data in events):
-        assert time.monotonic() < deadline, events
-        await asyncio.sleep(0.05)
+    """One of the live stream's ``events`` (kind, data) passes ``check``."""
+    await eventually(lambda: any(check(kind, data) for kind, data in events), timeout_s, "a live stream event")
 
 
 async def test_the_live_stream_shows_a_running_calls_transcript_and_its_page_follows(tmp_path):

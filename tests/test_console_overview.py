@@ -4,7 +4,6 @@ listing's sort whitelist and its pages, and the CSV export (header, rows, formul
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
 import io
@@ -19,6 +18,7 @@ import pytest
 from gateway.api.auth import key_id
 from gateway.store import CallRecord, Turn
 
+from .helpers import eventually
 from .test_console import ALICE, BOB, OPERATOR, assert_no_active_content, client_for, console, login, sid
 from .test_store_postgres import postgres_url  # noqa: F401  (a fixture: a fresh schema, or a skip with the reason)
 
@@ -307,10 +307,10 @@ async def test_a_calls_record_keeps_its_tool_runs_arguments_and_result_for_its_p
     async with console(local_agent=f"scripted:{script}", tools_module="tests.sample_tools") as gateway:
         turns = [CallerTurn(load_sample("caller_question"), after_silence_ms=300)]
         report = await run_call(gateway.ws_url, turns, timeout_s=40, hangup_after_ms=2500)
-        deadline = time.monotonic() + 10
-        while (record := await gateway.state.store.get_call(report.call_sid)) is None or record.ended_at is None:
-            assert time.monotonic() < deadline, record  # the record is written as the stream closes
-            await asyncio.sleep(0.05)
+        async def final_record() -> Any:
+            record = await gateway.state.store.get_call(report.call_sid)
+            return record if record is not None and record.ended_at is not None else None
+        record = await eventually(final_record, what="the final record (written as the stream closes)")
         async with signed_in(gateway, OPERATOR) as (operator,):
             page = await operator.get(f"/console/calls/{report.call_sid}")
     run = record.tool_calls[0]

@@ -34,9 +34,8 @@ from gateway.store import CallRecord
 
 from .conftest import GatewayUnderTest, start_gateway
 from .test_console import OPERATOR, client_for, csrf_of, login, read_events, wait_for
-from .helpers import call_sid_of
+from .helpers import call_sid_of, serving
 from .test_control import REDIS_URL, redis_or_skip
-from .test_workers import wait_healthy
 
 ALICE = "alice-key-bbbbbbbbbbbbbbbbbbbbbbbb"
 KEYS = dict(api_keys=(ALICE,), operator_api_keys=(OPERATOR,))
@@ -59,7 +58,7 @@ async def test_one_login_holds_on_every_worker_and_a_logout_ends_it_on_all(tmp_p
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        await wait_healthy(base, proc)
+        await serving(base, proc, "/readyz")
         async with httpx.AsyncClient(base_url=base, headers={"Origin": base, "Connection": "close"}) as http:
             await login(http, OPERATOR)
             cookie = http.cookies["gateway_console"]

@@ -15,7 +15,7 @@ import httpx
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 from gateway.server.runner import free_port
 
-from .helpers import eventually
+from .helpers import eventually, serving
 
 
 def serve(**env: str) -> tuple[subprocess.Popen, str, object]:
@@ -29,19 +29,6 @@ def serve(**env: str) -> tuple[subprocess.Popen, str, object]:
     process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], env=clean,
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return process, f"http://127.0.0.1:{port}", log
-
-
-async def wait_ready(url: str, process: subprocess.Popen) -> None:
-    async with httpx.AsyncClient() as http:
-        for _ in range(300):
-            assert process.poll() is None, "the gateway exited during start-up"
-            try:
-                if (await http.get(url + "/healthz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("the gateway never became healthy")
 
 
 async def call_up(url: str) -> None:
@@ -60,7 +47,7 @@ def output(log) -> str:
 async def test_sigterm_lets_the_live_call_finish_refuses_new_ones_and_exits_0() -> None:
     process, url, log = serve(DRAIN_TIMEOUT_S="60")
     try:
-        await wait_ready(url, process)
+        await serving(url, process)
         turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300, name="before"),
                  CallerTurn(load_sample("caller_question"), after_silence_ms=1500, name="after")]
         call = asyncio.create_task(run_call(url.replace("http", "ws") + "/media-stream", turns, timeout_s=30,
@@ -96,7 +83,7 @@ async def test_sigterm_lets_the_live_call_finish_refuses_new_ones_and_exits_0() 
 async def test_sigterm_with_no_call_exits_0_at_once() -> None:
     process, url, log = serve(DRAIN_TIMEOUT_S="60")
     try:
-        await wait_ready(url, process)
+        await serving(url, process)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 10) == 0, output(log)
     finally:
@@ -108,7 +95,7 @@ async def test_sigterm_with_no_call_exits_0_at_once() -> None:
 async def test_the_drain_timeout_bounds_the_wait() -> None:
     process, url, log = serve(DRAIN_TIMEOUT_S="1")
     try:
-        await wait_ready(url, process)
+        await serving(url, process)
         call = asyncio.create_task(run_call(url.replace("http", "ws") + "/media-stream",
                                             [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
                                             timeout_s=30, hangup_after_ms=20_000))

@@ -3,7 +3,6 @@ words, the agent's cut to what was heard at a barge-in), latencies and cost, rea
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import httpx
@@ -13,6 +12,7 @@ from gateway.observe.cost import Usage
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
 
 from .conftest import PRICED_AS_GPT_REALTIME, start_gateway
+from .helpers import calls_over
 from .test_store_postgres import _postgres_unavailable
 
 KEY = "k-records-0123456789"
@@ -26,10 +26,7 @@ async def one_call_record(store_url: str) -> tuple[dict, float, list]:
                  CallerTurn(load_sample("caller_question"), after_silence_ms=2500),
                  CallerTurn(load_sample("caller_bargein"), after_silence_ms=900)]  # talks over the answer
         report = await run_call(gw.ws_url, turns, timeout_s=40, hangup_after_ms=2500)
-        for _ in range(100):
-            if not gw.app.state.gateway.active_calls:
-                break
-            await asyncio.sleep(0.05)
+        await calls_over(gw)
         usage = Usage()
         for session in gw.local_server.sessions:
             for response in session.responses:
@@ -83,10 +80,7 @@ async def test_two_instances_write_their_records_to_the_one_postgresql():
         reports = [await run_call(gw.ws_url, [CallerTurn(load_sample("caller_hello"), after_silence_ms=300)],
                                   timeout_s=30, hangup_after_ms=500) for gw in (a, b)]
         for gw in (a, b):
-            for _ in range(100):
-                if not gw.app.state.gateway.active_calls:
-                    break
-                await asyncio.sleep(0.05)
+            await calls_over(gw)
         async with httpx.AsyncClient(base_url=a.http_url) as http:  # either instance reads both
             for report in reports:
                 response = await http.get(f"/calls/{report.call_sid}", headers={"Authorization": f"Bearer {KEY}"})

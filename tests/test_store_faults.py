@@ -27,7 +27,7 @@ from gateway.server.runner import free_port
 from gateway.store.spool import SPOOL_FILE
 
 from .conftest import start_gateway
-from .helpers import eventually
+from .helpers import eventually, serving
 from .test_store_postgres import POSTGRES_URL, fresh_schema
 
 KEY = "k-faults-0123456789abc"
@@ -93,13 +93,13 @@ async def test_three_calls_keep_their_records_when_postgres_connections_are_kill
             rows = await pg_query(pg_schema, "SELECT call_sid, status FROM calls")
             return sorted(sid for sid, status in rows if status == "in-progress") == sorted(sids)
 
-        await eventually(all_in_progress, 20, "the three calls' records in progress")
+        await eventually(all_in_progress, 20, "the three calls' records in progress", 0.1)
         assert await kill_connections(app_name) >= 1  # every connection the gateway's pool holds
         await asyncio.sleep(0.5)
         await kill_connections(app_name)  # and again, whatever it made since
         reports = await asyncio.gather(*calls)
         assert all(report.call_sid in sids for report in reports)
-        await eventually(lambda: not gw.state.active_calls, 10, "the calls to end")
+        await eventually(lambda: not gw.state.active_calls, 10, "the calls to end", 0.1)
         async with httpx.AsyncClient(base_url=gw.http_url) as http:
             for sid in sids:
                 response = await http.get(f"/calls/{sid}", headers=AUTH)
@@ -126,12 +126,12 @@ async def test_a_write_whose_connection_is_killed_while_it_runs_is_retried_on_a_
     try:
         await store.get_call("CA" + "0" * 32)  # opened and migrated
         work = asyncio.create_task(store._run(slow_then_quick))
-        await eventually(lambda: bool(attempts), 5, "the first attempt")
+        await eventually(lambda: bool(attempts), 5, "the first attempt", 0.1)
 
         async def sleeping() -> bool:
             return bool(await pg_query("public", "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
                                                  "AND query LIKE 'SELECT pg_sleep%%'", (app_name,)))
-        await eventually(sleeping, 5, "the first attempt's query running")
+        await eventually(sleeping, 5, "the first attempt's query running", 0.1)
         await kill_connections(app_name)
         assert await asyncio.wait_for(work, 10) == 42
         assert len(attempts) == 2 and attempts[0] != attempts[1]  # a fresh connection, not the dead one
@@ -215,7 +215,7 @@ async def test_a_call_made_while_the_store_is_down_is_spooled_and_lands_when_it_
             path = spool / SPOOL_FILE
             return path.exists() and b'"op":"finish"' in path.read_bytes()
 
-        await eventually(spooled, 15, "the final record in the spool")
+        await eventually(spooled, 15, "the final record in the spool", 0.1)
         path = spool / SPOOL_FILE
         assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(spool.stat().st_mode) == 0o700
         lines = path.read_bytes().splitlines()
@@ -230,7 +230,7 @@ async def test_a_call_made_while_the_store_is_down_is_spooled_and_lands_when_it_
             status, outcome, holder, turns = await eventually(landed, 60, "the spooled record in PostgreSQL", 0.5)
             assert (status, outcome, holder) == ("completed", "completed", gw.state.settings.instance_id)
             assert turns
-            await eventually(lambda: not any(spool.iterdir()), 10, "the spool to be emptied")
+            await eventually(lambda: not any(spool.iterdir()), 10, "the spool to be emptied", 0.1)
             async with httpx.AsyncClient(base_url=gw.http_url) as http:
                 record = (await http.get(f"/calls/{sid}", headers=AUTH)).json()
             assert record["status"] == "completed" and record["turns"], record
@@ -245,7 +245,7 @@ async def test_records_spooled_while_the_store_was_down_land_at_the_next_start(p
     async with start_gateway(store_url=pg_url(pg_schema, "gw_test_down", port=free_port()),
                              record_spool_dir=str(spool)) as gw:
         await run_call(gw.ws_url, talk()[:1], call_sid=sid, timeout_s=40, hangup_after_ms=500)
-        await eventually(lambda: not gw.state.active_calls, 15, "the call to end")
+        await eventually(lambda: not gw.state.active_calls, 15, "the call to end", 0.1)
     assert sid.encode() in (spool / SPOOL_FILE).read_bytes()
     async with start_gateway(store_url=pg_url(pg_schema, "gw_test_up"), api_keys=(KEY,),
                              record_spool_dir=str(spool)) as gw:
@@ -255,7 +255,7 @@ async def test_records_spooled_while_the_store_was_down_land_at_the_next_start(p
                 return response.status_code == 200 and response.json()["outcome"] == "completed" and response.json()
             record = await eventually(landed, 20, "the spooled record, written at start-up", 0.2)
         assert record["turns"] and record["status"] == "completed"
-        await eventually(lambda: not any(spool.iterdir()), 10, "the spool to be emptied")
+        await eventually(lambda: not any(spool.iterdir()), 10, "the spool to be emptied", 0.1)
 
 
 # ---- a gateway process killed with -9 in the middle of a call
@@ -277,15 +277,6 @@ def serve(data_dir: str, instance_id: str, workers: int = 1) -> tuple[subprocess
     return process, f"http://127.0.0.1:{port}", log
 
 
-async def wait_healthy(url: str, process: subprocess.Popen) -> None:
-    async def healthy():
-        assert process.poll() is None, "the gateway exited during start-up"
-        with contextlib.suppress(httpx.HTTPError):
-            async with httpx.AsyncClient() as http:
-                return (await http.get(url + "/healthz")).status_code == 200
-    await eventually(healthy, 30, "the gateway to start", 0.05)
-
-
 def output(log) -> str:
     log.seek(0)
     return log.read().decode("utf-8", "replace")
@@ -301,8 +292,8 @@ async def test_a_call_of_a_gateway_killed_with_9_shows_as_lost_with_what_was_kno
     sid = call_sid()
     call = None
     try:
-        await wait_healthy(doomed_url, doomed)
-        await wait_healthy(survivor_url, survivor)
+        await serving(doomed_url, doomed)
+        await serving(survivor_url, survivor)
         turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
                  CallerTurn(load_sample("caller_question"), after_silence_ms=30_000)]  # still talking when killed
         call = asyncio.create_task(run_call(doomed_url.replace("http", "ws") + "/media-stream", turns, call_sid=sid,
@@ -312,7 +303,7 @@ async def test_a_call_of_a_gateway_killed_with_9_shows_as_lost_with_what_was_kno
             async def in_progress():
                 response = await http.get(f"/calls/{sid}", headers=AUTH)
                 return response.status_code == 200 and response.json()["status"] == "in-progress" and response.json()
-            record = await eventually(in_progress, 20, "the call's record in progress, seen from the other gateway")
+            record = await eventually(in_progress, 20, "the call's record in progress, seen from the other gateway", 0.1)
             assert record["holder"] == "doomed" and record["direction"] == "inbound" and record["ended_at"] is None
             assert record["started_at"] is not None and record["outcome"] is None
 
@@ -357,7 +348,7 @@ async def test_a_gateway_restarted_after_kill_9_marks_its_own_unfinished_calls_l
     sid = call_sid()
     call = None
     try:
-        await wait_healthy(url, first)
+        await serving(url, first)
         turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
                  CallerTurn(load_sample("caller_question"), after_silence_ms=30_000)]
         call = asyncio.create_task(run_call(url.replace("http", "ws") + "/media-stream", turns, call_sid=sid,
@@ -371,14 +362,14 @@ async def test_a_gateway_restarted_after_kill_9_marks_its_own_unfinished_calls_l
             finally:
                 db.close()
 
-        await eventually(lambda: status() == "in-progress", 20, "the record in progress")
+        await eventually(lambda: status() == "in-progress", 20, "the record in progress", 0.1)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         assert status() == "in-progress"
         second, url, _ = serve(data_dir, "same-id")
         try:
-            await wait_healthy(url, second)
-            await eventually(lambda: status() == "lost", 10, "the record marked lost")
+            await serving(url, second)
+            await eventually(lambda: status() == "lost", 10, "the record marked lost", 0.1)
         finally:
             second.kill()
             second.wait(10)
@@ -411,7 +402,7 @@ async def test_a_worker_killed_with_9_is_replaced_and_its_call_shows_as_lost(tmp
     sid = call_sid()
     call = None
     try:
-        await wait_healthy(url, parent)
+        await serving(url, parent)
         turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
                  CallerTurn(load_sample("caller_question"), after_silence_ms=30_000)]
         call = asyncio.create_task(run_call(url.replace("http", "ws") + "/media-stream", turns, call_sid=sid,
@@ -420,7 +411,7 @@ async def test_a_worker_killed_with_9_is_replaced_and_its_call_shows_as_lost(tmp
             async def record_with(status: str):
                 response = await http.get(f"/calls/{sid}", headers=AUTH)
                 return response.status_code == 200 and response.json()["status"] == status and response.json()
-            started = await eventually(lambda: record_with("in-progress"), 20, "the call's record in progress")
+            started = await eventually(lambda: record_with("in-progress"), 20, "the call's record in progress", 0.1)
             assert started["holder"] in ("wk-w0", "wk-w1")
             workers = worker_pids(parent.pid)
             assert len(workers) == 2, workers
