@@ -36,7 +36,7 @@ import binascii
 import re
 import warnings
 from functools import lru_cache
-from typing import Callable, Iterable, Protocol, Union
+from typing import Callable, Iterable, Protocol, Union, overload
 
 import numpy as np
 
@@ -146,6 +146,12 @@ class Base64Audio:
 
     def __bool__(self) -> bool:
         return self._length > 0
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Union["Base64Audio", bytes]: ...
 
     def __getitem__(self, index: Union[slice, int]) -> Union["Base64Audio", bytes, int]:
         if not isinstance(index, slice):

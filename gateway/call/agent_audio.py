@@ -8,27 +8,18 @@ A mixin of :class:`gateway.call.core.Call`: it works on the call's own state (se
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from gateway.call.limits import MAX_TRACKED_ITEMS
+from gateway.call.part import CallPart
 from gateway.call.outputs import AgentAudioStarted, BargeIn, Dropped, Output, Peer, Send
 from gateway.call.playback import parse_mark_name
-from gateway.call.state import ControlPhase, GreetingPhase, LinePhase, LinkPhase, ResponsePhase
+from gateway.call.state import ControlPhase, GreetingPhase, LinePhase, LinkPhase, ResponsePhase, _AgentItem
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 
 _DOWN = LinkPhase.DOWN
 
 
-@dataclass(slots=True)
-class _AgentItem:
-    """One assistant item's audio, as the model produced it."""
-
-    response_id: str
-    received_bytes: int = 0  # model-format audio bytes received (item positions count from these)
-
-
-class AgentAudio:
+class AgentAudio(CallPart):
     def _agent_audio(self, delta: rt.AudioDelta, now_ms: float) -> list[Output]:
         key = (self._link.session, delta.item_id)
         item = self._items.get(key)

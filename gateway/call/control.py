@@ -14,6 +14,7 @@ from gateway.call.limits import (
     GOODBYE_INSTRUCTIONS, MAX_CARRIED_CHARS, MAX_GREETING_ATTEMPTS, MAX_HELD_ITEMS, MAX_QUEUED_TOOLS,
     TRANSFER_INSTRUCTIONS,
 )
+from gateway.call.part import CallPart
 from gateway.call.outputs import END_CALL, HangUp, Output, Peer, RunTool, Send, ToolCalled, Transfer
 from gateway.call.state import ControlPhase, GreetingPhase, LinkPhase, ResponsePhase, TransferPhase
 from gateway.realtime import events as rt
@@ -23,7 +24,7 @@ TRANSFER_UNDER_WAY = "transfer_in_progress"
 TRANSFER_FAILED = "transfer_already_failed"
 
 
-class CallControl:
+class CallControl(CallPart):
     def _function_call(self, event: rt.FunctionCallRequested) -> list[Output]:
         out: list[Output] = [ToolCalled(event.call_id, event.name, event.arguments)]
         if event.name in self.config.call_control_tools:

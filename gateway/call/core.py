@@ -1,15 +1,16 @@
-"""The call core's state machine: :class:`Call` and its :class:`CallConfig` (see the package docstring)."""
+"""The call core's state machine: :class:`Call` (see the package docstring; its :class:`CallConfig` is in config.py)."""
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from gateway.audio.convert import MULAW_BYTES_PER_MS, converters_for, join_audio, model_bytes_per_ms, mulaw_silence
-from gateway.call.agent_audio import AgentAudio, _AgentItem
+from gateway.audio.convert import MULAW_BYTES_PER_MS, AudioBytes, converters_for, join_audio, model_bytes_per_ms, mulaw_silence
+from gateway.call.agent_audio import AgentAudio
 from gateway.call.arrivals import FrameArrivals
+from gateway.call.config import CallConfig  # here too: gateway.call.core.CallConfig is its old place
 from gateway.call.control import CallControl
 from gateway.call.conversation import ConversationLog
 from gateway.call.ending import CallEnding
@@ -25,14 +26,8 @@ from gateway.call.outputs import (
 from gateway.call.reconnect import Reconnects
 from gateway.call.sessions import ModelSessions
 from gateway.call.state import (
-    Greeting, GreetingPhase, Line, LinkPhase, ModelLink, ResponsePhase, Responses,
+    Greeting, GreetingPhase, Line, LinkPhase, ModelLink, ResponsePhase, Responses, _AgentItem,
 )
-from gateway.config.model import (  # defaults of the knobs the core shares with Settings: declared once
-    AGENT_SPEAKS_FIRST, AUDIO_FORMAT, CALLER_AUDIO_BATCH_MS, GREETING_INSTRUCTIONS, INTERRUPT_RESPONSE, MARK_INTERVAL_MS,
-    MODEL_RECONNECT,
-)
-from gateway.config.operations import CALL_BUDGET_USD
-from gateway.config.serving import MAX_TOOLS_PER_CALL
 from gateway.call.playback import PlaybackTracker
 from gateway.realtime import events as rt
 from gateway.twilio import media as tw
@@ -40,40 +35,6 @@ from gateway.twilio import media as tw
 log = logging.getLogger("gateway.call")
 
 _DOWN = LinkPhase.DOWN  # read on every caller frame: one global, not an enum attribute lookup
-
-
-@dataclass(frozen=True, slots=True)
-class CallConfig:
-    """What the core needs to know about the session; built from :class:`gateway.config.Settings` (by
-    ``gateway.media_stream.call_config``); the defaults of the knobs it shares with them are their declarations'."""
-
-    session_update: dict[str, Any]
-    audio_format: str = AUDIO_FORMAT.default
-    agent_speaks_first: bool = AGENT_SPEAKS_FIRST.default
-    greeting_instructions: str = GREETING_INSTRUCTIONS.default
-    interrupt_response: bool = INTERRUPT_RESPONSE.default  # the server cancels its own response on speech_started
-    mark_interval_ms: int = MARK_INTERVAL_MS.default
-    call_control_tools: frozenset[str] = frozenset()  # built-ins the core carries out: end_call, transfer_call
-    account_sid: str = ""  # when set, a start from any other Twilio account is refused
-    # Bounds (README "Security"): 0 disables one (the core's tests drive calls without them).
-    max_call_duration_ms: int = 0  # the agent is asked to say goodbye, and the call ends once it is heard
-    wrap_up_grace_ms: int = 20_000  # ... or this long after the limit, whatever the agent does
-    media_idle_timeout_ms: int = 0  # no frame from Twilio for this long ends the call
-    caller_audio_burst_ms: int = 0  # caller audio may run this far ahead of the wall clock; beyond, it is dropped
-    max_tools_per_call: int = MAX_TOOLS_PER_CALL.default  # user tools running at once; more wait their turn
-    # Make-before-break: a model session older than session_limit_ms - rollover_margin_ms is replaced at the next
-    # quiet point by one prepared beside it (0: the limit is unknown; a session that expires is replaced after).
-    session_limit_ms: int = 0
-    rollover_margin_ms: int = 0
-    # server_vad's silence_duration_ms: the model's speech_stopped names the end of that silence, not of the
-    # speech (turn latency counts from the speech's end). 0 when unknown (semantic_vad).
-    vad_silence_ms: int = 0
-    # Caller audio sent to the model in batches of this many ms (0: each 20 ms frame as it comes). Fewer messages,
-    # at the cost of up to this much more delay before the model hears the caller.
-    caller_audio_batch_ms: int = CALLER_AUDIO_BATCH_MS.default
-    model_reconnect: bool = MODEL_RECONNECT.default  # a model session lost (or refused) is replaced; off, the call ends
-    wait_prompt: bytes = b""  # MODEL_WAIT_PROMPT as mu-law 8 kHz: said at an outage's start, before the comfort noise
-    call_budget_usd: float = CALL_BUDGET_USD.default  # at this cost the agent wraps up (0: no budget; gateway.call.ending)
 
 
 class Call(AgentAudio, ModelSessions, CallControl, CallEnding):
@@ -98,7 +59,7 @@ class Call(AgentAudio, ModelSessions, CallControl, CallEnding):
         self._responses = Responses()
         self._greeting = Greeting()
         self._line = Line()
-        self._pending_audio: deque[bytes] = deque()
+        self._pending_audio: deque[AudioBytes] = deque()
         self._pending_arrivals: deque[tuple[int, float]] = deque()  # (ms, arrival) of each held frame
         self._batch: list[Any] = []  # caller audio of the batch being gathered (CallConfig.caller_audio_batch_ms)
         self._batch_ms = 0

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Literal
 
 from gateway.call.limits import BUDGET_INSTRUCTIONS, TIME_LIMIT_INSTRUCTIONS
+from gateway.call.part import CallPart
 from gateway.call.outputs import (
     BudgetReached, CallTimeLimitReached, EndCall, LeaseRefused, Output, TwilioBacklogOverflowed,
 )
@@ -31,7 +32,7 @@ TWILIO_NOT_READING = "Twilio socket not reading"
 BUDGET_REASON = "the call budget was reached"
 
 
-class CallEnding:
+class CallEnding(CallPart):
     # ---- the clock: time limit and idle media ---------------------------------------------------
 
     def tick(self, now_ms: float) -> list[Output]:

@@ -24,16 +24,18 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Generic, Hashable, TypeVar
 
 # Mark names are an opaque per-call sequence, "m<n>": nothing from the model (an item id can be empty, or 10 kB) ever
 # goes into one, so every name is short, unique within the call, and parses back.
+K = TypeVar("K", bound=Hashable)  # what names an item: the core uses (session, item id)
+
 _MARK_NAME = re.compile(r"m([0-9]{1,15})")
 
 
 @dataclass(slots=True)
-class _Chunk:
-    item: Hashable  # the item this audio belongs to (the core's key: its session and item id)
+class _Chunk(Generic[K]):
+    item: K  # the item this audio belongs to (the core's key: its session and item id)
     seq: int  # the number in the mark's name
     start_ms: int  # the item position where this chunk begins
     end_ms: int
@@ -51,7 +53,7 @@ def parse_mark_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class PlaybackTracker:
+class PlaybackTracker(Generic[K]):
     """Marks in flight, what each item has been heard up to, the round trip."""
 
     __slots__ = ("_next_seq", "_cleared_below", "_pending", "_last_echo_at", "_heard", "round_trip_ms")
@@ -59,9 +61,9 @@ class PlaybackTracker:
     def __init__(self) -> None:
         self._next_seq = 0
         self._cleared_below = 0  # marks numbered below this were sent before our last clear
-        self._pending: deque[_Chunk] = deque()  # numbered consecutively: nothing is pending across a clear
+        self._pending: deque[_Chunk[K]] = deque()  # numbered consecutively: nothing is pending across a clear
         self._last_echo_at: float | None = None
-        self._heard: dict[Hashable, int] = {}  # item -> end of its last echoed mark
+        self._heard: dict[K, int] = {}  # item -> end of its last echoed mark
         self.round_trip_ms: float | None = None
 
     @property
@@ -74,7 +76,7 @@ class PlaybackTracker:
         """Marks sent to Twilio and not yet echoed (nor dropped by a clear)."""
         return len(self._pending)
 
-    def chunk_sent(self, item: Hashable, start_ms: int, end_ms: int, now_ms: float) -> str:
+    def chunk_sent(self, item: K, start_ms: int, end_ms: int, now_ms: float) -> str:
         """Record a chunk of ``item`` sent to Twilio; returns the name of the mark to send right after it."""
         seq = self._next_seq
         self._next_seq += 1
@@ -103,17 +105,17 @@ class PlaybackTracker:
         self._last_echo_at = now_ms
         return True
 
-    def heard_ms(self, item: Hashable) -> int:
+    def heard_ms(self, item: K) -> int:
         """How much of an item the caller has heard, as confirmed by echoes."""
         return self._heard.get(item, 0)
 
-    def heard_at_clear(self, now_ms: float) -> dict[Hashable, int]:
+    def heard_at_clear(self, now_ms: float) -> dict[K, int]:
         """For every item with audio in flight, in queue order: what the caller will have heard when a
         ``clear`` sent now reaches Twilio (see the module docstring)."""
         one_way = (self.round_trip_ms or 0.0) / 2
         clear_arrives = now_ms + one_way
         cursor = self._last_echo_at - one_way if self._last_echo_at is not None else -math.inf
-        heard: dict[Hashable, int] = {}
+        heard: dict[K, int] = {}
         for chunk in self._pending:
             starts = max(cursor, chunk.sent_at + one_way)
             length = chunk.end_ms - chunk.start_ms
@@ -123,7 +125,7 @@ class PlaybackTracker:
             cursor = starts + length
         return heard
 
-    def clear(self, heard: dict[Hashable, int]) -> None:
+    def clear(self, heard: dict[K, int]) -> None:
         """We sent ``clear``: every mark sent so far will be echoed as cleared, nothing is in flight, ``heard`` is
         now what each item holds."""
         self._cleared_below = self._next_seq
@@ -131,5 +133,5 @@ class PlaybackTracker:
         self._last_echo_at = None
         self._heard.update(heard)
 
-    def forget(self, item: Hashable) -> None:
+    def forget(self, item: K) -> None:
         self._heard.pop(item, None)

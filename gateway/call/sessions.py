@@ -15,6 +15,7 @@ from gateway.call.limits import (
     COMFORT_NOISE, COMFORT_NOISE_AFTER_MS, COMFORT_NOISE_LEAD_MS, COMFORT_NOISE_MS, MAX_QUEUED_TOOLS,
     RESUME_INSTRUCTIONS, ROLLOVER_RETRY_MS,
 )
+from gateway.call.part import CallPart
 from gateway.call.outputs import (
     ConnectModel, ModelGaveUp, ModelRolledOver, ModelSessionLost, Output, Peer, PrepareRollover, RolloverFailed,
     Send, SwitchModel, WakeAt,
@@ -24,7 +25,7 @@ from gateway.realtime import events as rt
 from gateway.twilio import media as tw
 
 
-class ModelSessions:
+class ModelSessions(CallPart):
     def model_connected(self, now_ms: float) -> list[Output]:
         """The model socket is open: configure the session, then flush caller audio held meanwhile.
 

@@ -94,6 +94,14 @@ class TransferPhase(Enum):
 
 
 @dataclass(slots=True)
+class _AgentItem:
+    """One assistant item's audio, as the model produced it."""
+
+    response_id: str
+    received_bytes: int = 0  # model-format audio bytes received (item positions count from these)
+
+
+@dataclass(slots=True)
 class Line:
     """The caller's line besides the agent's audio, and the call control waiting for it to be heard."""
 

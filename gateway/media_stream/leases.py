@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from gateway.call.clock import now_ms as _now_ms
+from gateway.media_stream.part import SessionPart
 from gateway.state.base import StateDeadline, StateUnavailable
 
 log = logging.getLogger("gateway.media_stream")
@@ -20,7 +21,7 @@ LEASE_TTL_S = 30.0
 LEASE_RENEW_S = 10.0
 
 
-class CallLeases:
+class CallLeases(SessionPart):
     """Taking, renewing and releasing the call's leases and registry entry."""
 
     async def _take_leases(self, number: str) -> None:

@@ -24,6 +24,7 @@ from gateway.call.clock import now_ms as _now_ms
 from gateway.observe import metrics
 from gateway.observe.logs import in_call_context
 from gateway.media_stream.outbox import Outbox
+from gateway.media_stream.part import SessionPart
 from gateway.realtime import events as rt
 from gateway.twilio.media import encode_json
 
@@ -83,13 +84,18 @@ class _UnknownCallSettings(Exception):
     """An outbound call's settings are not in the store (never saved, expired, or already taken)."""
 
 
-class ModelLinks:
+class ModelLinks(SessionPart):
     """The call's model sessions: the current one, one switched to, one being prepared."""
 
     # The core's latest ConnectModel not yet carried out, what wakes the model loop for it, the pending WakeAt.
     _connect_request: ConnectModel | None = None
     _connect_wanted: asyncio.Event | None = None
     _wake_timer: asyncio.TimerHandle | None = None
+    # Set by the session (MediaStreamSession.__init__): the current session, the one switched to, the one prepared.
+    _model_link: _ModelLink | None
+    _handover: _ModelLink | None
+    _standby: _ModelLink | None
+    _model_task: asyncio.Task[None] | None
 
     async def _apply_per_call_settings(self) -> None:
         """An outbound call's settings (instructions, voice, greeting) were saved under its CallSid when it was

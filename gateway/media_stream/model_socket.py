@@ -28,7 +28,7 @@ import struct
 import time
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Callable
+from typing import Callable, cast
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidState, InvalidStatus, ProxyError, WebSocketException
@@ -257,15 +257,17 @@ class ModelSocket(asyncio.Protocol):
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
+        # A received frame's data is bytes (websockets parses into bytes); its type also covers frames to send.
+        data = cast(bytes, frame.data)
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if frame.fin:
-                self._deliver(frame.data)
+                self._deliver(data)
             else:
-                self._fragments = [frame.data]
+                self._fragments = [data]
         elif opcode is Opcode.CONT:
             if self._fragments is None:
                 return  # the protocol refuses an unexpected continuation; nothing to assemble
-            self._fragments.append(frame.data)
+            self._fragments.append(data)
             if frame.fin:
                 data, self._fragments = b"".join(self._fragments), None
                 self._deliver(data)

@@ -29,9 +29,11 @@ import logging
 import time
 import types
 from collections import deque
-from typing import Any, Awaitable, Callable, Coroutine, Generator
+from typing import Any, Callable, Coroutine, Generator
 
 log = logging.getLogger("gateway.media_stream.outbox")
+
+Message = str | bytes  # one text frame: str (to Twilio) or its UTF-8 bytes (to the model)
 
 
 def start_eagerly(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
@@ -56,7 +58,7 @@ def _resume(coroutine: Coroutine[Any, Any, Any], awaited: Any) -> Generator[Any,
     while True:
         try:
             received = yield awaited
-        except BaseException as error:  # noqa: B036 - a cancellation is passed on, not swallowed
+        except BaseException as error:  # noqa: BLE001 - a cancellation is passed on, not swallowed
             try:
                 awaited = coroutine.throw(error)
             except StopIteration as stop:
@@ -98,7 +100,7 @@ class Outbox:
     """Messages (text frames) for one socket, written at once when nothing is ahead of them, else by :meth:`run`.
     ``write`` sends one frame."""
 
-    def __init__(self, write: Callable[[Any], Awaitable[None]], *, max_bytes: int,
+    def __init__(self, write: Callable[[Any], Coroutine[Any, Any, None]], *, max_bytes: int,
                  written: Callable[[str, float], None] | None = None, pacer: Pacer | None = None,
                  write_now: Callable[[Any], bool] | None = None) -> None:
         self._write = write
@@ -108,7 +110,7 @@ class Outbox:
         self.pacer = pacer  # audio (messages put with play_ms) is written at most pacer.lead_ms ahead of playback
         self._written = written  # told (kind, when its cause arrived) after each write: for delay metrics
         self.max_bytes = max_bytes
-        self._queue: deque[tuple[str, str, float, float]] = deque()  # (kind, text, when its cause arrived, play ms)
+        self._queue: deque[tuple[str, Message, float, float]] = deque()  # (kind, text, when its cause arrived, play ms)
         self._bytes = 0
         self._wake = asyncio.Event()
         self._writing = False  # the writer task is writing (or pacing): what is put waits for it
@@ -121,7 +123,7 @@ class Outbox:
     def queued_bytes(self) -> int:
         return self._bytes
 
-    def put(self, text: str, kind: str = "", *, droppable: bool = False, arrived: float = 0.0,
+    def put(self, text: Message, kind: str = "", *, droppable: bool = False, arrived: float = 0.0,
             play_ms: float = 0.0) -> bool:
         """Queue ``text`` behind everything queued; False if it was not (closed, or full and ``droppable``)."""
         if self.closed:
@@ -136,7 +138,7 @@ class Outbox:
         self._write_now()
         return True
 
-    def put_first(self, text: str, kind: str = "", *, arrived: float = 0.0) -> None:
+    def put_first(self, text: Message, kind: str = "", *, arrived: float = 0.0) -> None:
         """Queue ``text`` ahead of everything queued (control messages)."""
         if self.closed:
             return
@@ -195,7 +197,7 @@ class Outbox:
         """The next message is audio the pacer holds back for now."""
         return bool(self._queue[0][3]) and self.pacer is not None and self.pacer.wait_s() > 0
 
-    def _next(self) -> tuple[str, str, float, float]:
+    def _next(self) -> tuple[str, Message, float, float]:
         kind, text, arrived, play_ms = self._queue.popleft()
         if play_ms and arrived and self.pacer is not None:
             # Held on purpose by the pacer: its forwarding delay counts from when the pacer let it go.

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.media_stream.part import SessionPart
 from gateway.observe.logs import mask_number
 from gateway.store.records import start_record
 
 
-class CallRecordWrites:
+class CallRecordWrites(SessionPart):
     """The call's start (after its leases and registry entry) and its end, through ``services.records``."""
 
     async def _call_started(self) -> None:

@@ -100,7 +100,7 @@ class MediaStreamSession(ModelLinks, CallLeases, CallRecordWrites):
         self.websocket = websocket
         # The call's hot path uses the server's ASGI callables directly (Starlette's wrapper, for the handshake and
         # the close, adds a state machine per message); the accepted socket is open until it is closed or lost.
-        self._receive: Receive = receive or websocket.receive  # type: ignore[assignment]
+        self._receive: Receive = receive or websocket.receive
         self._send_asgi: ASGISend | None = send
         self._twilio_open = True
         self.settings = settings
