@@ -60,12 +60,15 @@ def test_ci_runs_both_after_the_install_and_before_the_tests() -> None:
     commands = [shlex.split(line) for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
 
-    def last(predicate: Callable[[list[str]], bool]) -> int:
-        found = [i for i, words in enumerate(commands) if predicate(words)]
-        assert found, "not in .ci/run"
-        return found[-1]
+    def found(predicate: Callable[[list[str]], bool]) -> list[int]:
+        lines = [i for i, words in enumerate(commands) if predicate(words)]
+        assert lines, "not in .ci/run"
+        return lines
 
-    install = last(lambda words: ".[test]" in words and any(w.endswith("/pip") for w in words))
+    def last(predicate: Callable[[list[str]], bool]) -> int:
+        return found(predicate)[-1]
+
+    install = found(lambda words: ".[test]" in words and any(w.endswith("/pip") for w in words))[0]
     ruff = last(lambda words: words[:2] == [".venv/bin/ruff", "check"] and {"gateway", "tests"} <= set(words))
     mypy = last(lambda words: words[:1] == [".venv/bin/mypy"])
     tests = last(lambda words: "pytest" in words and ".venv/bin/python" in words)
