@@ -16,6 +16,7 @@ import httpx
 
 from gateway.tooling.fuzz import _clean_env
 from gateway.tooling.replay import CallerTurn, load_sample, run_call
+from gateway.observe.process_metrics import parent_of
 from gateway.server.runner import free_port
 
 from .helpers import metric, serving
@@ -84,17 +85,7 @@ def test_a_sigterm_while_the_workers_start_is_a_clean_stop(tmp_path) -> None:
 
 
 def _children(pid: int) -> list[int]:
-    children = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as handle:
-                    stat = handle.read()
-            except OSError:
-                continue
-            if int(stat[stat.rfind(b")") + 2:].split()[1]) == pid:
-                children.append(int(entry))
-    return children
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and parent_of(int(entry)) == pid]
 
 
 def _alive(pid: int) -> bool:

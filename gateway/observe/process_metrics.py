@@ -27,7 +27,7 @@ _PID_IN_FILE_NAME = re.compile(r"_(\d+)\.db$")
 SUPERVISOR_PID_VARIABLE = "GATEWAY_SUPERVISOR_PID"
 
 
-def _parent_of(pid: int) -> int | None:
+def parent_of(pid: int) -> int | None:
     """The parent pid from ``/proc/<pid>/stat`` (None: no such process)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
@@ -51,8 +51,8 @@ def group_pids(directory: str, supervisor: int) -> list[int]:
     except OSError:
         names = []
     workers = {int(found.group(1)) for name in names if (found := _PID_IN_FILE_NAME.search(name))}
-    alive = [pid for pid in workers if pid != supervisor and _parent_of(pid) == supervisor]
-    return ([supervisor] if _parent_of(supervisor) is not None else []) + sorted(alive)
+    alive = [pid for pid in workers if pid != supervisor and parent_of(pid) == supervisor]
+    return ([supervisor] if parent_of(supervisor) is not None else []) + sorted(alive)
 
 
 def _supervisor_pid() -> int:
