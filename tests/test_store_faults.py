@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -76,6 +77,15 @@ async def kill_connections(application_name: str) -> int:
                                     "WHERE application_name = %s AND pid <> pg_backend_pid()", (application_name,))
     return len(rows)
 
+
+
+def long_call(url: str, call_sid: str, **options: Any) -> asyncio.Task[Any]:
+    """A call through the gateway at ``url`` that is still going when its process is killed (the caller's second
+    turn comes 30 s after the first)."""
+    turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
+             CallerTurn(load_sample("caller_question"), after_silence_ms=30_000)]
+    return asyncio.create_task(run_call(url.replace("http", "ws") + "/media-stream", turns, call_sid=call_sid,
+                                        timeout_s=60, **options))
 
 async def test_three_calls_keep_their_records_when_postgres_connections_are_killed_mid_call(pg_schema, tmp_path):
     """Connections killed while the calls talk (a restart, a failover, an idle reaper): the pool checks each
@@ -294,11 +304,7 @@ async def test_a_call_of_a_gateway_killed_with_9_shows_as_lost_with_what_was_kno
     try:
         await serving(doomed_url, doomed)
         await serving(survivor_url, survivor)
-        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
-                 CallerTurn(load_sample("caller_question"), after_silence_ms=30_000)]  # still talking when killed
-        call = asyncio.create_task(run_call(doomed_url.replace("http", "ws") + "/media-stream", turns, call_sid=sid,
-                                            custom_parameters={"From": "+14155550177", "To": "+14155550100"},
-                                            timeout_s=60))
+        call = long_call(doomed_url, sid, custom_parameters={"From": "+14155550177", "To": "+14155550100"})
         async with httpx.AsyncClient(base_url=survivor_url) as http:
             async def in_progress():
                 response = await http.get(f"/calls/{sid}", headers=AUTH)
@@ -349,10 +355,7 @@ async def test_a_gateway_restarted_after_kill_9_marks_its_own_unfinished_calls_l
     call = None
     try:
         await serving(url, first)
-        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
-                 CallerTurn(load_sample("caller_question"), after_silence_ms=30_000)]
-        call = asyncio.create_task(run_call(url.replace("http", "ws") + "/media-stream", turns, call_sid=sid,
-                                            timeout_s=60))
+        call = long_call(url, sid)
 
         def status() -> str | None:
             db = sqlite3.connect(os.path.join(data_dir, "records.db"))
@@ -403,10 +406,7 @@ async def test_a_worker_killed_with_9_is_replaced_and_its_call_shows_as_lost(tmp
     call = None
     try:
         await serving(url, parent)
-        turns = [CallerTurn(load_sample("caller_hello"), after_silence_ms=300),
-                 CallerTurn(load_sample("caller_question"), after_silence_ms=30_000)]
-        call = asyncio.create_task(run_call(url.replace("http", "ws") + "/media-stream", turns, call_sid=sid,
-                                            timeout_s=60))
+        call = long_call(url, sid)
         async with httpx.AsyncClient(base_url=url, headers={"Connection": "close"}) as http:
             async def record_with(status: str):
                 response = await http.get(f"/calls/{sid}", headers=AUTH)
